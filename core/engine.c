@@ -1,0 +1,232 @@
+/*
+ * engine.c — the embedding API (rubberduck.h): an rd_engine is a host
+ * LuaJIT state running lua/rubberduck/init.lua's engine, which owns the
+ * libuv loop, the telemetry bus, the tool registry and the pipeline.
+ */
+#include "rd.h"
+#include "engine.h"
+#include "lua/bind.h"
+#include "telemetry.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct rd_engine {
+  lua_State *L;
+  int ref;          /* the Lua engine object */
+};
+
+/* ---- host state --------------------------------------------------------------- */
+
+static int is_dir_with_init(const char *dir) {
+  char p[PATH_MAX];
+  struct stat st;
+  snprintf(p, sizeof p, "%s/rubberduck/init.lua", dir);
+  return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+const char *rd__lua_dir(void) {
+  static char found[PATH_MAX];
+  if (found[0]) return found;
+  const char *env = getenv("RUBBERDUCK_LUA_DIR");
+  if (env && *env) {
+    snprintf(found, sizeof found, "%s", env);
+    return found;
+  }
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  int in_build = 0;
+  if (n > 0) {
+    exe[n] = '\0';
+    size_t bl = strlen(RD_BUILD_DIR);
+    in_build = strncmp(exe, RD_BUILD_DIR, bl) == 0 && exe[bl] == '/';
+  }
+  if (in_build && is_dir_with_init(RD_SOURCE_LUA_DIR))
+    snprintf(found, sizeof found, "%s", RD_SOURCE_LUA_DIR);
+  else if (is_dir_with_init(RD_INSTALL_LUA_DIR))
+    snprintf(found, sizeof found, "%s", RD_INSTALL_LUA_DIR);
+  else
+    snprintf(found, sizeof found, "%s", RD_SOURCE_LUA_DIR);
+  return found;
+}
+
+int rd__host_open(lua_State **out, const char *lua_dir, rd_error *err) {
+  if (!lua_dir) lua_dir = rd__lua_dir();
+  lua_State *L = luaL_newstate();
+  if (!L) return rd_error_set(err, RD_ENOMEM, "cannot create the host Lua state");
+  luaL_openlibs(L);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", lua_dir, lua_dir,
+                  lua_tostring(L, -1));
+  lua_setfield(L, -3, "path");
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, luaopen_rubberduck_core);
+  lua_setfield(L, -2, "rubberduck.core");
+  lua_pop(L, 2);
+  *out = L;
+  return RD_OK;
+}
+
+/* ---- calls into the Lua engine ---------------------------------------------------- */
+
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
+  return 1;
+}
+
+/* Call engine:<method>(nargs args already pushed) with nres results.
+ * On error fills err (RD_ELUA) and leaves nothing pushed. */
+static int call_method(rd_engine *e, const char *method, int nargs, int nres,
+                       rd_error *err) {
+  lua_State *L = e->L;
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, traceback);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref);
+  lua_getfield(L, -1, method);
+  lua_insert(L, base + 1);   /* fn */
+  lua_insert(L, base + 2);   /* self */
+  lua_insert(L, base + 1);   /* traceback below fn */
+  if (lua_pcall(L, nargs + 1, nres, base + 1) != 0) {
+    rd_error_set(err, RD_ELUA, "%s", lua_tostring(L, -1));
+    lua_settop(L, base);
+    return RD_ELUA;
+  }
+  lua_remove(L, base + 1);
+  return RD_OK;
+}
+
+int rd_engine_open(rd_engine **out, const rd_engine_config *cfg, rd_error *err) {
+  if (!out) return rd_error_set(err, RD_EINVAL, "out is NULL");
+  rd_engine *e = rd__calloc(1, sizeof *e);
+  if (!e) return rd_error_set(err, RD_ENOMEM, "cannot allocate the engine");
+  int rc = rd__host_open(&e->L, cfg ? cfg->lua_dir : NULL, err);
+  if (rc) {
+    rd__freemem(e);
+    return rc;
+  }
+  lua_State *L = e->L;
+  lua_pushcfunction(L, traceback);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "rubberduck");
+  if (lua_pcall(L, 1, 1, 1) != 0) goto lua_fail;
+  lua_getfield(L, -1, "open");
+  lua_createtable(L, 0, 3);
+  if (cfg && cfg->data_dir) { lua_pushstring(L, cfg->data_dir); lua_setfield(L, -2, "data_dir"); }
+  if (cfg && cfg->tools_dir) { lua_pushstring(L, cfg->tools_dir); lua_setfield(L, -2, "tools"); }
+  lua_pushliteral(L, "c");
+  lua_setfield(L, -2, "entry");
+  if (lua_pcall(L, 1, 2, 1) != 0) goto lua_fail;
+  if (lua_isnil(L, -2)) {
+    rd_error_set(err, RD_EINVAL, "%s", lua_tostring(L, -1));
+    lua_close(L);
+    rd__freemem(e);
+    return RD_EINVAL;
+  }
+  lua_pop(L, 1);
+  e->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_settop(L, 0);
+  *out = e;
+  return RD_OK;
+
+lua_fail:
+  rd_error_set(err, RD_ELUA, "%s", lua_tostring(L, -1));
+  lua_close(L);
+  rd__freemem(e);
+  return RD_ELUA;
+}
+
+void rd_engine_close(rd_engine *e) {
+  if (!e) return;
+  rd_error err;
+  if (call_method(e, "close", 0, 0, &err) != RD_OK)
+    fprintf(stderr, "rubberduck: engine close: %s\n", err.message);
+  lua_close(e->L);
+  rd__freemem(e);
+}
+
+static char *dup_top_string(lua_State *L, int idx) {
+  size_t n;
+  const char *s = lua_tolstring(L, idx, &n);
+  if (!s) return NULL;
+  char *d = rd__malloc(n + 1);
+  if (d) {
+    memcpy(d, s, n);
+    d[n] = '\0';
+  }
+  return d;
+}
+
+int rd_engine_execute(rd_engine *e, const char *name, const char *params_json,
+                      const char *caller_json, char **out_envelope, int *status,
+                      rd_error *err) {
+  if (!e || !name || !out_envelope) return rd_error_set(err, RD_EINVAL, "NULL argument");
+  lua_State *L = e->L;
+  lua_pushstring(L, name);
+  if (params_json && *params_json) lua_pushstring(L, params_json); else lua_pushnil(L);
+  if (caller_json && *caller_json) lua_pushstring(L, caller_json); else lua_pushnil(L);
+  int rc = call_method(e, "execute_json", 3, 2, err);
+  if (rc) return rc;
+  /* results: envelope_json, ok | nil, message */
+  if (lua_isnil(L, -2)) {
+    rd_error_set(err, RD_EJSON, "%s", lua_tostring(L, -1));
+    lua_pop(L, 2);
+    return RD_EJSON;
+  }
+  char *s = dup_top_string(L, -2);
+  if (status) *status = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  if (!s) return rd_error_set(err, RD_ENOMEM, "cannot copy the envelope");
+  *out_envelope = s;
+  return RD_OK;
+}
+
+int rd_engine_tools_json(rd_engine *e, char **out_json, rd_error *err) {
+  if (!e || !out_json) return rd_error_set(err, RD_EINVAL, "NULL argument");
+  int rc = call_method(e, "tools_json", 0, 1, err);
+  if (rc) return rc;
+  char *s = dup_top_string(e->L, -1);
+  lua_pop(e->L, 1);
+  if (!s) return rd_error_set(err, RD_ENOMEM, "cannot copy the tool list");
+  *out_json = s;
+  return RD_OK;
+}
+
+int rd_engine_load_tools(rd_engine *e, const char *dir, rd_error *err) {
+  if (!e || !dir) return rd_error_set(err, RD_EINVAL, "NULL argument");
+  lua_pushstring(e->L, dir);
+  int rc = call_method(e, "load_tools", 1, 2, err);
+  if (rc) return rc;
+  /* results: true | false, first error message */
+  int ok = lua_toboolean(e->L, -2);
+  if (!ok) rd_error_set(err, RD_EDEFN, "%s", lua_tostring(e->L, -1));
+  lua_pop(e->L, 2);
+  return ok ? RD_OK : RD_EDEFN;
+}
+
+int rd_engine_subscribe(rd_engine *e, const char *prefix, rd_event_cb cb,
+                        void *ud, int *id, rd_error *err) {
+  if (!e || !cb) return rd_error_set(err, RD_EINVAL, "NULL argument");
+  int rc = call_method(e, "bus_pointer", 0, 1, err);
+  if (rc) return rc;
+  rd_telemetry *t = lua_touserdata(e->L, -1);
+  lua_pop(e->L, 1);
+  if (!t) return rd_error_set(err, RD_ECLOSED, "engine is closed");
+  return rd__telemetry_subscribe(t, prefix, cb, ud, id, err);
+}
+
+void rd_engine_unsubscribe(rd_engine *e, int id) {
+  rd_error err;
+  if (!e || call_method(e, "bus_pointer", 0, 1, &err) != RD_OK) return;
+  rd_telemetry *t = lua_touserdata(e->L, -1);
+  lua_pop(e->L, 1);
+  if (t) rd__telemetry_unsubscribe(t, id);
+}

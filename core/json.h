@@ -1,0 +1,74 @@
+/*
+ * json.h — the JSON codec of the C core (RFC 8259), between JSON text and
+ * Lua values. Every JSON boundary of the engine goes through it.
+ *
+ * Why not lua-cjson alone: Debian's lua-cjson 2.1.0 decodes [] and {} to the
+ * same empty table, encodes integers above 10^14 in exponent form (precision
+ * capped at 14 digits), and passes invalid UTF-8 through. This codec keeps
+ * the three promises of DESIGN.md:
+ *
+ *  - Arrays and objects stay apart. Decoded arrays carry the metatable
+ *    registered as RD_JSON_ARRAY_MT (decoded objects carry none, or
+ *    objects carry none). RD_JSON_OBJECT_MT forces a table to encode as an
+ *    object (integer keys written as strings). On encode a table
+ *    is an array when it has the array metatable, or when it is non-empty
+ *    and its keys are exactly 1..n; an empty table without a marker is {}.
+ *  - Numbers: integral values with |x| <= 2^53 are written as integers
+ *    ("9007199254740993"-style exponent form never appears for them); other
+ *    finite numbers use the shortest "%.{15,16,17}g" form that reads back to
+ *    the same double. NaN and infinities are refused.
+ *  - Strings must be valid UTF-8 (RFC 3629: no overlongs, no surrogates, at
+ *    most U+10FFFF), in both directions; \u escapes must pair surrogates.
+ *  - Nesting deeper than RD_JSON_MAX_DEPTH (or opts->max_depth) is refused
+ *    with an error, never a C stack overflow; a table cycle on encode is
+ *    reported as a cycle.
+ *  - null decodes to the sentinel light userdata RD_JSON_NULL (NULL
+ *    pointer), which encodes back to null.
+ *
+ * Errors name what was wrong and where: "invalid JSON at line 3, column 7
+ * (byte 41): expected ',' or '}' after an object member", "cannot encode
+ * value at /items/2: function". Pointers are RFC 6901 JSON pointers.
+ */
+#ifndef RD_JSON_H
+#define RD_JSON_H
+
+#include "rd.h"
+#include <lua.h>
+
+#define RD_JSON_MAX_DEPTH 128
+/* Registry names of the marker metatables (luaL_newmetatable keys). */
+#define RD_JSON_ARRAY_MT "rubberduck.json.array"
+#define RD_JSON_OBJECT_MT "rubberduck.json.object"
+#define RD_JSON_NULL ((void *)0)
+
+typedef struct rd_json_opts {
+  int max_depth;    /* 0: RD_JSON_MAX_DEPTH */
+  int sort_keys;    /* encode: object keys in byte order (canonical form) */
+  int pretty;       /* encode: two-space indentation, one member a line */
+} rd_json_opts;
+
+/* Ensure both marker metatables exist in L's registry (idempotent). */
+void rd__json_init(lua_State *L);
+
+/* Decode `len` bytes of `text` and push the value onto L's stack.
+ * Returns RD_OK (one value pushed) or RD_EJSON / RD_ENOMEM (nothing pushed,
+ * message in err). Does not raise Lua errors except on Lua memory errors. */
+int rd__json_decode(lua_State *L, const char *text, size_t len,
+                    const rd_json_opts *opts, rd_error *err);
+
+/* Encode the value at stack index `idx` of L, appending to `out`.
+ * Returns RD_OK, RD_EJSON (unencodable value, message names its pointer and
+ * type) or RD_ENOMEM. Never modifies L's stack (net). */
+int rd__json_encode(lua_State *L, int idx, rd_buf *out,
+                    const rd_json_opts *opts, rd_error *err);
+
+/* 1 if `len` bytes of `s` are valid UTF-8, else 0 and *bad_at (if not NULL)
+ * gets the offset of the first invalid byte. */
+int rd__utf8_valid(const char *s, size_t len, size_t *bad_at);
+
+/* Lua binding: pushes the table of json functions (decode, encode, null,
+ * array_mt, object_mt, array, object, is_array, utf8_valid). See
+ * core/lua/l_json.c. */
+int rd__luaopen_json(lua_State *L);
+
+#endif

@@ -1,0 +1,20 @@
+/*
+ * bind.h — the Lua bindings of the C core. One file per C module
+ * (l_<module>.c); luaopen_rubberduck_core (l_core.c) assembles them into the
+ * `rubberduck.core` module. Each opener pushes one table.
+ */
+#ifndef RD_BIND_H
+#define RD_BIND_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+int rd__luaopen_json(lua_State *L);       /* l_json.c: core.json */
+int rd__luaopen_telemetry(lua_State *L);  /* l_telemetry.c: core.telemetry */
+int rd__luaopen_lstate(lua_State *L);     /* l_lstate.c: core.lstate */
+int rd__luaopen_loop(lua_State *L);       /* l_loop.c: core.loop */
+
+/* Entry point of the module (also put into package.preload by rduck). */
+int luaopen_rubberduck_core(lua_State *L);
+
+#endif

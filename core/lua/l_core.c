@@ -1,0 +1,72 @@
+/*
+ * l_core.c — the `rubberduck.core` module: the raw bindings of the C core,
+ * one sub-table per C module. The modules under lua/rubberduck/ wrap them into the API
+ * people use.
+ */
+#include "rd.h"
+#include "lua/bind.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <string.h>
+
+static int l_ulid(lua_State *L) {
+  char id[RD_ULID_LEN + 1];
+  rd_ulid_new(id);
+  lua_pushlstring(L, id, RD_ULID_LEN);
+  return 1;
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, rd__now());
+  return 1;
+}
+
+static int l_mono_ms(lua_State *L) {
+  lua_pushnumber(L, (double)rd__mono_ns() / 1e6);
+  return 1;
+}
+
+/* listdir(path) -> { name, ... } (unsorted, without . and ..) | nil, message */
+static int l_listdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  DIR *d = opendir(path);
+  if (!d) {
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(errno));
+    return 2;
+  }
+  lua_newtable(L);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    lua_pushstring(L, e->d_name);
+    lua_rawseti(L, -2, ++n);
+  }
+  closedir(d);
+  return 1;
+}
+
+int luaopen_rubberduck_core(lua_State *L) {
+  static const luaL_Reg fns[] = {
+    {"ulid", l_ulid},
+    {"now", l_now},
+    {"mono_ms", l_mono_ms},
+    {"listdir", l_listdir},
+    {NULL, NULL},
+  };
+  lua_newtable(L);
+  luaL_register(L, NULL, fns);
+  lua_pushliteral(L, RD_VERSION_STRING);
+  lua_setfield(L, -2, "version");
+  rd__luaopen_json(L);
+  lua_setfield(L, -2, "json");
+  rd__luaopen_loop(L);
+  lua_setfield(L, -2, "loop");
+  rd__luaopen_lstate(L);
+  lua_setfield(L, -2, "lstate");
+  rd__luaopen_telemetry(L);
+  lua_setfield(L, -2, "telemetry");
+  return 1;
+}

@@ -1,0 +1,218 @@
+/*
+ * l_loop.c — core.loop: the libuv loop that drives the pipeline.
+ *
+ *   local loop = core.loop.new()
+ *   loop:run("once" | "nowait" | "default") -> alive (boolean)
+ *   local t = loop:timer(ms, fn)   one-shot; fn() runs on the loop
+ *   t:stop()                       idempotent
+ *   loop:now() -> ms               the loop's cached monotonic time
+ *   loop:close()                   closes every handle, frees the loop
+ */
+#include "rd.h"
+#include "lua/bind.h"
+#include "lua/loop.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#define LOOP_MT "rubberduck.loop"
+#define TIMER_MT "rubberduck.timer"
+
+rd_loop *rd__loop_check(lua_State *L, int idx) {
+  rd_loop **pl = luaL_checkudata(L, idx, LOOP_MT);
+  if (!*pl || (*pl)->closed) luaL_argerror(L, idx, "loop is closed");
+  return *pl;
+}
+
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) msg = "(error object is not a string)";
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+void rd__loop_pcall(rd_loop *l, int nargs) {
+  lua_State *L = l->cbL;
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, traceback);
+  lua_insert(L, base);
+  if (lua_pcall(L, nargs, 0, base) != 0) {
+    fprintf(stderr, "rubberduck: error in a loop callback: %s\n",
+            lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_remove(L, base);
+}
+
+static int l_new(lua_State *L) {
+  rd_loop **pl = lua_newuserdata(L, sizeof *pl);
+  *pl = NULL;
+  luaL_getmetatable(L, LOOP_MT);
+  lua_setmetatable(L, -2);
+  rd_loop *l = rd__calloc(1, sizeof *l);
+  if (!l) return luaL_error(L, "out of memory");
+  int rc = uv_loop_init(&l->uv);
+  if (rc) {
+    rd__freemem(l);
+    return luaL_error(L, "uv_loop_init: %s", uv_strerror(rc));
+  }
+  l->cbL = lua_newthread(L);
+  l->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
+  *pl = l;
+  return 1;
+}
+
+static int l_run(lua_State *L) {
+  rd_loop *l = rd__loop_check(L, 1);
+  static const char *const modes[] = {"default", "once", "nowait", NULL};
+  static const uv_run_mode m[] = {UV_RUN_DEFAULT, UV_RUN_ONCE, UV_RUN_NOWAIT};
+  int i = luaL_checkoption(L, 2, "once", modes);
+  int alive = uv_run(&l->uv, m[i]);
+  lua_pushboolean(L, alive != 0);
+  return 1;
+}
+
+static int l_now(lua_State *L) {
+  rd_loop *l = rd__loop_check(L, 1);
+  lua_pushnumber(L, (double)uv_now(&l->uv));
+  return 1;
+}
+
+/* ---- timers ------------------------------------------------------------------ */
+
+typedef struct timer {
+  rd_uvowner owner; /* first: see loop.h */
+  uv_timer_t h;
+  rd_loop *loop;
+  int fnref, udref;
+  int closing;
+} timer;
+
+typedef struct timer_ud { timer *t; } timer_ud;
+
+static void timer_closed(uv_handle_t *h) {
+  timer *t = h->data;
+  lua_State *L = t->loop->cbL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->udref);
+  timer_ud *ud = lua_touserdata(L, -1);
+  if (ud) ud->t = NULL;
+  lua_pop(L, 1);
+  luaL_unref(L, LUA_REGISTRYINDEX, t->udref);
+  luaL_unref(L, LUA_REGISTRYINDEX, t->fnref);
+  rd__freemem(t);
+}
+
+static void timer_close(timer *t) {
+  if (t->closing) return;
+  t->closing = 1;
+  uv_timer_stop(&t->h);
+  uv_close((uv_handle_t *)&t->h, timer_closed);
+}
+
+static void timer_close_all(rd_uvowner *o) { timer_close((timer *)o); }
+
+static void timer_fired(uv_timer_t *h) {
+  timer *t = h->data;
+  if (t->closing) return;
+  lua_State *L = t->loop->cbL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->fnref);
+  timer_close(t); /* one-shot: the function ref stays valid until closed */
+  rd__loop_pcall(t->loop, 0);
+}
+
+static int l_timer(lua_State *L) {
+  rd_loop *l = rd__loop_check(L, 1);
+  double ms = luaL_checknumber(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (ms < 0) ms = 0;
+  timer *t = rd__calloc(1, sizeof *t);
+  if (!t) return luaL_error(L, "out of memory");
+  t->owner.close_all = timer_close_all;
+  uv_timer_init(&l->uv, &t->h);
+  t->h.data = t;
+  t->loop = l;
+  lua_pushvalue(L, 3);
+  t->fnref = luaL_ref(L, LUA_REGISTRYINDEX);
+  timer_ud *ud = lua_newuserdata(L, sizeof *ud);
+  ud->t = t;
+  luaL_getmetatable(L, TIMER_MT);
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  t->udref = luaL_ref(L, LUA_REGISTRYINDEX);
+  uv_timer_start(&t->h, timer_fired, (uint64_t)ms, 0);
+  return 1;
+}
+
+static int l_timer_stop(lua_State *L) {
+  timer_ud *ud = luaL_checkudata(L, 1, TIMER_MT);
+  if (ud->t) timer_close(ud->t);
+  return 0;
+}
+
+static int l_timer_active(lua_State *L) {
+  timer_ud *ud = luaL_checkudata(L, 1, TIMER_MT);
+  lua_pushboolean(L, ud->t && !ud->t->closing);
+  return 1;
+}
+
+/* ---- closing ------------------------------------------------------------------- */
+
+static void close_walk(uv_handle_t *h, void *arg) {
+  RD_UNUSED(arg);
+  if (uv_is_closing(h)) return;
+  rd_uvowner *o = h->data;
+  if (o && o->close_all) o->close_all(o);
+  else uv_close(h, NULL);
+}
+
+static void loop_free(lua_State *L, rd_loop *l) {
+  l->closed = 1;
+  /* Let pending work and close callbacks run, then close what is left. */
+  uv_run(&l->uv, UV_RUN_NOWAIT);
+  uv_walk(&l->uv, close_walk, NULL);
+  while (uv_loop_close(&l->uv) == UV_EBUSY) uv_run(&l->uv, UV_RUN_ONCE);
+  luaL_unref(L, LUA_REGISTRYINDEX, l->cbref);
+  rd__freemem(l);
+}
+
+static int l_close(lua_State *L) {
+  rd_loop **pl = luaL_checkudata(L, 1, LOOP_MT);
+  if (*pl) {
+    rd_loop *l = *pl;
+    *pl = NULL;
+    loop_free(L, l);
+  }
+  return 0;
+}
+
+static int l_tostring(lua_State *L) {
+  rd_loop **pl = luaL_checkudata(L, 1, LOOP_MT);
+  lua_pushfstring(L, "rubberduck.loop (%s)", *pl ? "open" : "closed");
+  return 1;
+}
+
+int rd__luaopen_loop(lua_State *L) {
+  static const luaL_Reg loop_m[] = {
+    {"run", l_run}, {"now", l_now}, {"timer", l_timer}, {"close", l_close},
+    {"__gc", l_close}, {"__tostring", l_tostring}, {NULL, NULL},
+  };
+  static const luaL_Reg timer_m[] = {
+    {"stop", l_timer_stop}, {"active", l_timer_active}, {NULL, NULL},
+  };
+  if (luaL_newmetatable(L, LOOP_MT)) {
+    luaL_register(L, NULL, loop_m);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, TIMER_MT)) {
+    luaL_register(L, NULL, timer_m);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushcfunction(L, l_new);
+  lua_setfield(L, -2, "new");
+  return 1;
+}

@@ -1,0 +1,588 @@
+/*
+ * l_lstate.c — core.lstate: tool states driven from the host state.
+ *
+ *   local st = core.lstate.new(loop, { max_memory = bytes, jit = false,
+ *                                       lua_path = "lua/?.lua;..." })
+ *   st:call(fname, arg, limits)  -> true, r1, r2, stats
+ *                                 | false, kind, message, stats
+ *   st:start(fname, arg, limits, fn) -> true     (fn gets what call returns)
+ *   st:stop("timeout" | "cancel")   ask a running call to stop
+ *   st:on_notify(fn)   fn(kind, a, b, text) for ctx.log / ctx.progress
+ *   st:set_max_memory(bytes), st:heap(), st:busy(), st:close()
+ *
+ * `fname` names a function of the tool state's bootstrap module
+ * (lua/rubberduck/toolstate.lua, loaded when the state is made); `arg` is
+ * plain data copied into the state; up to two results are copied back (the
+ * second one is the tool's output: a copy failure there is `invalid_output`,
+ * or `output_limit` past limits.max_output). limits = { cpu_ms, timeout_ms,
+ * max_output, grace_ms }. `kind` is a breach kind (memory_limit, cpu_limit,
+ * timeout, cancelled, sandbox_violation, output_limit), "invalid_output", or
+ * "error" (the bootstrap raised). stats = { cpu_ms, peak_memory_bytes }.
+ *
+ * start() runs the call on the libuv thread pool, so the loop never waits on
+ * tool code. If the call has not returned grace_ms after its deadline (a
+ * blocking C call at level `none`), fn gets a `timeout` at once and the state
+ * is abandoned: it is freed when the thread returns, and the userdata is
+ * closed (the caller makes a new state).
+ */
+#include "rd.h"
+#include "json.h"
+#include "lua/bind.h"
+#include "lua/loop.h"
+#include "sandbox/fs.h"
+#include "sandbox/lstate.h"
+#include "sandbox/xcopy.h"
+
+#include <lualib.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#define LSTATE_MT "rubberduck.lstate"
+#define DEFAULT_GRACE_MS 250
+
+typedef struct note {
+  struct note *next;
+  char kind[16];
+  double a, b;
+  size_t len;
+  char text[];
+} note;
+
+typedef struct lcore lcore;
+typedef struct lud { lcore *c; } lud;
+
+struct lcore {
+  rd_uvowner owner;          /* first: see loop.h */
+  lud *ud;                   /* the userdata while it lives, else NULL */
+  rd_lstate *s;
+  rd_loop *loop;
+  int modref;                /* bootstrap module, in the tool state */
+  uv_async_t async;
+  uv_timer_t timer;
+  uv_work_t work;
+  int cbref, notifyref;      /* in the host (loop->cbL) */
+  int running, abandoned, ud_gone, closing, handles_open;
+  /* the call in flight */
+  double cpu_ms;
+  uint64_t deadline_ns;
+  size_t max_output;
+  int status;                /* lua_pcall result */
+  rd_breach breach;
+  double used_cpu;
+  size_t peak;
+  pthread_mutex_t qlock;
+  note *qhead, *qtail;
+};
+
+
+static lcore *check_open(lua_State *L, int idx) {
+  lud *u = luaL_checkudata(L, idx, LSTATE_MT);
+  if (!u->c) luaL_argerror(L, idx, "tool state is closed");
+  return u->c;
+}
+
+/* ---- notifications from the tool state (any thread) ------------------------- */
+
+static int t_notify(lua_State *L) {
+  lcore *c = lua_touserdata(L, lua_upvalueindex(1));
+  size_t len;
+  const char *kind = luaL_checkstring(L, 1);
+  double a = luaL_optnumber(L, 2, 0), b = luaL_optnumber(L, 3, 0);
+  const char *text = luaL_optlstring(L, 4, "", &len);
+  if (len > 4096) len = 4096; /* a log line is not a data channel */
+  note *n = rd__malloc(sizeof *n + len + 1);
+  if (!n) return 0;
+  n->next = NULL;
+  snprintf(n->kind, sizeof n->kind, "%s", kind);
+  n->a = a;
+  n->b = b;
+  n->len = len;
+  memcpy(n->text, text, len);
+  n->text[len] = '\0';
+  pthread_mutex_lock(&c->qlock);
+  if (c->qtail) c->qtail->next = n; else c->qhead = n;
+  c->qtail = n;
+  pthread_mutex_unlock(&c->qlock);
+  uv_async_send(&c->async);
+  return 0;
+}
+
+static void drain(lcore *c) {
+  pthread_mutex_lock(&c->qlock);
+  note *n = c->qhead;
+  c->qhead = c->qtail = NULL;
+  pthread_mutex_unlock(&c->qlock);
+  while (n) {
+    note *next = n->next;
+    if (c->notifyref != LUA_NOREF && !c->abandoned && !c->ud_gone) {
+      lua_State *H = c->loop->cbL;
+      lua_rawgeti(H, LUA_REGISTRYINDEX, c->notifyref);
+      lua_pushstring(H, n->kind);
+      lua_pushnumber(H, n->a);
+      lua_pushnumber(H, n->b);
+      lua_pushlstring(H, n->text, n->len);
+      rd__loop_pcall(c->loop, 4);
+    }
+    rd__freemem(n);
+    n = next;
+  }
+}
+
+static void on_async(uv_async_t *h) { drain(h->data); }
+
+/* ---- the restricted core table a tool state's bootstrap may use ------------- */
+
+static int t_fs(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  double max = luaL_optnumber(L, 2, 0);
+  int n = (int)lua_objlen(L, 1);
+  if (n > 64) return luaL_error(L, "too many allowed paths (at most 64)");
+  const char *roots[64];
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    roots[i] = luaL_checkstring(L, -1);
+    lua_pop(L, 1); /* the string stays alive in the table at index 1 */
+  }
+  rd_error err;
+  if (rd__fs_push(L, roots, (size_t)n, (int64_t)max, &err) != RD_OK)
+    return luaL_error(L, "%s", err.message);
+  return 1;
+}
+
+static int t_ulid(lua_State *L) {
+  char id[RD_ULID_LEN + 1];
+  rd_ulid_new(id);
+  lua_pushstring(L, id);
+  return 1;
+}
+
+static int t_now(lua_State *L) {
+  lua_pushnumber(L, rd__now());
+  return 1;
+}
+
+static int t_mono_ms(lua_State *L) {
+  lua_pushnumber(L, (double)rd__mono_ns() / 1e6);
+  return 1;
+}
+
+static int t_violation(lua_State *L) {
+  return rd__lstate_breach(L, RD_BREACH_VIOLATION, "%s", luaL_checkstring(L, 1));
+}
+
+static int open_toolcore(lua_State *L) {
+  lcore *c = lua_touserdata(L, lua_upvalueindex(1));
+  lua_newtable(L);
+  rd__luaopen_json(L);
+  lua_setfield(L, -2, "json");
+  lua_pushcfunction(L, t_fs);
+  lua_setfield(L, -2, "fs");
+  lua_pushlightuserdata(L, c);
+  lua_pushcclosure(L, t_notify, 1);
+  lua_setfield(L, -2, "notify");
+  lua_pushcfunction(L, t_ulid);
+  lua_setfield(L, -2, "ulid");
+  lua_pushcfunction(L, t_now);
+  lua_setfield(L, -2, "now");
+  lua_pushcfunction(L, t_mono_ms);
+  lua_setfield(L, -2, "mono_ms");
+  lua_pushcfunction(L, t_violation);
+  lua_setfield(L, -2, "violation");
+  return 1;
+}
+
+/* ---- lifetime ------------------------------------------------------------------ */
+
+static void core_free(lcore *c) {
+  drain(c);
+  if (c->ud) c->ud->c = NULL;
+  if (c->s) rd__lstate_free(c->s);
+  pthread_mutex_destroy(&c->qlock);
+  rd__freemem(c);
+}
+
+static void handle_closed(uv_handle_t *h) {
+  lcore *c = h->data;
+  if (--c->handles_open == 0) core_free(c);
+}
+
+/* Close the handles; the core is freed when both are closed, or later by
+ * after_work if a call is still on a thread. */
+static void core_close(lcore *c) {
+  if (c->closing) return;
+  c->closing = 1;
+  lua_State *H = c->loop->cbL;
+  luaL_unref(H, LUA_REGISTRYINDEX, c->cbref);
+  luaL_unref(H, LUA_REGISTRYINDEX, c->notifyref);
+  c->cbref = c->notifyref = LUA_NOREF;
+  if (c->running) return; /* after_work finishes the job */
+  uv_timer_stop(&c->timer);
+  uv_close((uv_handle_t *)&c->async, handle_closed);
+  uv_close((uv_handle_t *)&c->timer, handle_closed);
+}
+
+static void close_all(rd_uvowner *o) {
+  lcore *c = (lcore *)o;
+  if (c->running) {
+    /* The loop is going away with a call on a thread: stop it and wait. */
+    rd__lstate_request_stop(c->s, RD_BREACH_CANCEL);
+  }
+  c->closing = 0;
+  c->ud_gone = 1;
+  core_close(c);
+}
+
+static int l_new(lua_State *L) {
+  rd_loop *loop = rd__loop_check(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_getfield(L, 2, "max_memory");
+  size_t max_memory = (size_t)luaL_optnumber(L, -1, 0);
+  lua_getfield(L, 2, "jit");
+  int jit = lua_toboolean(L, -1);
+  lua_getfield(L, 2, "lua_path");
+  const char *lua_path = luaL_checkstring(L, -1);
+  lud *u = lua_newuserdata(L, sizeof *u);
+  u->c = NULL;
+  luaL_getmetatable(L, LSTATE_MT);
+  lua_setmetatable(L, -2);
+
+  lcore *c = rd__calloc(1, sizeof *c);
+  if (!c) return luaL_error(L, "out of memory");
+  rd_error err;
+  rd_lstate_opts o = {0, jit};
+  if (rd__lstate_new(&c->s, &o, &err) != RD_OK) {
+    rd__freemem(c);
+    return luaL_error(L, "%s", err.message);
+  }
+  pthread_mutex_init(&c->qlock, NULL);
+  c->owner.close_all = close_all;
+  c->loop = loop;
+  c->cbref = c->notifyref = LUA_NOREF;
+  uv_async_init(&loop->uv, &c->async, on_async);
+  uv_timer_init(&loop->uv, &c->timer);
+  c->async.data = c->timer.data = c;
+  c->handles_open = 2;
+  u->c = c;
+  c->ud = u;
+
+  /* Boot: the bootstrap module loads with the full libraries, then hides
+   * them from tool code (lua/rubberduck/toolstate.lua). */
+  lua_State *T = rd__lstate_L(c->s);
+  lua_getglobal(T, "package");
+  lua_pushstring(T, lua_path);
+  lua_setfield(T, -2, "path");
+  lua_pushliteral(T, "");
+  lua_setfield(T, -2, "cpath");
+  lua_getfield(T, -1, "preload");
+  lua_pushlightuserdata(T, c);
+  lua_pushcclosure(T, open_toolcore, 1);
+  lua_setfield(T, -2, "rubberduck.toolcore");
+  lua_pop(T, 2);
+  lua_getglobal(T, "require");
+  lua_pushliteral(T, "rubberduck.toolstate");
+  if (lua_pcall(T, 1, 1, 0) != 0) {
+    lua_pushfstring(L, "cannot boot a tool state: %s", lua_tostring(T, -1));
+    u->c = NULL;
+    c->ud = NULL;
+    c->ud_gone = 1;
+    core_close(c);
+    return lua_error(L);
+  }
+  c->modref = luaL_ref(T, LUA_REGISTRYINDEX);
+  /* The cap counts from here: the bootstrap is part of every state. */
+  rd__lstate_set_max_memory(c->s, max_memory);
+  return 1;
+}
+
+/* ---- calls ------------------------------------------------------------------------ */
+
+typedef struct limits {
+  double cpu_ms, timeout_ms, grace_ms;
+  size_t max_output;
+} limits;
+
+static void read_limits(lua_State *L, int idx, limits *lim) {
+  lim->cpu_ms = lim->timeout_ms = 0;
+  lim->grace_ms = DEFAULT_GRACE_MS;
+  lim->max_output = 0;
+  if (lua_isnoneornil(L, idx)) return;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_getfield(L, idx, "cpu_ms");
+  lim->cpu_ms = luaL_optnumber(L, -1, 0);
+  lua_getfield(L, idx, "timeout_ms");
+  lim->timeout_ms = luaL_optnumber(L, -1, 0);
+  lua_getfield(L, idx, "grace_ms");
+  lim->grace_ms = luaL_optnumber(L, -1, DEFAULT_GRACE_MS);
+  lua_getfield(L, idx, "max_output");
+  lim->max_output = (size_t)luaL_optnumber(L, -1, 0);
+  lua_pop(L, 4);
+}
+
+/* Push the bootstrap function `fname` and a copy of the host value at
+ * `argidx` onto the tool state's stack. Raises in the host on misuse. */
+static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
+                    const limits *lim) {
+  lua_State *T = rd__lstate_L(c->s);
+  lua_settop(T, 0);
+  lua_rawgeti(T, LUA_REGISTRYINDEX, c->modref);
+  lua_getfield(T, -1, fname);
+  lua_remove(T, -2);
+  if (!lua_isfunction(T, -1)) {
+    lua_settop(T, 0);
+    luaL_error(L, "tool state has no function '%s'", fname);
+  }
+  rd_error err;
+  /* Input is not counted against the heap cap's breach logic: copy first. */
+  if (rd__xcopy(L, argidx, T, NULL, NULL, &err) != RD_OK) {
+    lua_settop(T, 0);
+    luaL_error(L, "argument %s", err.message);
+  }
+  c->cpu_ms = lim->cpu_ms;
+  c->deadline_ns = lim->timeout_ms > 0
+      ? rd__mono_ns() + (uint64_t)(lim->timeout_ms * 1e6) : 0;
+  c->max_output = lim->max_output;
+}
+
+/* On the thread that runs the call (loop thread for call(), pool for start()). */
+static void run(lcore *c) {
+  lua_State *T = rd__lstate_L(c->s);
+  rd__lstate_arm(c->s, c->cpu_ms, c->deadline_ns);
+  c->status = lua_pcall(T, 1, 2, 0);
+  c->breach = rd__lstate_disarm(c->s, &c->used_cpu, &c->peak);
+}
+
+static void push_stats(lua_State *L, lcore *c) {
+  lua_createtable(L, 0, 2);
+  lua_pushnumber(L, c->used_cpu);
+  lua_setfield(L, -2, "cpu_ms");
+  lua_pushnumber(L, (double)c->peak);
+  lua_setfield(L, -2, "peak_memory_bytes");
+}
+
+/* Error message of a failed pcall, read without running metamethods: a
+ * string, or a table's raw `message` field. */
+static void push_error_text(lua_State *L, lua_State *T) {
+  if (lua_type(T, -1) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(T, -1, &n);
+    lua_pushlstring(L, s, n > 4096 ? 4096 : n);
+  } else if (lua_type(T, -1) == LUA_TTABLE) {
+    lua_pushliteral(T, "message");
+    lua_rawget(T, -2);
+    if (lua_type(T, -1) == LUA_TSTRING) lua_pushstring(L, lua_tostring(T, -1));
+    else lua_pushliteral(L, "error object without a message");
+    lua_pop(T, 1);
+  } else {
+    lua_pushfstring(L, "error object of type %s", lua_typename(T, lua_type(T, -1)));
+  }
+}
+
+/* Push the results of the finished call onto L: 4 values, as documented. */
+static void push_results(lua_State *L, lcore *c) {
+  lua_State *T = rd__lstate_L(c->s);
+  if (c->breach != RD_BREACH_NONE) {
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, rd__breach_kind(c->breach));
+    if (c->status != 0) push_error_text(L, T);
+    else lua_pushstring(L, rd__breach_kind(c->breach));
+  } else if (c->status != 0) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "error");
+    push_error_text(L, T);
+  } else {
+    rd_error err;
+    int base = lua_gettop(L);
+    lua_pushboolean(L, 1);
+    int rc = rd__xcopy(T, -2, L, NULL, NULL, &err);
+    if (rc == RD_OK) {
+      rd_xcopy_opts oo = {0, c->max_output, 0};
+      rc = rd__xcopy(T, -1, L, &oo, NULL, &err);
+    }
+    if (rc != RD_OK) {
+      lua_settop(L, base);
+      lua_pushboolean(L, 0);
+      if (rc == RD_ELIMIT && strstr(err.message, "larger than"))
+        lua_pushliteral(L, "output_limit");
+      else
+        lua_pushliteral(L, "invalid_output");
+      lua_pushstring(L, err.message);
+    }
+  }
+  push_stats(L, c);
+  lua_settop(T, 0);
+}
+
+static int l_call(lua_State *L) {
+  lcore *c = check_open(L, 1);
+  const char *fname = luaL_checkstring(L, 2);
+  luaL_checkany(L, 3);
+  limits lim;
+  read_limits(L, 4, &lim);
+  if (c->running) return luaL_error(L, "tool state is busy");
+  prepare(L, c, fname, 3, &lim);
+  c->running = 1;
+  run(c);
+  c->running = 0;
+  push_results(L, c);
+  return 4;
+}
+
+static void work_cb(uv_work_t *w) { run(w->data); }
+
+static void after_work(uv_work_t *w, int status) {
+  RD_UNUSED(status);
+  lcore *c = w->data;
+  c->running = 0;
+  uv_timer_stop(&c->timer);
+  drain(c);
+  if (c->abandoned || c->ud_gone) {
+    /* Nobody waits for this result any more. */
+    c->closing = 0;
+    c->ud_gone = 1;
+    core_close(c);
+    return;
+  }
+  lua_State *H = c->loop->cbL;
+  int ref = c->cbref;
+  c->cbref = LUA_NOREF;
+  lua_rawgeti(H, LUA_REGISTRYINDEX, ref);
+  luaL_unref(H, LUA_REGISTRYINDEX, ref);
+  push_results(H, c);
+  rd__loop_pcall(c->loop, 4);
+}
+
+static void on_overdue(uv_timer_t *t) {
+  lcore *c = t->data;
+  if (!c->running || c->abandoned) return;
+  /* The hook did not get the code to stop: it is in a blocking C call.
+   * Answer now; free the state when the thread comes back. */
+  c->abandoned = 1;
+  rd__lstate_request_stop(c->s, RD_BREACH_TIMEOUT);
+  lua_State *H = c->loop->cbL;
+  int ref = c->cbref;
+  c->cbref = LUA_NOREF;
+  lua_rawgeti(H, LUA_REGISTRYINDEX, ref);
+  luaL_unref(H, LUA_REGISTRYINDEX, ref);
+  lua_pushboolean(H, 0);
+  lua_pushliteral(H, "timeout");
+  lua_pushliteral(H, "deadline passed and the tool did not stop (blocked "
+                     "outside Lua); its state was discarded");
+  lua_createtable(H, 0, 0);
+  rd__loop_pcall(c->loop, 4);
+}
+
+static int l_start(lua_State *L) {
+  lud *u = luaL_checkudata(L, 1, LSTATE_MT);
+  lcore *c = check_open(L, 1);
+  const char *fname = luaL_checkstring(L, 2);
+  luaL_checkany(L, 3);
+  limits lim;
+  read_limits(L, 4, &lim);
+  luaL_checktype(L, 5, LUA_TFUNCTION);
+  if (c->running) return luaL_error(L, "tool state is busy");
+  prepare(L, c, fname, 3, &lim);
+  lua_pushvalue(L, 5);
+  c->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
+  c->work.data = c;
+  int rc = uv_queue_work(&c->loop->uv, &c->work, work_cb, after_work);
+  if (rc != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, c->cbref);
+    c->cbref = LUA_NOREF;
+    lua_settop(rd__lstate_L(c->s), 0);
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot queue the call: %s", uv_strerror(rc));
+    return 2;
+  }
+  c->running = 1;
+  if (lim.timeout_ms > 0)
+    uv_timer_start(&c->timer, on_overdue,
+                   (uint64_t)(lim.timeout_ms + lim.grace_ms), 0);
+  RD_UNUSED(u);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_stop(lua_State *L) {
+  lcore *c = check_open(L, 1);
+  static const char *const whys[] = {"timeout", "cancel", NULL};
+  int i = luaL_checkoption(L, 2, "cancel", whys);
+  if (c->running) rd__lstate_request_stop(c->s, i == 0 ? RD_BREACH_TIMEOUT : RD_BREACH_CANCEL);
+  lua_pushboolean(L, c->running);
+  return 1;
+}
+
+static int l_on_notify(lua_State *L) {
+  lcore *c = check_open(L, 1);
+  lua_State *H = c->loop->cbL;
+  if (c->notifyref != LUA_NOREF) luaL_unref(H, LUA_REGISTRYINDEX, c->notifyref);
+  c->notifyref = LUA_NOREF;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    c->notifyref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
+}
+
+static int l_set_max_memory(lua_State *L) {
+  lcore *c = check_open(L, 1);
+  rd__lstate_set_max_memory(c->s, (size_t)luaL_checknumber(L, 2));
+  return 0;
+}
+
+static int l_heap(lua_State *L) {
+  lcore *c = check_open(L, 1);
+  lua_pushnumber(L, (double)rd__lstate_heap(c->s));
+  return 1;
+}
+
+static int l_busy(lua_State *L) {
+  lcore *c = check_open(L, 1);
+  lua_pushboolean(L, c->running);
+  return 1;
+}
+
+static int l_usable(lua_State *L) {
+  lud *u = luaL_checkudata(L, 1, LSTATE_MT);
+  lua_pushboolean(L, u->c && !u->c->abandoned && !u->c->closing);
+  return 1;
+}
+
+static int l_close(lua_State *L) {
+  lud *u = luaL_checkudata(L, 1, LSTATE_MT);
+  lcore *c = u->c;
+  if (!c) return 0;
+  u->c = NULL;
+  c->ud = NULL;
+  if (c->closing) return 0;
+  if (c->running) {
+    rd__lstate_request_stop(c->s, RD_BREACH_CANCEL);
+    c->ud_gone = 1;
+    luaL_unref(L, LUA_REGISTRYINDEX, c->notifyref);
+    c->notifyref = LUA_NOREF;
+    return 0; /* after_work frees it */
+  }
+  c->ud_gone = 1;
+  core_close(c);
+  return 0;
+}
+
+int rd__luaopen_lstate(lua_State *L) {
+  static const luaL_Reg m[] = {
+    {"call", l_call}, {"start", l_start}, {"stop", l_stop},
+    {"on_notify", l_on_notify}, {"set_max_memory", l_set_max_memory},
+    {"heap", l_heap}, {"busy", l_busy}, {"usable", l_usable},
+    {"close", l_close}, {"__gc", l_close}, {NULL, NULL},
+  };
+  if (luaL_newmetatable(L, LSTATE_MT)) {
+    luaL_register(L, NULL, m);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushcfunction(L, l_new);
+  lua_setfield(L, -2, "new");
+  return 1;
+}

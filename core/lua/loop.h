@@ -1,0 +1,34 @@
+/*
+ * loop.h — the engine's libuv loop as seen by the bindings (l_loop.c).
+ * Callbacks from libuv into Lua run on one anchored Lua thread of the host
+ * state (cbL), through rd__loop_pcall, which reports (never propagates)
+ * errors.
+ */
+#ifndef RD_LOOP_H
+#define RD_LOOP_H
+
+#include <lua.h>
+#include <uv.h>
+
+typedef struct rd_loop {
+  uv_loop_t uv;
+  lua_State *cbL;   /* host thread callbacks run on; anchored by cbref */
+  int cbref;
+  int closed;
+} rd_loop;
+
+/* Every handle a binding starts on the loop has `data` pointing to a struct
+ * whose first member is an rd_uvowner, so closing the loop can ask the
+ * owner to close all its handles its own way (and free itself). */
+typedef struct rd_uvowner {
+  void (*close_all)(struct rd_uvowner *self);
+} rd_uvowner;
+
+/* The loop userdata at idx (raises if it is not one or is closed). */
+rd_loop *rd__loop_check(lua_State *L, int idx);
+
+/* Call the function below `nargs` arguments on cbL's stack, in protected
+ * mode; an error is written to stderr with its traceback. */
+void rd__loop_pcall(rd_loop *l, int nargs);
+
+#endif

@@ -1,0 +1,179 @@
+/*
+ * lstate.c — in-process tool states: accounting allocator, instruction hook,
+ * breach recording. See lstate.h.
+ */
+#include "sandbox/lstate.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <luajit.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Instructions between two hook checks. Small enough that a breach is seen
+ * within microseconds, large enough to cost little (a clock read per call). */
+#define HOOK_COUNT 1000
+
+struct rd_lstate {
+  lua_State *L;
+  size_t heap, peak, max_memory;
+  int armed;
+  double cpu_limit_ms, cpu_start_ms;
+  uint64_t deadline_ns;
+  atomic_int stop_req;   /* rd_breach asked for by another thread */
+  rd_breach breach;      /* recorded on the thread running the state */
+};
+
+const char *rd__breach_kind(rd_breach b) {
+  switch (b) {
+    case RD_BREACH_MEMORY: return "memory_limit";
+    case RD_BREACH_CPU: return "cpu_limit";
+    case RD_BREACH_TIMEOUT: return "timeout";
+    case RD_BREACH_CANCEL: return "cancelled";
+    case RD_BREACH_VIOLATION: return "sandbox_violation";
+    case RD_BREACH_OUTPUT: return "output_limit";
+    default: return "";
+  }
+}
+
+static const char *breach_text(rd_breach b) {
+  switch (b) {
+    case RD_BREACH_MEMORY: return "memory limit reached";
+    case RD_BREACH_CPU: return "CPU budget spent";
+    case RD_BREACH_TIMEOUT: return "deadline passed";
+    case RD_BREACH_CANCEL: return "cancelled by the caller";
+    case RD_BREACH_VIOLATION: return "sandbox violation";
+    case RD_BREACH_OUTPUT: return "output limit reached";
+    default: return "";
+  }
+}
+
+static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  rd_lstate *s = ud;
+  if (nsize == 0) {
+    rd__freemem(ptr);
+    s->heap -= osize;
+    return NULL;
+  }
+  if (ptr == NULL) osize = 0;
+  if (nsize > osize && s->max_memory &&
+      s->heap - osize + nsize > s->max_memory) {
+    if (s->breach == RD_BREACH_NONE) s->breach = RD_BREACH_MEMORY;
+    return NULL; /* Lua raises "not enough memory" */
+  }
+  void *p = rd__realloc(ptr, nsize);
+  if (!p) return NULL; /* a shrink never fails with glibc; a grow may */
+  s->heap = s->heap - osize + nsize;
+  if (s->heap > s->peak) s->peak = s->heap;
+  return p;
+}
+
+rd_lstate *rd__lstate_from(lua_State *L) {
+  void *ud = NULL;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  return f == lalloc ? (rd_lstate *)ud : NULL;
+}
+
+static void hook(lua_State *L, lua_Debug *ar) {
+  RD_UNUSED(ar);
+  rd_lstate *s = rd__lstate_from(L);
+  if (!s || !s->armed) return;
+  if (s->breach == RD_BREACH_NONE) {
+    int req = atomic_load(&s->stop_req);
+    if (req != RD_BREACH_NONE)
+      s->breach = (rd_breach)req;
+    else if (s->deadline_ns && rd__mono_ns() >= s->deadline_ns)
+      s->breach = RD_BREACH_TIMEOUT;
+    else if (s->cpu_limit_ms > 0 &&
+             rd__thread_cpu_ms() - s->cpu_start_ms > s->cpu_limit_ms)
+      s->breach = RD_BREACH_CPU;
+  }
+  if (s->breach != RD_BREACH_NONE) {
+    /* Fire at every instruction from now on: a pcall that swallows this
+     * error gets the next one immediately. */
+    lua_sethook(L, hook, LUA_MASKCOUNT, 1);
+    luaL_error(L, "%s: %s", rd__breach_kind(s->breach), breach_text(s->breach));
+  }
+}
+
+int rd__lstate_new(rd_lstate **out, const rd_lstate_opts *opts, rd_error *err) {
+  rd_lstate *s = rd__calloc(1, sizeof *s);
+  if (!s) return rd_error_set(err, RD_ENOMEM, "cannot allocate a tool state");
+  atomic_init(&s->stop_req, RD_BREACH_NONE);
+  s->L = lua_newstate(lalloc, s);
+  if (!s->L) {
+    rd__freemem(s);
+    return rd_error_set(err, RD_ENOMEM, "cannot create a Lua state");
+  }
+  luaL_openlibs(s->L);
+  if (!opts || !opts->jit)
+    luaJIT_setmode(s->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+  /* The cap applies from here on: the libraries are not counted against it
+   * only in the sense that they are already in `heap`. */
+  s->max_memory = opts ? opts->max_memory : 0;
+  lua_sethook(s->L, hook, LUA_MASKCOUNT, HOOK_COUNT);
+  *out = s;
+  return RD_OK;
+}
+
+void rd__lstate_free(rd_lstate *s) {
+  if (!s) return;
+  s->max_memory = 0;
+  s->armed = 0;
+  lua_close(s->L);
+  rd__freemem(s);
+}
+
+lua_State *rd__lstate_L(rd_lstate *s) { return s->L; }
+
+void rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory) {
+  s->max_memory = max_memory;
+}
+
+size_t rd__lstate_heap(rd_lstate *s) { return s->heap; }
+
+void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns) {
+  s->breach = RD_BREACH_NONE;
+  atomic_store(&s->stop_req, RD_BREACH_NONE);
+  s->cpu_limit_ms = cpu_ms;
+  s->cpu_start_ms = rd__thread_cpu_ms();
+  s->deadline_ns = deadline_ns;
+  s->peak = s->heap;
+  s->armed = 1;
+  lua_sethook(s->L, hook, LUA_MASKCOUNT, HOOK_COUNT);
+}
+
+rd_breach rd__lstate_disarm(rd_lstate *s, double *cpu_ms, size_t *peak_bytes) {
+  s->armed = 0;
+  lua_sethook(s->L, hook, LUA_MASKCOUNT, HOOK_COUNT);
+  if (cpu_ms) *cpu_ms = rd__thread_cpu_ms() - s->cpu_start_ms;
+  if (peak_bytes) *peak_bytes = s->peak;
+  rd_breach b = s->breach;
+  if (b == RD_BREACH_NONE) {
+    /* A stop asked for after the last hook check still counts. */
+    int req = atomic_load(&s->stop_req);
+    if (req != RD_BREACH_NONE) b = (rd_breach)req;
+  }
+  s->breach = RD_BREACH_NONE;
+  atomic_store(&s->stop_req, RD_BREACH_NONE);
+  return b;
+}
+
+void rd__lstate_request_stop(rd_lstate *s, rd_breach why) {
+  int none = RD_BREACH_NONE;
+  atomic_compare_exchange_strong(&s->stop_req, &none, (int)why);
+}
+
+int rd__lstate_breach(lua_State *L, rd_breach kind, const char *fmt, ...) {
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  rd_lstate *s = rd__lstate_from(L);
+  if (s && s->breach == RD_BREACH_NONE) s->breach = kind;
+  if (s && s->armed) lua_sethook(L, hook, LUA_MASKCOUNT, 1);
+  return luaL_error(L, "%s: %s", rd__breach_kind(kind), msg);
+}

@@ -1,0 +1,82 @@
+/*
+ * lstate.h — in-process tool states (levels `relaxed` and `none`).
+ *
+ * A tool state is a LuaJIT state of its own, separate from the engine's host
+ * state, that holds one tool: its evaluated definition, handler and
+ * constraints. It is created with an accounting allocator (memory cap and
+ * high-water mark), runs tool code with an instruction hook that enforces a
+ * CPU budget, a wall-clock deadline and cancellation, and records every
+ * breach in C so that `pcall`, `xpcall` or coroutines inside the tool cannot
+ * turn a breach into success: once a breach is recorded, the hook raises
+ * again at the next instruction count, and the result of the call is
+ * replaced by the breach.
+ *
+ * Threading: a tool state is used by one thread at a time. The engine runs
+ * calls on the libuv thread pool (off the event loop) and reads results on
+ * the loop thread. rd__lstate_request_stop() may be called from any thread.
+ */
+#ifndef RD_LSTATE_H
+#define RD_LSTATE_H
+
+#include "rd.h"
+#include <lua.h>
+
+typedef enum rd_breach {
+  RD_BREACH_NONE = 0,
+  RD_BREACH_MEMORY,      /* -> memory_limit */
+  RD_BREACH_CPU,         /* -> cpu_limit */
+  RD_BREACH_TIMEOUT,     /* -> timeout */
+  RD_BREACH_CANCEL,      /* -> cancelled */
+  RD_BREACH_VIOLATION,   /* -> sandbox_violation */
+  RD_BREACH_OUTPUT       /* -> output_limit */
+} rd_breach;
+
+/* Error kind of a breach ("memory_limit", ...), "" for RD_BREACH_NONE. */
+const char *rd__breach_kind(rd_breach b);
+
+typedef struct rd_lstate rd_lstate;
+
+typedef struct rd_lstate_opts {
+  size_t max_memory;     /* Lua heap cap in bytes; 0: unlimited */
+  int jit;               /* 0: JIT off (count hooks fire everywhere) */
+} rd_lstate_opts;
+
+/* Create a tool state with the standard libraries opened. *out is owned by
+ * the caller: rd__lstate_free(). Errors: RD_ENOMEM. */
+int rd__lstate_new(rd_lstate **out, const rd_lstate_opts *opts, rd_error *err);
+void rd__lstate_free(rd_lstate *s);
+
+/* The Lua state inside (borrowed, valid until rd__lstate_free). */
+lua_State *rd__lstate_L(rd_lstate *s);
+
+/* The tool state that owns L (any thread of it), or NULL if L is not one. */
+rd_lstate *rd__lstate_from(lua_State *L);
+
+/* Limits of the next run. cpu_ms 0: none; deadline_ns 0: none (monotonic,
+ * rd__mono_ns() clock). */
+void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns);
+/* Remove the limits; returns the breach recorded while armed (and clears it).
+ * *cpu_ms and *peak_bytes (may be NULL) get the CPU time used since arm and
+ * the heap high-water mark since arm. */
+rd_breach rd__lstate_disarm(rd_lstate *s, double *cpu_ms, size_t *peak_bytes);
+
+/* Ask the running code to stop (thread-safe): `why` is RD_BREACH_TIMEOUT or
+ * RD_BREACH_CANCEL; it is recorded and the hook raises at the next count. */
+void rd__lstate_request_stop(rd_lstate *s, rd_breach why);
+
+/* Record a breach for the tool state owning L (if any) and raise a Lua
+ * error "<kind>: <message>". Never returns. Usable from C functions that a
+ * tool calls (fs.*): e.g.
+ *   return rd__lstate_breach(L, RD_BREACH_VIOLATION, "fs.read: access denied");
+ * On a plain lua_State (not a tool state) it only raises. */
+int rd__lstate_breach(lua_State *L, rd_breach kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Change the heap cap (0: unlimited). A state already above it fails its
+ * next growing allocation. */
+void rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory);
+
+/* Heap bytes currently allocated by the state. */
+size_t rd__lstate_heap(rd_lstate *s);
+
+#endif

@@ -1,0 +1,200 @@
+/*
+ * xcopy.c — plain-data copy between Lua states. See xcopy.h.
+ */
+#include "sandbox/xcopy.h"
+#include "json.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef struct ctx {
+  lua_State *from, *to;
+  int max_depth;
+  size_t max_bytes, bytes;
+  int allow_nonfinite;
+  const void *stack[RD_JSON_MAX_DEPTH * 4 + 1]; /* tables being copied */
+  char path[1024];   /* JSON pointer of the current value */
+  size_t plen;
+  rd_error *err;
+} ctx;
+
+static int fail(ctx *c, int code, const char *what) {
+  rd_error_set(c->err, code, "%s: %s", c->plen ? c->path : "/", what);
+  return code;
+}
+
+/* Append one reference token to the pointer (escaping ~ and /). Returns the
+ * old length to restore. Truncates silently if the path is very long. */
+static size_t path_push(ctx *c, lua_State *L, int kidx) {
+  size_t old = c->plen;
+  char tmp[64];
+  const char *k;
+  size_t klen;
+  if (lua_type(L, kidx) == LUA_TNUMBER) {
+    double d = lua_tonumber(L, kidx);
+    if (d >= 1 && d == (double)(long long)d)
+      snprintf(tmp, sizeof tmp, "%lld", (long long)d - 1); /* 0-based */
+    else
+      snprintf(tmp, sizeof tmp, "%.17g", d);
+    k = tmp;
+    klen = strlen(tmp);
+  } else if (lua_type(L, kidx) == LUA_TSTRING) {
+    k = lua_tolstring(L, kidx, &klen);
+  } else {
+    k = lua_typename(L, lua_type(L, kidx));
+    klen = strlen(k);
+  }
+  if (c->plen + 2 >= sizeof c->path) return old;
+  c->path[c->plen++] = '/';
+  for (size_t i = 0; i < klen && c->plen + 3 < sizeof c->path; i++) {
+    if (k[i] == '~') { c->path[c->plen++] = '~'; c->path[c->plen++] = '0'; }
+    else if (k[i] == '/') { c->path[c->plen++] = '~'; c->path[c->plen++] = '1'; }
+    else c->path[c->plen++] = k[i];
+  }
+  c->path[c->plen] = '\0';
+  return old;
+}
+
+static void path_pop(ctx *c, size_t old) {
+  c->plen = old;
+  c->path[old] = '\0';
+}
+
+static int copy(ctx *c, int idx, int depth);
+
+static int account(ctx *c, size_t n) {
+  c->bytes += n;
+  if (c->max_bytes && c->bytes > c->max_bytes) {
+    rd_error_set(c->err, RD_ELIMIT, "value larger than %zu bytes", c->max_bytes);
+    return RD_ELIMIT;
+  }
+  return RD_OK;
+}
+
+/* Marker of the table at idx in `from`: 1 array, 2 object, 0 none. */
+static int marker(lua_State *L, int idx) {
+  if (!lua_getmetatable(L, idx)) return 0;
+  int m = 0;
+  luaL_getmetatable(L, RD_JSON_ARRAY_MT);
+  if (lua_rawequal(L, -1, -2)) m = 1;
+  lua_pop(L, 1);
+  if (!m) {
+    luaL_getmetatable(L, RD_JSON_OBJECT_MT);
+    if (lua_rawequal(L, -1, -2)) m = 2;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return m;
+}
+
+static int copy_table(ctx *c, int idx, int depth) {
+  lua_State *F = c->from, *T = c->to;
+  if (depth >= c->max_depth) return fail(c, RD_ELIMIT, "nested deeper than the limit");
+  const void *p = lua_topointer(F, idx);
+  for (int i = 0; i < depth; i++)
+    if (c->stack[i] == p) return fail(c, RD_EINVAL, "cycle");
+  c->stack[depth] = p;
+  if (!lua_checkstack(F, 4) || !lua_checkstack(T, 4))
+    return fail(c, RD_ENOMEM, "Lua stack exhausted");
+  int rc = account(c, 16);
+  if (rc) return rc;
+  lua_newtable(T);
+  int m = marker(F, idx);
+  if (m) {
+    luaL_getmetatable(T, m == 1 ? RD_JSON_ARRAY_MT : RD_JSON_OBJECT_MT);
+    if (lua_istable(T, -1)) lua_setmetatable(T, -2);
+    else lua_pop(T, 1);
+  }
+  lua_pushnil(F);
+  while (lua_next(F, idx) != 0) {
+    int kt = lua_type(F, -2);
+    if (kt != LUA_TSTRING && kt != LUA_TNUMBER) {
+      size_t old = path_push(c, F, -2);
+      lua_pop(F, 2);
+      rc = fail(c, RD_EINVAL, "table key that is not a string or number");
+      path_pop(c, old);
+      lua_pop(T, 1);
+      return rc;
+    }
+    size_t old = path_push(c, F, -2);
+    /* key */
+    if (kt == LUA_TSTRING) {
+      size_t kl;
+      const char *k = lua_tolstring(F, -2, &kl);
+      rc = account(c, kl);
+      if (!rc) lua_pushlstring(T, k, kl);
+    } else {
+      double d = lua_tonumber(F, -2);
+      if (!isfinite(d)) rc = fail(c, RD_EINVAL, "non-finite table key");
+      else lua_pushnumber(T, d);
+    }
+    if (!rc) {
+      rc = copy(c, lua_gettop(F), depth + 1);
+      if (rc) lua_pop(T, 1); /* the key */
+    }
+    path_pop(c, old);
+    lua_pop(F, 1); /* value; key stays for lua_next */
+    if (rc) {
+      lua_pop(F, 1);
+      lua_pop(T, 1);
+      return rc;
+    }
+    lua_rawset(T, -3);
+  }
+  return RD_OK;
+}
+
+static int copy(ctx *c, int idx, int depth) {
+  lua_State *F = c->from, *T = c->to;
+  switch (lua_type(F, idx)) {
+    case LUA_TNIL: lua_pushnil(T); return account(c, 1);
+    case LUA_TBOOLEAN: lua_pushboolean(T, lua_toboolean(F, idx)); return account(c, 1);
+    case LUA_TNUMBER: {
+      double d = lua_tonumber(F, idx);
+      if (!isfinite(d) && !c->allow_nonfinite)
+        return fail(c, RD_EINVAL, isnan(d) ? "NaN" : "infinite number");
+      lua_pushnumber(T, d);
+      return account(c, 8);
+    }
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(F, idx, &n);
+      int rc = account(c, n);
+      if (rc) return rc;
+      lua_pushlstring(T, s, n);
+      return RD_OK;
+    }
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(F, idx) == RD_JSON_NULL) {
+        lua_pushlightuserdata(T, RD_JSON_NULL);
+        return account(c, 1);
+      }
+      return fail(c, RD_EINVAL, "userdata");
+    case LUA_TTABLE: return copy_table(c, idx, depth);
+    default: return fail(c, RD_EINVAL, lua_typename(F, lua_type(F, idx)));
+  }
+}
+
+int rd__xcopy(lua_State *from, int idx, lua_State *to,
+              const rd_xcopy_opts *opts, size_t *bytes, rd_error *err) {
+  static const rd_xcopy_opts dflt = {0, 0, 0};
+  if (!opts) opts = &dflt;
+  ctx *c = rd__calloc(1, sizeof *c);
+  if (!c) return rd_error_set(err, RD_ENOMEM, "out of memory");
+  c->from = from;
+  c->to = to;
+  c->max_depth = opts->max_depth > 0 ? opts->max_depth : RD_JSON_MAX_DEPTH;
+  if (c->max_depth > RD_JSON_MAX_DEPTH * 4) c->max_depth = RD_JSON_MAX_DEPTH * 4;
+  c->max_bytes = opts->max_bytes;
+  c->allow_nonfinite = opts->allow_nonfinite;
+  c->err = err;
+  if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(from) + idx + 1;
+  int top_to = lua_gettop(to);
+  int rc = copy(c, idx, 0);
+  if (rc) lua_settop(to, top_to);
+  if (bytes) *bytes = c->bytes;
+  rd__freemem(c);
+  return rc;
+}

@@ -1,0 +1,335 @@
+-- rubberduck.dsl — the tool definition language: its fields, their types
+-- and defaults, and the normalization of a definition.
+--
+-- This module runs inside a tool's own Lua state (toolstate.lua), never in
+-- the engine's host state: it checks data that untrusted code produced.
+-- Only raw access is used on that data (rawget/next), so a hostile
+-- metatable on a definition table runs nothing here.
+--
+-- normalize(raw, file, json) -> def, functions | nil, problems
+--   def        the normalized definition: plain data (the shape of
+--              schemas/tool.schema.json), safe to copy to the host
+--   functions  { handler = f, constraints = { f, ... } }
+--   problems   { "file: field.path: reason", ... } (every problem found)
+local M = {}
+
+M.LEVELS = { "strict", "balanced", "relaxed", "none" }
+M.FORMATS = { "json", "xml", "yaml", "binary", "plain" }
+M.NAME_PATTERN = "^[a-z][a-z0-9_]*$"
+M.MAX_NAME = 64
+
+M.DEFAULTS = {
+  level = "balanced",
+  version = "0.0.0",
+  max_file_size = 10485760,   -- bytes a tool may write to one file
+  max_memory = 67108864,      -- bytes of Lua heap the tool may use
+  max_cpu = 5000,             -- ms of CPU per attempt
+  max_output = 16777216,      -- bytes of result
+  timeout = 30000,            -- ms wall clock per attempt
+  retries = 0,                -- extra attempts after a retryable failure
+  format = "json",
+  cache_ttl = 0,
+}
+
+-- JSON Schema keywords whose value is an array (marked so that an empty
+-- one encodes as []), and those whose value is a schema or a map of them.
+local ARRAY_KEYWORDS = { required = true, enum = true, allOf = true, anyOf = true,
+  oneOf = true, prefixItems = true, examples = true }
+local SCHEMA_KEYWORDS = { items = true, additionalProperties = true, contains = true,
+  propertyNames = true, ["not"] = true, ["if"] = true, ["then"] = true, ["else"] = true,
+  unevaluatedItems = true, unevaluatedProperties = true, additionalItems = true }
+local SCHEMA_MAP_KEYWORDS = { properties = true, patternProperties = true, ["$defs"] = true,
+  definitions = true, dependentSchemas = true }
+local SCHEMA_LIST_KEYWORDS = { allOf = true, anyOf = true, oneOf = true, prefixItems = true }
+
+local function quote(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  return tostring(v)
+end
+
+local function is_seq(t)
+  local n = 0
+  for k in next, t do
+    if type(k) ~= "number" or k < 1 or k % 1 ~= 0 then return false end
+    n = n + 1
+  end
+  return n == #t
+end
+
+-- A checker collects problems with their field paths.
+local Checker = {}
+Checker.__index = Checker
+
+local function checker(file)
+  return setmetatable({ file = file, problems = {} }, Checker)
+end
+
+function Checker:fail(path, fmt, ...)
+  self.problems[#self.problems + 1] =
+    string.format("%s: %s: " .. fmt, self.file, path, ...)
+end
+
+function Checker:type(path, v, want)
+  if type(v) ~= want then
+    self:fail(path, "expected %s, got %s", want, type(v) == "nil" and "nothing" or type(v))
+    return false
+  end
+  return true
+end
+
+function Checker:fields(path, t, allowed)
+  for k in next, t do
+    if type(k) ~= "string" then
+      self:fail(path, "unexpected key %s (keys are field names)", quote(k))
+    elseif not allowed[k] then
+      local names = {}
+      for n in next, allowed do names[#names + 1] = n end
+      table.sort(names)
+      self:fail(path == "" and k or path .. "." .. k,
+        "unknown field (expected one of %s)", table.concat(names, ", "))
+    end
+  end
+end
+
+function Checker:string_list(path, v, json)
+  if v == nil then return json.array({}) end
+  if not self:type(path, v, "table") then return json.array({}) end
+  if not is_seq(v) then self:fail(path, "expected a list of strings"); return json.array({}) end
+  local out = json.array({})
+  for i = 1, #v do
+    if type(v[i]) ~= "string" then
+      self:fail(path .. "[" .. i .. "]", "expected string, got %s", type(v[i]))
+    else
+      out[#out + 1] = v[i]
+    end
+  end
+  return out
+end
+
+function Checker:number(path, v, dflt, opts)
+  if v == nil then return dflt end
+  if type(v) ~= "number" or v ~= v then
+    self:fail(path, "expected a number, got %s", quote(v))
+    return dflt
+  end
+  if opts.integer and v % 1 ~= 0 then self:fail(path, "expected a whole number, got %s", v) end
+  if opts.min and v < opts.min then self:fail(path, "must be >= %s, got %s", opts.min, v) end
+  if opts.positive and v <= 0 then self:fail(path, "must be > 0, got %s", v) end
+  return v
+end
+
+function Checker:enum(path, v, choices, dflt)
+  if v == nil then return dflt end
+  for _, c in ipairs(choices) do if v == c then return v end end
+  self:fail(path, "expected one of %s, got %s", table.concat(choices, ", "), quote(v))
+  return dflt
+end
+
+-- Copy a JSON Schema given as Lua tables into plain data with array
+-- markers on array-valued keywords. Functions or cycles are problems.
+function Checker:schema(path, s, json, depth, seen)
+  depth = depth or 0
+  seen = seen or {}
+  if depth > 64 then self:fail(path, "schema nested too deeply"); return {} end
+  local tv = type(s)
+  if tv == "boolean" then return s end
+  if tv ~= "table" then
+    self:fail(path, "expected a schema (table or boolean), got %s", tv)
+    return {}
+  end
+  if seen[s] then self:fail(path, "schema contains a cycle"); return {} end
+  seen[s] = true
+  local out = {}
+  local seq = next(s) ~= nil and is_seq(s)
+  if seq then out = json.array({}) end
+  for k, v in next, s do
+    local kp = path .. (type(k) == "number" and ("[" .. k .. "]") or ("." .. tostring(k)))
+    local tk = type(k)
+    if tk ~= "string" and not seq then
+      self:fail(kp, "schema keys must be strings")
+    elseif type(v) == "function" or type(v) == "thread" or type(v) == "userdata" and v ~= json.null then
+      self:fail(kp, "a schema holds data only, got %s", type(v))
+    elseif tk == "string" and SCHEMA_MAP_KEYWORDS[k] and type(v) == "table" then
+      local m = {}
+      for name, sub in next, v do
+        m[name] = self:schema(kp .. "." .. tostring(name), sub, json, depth + 1, seen)
+      end
+      out[k] = m
+    elseif tk == "string" and (SCHEMA_KEYWORDS[k] or SCHEMA_LIST_KEYWORDS[k]) and type(v) == "table" then
+      local sub = self:schema(kp, v, json, depth + 1, seen)
+      if SCHEMA_LIST_KEYWORDS[k] and getmetatable(sub) ~= json.array_mt then
+        sub = json.array(sub)
+      end
+      out[k] = sub
+    elseif type(v) == "table" then
+      local sub = self:schema(kp, v, json, depth + 1, seen)
+      if tk == "string" and ARRAY_KEYWORDS[k] and getmetatable(sub) ~= json.array_mt then
+        if next(sub) == nil then sub = json.array(sub) end
+      end
+      out[k] = sub
+    else
+      out[k] = v
+    end
+  end
+  seen[s] = nil
+  return out
+end
+
+local FIELDS = {
+  top = { metadata = true, parameters = true, constraints = true, capabilities = true,
+          roles = true, security = true, execution = true, output = true },
+  metadata = { name = true, description = true, version = true, tags = true,
+               examples = true, author = true, license = true },
+  security = { level = true, allowed_paths = true, dangerous_functions = true,
+               max_file_size = true, max_memory = true, max_cpu = true, max_output = true },
+  execution = { timeout = true, retries = true, handler = true },
+  output = { format = true, schema = true, cache_ttl = true },
+  example = { params = true, output = true, error = true, description = true },
+}
+
+local function block(c, raw, name)
+  local v = rawget(raw, name)
+  if v == nil then return {} end
+  if not c:type(name, v, "table") then return {} end
+  c:fields(name, v, FIELDS[name])
+  return v
+end
+
+function M.normalize(raw, file, json)
+  local c = checker(file or "?")
+  if type(raw) ~= "table" then
+    c:fail("(definition)", "expected a table, got %s", type(raw))
+    return nil, c.problems
+  end
+  c:fields("", raw, FIELDS.top)
+
+  local def, fns = {}, { constraints = {} }
+
+  -- metadata
+  local md = block(c, raw, "metadata")
+  if rawget(raw, "metadata") == nil then c:fail("metadata", "missing (a tool needs metadata.name and metadata.description)") end
+  local meta = {}
+  local name = rawget(md, "name")
+  if name == nil then
+    c:fail("metadata.name", "missing")
+  elseif c:type("metadata.name", name, "string") then
+    if #name > M.MAX_NAME or not name:match(M.NAME_PATTERN) then
+      c:fail("metadata.name", "must match [a-z][a-z0-9_]* and be at most %d characters, got %s", M.MAX_NAME, quote(name))
+    end
+  end
+  meta.name = name
+  local desc = rawget(md, "description")
+  if desc == nil then
+    c:fail("metadata.description", "missing")
+  elseif c:type("metadata.description", desc, "string") and desc:match("^%s*$") then
+    c:fail("metadata.description", "must not be empty")
+  end
+  meta.description = desc
+  local version = rawget(md, "version")
+  if version ~= nil and c:type("metadata.version", version, "string") then meta.version = version
+  else meta.version = M.DEFAULTS.version end
+  meta.tags = c:string_list("metadata.tags", rawget(md, "tags"), json)
+  for _, k in ipairs({ "author", "license" }) do
+    local v = rawget(md, k)
+    if v ~= nil and c:type("metadata." .. k, v, "string") then meta[k] = v end
+  end
+  meta.examples = json.array({})
+  local ex = rawget(md, "examples")
+  if ex ~= nil and c:type("metadata.examples", ex, "table") then
+    for i = 1, #ex do
+      local p = "metadata.examples[" .. i .. "]"
+      local e = ex[i]
+      if c:type(p, e, "table") then
+        c:fields(p, e, FIELDS.example)
+        local params = rawget(e, "params")
+        local ne = { description = rawget(e, "description") }
+        if ne.description ~= nil then c:type(p .. ".description", ne.description, "string") end
+        if params ~= nil and c:type(p .. ".params", params, "table") then
+          ne.params = c:schema(p .. ".params", params, json)
+        else
+          ne.params = {}
+        end
+        if rawget(e, "output") ~= nil then ne.output = c:schema(p .. ".output", { v = rawget(e, "output") }, json).v end
+        local err = rawget(e, "error")
+        if err ~= nil and c:type(p .. ".error", err, "string") then ne.error = err end
+        meta.examples[#meta.examples + 1] = ne
+      end
+    end
+  end
+  def.metadata = meta
+
+  -- parameters
+  local params = rawget(raw, "parameters")
+  if params == nil then
+    def.parameters = { type = "object" }
+  else
+    def.parameters = c:schema("parameters", params, json)
+    if type(def.parameters) == "table" then
+      local t = def.parameters.type
+      if t ~= nil and t ~= "object" then
+        c:fail("parameters.type", "the parameters of a tool are an object, got %s", quote(t))
+      end
+    end
+  end
+
+  -- constraints
+  local cons = rawget(raw, "constraints")
+  if cons ~= nil and c:type("constraints", cons, "table") then
+    if not is_seq(cons) then c:fail("constraints", "expected a list of functions") end
+    for i = 1, #cons do
+      if c:type("constraints[" .. i .. "]", cons[i], "function") then
+        fns.constraints[#fns.constraints + 1] = cons[i]
+      end
+    end
+  end
+  def.constraints = #fns.constraints
+
+  def.capabilities = c:string_list("capabilities", rawget(raw, "capabilities"), json)
+  def.roles = c:string_list("roles", rawget(raw, "roles"), json)
+
+  -- security
+  local sec = block(c, raw, "security")
+  local D = M.DEFAULTS
+  local s = {}
+  s.level = c:enum("security.level", rawget(sec, "level"), M.LEVELS, D.level)
+  s.allowed_paths = c:string_list("security.allowed_paths", rawget(sec, "allowed_paths"), json)
+  for i, p in ipairs(s.allowed_paths) do
+    if p:sub(1, 1) ~= "/" then c:fail("security.allowed_paths[" .. i .. "]", "must be an absolute path, got %s", quote(p)) end
+    if p:find("\0", 1, true) then c:fail("security.allowed_paths[" .. i .. "]", "must not contain a NUL byte") end
+  end
+  s.dangerous_functions = c:string_list("security.dangerous_functions", rawget(sec, "dangerous_functions"), json)
+  s.max_file_size = c:number("security.max_file_size", rawget(sec, "max_file_size"), D.max_file_size, { integer = true, min = 0 })
+  s.max_memory = c:number("security.max_memory", rawget(sec, "max_memory"), D.max_memory, { integer = true, positive = true })
+  s.max_cpu = c:number("security.max_cpu", rawget(sec, "max_cpu"), D.max_cpu, { positive = true })
+  s.max_output = c:number("security.max_output", rawget(sec, "max_output"), D.max_output, { integer = true, positive = true })
+  def.security = s
+
+  -- execution
+  local exe = block(c, raw, "execution")
+  local e = {}
+  e.timeout = c:number("execution.timeout", rawget(exe, "timeout"), D.timeout, { positive = true })
+  e.retries = c:number("execution.retries", rawget(exe, "retries"), D.retries, { integer = true, min = 0 })
+  if e.retries > 10 then c:fail("execution.retries", "at most 10, got %s", e.retries) end
+  local handler = rawget(exe, "handler")
+  if handler == nil then
+    c:fail("execution.handler", "missing (a tool needs a handler function)")
+  else
+    c:type("execution.handler", handler, "function")
+  end
+  fns.handler = handler
+  def.execution = e
+
+  -- output
+  local out = block(c, raw, "output")
+  local o = {}
+  o.format = c:enum("output.format", rawget(out, "format"), M.FORMATS, D.format)
+  local os_ = rawget(out, "schema")
+  if os_ ~= nil then o.schema = c:schema("output.schema", os_, json) end
+  o.cache_ttl = c:number("output.cache_ttl", rawget(out, "cache_ttl"), D.cache_ttl, { min = 0 })
+  def.output = o
+
+  if #c.problems > 0 then return nil, c.problems end
+  return def, fns
+end
+
+return M

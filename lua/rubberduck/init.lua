@@ -1,0 +1,262 @@
+-- rubberduck — the engine, from Lua.
+--
+--   local rd = require "rubberduck"
+--   local engine = assert(rd.open{ data_dir = dir, tools = "tools" })
+--   local env = engine:execute(name, params, caller)   -- envelope (table)
+--   local h = engine:submit(name, params, caller, { on_progress = fn })
+--   h.id; h:stage(); h:cancel(); local env2 = h:wait(timeout_ms)
+--   engine:tools(); engine:subscribe(prefix, fn); engine:close()
+--
+-- open{} options: data_dir (default "./.rduck"), tools (a directory),
+-- files (a list of tool files), entry (who calls: "lua", "cli", "c", ...).
+-- Tools that fail to load are reported in engine.problems and through the
+-- "tool.load_failed" event; the engine still opens.
+local core = require "rubberduck.core"
+local json = require "rubberduck.json"
+local registry = require "rubberduck.registry"
+local pipeline = require "rubberduck.pipeline"
+local authorizer = require "rubberduck.authorizer"
+local validator = require "rubberduck.validator"
+
+local M = {}
+M.version = core.version
+M.json = json
+
+local Engine = {}
+Engine.__index = Engine
+local Handle = {}
+Handle.__index = Handle
+
+-- Where lua/rubberduck lives: the tool states load their bootstrap from it.
+local function lua_dir()
+  local p = package.searchpath and package.searchpath("rubberduck", package.path)
+  if p then return (p:gsub("/rubberduck/init%.lua$", ""):gsub("/rubberduck%.lua$", "")) end
+  local src = debug.getinfo(1, "S").source
+  return (src:gsub("^@", ""):gsub("/rubberduck/init%.lua$", ""))
+end
+
+function M.open(opts)
+  opts = opts or {}
+  local dir = lua_dir()
+  local self = setmetatable({
+    data_dir = opts.data_dir or "./.rduck",
+    entry = opts.entry or "lua",
+    lua_path = dir .. "/?.lua;" .. dir .. "/?/init.lua",
+    loop = core.loop.new(),
+    bus = core.telemetry.new(),
+    handles = {},
+    problems = {},
+    closed = false,
+  }, Engine)
+  self.registry = registry.new(self)
+  if opts.tools or opts.files then
+    local _, probs = self:load_tools(opts.tools, opts.files)
+    self.problems = probs
+  end
+  return self
+end
+
+-- ---- telemetry ---------------------------------------------------------------
+
+function Engine:emit(name, measurements, metadata)
+  if self.closed then return 0 end
+  return self.bus:emit(name, measurements, metadata)
+end
+
+function Engine:subscribe(prefix, fn)
+  return self.bus:subscribe(prefix or "", fn)
+end
+
+function Engine:unsubscribe(id) self.bus:unsubscribe(id) end
+
+function Engine:bus_pointer()
+  if self.closed then return nil end
+  return self.bus:pointer()
+end
+
+-- ---- tools -----------------------------------------------------------------------
+
+local function compile_schemas(t)
+  local v, err = validator.compile(t.def.parameters, { defaults = true })
+  if not v then return nil, t.file .. ": parameters: " .. tostring(err) end
+  t.validator = v
+  if t.def.output.schema ~= nil then
+    local ov, oerr = validator.compile(t.def.output.schema, {})
+    if not ov then return nil, t.file .. ": output.schema: " .. tostring(oerr) end
+    t.output_validator = ov
+  end
+  return true
+end
+
+-- Load (or reload) the tools of `dir` and/or `files`. Returns
+-- ok, problems (a list of "file: field.path: reason").
+function Engine:load_tools(dir, files)
+  local loaded, problems = registry.load_all(self, dir, files)
+  local good = {}
+  for _, t in ipairs(loaded) do
+    local ok, err = compile_schemas(t)
+    if ok then
+      good[#good + 1] = t
+    else
+      problems[#problems + 1] = err
+      t.state:close()
+    end
+  end
+  self.registry:add(good)
+  for _, p in ipairs(problems) do self.problems[#self.problems + 1] = p end
+  return #problems == 0, problems[1] and problems or problems, problems[1]
+end
+
+-- C API shape: ok, first problem.
+function Engine:load_tools_c(dir)
+  local ok, probs = self:load_tools(dir)
+  return ok, probs[1]
+end
+
+-- Normalized definitions (plain data, the shape of schemas/tool.schema.json).
+function Engine:tools()
+  local out = json.array({})
+  for _, t in ipairs(self.registry:list()) do out[#out + 1] = t.def end
+  return out
+end
+
+function Engine:tool(name)
+  local t = self.registry:get(name)
+  return t and t.def
+end
+
+function Engine:tools_json()
+  return assert(json.encode(self:tools()))
+end
+
+-- ---- executions -------------------------------------------------------------------
+
+function Handle:_resume(...)
+  if self.done or not self.co then return end
+  if coroutine.status(self.co) ~= "suspended" then return end
+  local ok, err = coroutine.resume(self.co, ...)
+  if not ok then
+    -- pipeline.run catches everything; reaching here is an engine bug
+    self:_finish(pipeline.error_envelope(self.id, self.name, "internal", tostring(err)))
+  end
+end
+
+function Handle:_finish(env)
+  if self.done then return end
+  self.done = true
+  self.envelope = env
+  self.stage_name = "done"
+  self.engine.handles[self.id] = nil
+  if self.on_done then
+    local ok, err = pcall(self.on_done, env)
+    if not ok then io.stderr:write("rubberduck: on_done raised: ", tostring(err), "\n") end
+  end
+end
+
+-- The stage the call is in: validating, authorizing, waiting, running,
+-- retry_wait, done.
+function Handle:stage()
+  return self.done and "done" or self.stage_name or "queued"
+end
+
+-- Cancel the call at whatever stage it is. Returns true if it was still
+-- running (its envelope will say "cancelled").
+function Handle:cancel()
+  if self.done then return false end
+  self.cancelled = true
+  if self.state then
+    self.state:stop("cancel")
+  elseif self.timer then
+    self.timer:stop()
+    self.timer = nil
+    self:_resume("cancelled")
+  else
+    -- waiting for a busy tool state
+    local t = self.engine.registry:get(self.name)
+    if t then
+      for i, w in ipairs(t.waiters) do
+        if w == self then table.remove(t.waiters, i); break end
+      end
+    end
+    self:_resume("cancelled")
+  end
+  return true
+end
+
+-- Wait for the envelope, running the loop. timeout_ms nil: no limit.
+-- Returns the envelope, or nil, "timeout" if it is not done in time (the
+-- call goes on).
+function Handle:wait(timeout_ms)
+  local loop = self.engine.loop
+  local timed_out = false
+  local timer
+  if timeout_ms then timer = loop:timer(timeout_ms, function() timed_out = true end) end
+  while not self.done and not timed_out do loop:run("once") end
+  if timer then timer:stop() end
+  if not self.done then return nil, "timeout" end
+  return self.envelope
+end
+
+function Engine:submit(name, params, caller, opts)
+  if self.closed then error("engine is closed", 2) end
+  opts = opts or {}
+  local h = setmetatable({
+    id = core.ulid(), engine = self, name = name, params = params,
+    opts = opts, logs = {}, on_progress = opts.on_progress, on_done = opts.on_done,
+  }, Handle)
+  if opts.deadline_ms then h.deadline = core.mono_ms() + opts.deadline_ms end
+  local c, why = authorizer.caller(caller)
+  if not c then
+    h.caller = { principal = "anonymous", roles = json.array({}), capabilities = json.array({}) }
+    h.co = function()
+      return pipeline.error_envelope(h.id, name, "unauthorized", "caller refused: " .. why)
+    end
+  else
+    h.caller = c
+    h.co = function() return pipeline.run(self, h) end
+  end
+  self.handles[h.id] = h
+  local body = h.co
+  h.co = coroutine.create(function() h:_finish(body()) end)
+  -- Runs until the first wait (or to the end, for a call refused early).
+  h:_resume()
+  return h
+end
+
+function Engine:execute(name, params, caller, opts)
+  return self:submit(name, params, caller, opts):wait()
+end
+
+-- For the C API: JSON in, JSON out. Returns envelope_json, ok | nil, message.
+function Engine:execute_json(name, params_json, caller_json)
+  local params, caller = nil, nil
+  if params_json then
+    local p, err = json.decode(params_json)
+    if p == nil then return nil, "params: " .. err end
+    params = p
+  end
+  if caller_json then
+    local c, err = json.decode(caller_json)
+    if c == nil then return nil, "caller: " .. err end
+    caller = c
+  end
+  local env = self:execute(name, params, caller, { entry = "c" })
+  return assert(json.encode(env)), env.status == "ok"
+end
+
+function Engine:close()
+  if self.closed then return end
+  for _, h in pairs(self.handles) do h:cancel() end
+  -- let cancelled calls finish
+  local guard = 0
+  while next(self.handles) and guard < 1000 do
+    self.loop:run("once")
+    guard = guard + 1
+  end
+  self.registry:close()
+  self.closed = true
+  self.bus:close()
+  self.loop:close()
+end
+
+return M

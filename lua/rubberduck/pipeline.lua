@@ -1,0 +1,270 @@
+-- rubberduck.pipeline — the request path of one execution (DESIGN.md, "The
+-- pipeline"): validate, authorize, execute (with retries), process, and
+-- record, ending in one result envelope.
+--
+-- It runs as one coroutine per execution in the host state. Where a tool
+-- runs, the coroutine yields; the C side resumes it from the libuv loop when
+-- the worker answers (or the deadline passes, or the caller cancels), so
+-- the loop never waits on a tool.
+local core = require "rubberduck.core"
+local json = require "rubberduck.json"
+local errors = require "rubberduck.errors"
+local authorizer = require "rubberduck.authorizer"
+
+local M = {}
+
+-- Backoff between attempts (ms): initial * factor^(attempt-1), capped,
+-- with +-25% jitter.
+M.BACKOFF = { initial = 50, factor = 2, max = 2000 }
+-- Breaches after which a tool state is not reused.
+local RECYCLE = { memory_limit = true, cpu_limit = true, timeout = true,
+                  cancelled = true, sandbox_violation = true, internal = true }
+
+local floor, format = math.floor, string.format
+local yield, running = coroutine.yield, coroutine.running
+
+function M.iso8601(t)
+  local s = floor(t)
+  local ms = floor((t - s) * 1000)
+  return os.date("!%Y-%m-%dT%H:%M:%S", s) .. format(".%03dZ", ms)
+end
+
+local function is_object(v)
+  return type(v) == "table" and getmetatable(v) ~= json.array_mt
+    and (next(v) == nil or not json.is_array(v))
+end
+
+-- Wait for the tool's state to be free (one call at a time per state).
+local function acquire(engine, h, t)
+  while true do
+    if h.cancelled then return nil, "cancelled" end
+    local st, err = engine.registry:state_of(t)
+    if not st then return nil, "internal", err end
+    if not st:busy() and not t.holder then
+      t.holder = h
+      return st
+    end
+    t.waiters[#t.waiters + 1] = h
+    h.stage_name = "waiting"
+    yield()
+  end
+end
+
+local function release(t, h)
+  if t.holder == h then t.holder = nil end
+  local nxt = table.remove(t.waiters, 1)
+  if nxt then nxt:_resume() end
+end
+
+-- Run one attempt in the tool state. Returns ok, status|kind, output|msg, stats.
+local function attempt_call(engine, h, t, st, arg, limits)
+  st:on_notify(function(kind, a, b, text)
+    if kind == "progress" then
+      engine:emit("execution.progress", { done = a, total = b },
+        { execution_id = h.id, tool = t.name, message = text })
+      if h.on_progress then
+        local ok, err = pcall(h.on_progress, a, b, text)
+        if not ok then io.stderr:write("rubberduck: on_progress raised: ", tostring(err), "\n") end
+      end
+    elseif kind == "log" then
+      local level, msg = text:match("^([^\t]*)\t(.*)$")
+      h.logs[#h.logs + 1] = { level = level or "info", message = msg or text }
+      engine:emit("execution.log", nil,
+        { execution_id = h.id, tool = t.name, level = level or "info", message = msg or text })
+    end
+  end)
+  local ok, err = st:start("execute", arg, limits, function(...) h:_resume(...) end)
+  if not ok then return false, "internal", err, {} end
+  h.state = st
+  h.stage_name = "running"
+  local r = { yield() }
+  h.state = nil
+  st:on_notify(nil)
+  return r[1], r[2], r[3], r[4] or {}
+end
+
+local function backoff_ms(attempt)
+  local B = M.BACKOFF
+  local d = math.min(B.max, B.initial * B.factor ^ (attempt - 1))
+  return d * (0.75 + 0.5 * math.random())
+end
+
+local function sleep(engine, h, ms)
+  h.stage_name = "retry_wait"
+  h.timer = engine.loop:timer(ms, function() h:_resume("timer") end)
+  local why = yield()
+  h.timer = nil
+  return why ~= "cancelled"
+end
+
+-- The body: returns output, err (err = { kind, message, details, retryable }).
+local function body(engine, h, meta)
+  local t = engine.registry:get(h.name)
+  if not t then
+    return nil, errors.new("not_found", format("no tool named %q", tostring(h.name)))
+  end
+  local def = t.def
+  meta.security_level = def.security.level
+  meta.tool_version = def.metadata.version
+  meta.format = h.opts.format or def.output.format
+
+  -- 1 validate
+  h.stage_name = "validating"
+  local params = h.params
+  if params == nil or params == json.null then params = {} end
+  if not is_object(params) then
+    return nil, errors.new("invalid_params", "parameters must be a JSON object",
+      { errors = json.array({ { pointer = "", keyword = "type", schema_path = "/type",
+        message = "/: must be an object, got " .. (type(params) == "table" and "array" or type(params)) } }) })
+  end
+  if t.validator then
+    local ok, errs = t.validator(params)
+    if not ok then
+      local msgs = {}
+      for i, e in ipairs(errs) do if i <= 5 then msgs[#msgs + 1] = e.message end end
+      if #errs > 5 then msgs[#msgs + 1] = format("and %d more", #errs - 5) end
+      return nil, errors.new("invalid_params", table.concat(msgs, "; "),
+        { errors = json.array(errs) })
+    end
+  end
+
+  -- 2 authorize
+  h.stage_name = "authorizing"
+  local allowed, why, details = authorizer.check(def, h.caller)
+  if not allowed then
+    engine:emit("authorization.denied", nil, { execution_id = h.id, tool = t.name,
+      principal = h.caller.principal, reason = why })
+    return nil, errors.new("unauthorized", why, details)
+  end
+
+  -- 3 execute, with retries
+  local sec, exe = def.security, def.execution
+  local attempts = 1 + (h.opts.retries or exe.retries)
+  local last
+  for attempt = 1, attempts do
+    if h.cancelled then return nil, errors.new("cancelled", "cancelled by the caller") end
+    local timeout = exe.timeout
+    if h.deadline then
+      local left = h.deadline - core.mono_ms()
+      if left <= 0 then
+        return nil, last or errors.new("timeout", "the caller's deadline passed")
+      end
+      if left < timeout then timeout = left end
+    end
+    meta.attempts = attempt
+    engine:emit("execution.attempt", { attempt = attempt },
+      { execution_id = h.id, tool = t.name })
+    local st, kind, msg = acquire(engine, h, t)
+    if not st then
+      return nil, errors.new(kind, kind == "cancelled" and "cancelled by the caller" or msg)
+    end
+    local arg = { params = params, ctx = {
+      execution_id = h.id, tool = t.name, attempt = attempt, caller = h.caller,
+      deadline = core.now() * 1000 + timeout,
+    } }
+    local ok, a, b, stats = attempt_call(engine, h, t, st, arg,
+      { cpu_ms = sec.max_cpu, timeout_ms = timeout, max_output = sec.max_output })
+    release(t, h)
+    meta.cpu_ms = (meta.cpu_ms or 0) + (stats.cpu_ms or 0)
+    if (stats.peak_memory_bytes or 0) > (meta.peak_memory_bytes or 0) then
+      meta.peak_memory_bytes = stats.peak_memory_bytes
+    end
+    if ok and a.status == "ok" then return b end
+    local err
+    if ok then
+      err = errors.new(a.kind, a.message, a.details)
+      err.retryable = errors.retryable(a.kind, a.retryable)
+    else
+      -- a breach recorded in C, or the bootstrap itself failed
+      local k = a == "error" and "internal" or a
+      err = errors.new(k, k == "internal" and ("tool state failed: " .. tostring(b)) or tostring(b))
+      if k == "cpu_limit" then
+        err.message = format("CPU budget of %s ms spent", sec.max_cpu)
+      elseif k == "memory_limit" then
+        err.message = format("memory cap of %d bytes reached", sec.max_memory)
+      elseif k == "timeout" and not b:find("discarded", 1, true) then
+        err.message = format("deadline of %s ms passed", timeout)
+      elseif k == "cancelled" then
+        err.message = "cancelled by the caller"
+      elseif k == "sandbox_violation" then
+        err.message = tostring(b):gsub("^sandbox_violation: ", "")
+      end
+      err.retryable = errors.retryable(k)
+      if RECYCLE[k] then engine.registry:recycle(t) end
+      if k == "sandbox_violation" then
+        engine:emit("security.violation", nil, { execution_id = h.id, tool = t.name,
+          principal = h.caller.principal, kind = k, message = err.message })
+      end
+    end
+    last = err
+    if not err.retryable or attempt == attempts or h.cancelled then break end
+    if not sleep(engine, h, backoff_ms(attempt)) then
+      return nil, errors.new("cancelled", "cancelled by the caller")
+    end
+  end
+  if h.cancelled and last.kind ~= "cancelled" then
+    return nil, errors.new("cancelled", "cancelled by the caller")
+  end
+  return nil, last
+end
+
+-- 4 process: the output schema.
+local function process(engine, h, output)
+  local t = engine.registry:get(h.name)
+  if t and t.output_validator then
+    local ok, errs = t.output_validator(output == nil and json.null or output)
+    if not ok then
+      local msgs = {}
+      for i, e in ipairs(errs) do if i <= 5 then msgs[#msgs + 1] = e.message end end
+      return nil, errors.new("invalid_output", "output fails output.schema: " .. table.concat(msgs, "; "),
+        { errors = json.array(errs) })
+    end
+  end
+  return output
+end
+
+-- An envelope for a call that ended before the pipeline could run.
+function M.error_envelope(id, tool, kind, message)
+  return { execution_id = id, tool = tostring(tool), status = "error", output = json.null,
+    error = { kind = kind, message = message, details = json.object({}) },
+    metadata = { started_at = M.iso8601(core.now()), duration_ms = 0, attempts = 0,
+      security_level = json.null, cached = false, format = "json",
+      peak_memory_bytes = 0, cpu_ms = 0 } }
+end
+
+function M.run(engine, h)
+  local t0 = core.mono_ms()
+  local meta = { started_at = M.iso8601(core.now()), duration_ms = 0, attempts = 0,
+    security_level = json.null, cached = false, format = h.opts.format or "json",
+    peak_memory_bytes = 0, cpu_ms = 0 }
+  engine:emit("execution.start", nil, { execution_id = h.id, tool = tostring(h.name),
+    principal = h.caller.principal, entry = h.opts.entry or engine.entry })
+  local ok, output, err = pcall(body, engine, h, meta)
+  local t = engine.registry:get(h.name)
+  if t and t.holder == h then release(t, h) end
+  if not ok then
+    err = errors.new("internal", "engine error: " .. tostring(output))
+    output = nil
+  end
+  if not err then output, err = process(engine, h, output) end
+  meta.duration_ms = core.mono_ms() - t0
+  local env = {
+    execution_id = h.id, tool = tostring(h.name),
+    status = err and "error" or "ok",
+    output = (err or output == nil) and json.null or output,
+    error = json.null,
+    metadata = meta,
+  }
+  if err then
+    env.error = { kind = err.kind, message = err.message, details = err.details or json.object({}) }
+  end
+  local md = { execution_id = h.id, tool = env.tool, status = env.status,
+    principal = h.caller.principal, kind = err and err.kind or nil }
+  local ms = { duration_ms = meta.duration_ms, attempts = meta.attempts,
+    cpu_ms = meta.cpu_ms, peak_memory_bytes = meta.peak_memory_bytes }
+  engine:emit("execution.stop", ms, md)
+  if err then engine:emit("execution.exception", ms, md) end
+  return env
+end
+
+return M

@@ -1,0 +1,189 @@
+-- rubberduck.toolstate — the bootstrap of a tool's own Lua state.
+--
+-- Loaded once, with the full standard library, when the engine makes a tool
+-- state (core/lua/l_lstate.c). It captures what it needs in locals, strips
+-- the state's real libraries of what no tool may reach (string.dump, ...),
+-- and evaluates the untrusted tool file in a restricted environment built
+-- from rubberduck.env. The engine then calls its functions by name:
+--
+--   define{ source =, chunkname =, file = } -> result, nil
+--       result = { ok = true, def = <normalized> } | { ok = false, problems = {...} }
+--   execute{ params =, ctx = } -> status, output
+--       status = { status = "ok" } | { status = "error", kind =, message =,
+--                  retryable =, details = }
+--
+-- The C side runs these under the tool's limits and records breaches
+-- itself, so nothing here needs to be trusted to report them.
+local toolcore = require "rubberduck.toolcore"
+local envdata = require "rubberduck.env"
+local dsl = require "rubberduck.dsl"
+
+local json = toolcore.json
+local notify = toolcore.notify
+local make_fs = toolcore.fs
+local violation = toolcore.violation
+local type, pairs, ipairs, next, pcall, rawget, tostring, select, error =
+  type, pairs, ipairs, next, pcall, rawget, tostring, select, error
+local setmetatable, getmetatable, setfenv, loadstring =
+  setmetatable, getmetatable, setfenv, loadstring
+local concat, sfind, ssub, format = table.concat, string.find, string.sub, string.format
+local collectgarbage = collectgarbage
+local G = _G
+
+-- What the tool gets at level none: everything, saved before stripping.
+local full_string_dump = string.dump
+
+-- Strip the state's real libraries: the string metatable's __index is the
+-- real string table, so ("").dump must not exist there.
+string.dump = nil
+
+local M = {}
+
+local tool_fns      -- { handler =, constraints = }
+local tool_def      -- normalized definition (host copy is separate)
+local tool_env      -- the environment the tool's code runs in
+local made = setmetatable({}, { __mode = "k" })
+
+local function deep_copy_lib(src, names)
+  local t = {}
+  for _, n in ipairs(names) do t[n] = src[n] end
+  return t
+end
+
+local function log(level, ...)
+  local n = select("#", ...)
+  local parts = {}
+  for i = 1, n do
+    local v = select(i, ...)
+    parts[i] = type(v) == "string" and v or (type(v) == "number" or type(v) == "boolean") and tostring(v)
+      or "<" .. type(v) .. ">"
+  end
+  notify("log", 0, 0, tostring(level) .. "\t" .. concat(parts, " "))
+end
+
+local function make_env()
+  local env = {}
+  for _, name in ipairs(envdata.allow.globals) do env[name] = G[name] end
+  for lib, names in pairs(envdata.allow.libs) do env[lib] = deep_copy_lib(G[lib], names) end
+  env.getmetatable = function(v)
+    if type(v) ~= "table" then return nil end
+    return getmetatable(v)
+  end
+  env.collectgarbage = function(opt)
+    if opt == "count" then return collectgarbage("count") end
+    error("collectgarbage: only \"count\" is available to tools", 2)
+  end
+  env.print = function(...) log("info", ...) end
+  env.json = {
+    encode = json.encode, decode = json.decode, null = json.null,
+    array = json.array, object = json.object, is_array = json.is_array,
+  }
+  env.fs = setmetatable({}, { __index = function(_, k)
+    error("fs." .. tostring(k) .. ": this tool has no allowed_paths", 2)
+  end })
+  env.tool = function(t)
+    if type(t) ~= "table" then error("tool: expected a table, got " .. type(t), 2) end
+    made[t] = true
+    return t
+  end
+  env._G = env
+  return env
+end
+
+-- Turn an error value into text without running any of its metamethods.
+local function error_text(e)
+  local te = type(e)
+  if te == "string" then return e end
+  if te == "table" then
+    local m = rawget(e, "message")
+    if type(m) == "string" then return m end
+    return "error object without a message"
+  end
+  if te == "number" or te == "boolean" or te == "nil" then return tostring(e) end
+  return "error object of type " .. te
+end
+
+function M.define(arg)
+  local file = arg.file or "?"
+  if sfind(arg.source, "^\27") then
+    return { ok = false, problems = json.array({ file .. ": (file): precompiled bytecode is refused" }) }
+  end
+  local chunk, perr = loadstring(arg.source, arg.chunkname)
+  if not chunk then
+    return { ok = false, problems = json.array({ file .. ": (syntax): " .. tostring(perr) }) }
+  end
+  local env = make_env()
+  setfenv(chunk, env)
+  local ok, raw = pcall(chunk)
+  if not ok then
+    return { ok = false, problems = json.array({ file .. ": (load): " .. error_text(raw) }) }
+  end
+  if type(raw) ~= "table" or not made[raw] then
+    return { ok = false, problems = json.array({
+      file .. ": (file): does not return a tool (end the file with: return tool { ... })" }) }
+  end
+  local def, fns = dsl.normalize(raw, file, json)
+  if not def then return { ok = false, problems = json.array(fns) } end
+
+  local sec = def.security
+  if #sec.allowed_paths > 0 then
+    env.fs = make_fs(sec.allowed_paths, sec.max_file_size)
+  end
+  if sec.level == "none" then
+    -- Trusted tool: the handler sees the whole standard library.
+    string.dump = full_string_dump
+    setmetatable(env, { __index = G })
+    env.fs = env.fs -- keep the engine's fs (allowed_paths still applies)
+  end
+  tool_fns, tool_def, tool_env = fns, def, env
+  return { ok = true, def = def }
+end
+
+local function fail(kind, message, extra)
+  local s = { status = "error", kind = kind, message = message }
+  if extra then for k, v in pairs(extra) do s[k] = v end end
+  return s
+end
+
+function M.execute(arg)
+  if not tool_fns then return fail("internal", "tool state has no tool") end
+  local params, ctx = arg.params, arg.ctx or {}
+  ctx.log = function(level, ...) log(level, ...) end
+  ctx.progress = function(done, total, message)
+    notify("progress", tonumber(done) or 0, tonumber(total) or 0,
+      message ~= nil and tostring(message) or "")
+  end
+
+  -- Custom constraints, after the schema (the host ran the schema).
+  local failures
+  for i, c in ipairs(tool_fns.constraints) do
+    local ok, good, why = pcall(c, params)
+    if not ok then
+      failures = failures or json.array({})
+      failures[#failures + 1] = { pointer = "", keyword = "constraints",
+        schema_path = "constraints/" .. i, message = "constraint " .. i .. " raised: " .. error_text(good) }
+    elseif not good then
+      failures = failures or json.array({})
+      failures[#failures + 1] = { pointer = "", keyword = "constraints",
+        schema_path = "constraints/" .. i,
+        message = type(why) == "string" and why or ("constraint " .. i .. " failed") }
+    end
+  end
+  if failures then
+    local msgs = {}
+    for i, f in ipairs(failures) do msgs[i] = f.message end
+    return fail("invalid_params", concat(msgs, "; "), { details = { errors = failures } })
+  end
+
+  local ok, res, err2 = pcall(tool_fns.handler, params, ctx)
+  if not ok then
+    local retryable = type(res) == "table" and rawget(res, "retryable") == true
+    return fail("tool_error", error_text(res), { retryable = retryable })
+  end
+  if res == nil and err2 ~= nil then
+    return fail("tool_error", error_text(err2))
+  end
+  return { status = "ok" }, res
+end
+
+return M
