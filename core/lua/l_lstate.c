@@ -167,6 +167,13 @@ static int t_mono_ms(lua_State *L) {
   return 1;
 }
 
+static int t_sleep(lua_State *L) {
+  double ms = luaL_checknumber(L, 1);
+  if (ms > 3600e3) return luaL_argerror(L, 1, "at most one hour");
+  rd__lstate_sleep(L, ms);
+  return 0;
+}
+
 static int t_violation(lua_State *L) {
   return rd__lstate_breach(L, RD_BREACH_VIOLATION, "%s", luaL_checkstring(L, 1));
 }
@@ -189,6 +196,8 @@ static int open_toolcore(lua_State *L) {
   lua_setfield(L, -2, "mono_ms");
   lua_pushcfunction(L, t_violation);
   lua_setfield(L, -2, "violation");
+  lua_pushcfunction(L, t_sleep);
+  lua_setfield(L, -2, "sleep");
   return 1;
 }
 

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 /* Instructions between two hook checks. Small enough that a breach is seen
  * within microseconds, large enough to cost little (a clock read per call). */
@@ -176,4 +177,24 @@ int rd__lstate_breach(lua_State *L, rd_breach kind, const char *fmt, ...) {
   if (s && s->breach == RD_BREACH_NONE) s->breach = kind;
   if (s && s->armed) lua_sethook(L, hook, LUA_MASKCOUNT, 1);
   return luaL_error(L, "%s: %s", rd__breach_kind(kind), msg);
+}
+
+int rd__lstate_sleep(lua_State *L, double ms) {
+  rd_lstate *s = rd__lstate_from(L);
+  uint64_t until = rd__mono_ns() + (uint64_t)(ms > 0 ? ms * 1e6 : 0);
+  for (;;) {
+    uint64_t now = rd__mono_ns();
+    if (s && s->armed) {
+      int req = atomic_load(&s->stop_req);
+      if (req != RD_BREACH_NONE)
+        return rd__lstate_breach(L, (rd_breach)req, "%s", breach_text((rd_breach)req));
+      if (s->deadline_ns && now >= s->deadline_ns)
+        return rd__lstate_breach(L, RD_BREACH_TIMEOUT, "%s", breach_text(RD_BREACH_TIMEOUT));
+    }
+    if (now >= until) return 0;
+    uint64_t left = until - now;
+    if (left > 5000000u) left = 5000000u; /* 5 ms slices */
+    struct timespec ts = {0, (long)left};
+    nanosleep(&ts, NULL);
+  }
 }

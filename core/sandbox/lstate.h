@@ -76,6 +76,12 @@ int rd__lstate_breach(lua_State *L, rd_breach kind, const char *fmt, ...)
  * next growing allocation. */
 void rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory);
 
+/* Sleep `ms` milliseconds on behalf of tool code running in L, in short
+ * slices, waking early to raise the breach if a stop is requested or the
+ * deadline passes (a count hook cannot fire while C sleeps). Returns 0, or
+ * raises like rd__lstate_breach. On a plain lua_State it just sleeps. */
+int rd__lstate_sleep(lua_State *L, double ms);
+
 /* Heap bytes currently allocated by the state. */
 size_t rd__lstate_heap(rd_lstate *s);
 

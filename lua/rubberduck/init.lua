@@ -35,6 +35,8 @@ local function lua_dir()
   return (src:gsub("^@", ""):gsub("/rubberduck/init%.lua$", ""))
 end
 
+M.lua_dir = lua_dir
+
 function M.open(opts)
   opts = opts or {}
   local dir = lua_dir()

@@ -21,7 +21,7 @@ local dsl = require "rubberduck.dsl"
 local json = toolcore.json
 local notify = toolcore.notify
 local make_fs = toolcore.fs
-local violation = toolcore.violation
+local sleep = toolcore.sleep
 local type, pairs, ipairs, next, pcall, rawget, tostring, select, error =
   type, pairs, ipairs, next, pcall, rawget, tostring, select, error
 local setmetatable, getmetatable, setfenv, loadstring =
@@ -149,6 +149,10 @@ function M.execute(arg)
   if not tool_fns then return fail("internal", "tool state has no tool") end
   local params, ctx = arg.params, arg.ctx or {}
   ctx.log = function(level, ...) log(level, ...) end
+  ctx.sleep = function(ms)
+    if type(ms) ~= "number" or ms ~= ms then error("ctx.sleep: expected milliseconds", 2) end
+    sleep(ms)
+  end
   ctx.progress = function(done, total, message)
     notify("progress", tonumber(done) or 0, tonumber(total) or 0,
       message ~= nil and tostring(message) or "")

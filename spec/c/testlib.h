@@ -14,13 +14,13 @@ typedef void (*tl_fn)(void);
 static struct { const char *name; tl_fn fn; } tl_tests[256];
 static int tl_ntests, tl_failed_checks, tl_cur_failed;
 
-#define TEST(name)                                                      \
-  static void test_##name(void);                                        \
-  __attribute__((constructor)) static void reg_##name(void) {           \
-    tl_tests[tl_ntests].name = #name;                                   \
-    tl_tests[tl_ntests++].fn = test_##name;                             \
+#define TEST(tname)                                                     \
+  static void test_##tname(void);                                       \
+  __attribute__((constructor)) static void reg_##tname(void) {          \
+    tl_tests[tl_ntests].name = #tname;                                  \
+    tl_tests[tl_ntests++].fn = test_##tname;                            \
   }                                                                     \
-  static void test_##name(void)
+  static void test_##tname(void)
 
 #define CHECK(cond)                                                     \
   do {                                                                  \
