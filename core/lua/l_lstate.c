@@ -391,9 +391,11 @@ static void push_error_text(lua_State *L, lua_State *T) {
 static void push_results(lua_State *L, lcore *c) {
   lua_State *T = rd__lstate_L(c->s);
   if (c->breach != RD_BREACH_NONE) {
+    const char *msg = rd__lstate_breach_message(c->s);
     lua_pushboolean(L, 0);
     lua_pushstring(L, rd__breach_kind(c->breach));
-    if (c->status != 0) push_error_text(L, T);
+    if (msg) lua_pushstring(L, msg);
+    else if (c->status != 0) push_error_text(L, T);
     else lua_pushstring(L, rd__breach_kind(c->breach));
   } else if (c->status != 0) {
     lua_pushboolean(L, 0);

@@ -25,6 +25,7 @@ struct rd_lstate {
   uint64_t deadline_ns;
   atomic_int stop_req;   /* rd_breach asked for by another thread */
   rd_breach breach;      /* recorded on the thread running the state */
+  char breach_msg[256];  /* what the first breach since arm said */
 };
 
 const char *rd__breach_kind(rd_breach b) {
@@ -92,6 +93,8 @@ static void hook(lua_State *L, lua_Debug *ar) {
       s->breach = RD_BREACH_CPU;
   }
   if (s->breach != RD_BREACH_NONE) {
+    if (!s->breach_msg[0])
+      snprintf(s->breach_msg, sizeof s->breach_msg, "%s", breach_text(s->breach));
     /* Fire at every instruction from now on: a pcall that swallows this
      * error gets the next one immediately. */
     lua_sethook(L, hook, LUA_MASKCOUNT, 1);
@@ -129,6 +132,11 @@ void rd__lstate_free(rd_lstate *s) {
 
 lua_State *rd__lstate_L(rd_lstate *s) { return s->L; }
 
+const char *rd__lstate_breach_message(rd_lstate *s) {
+  if (s->breach_msg[0]) return s->breach_msg;
+  return NULL;
+}
+
 void rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory) {
   s->max_memory = max_memory;
 }
@@ -137,6 +145,7 @@ size_t rd__lstate_heap(rd_lstate *s) { return s->heap; }
 
 void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns) {
   s->breach = RD_BREACH_NONE;
+  s->breach_msg[0] = '\0';
   atomic_store(&s->stop_req, RD_BREACH_NONE);
   s->cpu_limit_ms = cpu_ms;
   s->cpu_start_ms = rd__thread_cpu_ms();
@@ -174,7 +183,10 @@ int rd__lstate_breach(lua_State *L, rd_breach kind, const char *fmt, ...) {
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   rd_lstate *s = rd__lstate_from(L);
-  if (s && s->breach == RD_BREACH_NONE) s->breach = kind;
+  if (s && s->breach == RD_BREACH_NONE) {
+    s->breach = kind;
+    snprintf(s->breach_msg, sizeof s->breach_msg, "%s", msg);
+  }
   if (s && s->armed) lua_sethook(L, hook, LUA_MASKCOUNT, 1);
   return luaL_error(L, "%s: %s", rd__breach_kind(kind), msg);
 }

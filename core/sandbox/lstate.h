@@ -60,6 +60,11 @@ void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns);
  * the heap high-water mark since arm. */
 rd_breach rd__lstate_disarm(rd_lstate *s, double *cpu_ms, size_t *peak_bytes);
 
+/* What the breach returned by the last rd__lstate_disarm said ("fs.read:
+ * access denied: ..."), or NULL when none was recorded with a message.
+ * Valid until the next rd__lstate_arm. */
+const char *rd__lstate_breach_message(rd_lstate *s);
+
 /* Ask the running code to stop (thread-safe): `why` is RD_BREACH_TIMEOUT or
  * RD_BREACH_CANCEL; it is recorded and the hook raises at the next count. */
 void rd__lstate_request_stop(rd_lstate *s, rd_breach why);
