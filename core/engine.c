@@ -47,8 +47,21 @@ const char *rd__lua_dir(void) {
     size_t bl = strlen(RD_BUILD_DIR);
     in_build = strncmp(exe, RD_BUILD_DIR, bl) == 0 && exe[bl] == '/';
   }
+  char rel[PATH_MAX];
+  rel[0] = '\0';
+  if (n > 0) {
+    /* An installed binary: <prefix>/bin/rduck next to <prefix>/share/... */
+    char *slash = strrchr(exe, '/');
+    if (slash) {
+      *slash = '\0';
+      int k = snprintf(rel, sizeof rel, "%s/../share/rubberduck/lua", exe);
+      if (k < 0 || (size_t)k >= sizeof rel) rel[0] = '\0';
+    }
+  }
   if (in_build && is_dir_with_init(RD_SOURCE_LUA_DIR))
     snprintf(found, sizeof found, "%s", RD_SOURCE_LUA_DIR);
+  else if (rel[0] && is_dir_with_init(rel) && realpath(rel, found))
+    ; /* found */
   else if (is_dir_with_init(RD_INSTALL_LUA_DIR))
     snprintf(found, sizeof found, "%s", RD_INSTALL_LUA_DIR);
   else

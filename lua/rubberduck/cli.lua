@@ -239,7 +239,7 @@ function M.render(value, format)
     if value == nil or value == json.null then return "" end
     return table.concat(plain(value), "\n")
   end
-  return assert(json.encode(value == nil and json.null or value, { pretty = true }))
+  return assert(json.encode(value == nil and json.null or value, { pretty = true, sort_keys = true }))
 end
 
 local SUPPORTED_FORMATS = { json = true, plain = true }
@@ -316,7 +316,7 @@ function handlers.run(args)
   local env = engine:execute(name, params, caller, { format = opts.format, entry = "cli",
     deadline_ms = timeout })
   if opts.json then
-    stdout:write(json.encode(env, { pretty = true }), "\n")
+    stdout:write(json.encode(env, { pretty = true, sort_keys = true }), "\n")
   elseif env.status == "ok" then
     local fmt = env.metadata.format
     if not SUPPORTED_FORMATS[fmt] then fmt = "json" end
@@ -346,7 +346,7 @@ function handlers.tools(args)
   local engine = rd.open({ tools = dir, data_dir = opts.data, entry = "cli" })
   local defs = engine:tools()
   if opts.json then
-    stdout:write(json.encode(defs, { pretty = true }), "\n")
+    stdout:write(json.encode(defs, { pretty = true, sort_keys = true }), "\n")
   else
     local w = 4
     for _, d in ipairs(defs) do if #d.metadata.name > w then w = #d.metadata.name end end
@@ -438,7 +438,7 @@ function handlers.demo(args)
     end
   end
   if opts.json then
-    stdout:write(json.encode({ passed = pass, failed = fail, results = results }, { pretty = true }), "\n")
+    stdout:write(json.encode({ passed = pass, failed = fail, results = results }, { pretty = true, sort_keys = true }), "\n")
   else
     stdout:write(string.format("demo: %d passed, %d failed\n", pass, fail))
   end

@@ -12,7 +12,7 @@ local M = {}
 
 local function show(v)
   if type(v) == "table" then
-    local s = json.encode(v, { pretty = true })
+    local s = json.encode(v, { pretty = true, sort_keys = true })
     if s then return s end
   end
   if v == json.null then return "null" end
