@@ -333,17 +333,20 @@ static void read_limits(lua_State *L, int idx, limits *lim) {
 static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
                     const limits *lim) {
   lua_State *T = rd__lstate_L(c->s);
+  size_t cap = rd__lstate_set_max_memory(c->s, 0);
   lua_settop(T, 0);
   lua_rawgeti(T, LUA_REGISTRYINDEX, c->modref);
   lua_getfield(T, -1, fname);
   lua_remove(T, -2);
   if (!lua_isfunction(T, -1)) {
     lua_settop(T, 0);
+    rd__lstate_set_max_memory(c->s, cap);
     luaL_error(L, "tool state has no function '%s'", fname);
   }
   rd_error err;
-  /* Input is not counted against the heap cap's breach logic: copy first. */
-  if (rd__xcopy(L, argidx, T, NULL, NULL, &err) != RD_OK) {
+  int rc = rd__xcopy(L, argidx, T, NULL, NULL, &err);
+  rd__lstate_set_max_memory(c->s, cap);
+  if (rc != RD_OK) {
     lua_settop(T, 0);
     luaL_error(L, "argument %s", err.message);
   }
@@ -390,6 +393,7 @@ static void push_error_text(lua_State *L, lua_State *T) {
 /* Push the results of the finished call onto L: 4 values, as documented. */
 static void push_results(lua_State *L, lcore *c) {
   lua_State *T = rd__lstate_L(c->s);
+  size_t cap = rd__lstate_set_max_memory(c->s, 0);
   if (c->breach != RD_BREACH_NONE) {
     const char *msg = rd__lstate_breach_message(c->s);
     lua_pushboolean(L, 0);
@@ -422,6 +426,7 @@ static void push_results(lua_State *L, lcore *c) {
   }
   push_stats(L, c);
   lua_settop(T, 0);
+  rd__lstate_set_max_memory(c->s, cap);
 }
 
 static int l_call(lua_State *L) {

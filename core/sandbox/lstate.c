@@ -137,8 +137,10 @@ const char *rd__lstate_breach_message(rd_lstate *s) {
   return NULL;
 }
 
-void rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory) {
+size_t rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory) {
+  size_t old = s->max_memory;
   s->max_memory = max_memory;
+  return old;
 }
 
 size_t rd__lstate_heap(rd_lstate *s) { return s->heap; }

@@ -77,9 +77,12 @@ void rd__lstate_request_stop(rd_lstate *s, rd_breach why);
 int rd__lstate_breach(lua_State *L, rd_breach kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Change the heap cap (0: unlimited). A state already above it fails its
- * next growing allocation. */
-void rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory);
+/* Change the heap cap (0: unlimited) and return the previous one. A state
+ * already above it fails its next growing allocation. The engine lifts the
+ * cap while it moves data in and out of a state (trusted code, where an
+ * allocation failure would be an unprotected Lua error) and restores it
+ * before tool code runs. */
+size_t rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory);
 
 /* Sleep `ms` milliseconds on behalf of tool code running in L, in short
  * slices, waking early to raise the breach if a stop is requested or the

@@ -8,18 +8,6 @@
 #include "json.h"
 #include "testlib.h"
 
-/* testlib.h's TEST(name) also substitutes the member in `.name = #name`, so
- * it compiles for no test name; until it is fixed there, the same macro with
- * the parameter renamed. */
-#undef TEST
-#define TEST(id)                                                        \
-  static void test_##id(void);                                          \
-  __attribute__((constructor)) static void reg_##id(void) {             \
-    tl_tests[tl_ntests].name = #id;                                     \
-    tl_tests[tl_ntests++].fn = test_##id;                               \
-  }                                                                     \
-  static void test_##id(void)
-
 #include <lauxlib.h>
 #include <lualib.h>
 
