@@ -130,10 +130,12 @@ function M.define(arg)
     env.fs = make_fs(sec.allowed_paths, sec.max_file_size)
   end
   if sec.level == "none" then
-    -- Trusted tool: the handler sees the whole standard library.
+    -- Trusted tool: the handler sees the whole standard library (print
+    -- still goes to the log: stdout belongs to the embedding program).
     string.dump = full_string_dump
-    setmetatable(env, { __index = G })
-    env.fs = env.fs -- keep the engine's fs (allowed_paths still applies)
+    for k, v in pairs(G) do
+      if k ~= "print" and k ~= "_G" then env[k] = v end
+    end
   end
   tool_fns, tool_def, tool_env = fns, def, env
   return { ok = true, def = def }
