@@ -48,9 +48,6 @@
 #define HARD_MAX_DEPTH 1000
 #define TWO_53 9007199254740992.0
 
-/* Shared with l_json.c (is_array). Belongs in json.h. */
-int rd__json_is_array(lua_State *L, int idx);
-
 /* Registry keys of the protected entry points (cached closures). */
 static char decode_fn_key, encode_fn_key;
 

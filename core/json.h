@@ -8,8 +8,8 @@
  * the three promises of DESIGN.md:
  *
  *  - Arrays and objects stay apart. Decoded arrays carry the metatable
- *    registered as RD_JSON_ARRAY_MT (decoded objects carry none, or
- *    objects carry none). RD_JSON_OBJECT_MT forces a table to encode as an
+ *    registered as RD_JSON_ARRAY_MT (decoded objects carry none).
+ *    RD_JSON_OBJECT_MT forces a table to encode as an
  *    object (integer keys written as strings). On encode a table
  *    is an array when it has the array metatable, or when it is non-empty
  *    and its keys are exactly 1..n; an empty table without a marker is {}.
@@ -42,7 +42,7 @@
 #define RD_JSON_NULL ((void *)0)
 
 typedef struct rd_json_opts {
-  int max_depth;    /* 0: RD_JSON_MAX_DEPTH */
+  int max_depth;    /* 0: RD_JSON_MAX_DEPTH; values above 1000 are clamped */
   int sort_keys;    /* encode: object keys in byte order (canonical form) */
   int pretty;       /* encode: two-space indentation, one member a line */
 } rd_json_opts;
@@ -61,6 +61,11 @@ int rd__json_decode(lua_State *L, const char *text, size_t len,
  * type) or RD_ENOMEM. Never modifies L's stack (net). */
 int rd__json_encode(lua_State *L, int idx, rd_buf *out,
                     const rd_json_opts *opts, rd_error *err);
+
+/* 1 if the value at `idx` encodes as a JSON array under the rules above
+ * (array marker, or a non-empty table whose keys are exactly 1..n), else 0.
+ * Runs no metamethods. */
+int rd__json_is_array(lua_State *L, int idx);
 
 /* 1 if `len` bytes of `s` are valid UTF-8, else 0 and *bad_at (if not NULL)
  * gets the offset of the first invalid byte. */

@@ -3,8 +3,10 @@
  * rd_event). Subscribers are matched by name prefix ("" matches all,
  * "execution." matches "execution.start"). Emission is synchronous, on the
  * calling thread (the loop thread in the engine). Subscribing or
- * unsubscribing from inside a callback is allowed: it takes effect for the
- * next event.
+ * unsubscribing from inside a callback is allowed. A new subscriber receives
+ * events from the next one on; a removed subscriber receives nothing more,
+ * not even the rest of the event being delivered (its `ud` may be freed as
+ * soon as rd__telemetry_unsubscribe returns).
  */
 #ifndef RD_TELEMETRY_H
 #define RD_TELEMETRY_H

@@ -58,10 +58,10 @@ int rd_ulid_new(char out[RD_ULID_LEN + 1]) {
 int64_t rd_ulid_time_ms(const char *ulid) {
   if (!ulid || strlen(ulid) != RD_ULID_LEN) return -1;
   uint64_t v = 0;
-  for (int i = 0; i < 10; i++) {
+  for (int i = 0; i < RD_ULID_LEN; i++) {
     const char *p = strchr(B32, ulid[i]);
     if (!p || !*p) return -1;
-    v = (v << 5) | (uint64_t)(p - B32);
+    if (i < 10) v = (v << 5) | (uint64_t)(p - B32);
   }
   return (int64_t)(v & ((1ull << 48) - 1)) == (int64_t)v ? (int64_t)v : -1;
 }

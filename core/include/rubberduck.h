@@ -82,7 +82,8 @@ void rd_free(void *p);
 #define RD_ULID_LEN 26
 /* Write a new ULID and a NUL into out[RD_ULID_LEN + 1]. Returns RD_OK. */
 int rd_ulid_new(char out[RD_ULID_LEN + 1]);
-/* Milliseconds since the epoch encoded in `ulid`, or -1 if malformed. */
+/* Milliseconds since the epoch encoded in `ulid`, or -1 if it is not 26
+ * characters of Crockford base32 (upper case) or its time exceeds 48 bits. */
 int64_t rd_ulid_time_ms(const char *ulid);
 
 /* ---- telemetry ----------------------------------------------------------

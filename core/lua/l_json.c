@@ -30,9 +30,6 @@
 #include <math.h>
 #include <string.h>
 
-/* Defined in json.c (the encoder's table rule). Belongs in json.h. */
-int rd__json_is_array(lua_State *L, int idx);
-
 static void check_opts(lua_State *L, int i, rd_json_opts *o) {
   memset(o, 0, sizeof *o);
   if (lua_isnoneornil(L, i)) return;
