@@ -139,10 +139,10 @@ int rd_engine_open(rd_engine **out, const rd_engine_config *cfg, rd_error *err) 
   lua_setfield(L, -2, "entry");
   if (lua_pcall(L, 1, 2, 1) != 0) goto lua_fail;
   if (lua_isnil(L, -2)) {
-    rd_error_set(err, RD_EINVAL, "%s", lua_tostring(L, -1));
+    rd_error_set(err, RD_EIO, "%s", lua_tostring(L, -1));
     lua_close(L);
     rd__freemem(e);
-    return RD_EINVAL;
+    return RD_EIO;
   }
   lua_pop(L, 1);
   e->ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -216,7 +216,7 @@ int rd_engine_tools_json(rd_engine *e, char **out_json, rd_error *err) {
 int rd_engine_load_tools(rd_engine *e, const char *dir, rd_error *err) {
   if (!e || !dir) return rd_error_set(err, RD_EINVAL, "NULL argument");
   lua_pushstring(e->L, dir);
-  int rc = call_method(e, "load_tools", 1, 2, err);
+  int rc = call_method(e, "load_tools_c", 1, 2, err);
   if (rc) return rc;
   /* results: true | false, first error message */
   int ok = lua_toboolean(e->L, -2);

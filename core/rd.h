@@ -23,8 +23,9 @@ void *rd__realloc(void *p, size_t n);
 void *rd__calloc(size_t n, size_t size);
 void rd__freemem(void *p);
 char *rd__strdup(const char *s);
-/* Make the allocation after the next `n` ones fail (n < 0: never fail).
- * For tests only; not thread-safe. */
+/* Make every allocation after the next `n` ones fail, until
+ * rd__alloc_fail_after(-1) switches failures off again. For tests only;
+ * not thread-safe. */
 void rd__alloc_fail_after(long n);
 
 /* ---- growable byte buffer ----------------------------------------------------

@@ -97,6 +97,7 @@ char *rd__strdup(const char *s) {
 
 int rd__buf_reserve(rd_buf *b, size_t extra) {
   if (b->oom) return RD_ENOMEM;
+  if (extra > SIZE_MAX - b->len - 1) { b->oom = 1; return RD_ENOMEM; }
   if (b->len + extra + 1 <= b->cap) return RD_OK;
   size_t cap = b->cap ? b->cap : 64;
   while (cap < b->len + extra + 1) {

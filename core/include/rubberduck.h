@@ -103,8 +103,9 @@ typedef struct rd_event {
   const rd_kv_str *metadata;
 } rd_event;
 
-/* Subscriber callback. Must not close the engine. A subscriber cannot stop
- * the event from reaching the others. */
+/* Subscriber callback. Must not close the engine. Nothing a subscriber does
+ * (returning, raising in Lua) stops the event from reaching the others,
+ * except unsubscribing one of them, which takes effect at once. */
 typedef void (*rd_event_cb)(const rd_event *ev, void *ud);
 
 /* Value of a measurement / metadata key of `ev`, or the default. */
@@ -123,8 +124,9 @@ typedef struct rd_engine_config {
 /* Open an engine: its event loop, host Lua state, telemetry bus; loads the
  * tools of cfg->tools_dir (a tool that fails to load is reported through
  * telemetry as "tool.load_failed" and skipped). On success *out is owned by
- * the caller; release it with rd_engine_close(). Errors: RD_EINVAL, RD_ELUA,
- * RD_EIO. */
+ * the caller; release it with rd_engine_close(). Errors: RD_EINVAL (out is
+ * NULL), RD_EIO (cfg->tools_dir is not a readable directory), RD_ELUA (the
+ * engine's Lua modules failed: message has the traceback), RD_ENOMEM. */
 int rd_engine_open(rd_engine **out, const rd_engine_config *cfg, rd_error *err);
 
 /* Close the engine and free everything it owns. NULL is a no-op. */

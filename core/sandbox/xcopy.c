@@ -34,7 +34,7 @@ static size_t path_push(ctx *c, lua_State *L, int kidx) {
   size_t klen;
   if (lua_type(L, kidx) == LUA_TNUMBER) {
     double d = lua_tonumber(L, kidx);
-    if (d >= 1 && d == (double)(long long)d)
+    if (d >= 1 && d < 9007199254740992.0 && d == floor(d))
       snprintf(tmp, sizeof tmp, "%lld", (long long)d - 1); /* 0-based */
     else
       snprintf(tmp, sizeof tmp, "%.17g", d);
@@ -177,6 +177,20 @@ static int copy(ctx *c, int idx, int depth) {
   }
 }
 
+typedef struct job {
+  ctx *c;
+  int idx, rc, ref;
+} job;
+
+/* Runs on `to` under lua_cpcall: an allocation failure in `to` becomes a
+ * status, not an unprotected error. The copy is parked in the registry. */
+static int protected_copy(lua_State *T) {
+  job *j = lua_touserdata(T, 1);
+  j->rc = copy(j->c, j->idx, 0);
+  if (j->rc == RD_OK) j->ref = luaL_ref(T, LUA_REGISTRYINDEX);
+  return 0;
+}
+
 int rd__xcopy(lua_State *from, int idx, lua_State *to,
               const rd_xcopy_opts *opts, size_t *bytes, rd_error *err) {
   static const rd_xcopy_opts dflt = {0, 0, 0};
@@ -191,9 +205,23 @@ int rd__xcopy(lua_State *from, int idx, lua_State *to,
   c->allow_nonfinite = opts->allow_nonfinite;
   c->err = err;
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(from) + idx + 1;
-  int top_to = lua_gettop(to);
-  int rc = copy(c, idx, 0);
-  if (rc) lua_settop(to, top_to);
+  int top_to = lua_gettop(to), top_from = lua_gettop(from);
+  job j = {c, idx, RD_OK, LUA_NOREF};
+  int rc;
+  if (!lua_checkstack(to, 2)) {
+    rc = rd_error_set(err, RD_ENOMEM, "cannot grow the target stack");
+  } else if (lua_cpcall(to, protected_copy, &j) != 0) {
+    lua_settop(to, top_to);
+    lua_settop(from, top_from);
+    rc = rd_error_set(err, RD_ENOMEM, "out of memory in the target state");
+  } else if (j.rc != RD_OK) {
+    lua_settop(to, top_to);
+    rc = j.rc;
+  } else {
+    lua_rawgeti(to, LUA_REGISTRYINDEX, j.ref);
+    luaL_unref(to, LUA_REGISTRYINDEX, j.ref);
+    rc = RD_OK;
+  }
   if (bytes) *bytes = c->bytes;
   rd__freemem(c);
   return rc;

@@ -22,6 +22,8 @@ typedef struct rd_xcopy_opts {
 } rd_xcopy_opts;
 
 /* Push onto `to` a copy of the value at index `idx` of `from`.
+ * The copy runs protected (lua_cpcall) on `to`, so a target that cannot
+ * allocate (a tool state at its cap) gives RD_ENOMEM, never a Lua error.
  * Returns RD_OK (one value pushed), RD_EINVAL (value not plain data: the
  * message starts with its JSON pointer), RD_ELIMIT (max_bytes or depth:
  * message says which), or RD_ENOMEM. Nothing is pushed on failure. `from`

@@ -298,7 +298,8 @@ function handlers.run(args)
   else
     name = target
   end
-  local engine = open_engine(opts, files)
+  local engine, oerr = open_engine(opts, files)
+  if not engine then return nil, oerr end
   if files then
     -- A file run: its own problems are fatal; the name comes from the file.
     for _, t in ipairs(engine.registry:list()) do
@@ -343,7 +344,7 @@ function handlers.tools(args)
   if #pos > 0 then return nil, "tools: unexpected argument " .. pos[1] end
   local dir = opts.tools or "tools"
   if not core.listdir(dir) then return nil, "--tools: " .. dir .. ": no such directory" end
-  local engine = rd.open({ tools = dir, data_dir = opts.data, entry = "cli" })
+  local engine = assert(rd.open({ tools = dir, data_dir = opts.data, entry = "cli" }))
   local defs = engine:tools()
   if opts.json then
     stdout:write(json.encode(defs, { pretty = true, sort_keys = true }), "\n")
@@ -366,7 +367,7 @@ function handlers.check(args)
   if not opts then return nil, pos end
   if opts.help then return "help" end
   if #pos == 0 then return nil, "check: name at least one FILE or DIR" end
-  local engine = rd.open({ entry = "cli" })
+  local engine = assert(rd.open({ entry = "cli" }))
   local n, problems = 0, 0
   for _, p in ipairs(pos) do
     local ok, probs
@@ -410,7 +411,8 @@ function handlers.demo(args)
   if opts.help then return "help" end
   if #pos > 0 then return nil, "demo: unexpected argument " .. pos[1] end
   local dir = opts.tools or bundled_tools_dir()
-  local engine = rd.open({ tools = dir, data_dir = opts.data, entry = "cli" })
+  local engine, oerr = rd.open({ tools = dir, data_dir = opts.data, entry = "cli" })
+  if not engine then return nil, oerr end
   print_problems(engine.problems)
   local pass, fail, results = 0, 0, json.array({})
   for _, d in ipairs(engine:tools()) do

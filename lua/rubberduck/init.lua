@@ -9,8 +9,9 @@
 --
 -- open{} options: data_dir (default "./.rduck"), tools (a directory),
 -- files (a list of tool files), entry (who calls: "lua", "cli", "c", ...).
--- Tools that fail to load are reported in engine.problems and through the
--- "tool.load_failed" event; the engine still opens.
+-- Returns the engine, or nil and a message when `tools` is not a readable
+-- directory. Tools that fail to load are reported in engine.problems and
+-- through the "tool.load_failed" event; the engine still opens.
 local core = require "rubberduck.core"
 local json = require "rubberduck.json"
 local registry = require "rubberduck.registry"
@@ -39,6 +40,10 @@ M.lua_dir = lua_dir
 
 function M.open(opts)
   opts = opts or {}
+  if opts.tools then
+    local ok, err = core.listdir(opts.tools)
+    if not ok then return nil, "tools: " .. tostring(opts.tools) .. ": " .. err end
+  end
   local dir = lua_dir()
   local self = setmetatable({
     data_dir = opts.data_dir or "./.rduck",

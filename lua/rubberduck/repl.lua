@@ -25,7 +25,11 @@ function M.run(opts, cli)
   local native = require "rubberduck.cli.native"
   local interactive = native.isatty(0)
   local tools_dir = opts.tools or (core.listdir("tools") and "tools") or nil
-  local engine = rd.open({ tools = tools_dir, data_dir = opts.data, entry = "repl" })
+  local engine, oerr = rd.open({ tools = tools_dir, data_dir = opts.data, entry = "repl" })
+  if not engine then
+    io.stderr:write("rduck repl: ", oerr, "\n")
+    return 2
+  end
   local out = io.stdout
 
   local function report_problems()
@@ -52,7 +56,7 @@ function M.run(opts, cli)
   env.reload = function()
     engine.registry:close()
     engine.problems = {}
-    local new = rd.open({ tools = tools_dir, data_dir = opts.data, entry = "repl" })
+    local new = assert(rd.open({ tools = tools_dir, data_dir = opts.data, entry = "repl" }))
     engine:close()
     engine = new
     env.engine = engine
