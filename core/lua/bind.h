@@ -14,6 +14,12 @@ int rd__luaopen_telemetry(lua_State *L);  /* l_telemetry.c: core.telemetry */
 int rd__luaopen_lstate(lua_State *L);     /* l_lstate.c: core.lstate */
 int rd__luaopen_loop(lua_State *L);       /* l_loop.c: core.loop */
 
+/* Make the metatable `mt_name` (methods `m`, __index = itself) if it does
+ * not exist yet, then push a new table { new = ctor }. Returns 1 (the
+ * table), so an opener can end with `return rd__lua_class(...)`. */
+int rd__lua_class(lua_State *L, const char *mt_name, const luaL_Reg *m,
+                  lua_CFunction ctor);
+
 /* Entry point of the module (also put into package.preload by rduck). */
 int luaopen_rubberduck_core(lua_State *L);
 

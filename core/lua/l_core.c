@@ -48,6 +48,20 @@ static int l_listdir(lua_State *L) {
   return 1;
 }
 
+int rd__lua_class(lua_State *L, const char *mt_name, const luaL_Reg *m,
+                  lua_CFunction ctor) {
+  if (luaL_newmetatable(L, mt_name)) {
+    luaL_register(L, NULL, m);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushcfunction(L, ctor);
+  lua_setfield(L, -2, "new");
+  return 1;
+}
+
 int luaopen_rubberduck_core(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"ulid", l_ulid},

@@ -199,20 +199,7 @@ int rd__luaopen_loop(lua_State *L) {
   static const luaL_Reg timer_m[] = {
     {"stop", l_timer_stop}, {"active", l_timer_active}, {NULL, NULL},
   };
-  if (luaL_newmetatable(L, LOOP_MT)) {
-    luaL_register(L, NULL, loop_m);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, TIMER_MT)) {
-    luaL_register(L, NULL, timer_m);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  lua_newtable(L);
-  lua_pushcfunction(L, l_new);
-  lua_setfield(L, -2, "new");
-  return 1;
+  rd__lua_class(L, TIMER_MT, timer_m, l_new);
+  lua_pop(L, 1); /* timers are made by loop:timer(), not by a constructor */
+  return rd__lua_class(L, LOOP_MT, loop_m, l_new);
 }

@@ -591,14 +591,5 @@ int rd__luaopen_lstate(lua_State *L) {
     {"heap", l_heap}, {"busy", l_busy}, {"usable", l_usable},
     {"close", l_close}, {"__gc", l_close}, {NULL, NULL},
   };
-  if (luaL_newmetatable(L, LSTATE_MT)) {
-    luaL_register(L, NULL, m);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  lua_newtable(L);
-  lua_pushcfunction(L, l_new);
-  lua_setfield(L, -2, "new");
-  return 1;
+  return rd__lua_class(L, LSTATE_MT, m, l_new);
 }

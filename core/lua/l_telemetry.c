@@ -232,14 +232,5 @@ int rd__luaopen_telemetry(lua_State *L) {
     {"count", l_count}, {"errors", l_errors}, {"pointer", l_pointer},
     {"close", l_close}, {"__gc", l_close}, {NULL, NULL},
   };
-  if (luaL_newmetatable(L, BUS_MT)) {
-    luaL_register(L, NULL, m);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  lua_newtable(L);
-  lua_pushcfunction(L, l_new);
-  lua_setfield(L, -2, "new");
-  return 1;
+  return rd__lua_class(L, BUS_MT, m, l_new);
 }
