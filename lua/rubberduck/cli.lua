@@ -197,8 +197,7 @@ local function is_file(p)
 end
 
 local function bundled_tools_dir()
-  local lua_dir = rd.lua_dir()
-  return lua_dir:gsub("/lua$", "") .. "/tools"
+  return rd.root_dir() .. "/tools"
 end
 
 -- ---- output -----------------------------------------------------------------------------

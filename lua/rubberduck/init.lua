@@ -38,12 +38,33 @@ end
 
 M.lua_dir = lua_dir
 
+-- The directory above lua/: the source tree, or <prefix>/share/rubberduck.
+-- It holds tools/ (the bundled tools) and schemas/.
+function M.root_dir()
+  local d = lua_dir()
+  if d == "lua" then return "." end
+  return d:match("^(.*)/lua$") or (d .. "/..")
+end
+
+-- The project's schemas (schemas/*.json: tool definition, result envelope,
+-- shared parameter schemas) are in the validator's store, by $id, so a
+-- tool's parameters can $ref them. Loaded once per process.
+local schemas_loaded = false
+local function load_schemas()
+  if schemas_loaded then return end
+  schemas_loaded = true
+  local dir = M.root_dir() .. "/schemas"
+  local ok, err = validator.store:add_dir(dir)
+  if not ok then io.stderr:write("rubberduck: schemas not loaded: ", tostring(err), "\n") end
+end
+
 function M.open(opts)
   opts = opts or {}
   if opts.tools then
     local ok, err = core.listdir(opts.tools)
     if not ok then return nil, "tools: " .. tostring(opts.tools) .. ": " .. err end
   end
+  load_schemas()
   local dir = lua_dir()
   local self = setmetatable({
     data_dir = opts.data_dir or "./.rduck",

@@ -110,6 +110,17 @@ end
 -- list the *.json files of a directory (LuaJIT FFI over opendir/readdir:
 -- no extra module needed)
 local function json_files(dir)
+  local cok, core = pcall(require, "rubberduck.core")
+  if cok and core.listdir then
+    local names, lerr = core.listdir(dir)
+    if not names then return nil, dir .. ": " .. tostring(lerr) end
+    local out = {}
+    for _, name in ipairs(names) do
+      if name:match("%.json$") then out[#out + 1] = name end
+    end
+    table.sort(out)
+    return out
+  end
   local ok, ffi = pcall(require, "ffi")
   if not ok then return nil, "listing a directory needs LuaJIT's ffi" end
   if not M._dirent then
