@@ -268,7 +268,8 @@ TEST(doubles_roundtrip) {
                        -1e-7, 4.35, 100.0 / 7};
   for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++) {
     char text[64];
-    snprintf(text, sizeof text, "%s", enc_num(L, xs[i]));
+    int tn = snprintf(text, sizeof text, "%s", enc_num(L, xs[i]));
+    CHECK(tn > 0 && (size_t)tn < sizeof text);
     double back = dec_num(L, text);
     if (back != xs[i]) fprintf(stderr, "  %.17g -> %s -> %.17g\n", xs[i], text, back);
     CHECK(back == xs[i]);
@@ -327,7 +328,8 @@ TEST(numbers_agree_with_strtod) {
     memcpy(&x, &bits, sizeof x);
     if (!isfinite(x)) continue;
     char t[64];
-    snprintf(t, sizeof t, "%s", enc_num(L, x));
+    int tn = snprintf(t, sizeof t, "%s", enc_num(L, x));
+    CHECK(tn > 0 && (size_t)tn < sizeof t);
     double back = dec_num(L, t);
     if (back != x) {
       fprintf(stderr, "  %.17g -> %s -> %.17g\n", x, t, back);

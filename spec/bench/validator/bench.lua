@@ -1,0 +1,180 @@
+-- spec/bench/validator/bench.lua — the LuaJIT side of the validator benchmark.
+-- Run through ./run (which sets LUA_PATH/LUA_CPATH); by hand:
+--
+--   LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/?.so;;" \
+--     luajit spec/bench/validator/bench.lua spec/bench/validator check|bench ID...
+--
+-- ID is NAME.LABEL: schema schemas/NAME.json, instance instances/NAME.LABEL.json
+-- (LABEL starts with "valid" or "invalid": the answer both validators must give).
+--
+--   check  prints  ID <TAB> valid|invalid <TAB> error count
+--   bench  prints  ID|mixed <TAB> decoded|json <TAB> ops per second
+--
+-- decoded: each op is v(instance) on a table decoded once up front.
+-- json:    each op is v(json.decode(text)) with the C codec.
+-- mixed:   every schema compiled and live; one op per schema/instance pair,
+--          cycling over all pairs (the engine's real case: no single trace
+--          specialised on one validator).
+--
+-- Environment: RD_BENCH_TIME seconds per repetition (0.5), RD_BENCH_WARMUP
+-- seconds (0.2), RD_BENCH_REPS repetitions, median reported (3),
+-- RD_BENCH_ALL_ERRORS 1|0 (1: collect all errors, the validator's default).
+
+local ffi = require "ffi"
+local validator = require "rubberduck.validator"
+local json = require "rubberduck.json"
+
+local dir, cmd = arg[1], arg[2]
+local ids = {}
+for i = 3, #arg do ids[#ids + 1] = arg[i] end
+if not dir or (cmd ~= "check" and cmd ~= "bench") or #ids == 0 then
+  io.stderr:write("usage: bench.lua DIR check|bench NAME.LABEL...\n")
+  os.exit(2)
+end
+
+local TIME = tonumber(os.getenv("RD_BENCH_TIME") or "") or 0.5
+local WARMUP = tonumber(os.getenv("RD_BENCH_WARMUP") or "") or 0.2
+local REPS = tonumber(os.getenv("RD_BENCH_REPS") or "") or 3
+local ALL_ERRORS = (os.getenv("RD_BENCH_ALL_ERRORS") or "1") ~= "0"
+
+pcall(ffi.cdef, [[
+  struct rd_bench_timespec { long tv_sec; long tv_nsec; };
+  int clock_gettime(int clk, struct rd_bench_timespec *ts);
+]])
+local ts = ffi.new("struct rd_bench_timespec")
+local function now()
+  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- the cases: one compiled validator per schema, shared by its instances
+local validators, cases = {}, {}
+for _, id in ipairs(ids) do
+  local name = id:match("^([^.]+)%.")
+  assert(name, "bad case id " .. id)
+  local v = validators[name]
+  if not v then
+    local schema = assert(json.decode(slurp(dir .. "/schemas/" .. name .. ".json")))
+    local err
+    v, err = validator.compile(schema, { formats = "assert", all_errors = ALL_ERRORS })
+    if not v then error(name .. ": " .. tostring(err)) end
+    validators[name] = v
+  end
+  local text = slurp(dir .. "/instances/" .. id .. ".json")
+  cases[#cases + 1] = { id = id, v = v, text = text, value = assert(json.decode(text)) }
+end
+
+if cmd == "check" then
+  for _, c in ipairs(cases) do
+    local ok, errs = c.v(c.value)
+    local ok2 = c.v(json.decode(c.text))
+    assert(ok == ok2, c.id .. ": decoded and json text answers differ")
+    io.write(c.id, "\t", ok and "valid" or "invalid", "\t", ok and 0 or #errs, "\n")
+    if os.getenv("RD_BENCH_VERBOSE") and not ok then
+      for _, e in ipairs(errs) do
+        io.stderr:write("  lua ", c.id, " ", tostring(e.pointer), " ", tostring(e.keyword), ": ", tostring(e.message), "\n")
+      end
+    end
+  end
+  os.exit(0)
+end
+
+-- Each loop is loaded from source for every case, so every case gets fresh
+-- bytecode and therefore its own traces (no trace of one case reused, or
+-- side-exited from, by the next one).
+local LOOPS = {
+  single_decoded = [[
+    local v, x = ...
+    return function(n)
+      local bad = 0
+      for _ = 1, n do if not v(x) then bad = bad + 1 end end
+      return bad
+    end]],
+  single_json = [[
+    local v, text, decode = ...
+    return function(n)
+      local bad = 0
+      for _ = 1, n do if not v(decode(text)) then bad = bad + 1 end end
+      return bad
+    end]],
+  mixed_decoded = [[
+    local vs, xs, P = ...
+    return function(n)
+      local bad = 0
+      for _ = 1, n do
+        for k = 1, P do if not vs[k](xs[k]) then bad = bad + 1 end end
+      end
+      return bad
+    end]],
+  mixed_json = [[
+    local vs, xs, P, decode = ...
+    return function(n)
+      local bad = 0
+      for _ = 1, n do
+        for k = 1, P do if not vs[k](decode(xs[k])) then bad = bad + 1 end end
+      end
+      return bad
+    end]],
+}
+
+local function loop(kind, ...)
+  return assert(load(LOOPS[kind], "=" .. kind))(...)
+end
+
+local sink = 0
+
+-- run(n) performs n * per validations; returns the median ops/s of REPS runs
+local function measure(run, per)
+  -- warm-up, and find a batch size of about 2 ms
+  local n, t0 = 1, now()
+  while true do
+    local b0 = now()
+    sink = sink + run(n)
+    local dt = now() - b0
+    if dt < 0.002 then n = n * 2 elseif now() - t0 >= WARMUP then break end
+  end
+  local results = {}
+  for r = 1, REPS do
+    collectgarbage()
+    collectgarbage()
+    local ops, start, t = 0, now(), 0
+    repeat
+      sink = sink + run(n)
+      ops = ops + n * per
+      t = now()
+    until t - start >= TIME
+    results[r] = ops / (t - start)
+  end
+  table.sort(results)
+  return results[math.floor((REPS + 1) / 2)]
+end
+
+local decode = json.decode
+local function emit(id, mode, ops)
+  io.write(string.format("%s\t%s\t%.0f\n", id, mode, ops))
+  io.flush()
+end
+
+for _, mode in ipairs({ "decoded", "json" }) do
+  for _, c in ipairs(cases) do
+    local run = mode == "decoded" and loop("single_decoded", c.v, c.value)
+      or loop("single_json", c.v, c.text, decode)
+    emit(c.id, mode, measure(run, 1))
+  end
+  local vs, xs = {}, {}
+  for i, c in ipairs(cases) do
+    vs[i] = c.v
+    xs[i] = mode == "decoded" and c.value or c.text
+  end
+  local run = mode == "decoded" and loop("mixed_decoded", vs, xs, #cases)
+    or loop("mixed_json", vs, xs, #cases, decode)
+  emit("mixed", mode, measure(run, #cases))
+end
+io.stderr:write(sink == -1 and "" or "") -- keep sink observable

@@ -1,0 +1,114 @@
+// spec/bench/validator/bench_ajv.js — the ajv 8 side of the validator
+// benchmark, the mirror of bench.lua (same arguments, same output, same
+// environment variables). Run through ./run, which puts ajv and ajv-formats
+// on NODE_PATH and starts node with --expose-gc.
+//
+//   node --expose-gc bench_ajv.js DIR check|bench NAME.LABEL...
+//
+// ajv: Ajv2020 (draft 2020-12, like the schemas' $schema), ajv-formats in
+// "full" mode, allErrors as RD_BENCH_ALL_ERRORS (default 1, the Lua
+// validator's default), allowUnionTypes (the schemas use type arrays).
+"use strict";
+
+const fs = require("fs");
+const path = require("path");
+const Ajv2020 = require("ajv/dist/2020").default;
+const addFormats = require("ajv-formats").default;
+
+const [dir, cmd, ...ids] = process.argv.slice(2);
+if (!dir || (cmd !== "check" && cmd !== "bench") || ids.length === 0) {
+  process.stderr.write("usage: bench_ajv.js DIR check|bench NAME.LABEL...\n");
+  process.exit(2);
+}
+
+const num = (v, d) => (v === undefined || v === "" || isNaN(Number(v)) ? d : Number(v));
+const TIME = num(process.env.RD_BENCH_TIME, 0.5);
+const WARMUP = num(process.env.RD_BENCH_WARMUP, 0.2);
+const REPS = num(process.env.RD_BENCH_REPS, 3);
+const ALL_ERRORS = (process.env.RD_BENCH_ALL_ERRORS || "1") !== "0";
+
+const gc = typeof global.gc === "function" ? global.gc : () => {};
+const now = () => Number(process.hrtime.bigint()) / 1e9;
+
+const ajv = new Ajv2020({ allErrors: ALL_ERRORS, allowUnionTypes: true });
+addFormats(ajv, { mode: "full" });
+
+const validators = new Map();
+const cases = [];
+for (const id of ids) {
+  const name = id.split(".")[0];
+  let v = validators.get(name);
+  if (!v) {
+    const schema = JSON.parse(fs.readFileSync(path.join(dir, "schemas", name + ".json"), "utf8"));
+    v = ajv.compile(schema);
+    validators.set(name, v);
+  }
+  const text = fs.readFileSync(path.join(dir, "instances", id + ".json"), "utf8");
+  cases.push({ id, v, text, value: JSON.parse(text) });
+}
+
+if (cmd === "check") {
+  for (const c of cases) {
+    const ok = c.v(c.value);
+    const n = ok ? 0 : c.v.errors.length;
+    process.stdout.write(`${c.id}\t${ok ? "valid" : "invalid"}\t${n}\n`);
+    if (process.env.RD_BENCH_VERBOSE && !ok) {
+      for (const e of c.v.errors) {
+        process.stderr.write(`  ajv ${c.id} ${e.instancePath} ${e.keyword}: ${e.message}\n`);
+      }
+    }
+  }
+  process.exit(0);
+}
+
+// Each loop is built with new Function for every case, so every case gets
+// fresh code and its own type feedback (as bench.lua loads fresh bytecode).
+const LOOPS = {
+  single_decoded: `return function(n) { let bad = 0; for (let i = 0; i < n; i++) { if (!v(x)) bad++; } return bad; }`,
+  single_json: `return function(n) { let bad = 0; for (let i = 0; i < n; i++) { if (!v(JSON.parse(x))) bad++; } return bad; }`,
+  mixed_decoded: `return function(n) { let bad = 0; for (let i = 0; i < n; i++) { for (let k = 0; k < P; k++) { if (!vs[k](xs[k])) bad++; } } return bad; }`,
+  mixed_json: `return function(n) { let bad = 0; for (let i = 0; i < n; i++) { for (let k = 0; k < P; k++) { if (!vs[k](JSON.parse(xs[k]))) bad++; } } return bad; }`,
+};
+const single = (kind, v, x) => new Function("v", "x", LOOPS[kind])(v, x);
+const mixed = (kind, vs, xs) => new Function("vs", "xs", "P", LOOPS[kind])(vs, xs, vs.length);
+
+let sink = 0;
+
+function measure(run, per) {
+  let n = 1;
+  const t0 = now();
+  for (;;) {
+    const b0 = now();
+    sink += run(n);
+    const dt = now() - b0;
+    if (dt < 0.002) n *= 2;
+    else if (now() - t0 >= WARMUP) break;
+  }
+  const results = [];
+  for (let r = 0; r < REPS; r++) {
+    gc();
+    let ops = 0, t = 0;
+    const start = now();
+    do {
+      sink += run(n);
+      ops += n * per;
+      t = now();
+    } while (t - start < TIME);
+    results.push(ops / (t - start));
+  }
+  results.sort((a, b) => a - b);
+  return results[Math.floor((REPS - 1) / 2)];
+}
+
+const emit = (id, mode, ops) => process.stdout.write(`${id}\t${mode}\t${ops.toFixed(0)}\n`);
+
+for (const mode of ["decoded", "json"]) {
+  for (const c of cases) {
+    const run = single(mode === "decoded" ? "single_decoded" : "single_json", c.v, mode === "decoded" ? c.value : c.text);
+    emit(c.id, mode, measure(run, 1));
+  }
+  const vs = cases.map((c) => c.v);
+  const xs = cases.map((c) => (mode === "decoded" ? c.value : c.text));
+  emit("mixed", mode, measure(mixed(mode === "decoded" ? "mixed_decoded" : "mixed_json", vs, xs), cases.length));
+}
+if (sink === -1) process.stderr.write("");
