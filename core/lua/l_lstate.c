@@ -29,7 +29,7 @@
 #include "json.h"
 #include "lua/bind.h"
 #include "lua/loop.h"
-#include "sandbox/fs.h"
+#include "sandbox/toolcore.h"
 #include "sandbox/lstate.h"
 #include "sandbox/xcopy.h"
 
@@ -84,15 +84,11 @@ static lcore *check_open(lua_State *L, int idx) {
 
 /* ---- notifications from the tool state (any thread) ------------------------- */
 
-static int t_notify(lua_State *L) {
-  lcore *c = lua_touserdata(L, lua_upvalueindex(1));
-  size_t len;
-  const char *kind = luaL_checkstring(L, 1);
-  double a = luaL_optnumber(L, 2, 0), b = luaL_optnumber(L, 3, 0);
-  const char *text = luaL_optlstring(L, 4, "", &len);
-  if (len > 4096) len = 4096; /* a log line is not a data channel */
+static void on_note(void *ud, const char *kind, double a, double b,
+                    const char *text, size_t len) {
+  lcore *c = ud;
   note *n = rd__malloc(sizeof *n + len + 1);
-  if (!n) return 0;
+  if (!n) return;
   n->next = NULL;
   snprintf(n->kind, sizeof n->kind, "%s", kind);
   n->a = a;
@@ -105,7 +101,6 @@ static int t_notify(lua_State *L) {
   c->qtail = n;
   pthread_mutex_unlock(&c->qlock);
   uv_async_send(&c->async);
-  return 0;
 }
 
 static void drain(lcore *c) {
@@ -130,76 +125,6 @@ static void drain(lcore *c) {
 }
 
 static void on_async(uv_async_t *h) { drain(h->data); }
-
-/* ---- the restricted core table a tool state's bootstrap may use ------------- */
-
-static int t_fs(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  double max = luaL_optnumber(L, 2, 0);
-  int n = (int)lua_objlen(L, 1);
-  if (n > 64) return luaL_error(L, "too many allowed paths (at most 64)");
-  const char *roots[64];
-  for (int i = 0; i < n; i++) {
-    lua_rawgeti(L, 1, i + 1);
-    roots[i] = luaL_checkstring(L, -1);
-    lua_pop(L, 1); /* the string stays alive in the table at index 1 */
-  }
-  rd_error err;
-  if (rd__fs_push(L, roots, (size_t)n, (int64_t)max, &err) != RD_OK)
-    return luaL_error(L, "%s", err.message);
-  return 1;
-}
-
-static int t_ulid(lua_State *L) {
-  char id[RD_ULID_LEN + 1];
-  rd_ulid_new(id);
-  lua_pushstring(L, id);
-  return 1;
-}
-
-static int t_now(lua_State *L) {
-  lua_pushnumber(L, rd__now());
-  return 1;
-}
-
-static int t_mono_ms(lua_State *L) {
-  lua_pushnumber(L, (double)rd__mono_ns() / 1e6);
-  return 1;
-}
-
-static int t_sleep(lua_State *L) {
-  double ms = luaL_checknumber(L, 1);
-  if (ms > 3600e3) return luaL_argerror(L, 1, "at most one hour");
-  rd__lstate_sleep(L, ms);
-  return 0;
-}
-
-static int t_violation(lua_State *L) {
-  return rd__lstate_breach(L, RD_BREACH_VIOLATION, "%s", luaL_checkstring(L, 1));
-}
-
-static int open_toolcore(lua_State *L) {
-  lcore *c = lua_touserdata(L, lua_upvalueindex(1));
-  lua_newtable(L);
-  rd__luaopen_json(L);
-  lua_setfield(L, -2, "json");
-  lua_pushcfunction(L, t_fs);
-  lua_setfield(L, -2, "fs");
-  lua_pushlightuserdata(L, c);
-  lua_pushcclosure(L, t_notify, 1);
-  lua_setfield(L, -2, "notify");
-  lua_pushcfunction(L, t_ulid);
-  lua_setfield(L, -2, "ulid");
-  lua_pushcfunction(L, t_now);
-  lua_setfield(L, -2, "now");
-  lua_pushcfunction(L, t_mono_ms);
-  lua_setfield(L, -2, "mono_ms");
-  lua_pushcfunction(L, t_violation);
-  lua_setfield(L, -2, "violation");
-  lua_pushcfunction(L, t_sleep);
-  lua_setfield(L, -2, "sleep");
-  return 1;
-}
 
 /* ---- lifetime ------------------------------------------------------------------ */
 
@@ -283,11 +208,8 @@ static int l_new(lua_State *L) {
   lua_setfield(T, -2, "path");
   lua_pushliteral(T, "");
   lua_setfield(T, -2, "cpath");
-  lua_getfield(T, -1, "preload");
-  lua_pushlightuserdata(T, c);
-  lua_pushcclosure(T, open_toolcore, 1);
-  lua_setfield(T, -2, "rubberduck.toolcore");
-  lua_pop(T, 2);
+  lua_pop(T, 1);
+  rd__toolcore_preload(T, on_note, c);
   lua_getglobal(T, "require");
   lua_pushliteral(T, "rubberduck.toolstate");
   if (lua_pcall(T, 1, 1, 0) != 0) {
