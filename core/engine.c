@@ -69,6 +69,36 @@ const char *rd__lua_dir(void) {
   return found;
 }
 
+static int is_exec(const char *p) { return access(p, X_OK) == 0; }
+
+/* Copy `cand` into `found` if it names an executable; 1 if it did. */
+static int take_exec(char *found, size_t size, const char *cand) {
+  if (!is_exec(cand) || strlen(cand) >= size) return 0;
+  memcpy(found, cand, strlen(cand) + 1);
+  return 1;
+}
+
+const char *rd__worker_path(void) {
+  static char found[PATH_MAX];
+  if (found[0]) return found;
+  const char *env = getenv("RUBBERDUCK_WORKER");
+  if (env && *env && take_exec(found, sizeof found, env)) return found;
+  char exe[PATH_MAX], cand[PATH_MAX + 32];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) {
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash) {
+      *slash = '\0';
+      snprintf(cand, sizeof cand, "%s/rduck-worker", exe);
+      if (take_exec(found, sizeof found, cand)) return found;
+    }
+  }
+  if (take_exec(found, sizeof found, RD_BUILD_DIR "/rduck-worker")) return found;
+  if (take_exec(found, sizeof found, RD_INSTALL_BIN_DIR "/rduck-worker")) return found;
+  return NULL;
+}
+
 int rd__host_open(lua_State **out, const char *lua_dir, rd_error *err) {
   if (!lua_dir) lua_dir = rd__lua_dir();
   lua_State *L = luaL_newstate();

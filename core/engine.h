@@ -13,6 +13,11 @@
  * ${datadir}/rubberduck/lua. Static storage. */
 const char *rd__lua_dir(void);
 
+/* Path of the rduck-worker executable (the zygote of sandboxed workers):
+ * $RUBBERDUCK_WORKER; next to the running binary; the build tree; the
+ * install prefix. NULL when none exists. Static storage. */
+const char *rd__worker_path(void);
+
 /* A new host state: standard libraries, package.path led by `lua_dir`
  * (NULL: rd__lua_dir()), and `rubberduck.core` in package.preload, so the
  * C module is the one linked in, never a second copy from disk.

@@ -5,6 +5,7 @@
  */
 #include "rd.h"
 #include "lua/bind.h"
+#include "engine.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -48,6 +49,12 @@ static int l_listdir(lua_State *L) {
   return 1;
 }
 
+static int l_worker_path(lua_State *L) {
+  const char *p = rd__worker_path();
+  if (p) lua_pushstring(L, p); else lua_pushnil(L);
+  return 1;
+}
+
 int rd__lua_class(lua_State *L, const char *mt_name, const luaL_Reg *m,
                   lua_CFunction ctor) {
   if (luaL_newmetatable(L, mt_name)) {
@@ -68,6 +75,7 @@ int luaopen_rubberduck_core(lua_State *L) {
     {"now", l_now},
     {"mono_ms", l_mono_ms},
     {"listdir", l_listdir},
+    {"worker_path", l_worker_path},
     {NULL, NULL},
   };
   lua_newtable(L);
@@ -82,5 +90,7 @@ int luaopen_rubberduck_core(lua_State *L) {
   lua_setfield(L, -2, "lstate");
   rd__luaopen_telemetry(L);
   lua_setfield(L, -2, "telemetry");
+  rd__luaopen_worker(L);
+  lua_setfield(L, -2, "zygote");
   return 1;
 }

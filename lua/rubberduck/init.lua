@@ -18,6 +18,7 @@ local registry = require "rubberduck.registry"
 local pipeline = require "rubberduck.pipeline"
 local authorizer = require "rubberduck.authorizer"
 local validator = require "rubberduck.validator"
+local workers = require "rubberduck.workers"
 
 local M = {}
 M.version = core.version
@@ -69,6 +70,7 @@ function M.open(opts)
   local self = setmetatable({
     data_dir = opts.data_dir or "./.rduck",
     entry = opts.entry or "lua",
+    lua_dir = dir,
     lua_path = dir .. "/?.lua;" .. dir .. "/?/init.lua",
     loop = core.loop.new(),
     bus = core.telemetry.new(),
@@ -77,6 +79,7 @@ function M.open(opts)
     closed = false,
   }, Engine)
   self.registry = registry.new(self)
+  self.workers = workers.new(self)
   if opts.tools or opts.files then
     local _, probs = self:load_tools(opts.tools, opts.files)
     self.problems = probs
@@ -282,6 +285,9 @@ function Engine:close()
     guard = guard + 1
   end
   self.registry:close()
+  self.workers:close()
+  -- let the zygote and the workers' sockets close
+  self.loop:run("nowait")
   self.closed = true
   self.bus:close()
   self.loop:close()

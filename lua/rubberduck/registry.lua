@@ -6,6 +6,7 @@
 -- handler. A failed load never replaces a tool that was loaded before.
 local core = require "rubberduck.core"
 local json = require "rubberduck.json"
+local workers = require "rubberduck.workers"
 
 local M = {}
 
@@ -14,8 +15,15 @@ local M = {}
 M.DEFINE_CPU_MS = 250
 M.DEFINE_TIMEOUT_MS = 2000
 M.DEFINE_MEMORY = 64 * 1024 * 1024
--- Levels this build can run. strict and balanced need the process sandbox.
+-- Levels this build can run: strict and balanced need the worker
+-- executable (rduck-worker) for their processes.
 M.RUNNABLE = { relaxed = true, none = true }
+if workers.available() then
+  M.RUNNABLE.strict = true
+  M.RUNNABLE.balanced = true
+end
+-- Levels whose calls run in worker processes.
+M.REMOTE = { strict = true, balanced = true }
 
 local Registry = {}
 Registry.__index = Registry
@@ -64,8 +72,8 @@ function M.evaluate(engine, file, source)
   if not M.RUNNABLE[def.security.level] then
     st:close()
     return nil, { string.format(
-      "%s: security.level: %q needs the process sandbox, which this build does not have yet; " ..
-      "declare level \"relaxed\" or \"none\" to run in-process", file, def.security.level) }
+      "%s: security.level: %q needs the sandboxed worker processes, and rduck-worker " ..
+      "was not found (build it, or set RUBBERDUCK_WORKER)", file, def.security.level) }
   end
   -- The heap cap counts the tool's own memory: on top of what the state
   -- holds once the definition is loaded.
@@ -79,8 +87,14 @@ function M.load_file(engine, file)
   if not source then return nil, { file .. ": (file): " .. tostring(err) } end
   local st, def = M.evaluate(engine, file, source)
   if not st then return nil, def end
-  return { name = def.metadata.name, file = file, source = source, def = def,
-           state = st, waiters = {} }
+  local t = { name = def.metadata.name, file = file, source = source, def = def,
+              state = st, waiters = {} }
+  if M.REMOTE[def.security.level] then
+    -- The definition was checked in-process; calls run in workers.
+    st:close()
+    t.state = engine.workers:remote(t)
+  end
+  return t
 end
 
 -- List the *.lua files of a directory, sorted.
@@ -147,6 +161,10 @@ function Registry:state_of(t)
   if t.state and t.state:usable() then return t.state end
   if t.state then t.state:close() end
   t.state = nil
+  if M.REMOTE[t.def.security.level] then
+    t.state = self.engine.workers:remote(t)
+    return t.state
+  end
   local st, def = M.evaluate(self.engine, t.file, t.source)
   if not st then return nil, def[1] end
   t.state = st

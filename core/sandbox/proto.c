@@ -1,0 +1,69 @@
+/*
+ * proto.c — blocking frame I/O for worker processes. See proto.h.
+ */
+#include "sandbox/proto.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+int rd__write_full(int fd, const void *p, size_t n) {
+  const char *c = p;
+  while (n > 0) {
+    ssize_t w = write(fd, c, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    c += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+int rd__read_full(int fd, void *p, size_t n) {
+  char *c = p;
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, c + got, n - got);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (r == 0) return got == 0 ? 1 : -1;
+    got += (size_t)r;
+  }
+  return 0;
+}
+
+int rd__frame_send(int fd, const char *p, size_t n) {
+  if (n > RD_FRAME_MAX) {
+    errno = EMSGSIZE;
+    return -1;
+  }
+  unsigned char h[4] = {(unsigned char)n, (unsigned char)(n >> 8),
+                        (unsigned char)(n >> 16), (unsigned char)(n >> 24)};
+  if (rd__write_full(fd, h, 4) != 0) return -1;
+  return rd__write_full(fd, p, n);
+}
+
+int rd__frame_recv(int fd, rd_buf *b) {
+  unsigned char h[4];
+  int rc = rd__read_full(fd, h, 4);
+  if (rc != 0) return rc;
+  uint32_t n = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 |
+               (uint32_t)h[3] << 24;
+  if (n > RD_FRAME_MAX) {
+    errno = EMSGSIZE;
+    return -1;
+  }
+  b->len = 0;
+  if (rd__buf_reserve(b, n) != RD_OK) {
+    errno = ENOMEM;
+    return -1;
+  }
+  if (n && rd__read_full(fd, b->data, n) != 0) return -1;
+  b->len = n;
+  b->data[n] = '\0';
+  return 0;
+}

@@ -1,0 +1,648 @@
+/*
+ * worker.c — the zygote and its workers. See worker.h and proto.h.
+ */
+#include "rd.h"
+#include "json.h"
+#include "sandbox/limits.h"
+#include "sandbox/lstate.h"
+#include "sandbox/proto.h"
+#include "sandbox/toolcore.h"
+#include "sandbox/worker.h"
+#include "sandbox/xcopy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* The bootstrap modules a tool state needs, compiled to bytecode once. */
+static const char *const BOOT_MODULES[] = {
+  "rubberduck.env", "rubberduck.dsl", "rubberduck.toolstate",
+};
+#define N_BOOT (sizeof BOOT_MODULES / sizeof BOOT_MODULES[0])
+
+typedef struct blob {
+  char *data;
+  size_t len;
+} blob;
+
+static blob boot[N_BOOT];
+static rd_seccomp_prog *seccomp_prog;
+static int ctrl = -1;
+
+/* Memory a worker needs besides the tool's Lua heap: the binary, libc,
+ * LuaJIT, stacks, the bootstrap. RLIMIT_AS = max_memory + this. */
+#define AS_OVERHEAD (512ull * 1024 * 1024)
+#define DEFINE_CPU_MS 250.0
+
+static void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void warn(const char *fmt, ...) {
+  rd_zmsg m;
+  memset(&m, 0, sizeof m);
+  m.type = 'W';
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(m.text, sizeof m.text, fmt, ap);
+  va_end(ap);
+  if (ctrl >= 0) send(ctrl, &m, sizeof m, MSG_NOSIGNAL);
+}
+
+/* ---- bootstrap bytecode ------------------------------------------------------ */
+
+static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
+  RD_UNUSED(L);
+  rd__buf_append(ud, p, sz);
+  return 0;
+}
+
+static int load_boot(const char *lua_dir) {
+  lua_State *L = luaL_newstate();
+  if (!L) return -1;
+  for (size_t i = 0; i < N_BOOT; i++) {
+    char path[4096];
+    char rel[128];
+    snprintf(rel, sizeof rel, "%s", BOOT_MODULES[i]);
+    for (char *p = rel; *p; p++) if (*p == '.') *p = '/';
+    snprintf(path, sizeof path, "%s/%s.lua", lua_dir, rel);
+    char chunk[200];
+    snprintf(chunk, sizeof chunk, "@%s.lua", rel);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+      fprintf(stderr, "rduck-worker: cannot read %s: %s\n", path, strerror(errno));
+      lua_close(L);
+      return -1;
+    }
+    rd_buf src = RD_BUF_INIT;
+    char tmp[8192];
+    size_t n;
+    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) rd__buf_append(&src, tmp, n);
+    fclose(f);
+    if (src.oom || luaL_loadbuffer(L, src.data ? src.data : "", src.len, chunk) != 0) {
+      fprintf(stderr, "rduck-worker: %s: %s\n", path, lua_tostring(L, -1));
+      rd__buf_free(&src);
+      lua_close(L);
+      return -1;
+    }
+    rd__buf_free(&src);
+    rd_buf out = RD_BUF_INIT;
+    lua_dump(L, dump_writer, &out);
+    lua_pop(L, 1);
+    if (out.oom) {
+      lua_close(L);
+      return -1;
+    }
+    boot[i].len = out.len;
+    boot[i].data = rd__buf_steal(&out, NULL);
+  }
+  lua_close(L);
+  return 0;
+}
+
+/* ---- a worker ----------------------------------------------------------------- */
+
+typedef struct worker {
+  int fd;
+  lua_State *C;          /* control state: decodes and encodes frames */
+  int tool_ref;          /* the "tool" message, in C's registry */
+  int once;
+  int max_calls, calls;
+  double max_memory;
+  char report[512];
+} worker;
+
+static void send_json(worker *w, int idx) {
+  rd_buf b = RD_BUF_INIT;
+  rd_error err;
+  if (rd__json_encode(w->C, idx, &b, NULL, &err) != RD_OK) {
+    rd__buf_free(&b);
+    static const char fallback[] =
+        "{\"op\":\"error\",\"message\":\"worker could not encode its answer\"}";
+    rd__frame_send(w->fd, fallback, sizeof fallback - 1);
+    return;
+  }
+  if (rd__frame_send(w->fd, b.data, b.len) != 0) _exit(3); /* engine gone */
+  rd__buf_free(&b);
+}
+
+static void send_error(worker *w, const char *msg) {
+  lua_State *C = w->C;
+  lua_createtable(C, 0, 2);
+  lua_pushliteral(C, "error");
+  lua_setfield(C, -2, "op");
+  lua_pushstring(C, msg);
+  lua_setfield(C, -2, "message");
+  send_json(w, -1);
+  lua_pop(C, 1);
+}
+
+static void on_note(void *ud, const char *kind, double a, double b,
+                    const char *text, size_t len) {
+  worker *w = ud;
+  lua_State *C = w->C;
+  lua_createtable(C, 0, 5);
+  lua_pushliteral(C, "note");
+  lua_setfield(C, -2, "op");
+  lua_pushstring(C, kind);
+  lua_setfield(C, -2, "kind");
+  lua_pushnumber(C, a);
+  lua_setfield(C, -2, "a");
+  lua_pushnumber(C, b);
+  lua_setfield(C, -2, "b");
+  lua_pushlstring(C, text, len);
+  lua_setfield(C, -2, "text");
+  send_json(w, -1);
+  lua_pop(C, 1);
+}
+
+static double num_field(lua_State *L, int idx, const char *k, double dflt) {
+  lua_getfield(L, idx, k);
+  double v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : dflt;
+  lua_pop(L, 1);
+  return v;
+}
+
+/* Apply the tool's limits, in the order of the design: rlimits,
+ * no_new_privs, Landlock, seccomp. Returns 0 or -1 (message sent). */
+static int enter_sandbox(worker *w, int tidx) {
+  lua_State *C = w->C;
+  rd_error err;
+  char *rp = w->report;
+  size_t rl = sizeof w->report;
+  lua_getfield(C, tidx, "security");
+  int sidx = lua_gettop(C);
+  double max_memory = num_field(C, sidx, "max_memory", 64.0 * 1024 * 1024);
+  double max_cpu = num_field(C, sidx, "max_cpu", 5000);
+  double max_file = num_field(C, sidx, "max_file_size", 10.0 * 1024 * 1024);
+  w->max_memory = max_memory;
+
+  rd_limits lim;
+  memset(&lim, 0, sizeof lim);
+#if !defined(__SANITIZE_ADDRESS__)
+  lim.address_space = (uint64_t)max_memory + AS_OVERHEAD;
+#endif
+  /* CPU: the hook enforces each call's budget; RLIMIT_CPU is the backstop
+   * for the process's whole life (a pool worker serves max_calls calls). */
+  double calls = w->once ? 1 : (double)w->max_calls;
+  lim.cpu_seconds = ceil((max_cpu + DEFINE_CPU_MS) / 1000.0 * calls) + 1;
+  lim.file_size = (uint64_t)max_file;
+  lim.open_files = 64;
+  if (rd__limits_apply(&lim, &err) != RD_OK) {
+    send_error(w, err.message);
+    return -1;
+  }
+  if (rd__limits_no_new_privs(&err) != RD_OK) {
+    send_error(w, err.message);
+    return -1;
+  }
+
+  const char *paths[64];
+  size_t np = 0;
+  lua_getfield(C, sidx, "allowed_paths");
+  if (lua_istable(C, -1)) {
+    size_t n = lua_objlen(C, -1);
+    for (size_t i = 1; i <= n && np < 64; i++) {
+      lua_rawgeti(C, -1, (int)i);
+      if (lua_type(C, -1) == LUA_TSTRING) paths[np++] = lua_tostring(C, -1);
+      lua_pop(C, 1); /* strings stay alive in the table */
+    }
+  }
+  int rc = rd__landlock_restrict(paths, np, &err);
+  lua_pop(C, 2); /* allowed_paths, security */
+  if (rc == RD_ENOSYS) {
+    int k = snprintf(rp, rl, "landlock unavailable (%s); ", err.message);
+    if (k > 0 && (size_t)k < rl) { rp += k; rl -= (size_t)k; }
+  } else if (rc != RD_OK) {
+    send_error(w, err.message);
+    return -1;
+  }
+  if (!seccomp_prog) {
+    snprintf(rp, rl, "seccomp unavailable");
+  } else if (rd__seccomp_apply(seccomp_prog, &err) != RD_OK) {
+    send_error(w, err.message);
+    return -1;
+  }
+  return 0;
+}
+
+/* A fresh tool state with the bootstrap from bytecode. NULL on failure. */
+static rd_lstate *fresh_state(worker *w) {
+  rd_lstate *s;
+  rd_lstate_opts o = {0, 0};
+  rd_error err;
+  if (rd__lstate_new(&s, &o, &err) != RD_OK) return NULL;
+  lua_State *T = rd__lstate_L(s);
+  rd__toolcore_preload(T, on_note, w);
+  lua_getglobal(T, "package");
+  lua_pushliteral(T, "");
+  lua_setfield(T, -2, "path");
+  lua_pushliteral(T, "");
+  lua_setfield(T, -2, "cpath");
+  lua_getfield(T, -1, "preload");
+  for (size_t i = 0; i < N_BOOT; i++) {
+    if (luaL_loadbuffer(T, boot[i].data, boot[i].len, BOOT_MODULES[i]) != 0) {
+      rd__lstate_free(s);
+      return NULL;
+    }
+    lua_setfield(T, -2, BOOT_MODULES[i]);
+  }
+  lua_pop(T, 2);
+  lua_getglobal(T, "require");
+  lua_pushliteral(T, "rubberduck.toolstate");
+  if (lua_pcall(T, 1, 1, 0) != 0) {
+    rd__lstate_free(s);
+    return NULL;
+  }
+  lua_setfield(T, LUA_REGISTRYINDEX, "rubberduck.toolstate");
+  return s;
+}
+
+/* Call toolstate.<fname>(arg at C index aidx) in T under limits; leaves
+ * the two results on T's stack. Returns the breach; *status the pcall's. */
+static rd_breach run_in(rd_lstate *s, const char *fname, lua_State *C, int aidx,
+                        double cpu_ms, double timeout_ms, int *status,
+                        double *used_cpu, size_t *peak, rd_error *err) {
+  lua_State *T = rd__lstate_L(s);
+  lua_settop(T, 0);
+  lua_getfield(T, LUA_REGISTRYINDEX, "rubberduck.toolstate");
+  lua_getfield(T, -1, fname);
+  lua_remove(T, -2);
+  size_t cap = rd__lstate_set_max_memory(s, 0);
+  int rc = rd__xcopy(C, aidx, T, NULL, NULL, err);
+  rd__lstate_set_max_memory(s, cap);
+  if (rc != RD_OK) {
+    *status = -1;
+    return RD_BREACH_NONE;
+  }
+  uint64_t deadline = timeout_ms > 0 ? rd__mono_ns() + (uint64_t)(timeout_ms * 1e6) : 0;
+  rd__lstate_arm(s, cpu_ms, deadline);
+  *status = lua_pcall(T, 1, 2, 0);
+  return rd__lstate_disarm(s, used_cpu, peak);
+}
+
+static void push_stats(lua_State *C, double cpu, size_t peak) {
+  lua_createtable(C, 0, 2);
+  lua_pushnumber(C, cpu);
+  lua_setfield(C, -2, "cpu_ms");
+  lua_pushnumber(C, (double)peak);
+  lua_setfield(C, -2, "peak_memory_bytes");
+}
+
+/* Text of a failed pcall in T, without running metamethods. */
+static void push_error_text(lua_State *C, lua_State *T) {
+  if (lua_type(T, -1) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(T, -1, &n);
+    lua_pushlstring(C, s, n > 4096 ? 4096 : n);
+  } else {
+    lua_pushfstring(C, "error object of type %s", lua_typename(T, lua_type(T, -1)));
+  }
+}
+
+/* One call: fresh state, define, execute, answer. Returns 1 if the worker
+ * must not serve another call (a breach poisons nothing, but a process that
+ * hit RLIMIT-adjacent limits is better replaced). */
+static int serve_call(worker *w, int cidx) {
+  lua_State *C = w->C;
+  lua_getfield(C, cidx, "limits");
+  int lidx = lua_gettop(C);
+  double cpu_ms = num_field(C, lidx, "cpu_ms", 5000);
+  double timeout_ms = num_field(C, lidx, "timeout_ms", 0);
+  double max_output = num_field(C, lidx, "max_output", 16.0 * 1024 * 1024);
+
+  int base = lua_gettop(C);
+  lua_createtable(C, 0, 6); /* the answer */
+  int ans = lua_gettop(C);
+  lua_pushliteral(C, "result");
+  lua_setfield(C, ans, "op");
+
+  rd_error err;
+  rd_lstate *s = fresh_state(w);
+  int retire = 0;
+  if (!s) {
+    lua_pushboolean(C, 0);
+    lua_setfield(C, ans, "ok");
+    lua_pushliteral(C, "internal");
+    lua_setfield(C, ans, "kind");
+    lua_pushliteral(C, "worker could not make a tool state");
+    lua_setfield(C, ans, "message");
+    push_stats(C, 0, 0);
+    lua_setfield(C, ans, "stats");
+    send_json(w, ans);
+    lua_settop(C, base - 1);
+    return 1;
+  }
+  rd__lstate_set_max_memory(s, 64u * 1024 * 1024); /* for the definition */
+  lua_State *T = rd__lstate_L(s);
+
+  /* define: the tool's source, under the load budget */
+  lua_createtable(C, 0, 3);
+  lua_rawgeti(C, LUA_REGISTRYINDEX, w->tool_ref);
+  lua_getfield(C, -1, "source");
+  lua_setfield(C, -3, "source");
+  lua_getfield(C, -1, "file");
+  lua_pushfstring(C, "@%s", lua_tostring(C, -1));
+  lua_setfield(C, -4, "chunkname");
+  lua_setfield(C, -3, "file");
+  lua_pop(C, 1);
+  int status;
+  double used = 0, used2 = 0;
+  size_t peak = 0, peak2 = 0;
+  rd_breach br = run_in(s, "define", C, lua_gettop(C), DEFINE_CPU_MS, 2000, &status,
+                        &used, &peak, &err);
+  lua_pop(C, 1);
+  int defined = 0;
+  if (br == RD_BREACH_NONE && status == 0 && lua_istable(T, -2)) {
+    lua_getfield(T, -2, "ok");
+    defined = lua_toboolean(T, -1);
+    lua_pop(T, 1);
+  }
+  if (!defined) {
+    lua_pushboolean(C, 0);
+    lua_setfield(C, ans, "ok");
+    lua_pushliteral(C, "internal");
+    lua_setfield(C, ans, "kind");
+    lua_pushliteral(C, "the tool's definition did not load in the worker");
+    lua_setfield(C, ans, "message");
+    push_stats(C, used, peak);
+    lua_setfield(C, ans, "stats");
+    send_json(w, ans);
+    rd__lstate_free(s);
+    lua_settop(C, base - 1);
+    return 1;
+  }
+  lua_settop(T, 0);
+  /* The tool's own heap counts from here. */
+  rd__lstate_set_max_memory(s, rd__lstate_heap(s) + (size_t)w->max_memory);
+
+  lua_getfield(C, cidx, "arg");
+  br = run_in(s, "execute", C, lua_gettop(C), cpu_ms, timeout_ms, &status,
+              &used2, &peak2, &err);
+  lua_pop(C, 1);
+  size_t cap = rd__lstate_set_max_memory(s, 0);
+  if (status == -1) {
+    lua_pushboolean(C, 0);
+    lua_setfield(C, ans, "ok");
+    lua_pushliteral(C, "internal");
+    lua_setfield(C, ans, "kind");
+    lua_pushstring(C, err.message);
+    lua_setfield(C, ans, "message");
+  } else if (br != RD_BREACH_NONE) {
+    const char *msg = rd__lstate_breach_message(s);
+    lua_pushboolean(C, 0);
+    lua_setfield(C, ans, "ok");
+    lua_pushstring(C, rd__breach_kind(br));
+    lua_setfield(C, ans, "kind");
+    if (msg) lua_pushstring(C, msg);
+    else if (status != 0) push_error_text(C, T);
+    else lua_pushstring(C, rd__breach_kind(br));
+    lua_setfield(C, ans, "message");
+    retire = 1;
+  } else if (status != 0) {
+    lua_pushboolean(C, 0);
+    lua_setfield(C, ans, "ok");
+    lua_pushliteral(C, "error");
+    lua_setfield(C, ans, "kind");
+    push_error_text(C, T);
+    lua_setfield(C, ans, "message");
+  } else {
+    int rc = rd__xcopy(T, -2, C, NULL, NULL, &err);
+    if (rc == RD_OK) {
+      lua_setfield(C, ans, "status");
+      rd_xcopy_opts oo = {0, (size_t)max_output, 0};
+      rc = rd__xcopy(T, -1, C, &oo, NULL, &err);
+      if (rc == RD_OK) lua_setfield(C, ans, "output");
+    }
+    if (rc == RD_OK) {
+      lua_pushboolean(C, 1);
+      lua_setfield(C, ans, "ok");
+    } else {
+      lua_pushnil(C);
+      lua_setfield(C, ans, "status");
+      lua_pushboolean(C, 0);
+      lua_setfield(C, ans, "ok");
+      if (rc == RD_ELIMIT && strstr(err.message, "larger than"))
+        lua_pushliteral(C, "output_limit");
+      else
+        lua_pushliteral(C, "invalid_output");
+      lua_setfield(C, ans, "kind");
+      lua_pushstring(C, err.message);
+      lua_setfield(C, ans, "message");
+    }
+  }
+  rd__lstate_set_max_memory(s, cap);
+  push_stats(C, used2, peak2);
+  lua_setfield(C, ans, "stats");
+  rd__lstate_free(s);
+  /* The output must still encode as JSON (mixed tables, sparse arrays). */
+  rd_buf b = RD_BUF_INIT;
+  if (rd__json_encode(C, ans, &b, NULL, &err) != RD_OK) {
+    rd__buf_free(&b);
+    lua_pushnil(C);
+    lua_setfield(C, ans, "output");
+    lua_pushnil(C);
+    lua_setfield(C, ans, "status");
+    lua_pushboolean(C, 0);
+    lua_setfield(C, ans, "ok");
+    lua_pushliteral(C, "invalid_output");
+    lua_setfield(C, ans, "kind");
+    lua_pushstring(C, err.message);
+    lua_setfield(C, ans, "message");
+    send_json(w, ans);
+  } else {
+    if (rd__frame_send(w->fd, b.data, b.len) != 0) _exit(3);
+    rd__buf_free(&b);
+  }
+  lua_settop(C, base - 1);
+  return retire;
+}
+
+/* The life of a worker after fork. Never returns. */
+static void worker_main(int fd) {
+  worker w;
+  memset(&w, 0, sizeof w);
+  w.fd = fd;
+  w.tool_ref = LUA_NOREF;
+  w.C = luaL_newstate();
+  if (!w.C) _exit(4);
+  rd__json_init(w.C);
+  rd_buf in = RD_BUF_INIT;
+  for (;;) {
+    int rc = rd__frame_recv(fd, &in);
+    if (rc != 0) _exit(rc == 1 ? 0 : 5);
+    rd_error err;
+    lua_settop(w.C, 0);
+    if (rd__json_decode(w.C, in.data, in.len, NULL, &err) != RD_OK || !lua_istable(w.C, 1)) {
+      send_error(&w, "worker got a malformed message");
+      _exit(6);
+    }
+    lua_getfield(w.C, 1, "op");
+    const char *op = lua_tostring(w.C, -1);
+    lua_pop(w.C, 1);
+    if (op && strcmp(op, "tool") == 0 && w.tool_ref == LUA_NOREF) {
+      lua_getfield(w.C, 1, "mode");
+      w.once = lua_tostring(w.C, -1) && strcmp(lua_tostring(w.C, -1), "once") == 0;
+      lua_pop(w.C, 1);
+      w.max_calls = (int)num_field(w.C, 1, "max_calls", 100);
+      if (w.max_calls < 1) w.max_calls = 1;
+      if (enter_sandbox(&w, 1) != 0) _exit(7);
+      lua_pushvalue(w.C, 1);
+      w.tool_ref = luaL_ref(w.C, LUA_REGISTRYINDEX);
+      lua_createtable(w.C, 0, 2);
+      lua_pushliteral(w.C, "ready");
+      lua_setfield(w.C, -2, "op");
+      lua_pushstring(w.C, w.report);
+      lua_setfield(w.C, -2, "report");
+      send_json(&w, -1);
+    } else if (op && strcmp(op, "call") == 0 && w.tool_ref != LUA_NOREF) {
+      int retire = serve_call(&w, 1);
+      w.calls++;
+      if (w.once || retire || w.calls >= w.max_calls) _exit(0);
+    } else {
+      send_error(&w, "worker got an unexpected message");
+      _exit(6);
+    }
+  }
+}
+
+/* ---- the zygote -------------------------------------------------------------------- */
+
+#define MAX_CHILDREN 4096
+static pid_t children[MAX_CHILDREN];
+static size_t n_children;
+
+static void forget(pid_t pid) {
+  for (size_t i = 0; i < n_children; i++)
+    if (children[i] == pid) {
+      children[i] = children[--n_children];
+      return;
+    }
+}
+
+static int spawn_one(int sigfd) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
+  pid_t pid = fork();
+  if (pid < 0) {
+    close(sv[0]);
+    close(sv[1]);
+    return -1;
+  }
+  if (pid == 0) {
+    /* the worker: keep only its socket */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    close(sv[0]);
+    close(ctrl);
+    close(sigfd);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    worker_main(sv[1]);
+  }
+  close(sv[1]);
+  if (n_children < MAX_CHILDREN) children[n_children++] = pid;
+  rd_zmsg m;
+  memset(&m, 0, sizeof m);
+  m.type = 'R';
+  m.pid = pid;
+  struct iovec iov = {&m, sizeof m};
+  char cbuf[CMSG_SPACE(sizeof(int))];
+  memset(cbuf, 0, sizeof cbuf);
+  struct msghdr mh;
+  memset(&mh, 0, sizeof mh);
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  mh.msg_control = cbuf;
+  mh.msg_controllen = sizeof cbuf;
+  struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cm), &sv[0], sizeof(int));
+  ssize_t r = sendmsg(ctrl, &mh, MSG_NOSIGNAL);
+  close(sv[0]);
+  return r < 0 ? -1 : 0;
+}
+
+int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
+  ctrl = ctrl_fd;
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  signal(SIGPIPE, SIG_IGN);
+  if (load_boot(lua_dir) != 0) return 3;
+
+  rd_error err;
+  if (rd__limits_namespaces(RD_NS_NET | RD_NS_IPC | RD_NS_UTS, &err) != RD_OK)
+    warn("namespaces: %s (workers keep the engine's network)", err.message);
+  if (rd__seccomp_compile(&seccomp_prog, &err) != RD_OK) {
+    seccomp_prog = NULL;
+    warn("seccomp: %s (workers run without a syscall filter)", err.message);
+  }
+  {
+    /* Probe Landlock once so a missing one is reported at start. */
+    pid_t p = fork();
+    if (p == 0) {
+      rd_error e2;
+      _exit(rd__landlock_restrict(NULL, 0, &e2) == RD_ENOSYS ? 1 : 0);
+    }
+    int st = 0;
+    if (p > 0 && waitpid(p, &st, 0) == p && WIFEXITED(st) && WEXITSTATUS(st) == 1)
+      warn("landlock: not available on this kernel (workers rely on the fs API's checks)");
+  }
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &mask, NULL);
+  int sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sigfd < 0) return 4;
+
+  for (;;) {
+    struct pollfd pf[2] = {{ctrl, POLLIN, 0}, {sigfd, POLLIN, 0}};
+    if (poll(pf, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (pf[1].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {}
+      int st;
+      pid_t pid;
+      while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        forget(pid);
+        rd_zmsg m;
+        memset(&m, 0, sizeof m);
+        m.type = 'X';
+        m.pid = pid;
+        m.status = st;
+        send(ctrl, &m, sizeof m, MSG_NOSIGNAL);
+      }
+    }
+    if (pf[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+      rd_zmsg m;
+      ssize_t r = recv(ctrl, &m, sizeof m, 0);
+      if (r <= 0) break; /* the engine is gone */
+      if (m.type == 'S') {
+        for (int i = 0; i < m.pid && i < 64; i++)
+          if (spawn_one(sigfd) != 0) {
+            warn("cannot start a worker: %s", strerror(errno));
+            break;
+          }
+      }
+    }
+  }
+  for (size_t i = 0; i < n_children; i++) kill(children[i], SIGKILL);
+  while (waitpid(-1, NULL, 0) > 0) {}
+  return 0;
+}

@@ -1,0 +1,27 @@
+/*
+ * worker.h — sandboxed worker processes for levels strict and balanced.
+ *
+ * The engine starts one zygote per engine (`rduck-worker --zygote`, a small
+ * executable, so forking it costs little). The zygote enters fresh network,
+ * IPC and UTS namespaces once, compiles the seccomp filter once, compiles
+ * the tool-state bootstrap to bytecode once, and then keeps workers ready:
+ * forked children that have dropped everything they do not need and wait
+ * for their tool. On the tool message a worker applies, in this order,
+ * rlimits (address space, CPU, file size, open files, no processes),
+ * no_new_privs, Landlock beneath the tool's allowed_paths, and the seccomp
+ * allow-list; then it runs calls, each in a fresh Lua state with the
+ * in-process limits too (allocator cap, count hook). See proto.h for the
+ * wire. A kernel that lacks a mechanism gets a warning ('W' message), never
+ * a silent downgrade.
+ */
+#ifndef RD_WORKER_H
+#define RD_WORKER_H
+
+#include "rd.h"
+
+/* Run the zygote on control socket `ctrl_fd` (SOCK_SEQPACKET), loading the
+ * bootstrap from `lua_dir`. Returns the process exit status when the engine
+ * closes the socket (its workers are killed first). */
+int rd__zygote_main(int ctrl_fd, const char *lua_dir);
+
+#endif

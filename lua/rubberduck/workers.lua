@@ -1,0 +1,244 @@
+-- rubberduck.workers — levels strict and balanced: tool calls in sandboxed
+-- worker processes (core/sandbox/worker.h).
+--
+-- One zygote per engine (rduck-worker) keeps a few workers ready: forked,
+-- stripped, waiting for their tool. A `strict` call takes a fresh worker
+-- and the worker exits after answering. A `balanced` tool keeps one worker
+-- (sandboxed once for that tool) that serves calls, each in a fresh Lua
+-- state, until it has served max_calls, hit a limit or died; then the next
+-- call takes a fresh one.
+--
+-- A remote state has the shape of an in-process tool state as the pipeline
+-- uses it (start, stop, on_notify, busy, usable, close), so the pipeline
+-- does not care where a tool runs.
+local core = require "rubberduck.core"
+local json = require "rubberduck.json"
+
+local M = {}
+
+M.READY = 2            -- workers the zygote keeps ready
+M.MAX_CALLS = 100      -- calls a balanced worker serves before it is replaced
+M.GRACE_MS = 250       -- after the deadline, before the worker is killed
+M.EXIT_WAIT_MS = 200   -- after a worker's socket closes, wait for its exit status
+
+local SIGKILL, SIGXCPU, SIGSYS, SIGXFSZ = 9, 24, 31, 25
+
+-- ---- the pool of ready workers -------------------------------------------------------
+
+local Pool = {}
+Pool.__index = Pool
+
+function M.new(engine)
+  return setmetatable({ engine = engine, ready = {}, waiting = {}, by_pid = {},
+                        warned = {} }, Pool)
+end
+
+function M.available()
+  return core.worker_path() ~= nil
+end
+
+function Pool:_event(ev, a, b, c)
+  if ev == "worker" then
+    local cb = table.remove(self.waiting, 1)
+    if cb then cb(a) else self.ready[#self.ready + 1] = a end
+  elseif ev == "exit" then
+    local r = self.by_pid[a]
+    self.by_pid[a] = nil
+    if r then r:_exited(a, b, c) end
+  elseif ev == "warning" then
+    self.engine:emit("sandbox.warning", nil, { message = a })
+    if not self.warned[a] then
+      self.warned[a] = true
+      io.stderr:write("rubberduck: sandbox: ", a, "\n")
+    end
+  elseif ev == "zygote_exit" then
+    self.zygote = nil
+    local waiting = self.waiting
+    self.waiting = {}
+    for _, cb in ipairs(waiting) do cb(nil, "the worker zygote exited (code " .. tostring(a) .. ")") end
+  end
+end
+
+function Pool:_start()
+  if self.zygote then return true end
+  local path = core.worker_path()
+  if not path then return nil, "rduck-worker not found (build it, or set RUBBERDUCK_WORKER)" end
+  local z, err = core.zygote.new(self.engine.loop, { path = path, lua_dir = self.engine.lua_dir },
+    function(...) self:_event(...) end)
+  if not z then return nil, err end
+  self.zygote = z
+  z:spawn(M.READY)
+  return true
+end
+
+-- Take a ready worker: cb(worker) now or later, or cb(nil, why).
+function Pool:take(cb)
+  local ok, err = self:_start()
+  if not ok then return cb(nil, err) end
+  local w = table.remove(self.ready, 1)
+  self.zygote:spawn(1) -- keep the stock
+  if w then return cb(w) end
+  self.waiting[#self.waiting + 1] = cb
+end
+
+function Pool:close()
+  for _, w in ipairs(self.ready) do w:close() end
+  self.ready = {}
+  if self.zygote then self.zygote:close() end
+  self.zygote = nil
+end
+
+-- ---- a tool's remote state ----------------------------------------------------------------
+
+local Remote = {}
+Remote.__index = Remote
+
+function Pool:remote(t)
+  return setmetatable({ pool = self, tool = t, once = t.def.security.level == "strict",
+                        closed = false }, Remote)
+end
+
+function Remote:busy() return self.call ~= nil end
+function Remote:usable() return not self.closed end
+function Remote:on_notify(fn) self.notify = fn end
+
+local function tool_message(self)
+  local t, sec = self.tool, self.tool.def.security
+  return json.encode({ op = "tool", mode = self.once and "once" or "pool",
+    file = t.file, source = t.source, max_calls = M.MAX_CALLS,
+    security = { max_memory = sec.max_memory, max_cpu = sec.max_cpu,
+                 max_file_size = sec.max_file_size, allowed_paths = sec.allowed_paths } })
+end
+
+function Remote:_finish(ok, a, b, stats)
+  local call = self.call
+  if not call then return end
+  self.call = nil
+  if call.timer then call.timer:stop() end
+  if call.exit_timer then call.exit_timer:stop() end
+  local w = call.worker
+  if w and (self.once or not ok or call.eof) then
+    -- a strict worker is single-use; a balanced one retires after a breach
+    if self.worker == w then self.worker = nil end
+    if not call.eof then w:kill(SIGKILL) end
+    w:close()
+  end
+  call.cb(ok, a, b, stats or {})
+end
+
+-- The worker's socket closed before it answered: tell why from its exit.
+function Remote:_exited(pid, code, sig)
+  local call = self.call
+  if not call or not call.worker or call.worker:pid() ~= pid then return end
+  call.exit = { code = code, sig = sig }
+  if call.eof then self:_classify() end
+end
+
+function Remote:_classify()
+  local call = self.call
+  if not call then return end
+  if call.killed then
+    return self:_finish(false, call.killed, call.killed == "timeout"
+      and "deadline passed; the worker was killed" or "cancelled by the caller")
+  end
+  local e = call.exit
+  if e and e.sig == SIGXCPU then
+    return self:_finish(false, "cpu_limit", "the worker's CPU limit (RLIMIT_CPU) was reached")
+  elseif e and e.sig == SIGSYS then
+    return self:_finish(false, "sandbox_violation", "a denied system call")
+  elseif e and e.sig == SIGXFSZ then
+    return self:_finish(false, "sandbox_violation", "a file grew past max_file_size")
+  end
+  local how = e and (e.sig ~= 0 and ("killed by signal " .. e.sig) or ("exited with code " .. e.code))
+    or "its socket closed"
+  return self:_finish(false, "crashed", "the worker process died (" .. how .. ")")
+end
+
+function Remote:_frame(w, text, why)
+  local call = self.call
+  if text == nil then
+    if call and call.worker == w then
+      call.eof = true
+      if call.exit or call.killed then return self:_classify() end
+      call.exit_timer = self.pool.engine.loop:timer(M.EXIT_WAIT_MS, function() self:_classify() end)
+    elseif self.worker == w then
+      self.worker = nil -- an idle pooled worker retired
+      w:close()
+    end
+    return
+  end
+  if not call or call.worker ~= w then return end
+  local m = json.decode(text)
+  if type(m) ~= "table" then
+    call.killed = "crashed"
+    return self:_finish(false, "crashed", "the worker broke the protocol")
+  end
+  if m.op == "note" then
+    if self.notify then self.notify(m.kind, m.a, m.b, m.text) end
+  elseif m.op == "result" then
+    local stats = m.stats
+    if m.ok then return self:_finish(true, m.status, m.output, stats) end
+    return self:_finish(false, m.kind, m.message, stats)
+  elseif m.op == "error" then
+    return self:_finish(false, "internal", "worker: " .. tostring(m.message))
+  end
+end
+
+function Remote:start(fname, arg, limits, cb)
+  assert(fname == "execute", "a remote state only executes")
+  if self.closed then return nil, "tool state is closed" end
+  if self.call then return nil, "tool state is busy" end
+  local call = { cb = cb }
+  self.call = call
+  local function go(w, err)
+    if self.call ~= call then if w then w:close() end return end
+    if not w then return self:_finish(false, "internal", err) end
+    call.worker = w
+    self.pool.by_pid[w:pid()] = self
+    w:on_frame(function(text, why) self:_frame(w, text, why) end)
+    if self.worker ~= w then
+      assert(w:send(tool_message(self)))
+      if not self.once then self.worker = w end
+    end
+    assert(w:send(json.encode({ op = "call", arg = arg, limits = limits })))
+    if limits.timeout_ms and limits.timeout_ms > 0 then
+      call.timer = self.pool.engine.loop:timer(limits.timeout_ms + M.GRACE_MS, function()
+        call.timer = nil
+        self:_kill("timeout")
+      end)
+    end
+  end
+  if self.worker then go(self.worker) else self.pool:take(go) end
+  return true
+end
+
+function Remote:_kill(kind)
+  local call = self.call
+  if not call then return end
+  call.killed = kind
+  if call.worker then
+    call.worker:kill(SIGKILL)
+  else
+    self:_finish(false, kind, kind == "timeout" and "deadline passed before a worker was free"
+      or "cancelled by the caller")
+  end
+end
+
+function Remote:stop(why)
+  if not self.call then return false end
+  self:_kill(why == "cancel" and "cancelled" or "timeout")
+  return true
+end
+
+function Remote:close()
+  if self.closed then return end
+  self.closed = true
+  if self.call then self:_kill("cancelled") end
+  if self.worker then
+    self.worker:kill(SIGKILL)
+    self.worker:close()
+    self.worker = nil
+  end
+end
+
+return M
