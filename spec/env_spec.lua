@@ -63,6 +63,23 @@ describe("tool environment", function()
     assert.same(want, env.output)
   end)
 
+  it("refuses a tool whose source names a dangerous function", function()
+    write(dir .. "/dumper.lua", [[
+return tool {
+  metadata = { name = "dumper", description = "uses string.dump" },
+  security = { level = "relaxed" },
+  execution = { handler = function() return { b = ("").dump(print) } end },
+}]])
+    local ok, probs = engine:load_tools(dir)
+    assert.is_false(ok)
+    local found = false
+    for _, p in ipairs(probs) do
+      if p:find("dumper.lua: security.dangerous_functions: line 4 uses string.dump", 1, true) then found = true end
+    end
+    assert.is_true(found, table.concat(probs, "\n"))
+    os.remove(dir .. "/dumper.lua")
+  end)
+
   it("hides the string metatable and string.dump", function()
     write(dir .. "/probe.lua", [[
 return tool {
@@ -71,7 +88,9 @@ return tool {
   execution = { handler = function()
     return {
       string_mt = getmetatable("") == nil,
-      dump = ("").dump == nil,
+      -- spelled so the load-time scan does not refuse the tool: this
+      -- checks that string.dump is absent at run time too
+      dump = ("")[("du" .. "mp")] == nil,
       gc = (pcall(collectgarbage, "collect")) == false,
       count = type(collectgarbage("count")) == "number",
     }

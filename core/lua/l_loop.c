@@ -14,6 +14,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #define LOOP_MT "rubberduck.loop"
 #define TIMER_MT "rubberduck.timer"
@@ -139,6 +140,7 @@ static int l_timer(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   t->udref = luaL_ref(L, LUA_REGISTRYINDEX);
+  uv_update_time(&l->uv); /* the cached clock may be stale: see l_lstate.c */
   uv_timer_start(&t->h, timer_fired, (uint64_t)ms, 0);
   return 1;
 }
@@ -165,12 +167,29 @@ static void close_walk(uv_handle_t *h, void *arg) {
   else uv_close(h, NULL);
 }
 
+/* How long closing waits for work still on the thread pool: a tool call
+ * abandoned while blocked in C (levels relaxed and none) may never return. */
+#define CLOSE_WAIT_NS (1000000000ull)
+
 static void loop_free(lua_State *L, rd_loop *l) {
   l->closed = 1;
   /* Let pending work and close callbacks run, then close what is left. */
   uv_run(&l->uv, UV_RUN_NOWAIT);
   uv_walk(&l->uv, close_walk, NULL);
-  while (uv_loop_close(&l->uv) == UV_EBUSY) uv_run(&l->uv, UV_RUN_ONCE);
+  uint64_t until = rd__mono_ns() + CLOSE_WAIT_NS;
+  while (uv_loop_close(&l->uv) == UV_EBUSY) {
+    if (rd__mono_ns() > until) {
+      /* The loop (and the abandoned call's state) must outlive the thread
+       * still using them: leave them allocated rather than free under it. */
+      fprintf(stderr, "rubberduck: closing with a tool call still blocked in C "
+                      "on a worker thread; its memory is left to the process exit\n");
+      luaL_unref(L, LUA_REGISTRYINDEX, l->cbref);
+      return;
+    }
+    uv_run(&l->uv, UV_RUN_NOWAIT);
+    struct timespec ts = {0, 5000000};
+    nanosleep(&ts, NULL);
+  }
   luaL_unref(L, LUA_REGISTRYINDEX, l->cbref);
   rd__freemem(l);
 }

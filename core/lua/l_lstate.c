@@ -19,8 +19,8 @@
  * timeout, cancelled, sandbox_violation, output_limit), "invalid_output", or
  * "error" (the bootstrap raised). stats = { cpu_ms, peak_memory_bytes }.
  *
- * start() runs the call on the libuv thread pool, so the loop never waits on
- * tool code. If the call has not returned grace_ms after its deadline (a
+ * start() runs the call on a call thread (see "the call threads" below), so
+ * the loop never waits on tool code. If the call has not returned grace_ms after its deadline (a
  * blocking C call at level `none`), fn gets a `timeout` at once and the state
  * is abandoned: it is freed when the thread returns, and the userdata is
  * closed (the caller makes a new state).
@@ -35,6 +35,7 @@
 
 #include <lualib.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -60,7 +61,8 @@ struct lcore {
   int modref;                /* bootstrap module, in the tool state */
   uv_async_t async;
   uv_timer_t timer;
-  uv_work_t work;
+  struct lcore *qnext;       /* in the run queue of the call threads */
+  atomic_int finished;       /* set by the call thread when run() returned */
   int cbref, notifyref;      /* in the host (loop->cbL) */
   int running, abandoned, ud_gone, closing, handles_open;
   /* the call in flight */
@@ -124,7 +126,89 @@ static void drain(lcore *c) {
   }
 }
 
-static void on_async(uv_async_t *h) { drain(h->data); }
+static void after_run(lcore *c);
+
+static void on_async(uv_async_t *h) {
+  lcore *c = h->data;
+  drain(c);
+  if (c->running && atomic_load(&c->finished)) after_run(c);
+}
+
+/* ---- the call threads ----------------------------------------------------------------
+ * Calls run on threads of our own rather than libuv's pool: a call stuck
+ * in C (abandoned at its deadline) keeps its thread, and libuv joins its
+ * pool's threads at process exit, which would then never come. Ours are
+ * detached: an idle one waits on the queue; when none is idle a new one
+ * starts (up to MAX_THREADS), so stuck threads never starve the engine. */
+
+#define MAX_THREADS 256
+
+static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t q_cond = PTHREAD_COND_INITIALIZER;
+static lcore *q_head, *q_tail;
+static int q_threads, q_idle;
+
+static void run(lcore *c);
+
+static void *call_thread(void *arg) {
+  RD_UNUSED(arg);
+  pthread_mutex_lock(&q_lock);
+  for (;;) {
+    while (!q_head) {
+      q_idle++;
+      pthread_cond_wait(&q_cond, &q_lock);
+      q_idle--;
+    }
+    lcore *c = q_head;
+    q_head = c->qnext;
+    if (!q_head) q_tail = NULL;
+    pthread_mutex_unlock(&q_lock);
+    run(c);
+    atomic_store(&c->finished, 1);
+    uv_async_send(&c->async);
+    pthread_mutex_lock(&q_lock);
+  }
+  return NULL;
+}
+
+/* A forked child has none of the parent's threads: start from nothing.
+ * (Calls queued in the parent are the parent's business.) */
+static void pool_after_fork(void) {
+  pthread_mutex_init(&q_lock, NULL);
+  pthread_cond_init(&q_cond, NULL);
+  q_head = q_tail = NULL;
+  q_threads = q_idle = 0;
+}
+
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static void pool_init(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
+
+/* Queue a call; 0 or an errno value. */
+static int submit(lcore *c) {
+  int rc = 0;
+  pthread_once(&pool_once, pool_init);
+  atomic_store(&c->finished, 0);
+  c->qnext = NULL;
+  pthread_mutex_lock(&q_lock);
+  if (q_idle == 0 && q_threads < MAX_THREADS) {
+    pthread_t th;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&at, 1u << 20);
+    rc = pthread_create(&th, &at, call_thread, NULL);
+    pthread_attr_destroy(&at);
+    if (rc == 0) q_threads++;
+    else if (q_threads > 0) rc = 0; /* an existing thread will get to it */
+  }
+  if (rc == 0) {
+    if (q_tail) q_tail->qnext = c; else q_head = c;
+    q_tail = c;
+    pthread_cond_signal(&q_cond);
+  }
+  pthread_mutex_unlock(&q_lock);
+  return rc;
+}
 
 /* ---- lifetime ------------------------------------------------------------------ */
 
@@ -142,7 +226,7 @@ static void handle_closed(uv_handle_t *h) {
 }
 
 /* Close the handles; the core is freed when both are closed, or later by
- * after_work if a call is still on a thread. */
+ * after_run if a call is still on a thread. */
 static void core_close(lcore *c) {
   if (c->closing) return;
   c->closing = 1;
@@ -150,7 +234,7 @@ static void core_close(lcore *c) {
   luaL_unref(H, LUA_REGISTRYINDEX, c->cbref);
   luaL_unref(H, LUA_REGISTRYINDEX, c->notifyref);
   c->cbref = c->notifyref = LUA_NOREF;
-  if (c->running) return; /* after_work finishes the job */
+  if (c->running) return; /* after_run finishes the job */
   uv_timer_stop(&c->timer);
   uv_close((uv_handle_t *)&c->async, handle_closed);
   uv_close((uv_handle_t *)&c->timer, handle_closed);
@@ -272,6 +356,7 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
     lua_settop(T, 0);
     luaL_error(L, "argument %s", err.message);
   }
+  rd__lstate_clear_stop(c->s);
   c->cpu_ms = lim->cpu_ms;
   c->deadline_ns = lim->timeout_ms > 0
       ? rd__mono_ns() + (uint64_t)(lim->timeout_ms * 1e6) : 0;
@@ -366,11 +451,7 @@ static int l_call(lua_State *L) {
   return 4;
 }
 
-static void work_cb(uv_work_t *w) { run(w->data); }
-
-static void after_work(uv_work_t *w, int status) {
-  RD_UNUSED(status);
-  lcore *c = w->data;
+static void after_run(lcore *c) {
   c->running = 0;
   uv_timer_stop(&c->timer);
   drain(c);
@@ -422,17 +503,19 @@ static int l_start(lua_State *L) {
   prepare(L, c, fname, 3, &lim);
   lua_pushvalue(L, 5);
   c->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
-  c->work.data = c;
-  int rc = uv_queue_work(&c->loop->uv, &c->work, work_cb, after_work);
+  int rc = submit(c);
   if (rc != 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, c->cbref);
     c->cbref = LUA_NOREF;
     lua_settop(rd__lstate_L(c->s), 0);
     lua_pushnil(L);
-    lua_pushfstring(L, "cannot queue the call: %s", uv_strerror(rc));
+    lua_pushfstring(L, "cannot start a call thread: %s", strerror(rc));
     return 2;
   }
   c->running = 1;
+  /* The loop's clock is cached: the host may not have run the loop for a
+   * while (a synchronous caller), so refresh it or the timer fires early. */
+  uv_update_time(&c->loop->uv);
   if (lim.timeout_ms > 0)
     uv_timer_start(&c->timer, on_overdue,
                    (uint64_t)(lim.timeout_ms + lim.grace_ms), 0);
@@ -499,7 +582,7 @@ static int l_close(lua_State *L) {
     c->ud_gone = 1;
     luaL_unref(L, LUA_REGISTRYINDEX, c->notifyref);
     c->notifyref = LUA_NOREF;
-    return 0; /* after_work frees it */
+    return 0; /* after_run frees it */
   }
   c->ud_gone = 1;
   core_close(c);

@@ -145,10 +145,16 @@ size_t rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory) {
 
 size_t rd__lstate_heap(rd_lstate *s) { return s->heap; }
 
+void rd__lstate_clear_stop(rd_lstate *s) {
+  atomic_store(&s->stop_req, RD_BREACH_NONE);
+}
+
 void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns) {
+  /* stop_req is not cleared here: a stop asked for between the caller's
+   * rd__lstate_clear_stop and now (a cancel racing the thread pool) must
+   * still stop this run. */
   s->breach = RD_BREACH_NONE;
   s->breach_msg[0] = '\0';
-  atomic_store(&s->stop_req, RD_BREACH_NONE);
   s->cpu_limit_ms = cpu_ms;
   s->cpu_start_ms = rd__thread_cpu_ms();
   s->deadline_ns = deadline_ns;

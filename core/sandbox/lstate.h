@@ -52,6 +52,11 @@ lua_State *rd__lstate_L(rd_lstate *s);
 /* The tool state that owns L (any thread of it), or NULL if L is not one. */
 rd_lstate *rd__lstate_from(lua_State *L);
 
+/* Forget any stop asked for earlier. Call it when a run is being prepared,
+ * before the run can be stopped (e.g. before queueing it to a thread):
+ * rd__lstate_arm does not clear stops, so none asked in between is lost. */
+void rd__lstate_clear_stop(rd_lstate *s);
+
 /* Limits of the next run. cpu_ms 0: none; deadline_ns 0: none (monotonic,
  * rd__mono_ns() clock). */
 void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns);

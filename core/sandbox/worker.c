@@ -286,6 +286,7 @@ static rd_breach run_in(rd_lstate *s, const char *fname, lua_State *C, int aidx,
     return RD_BREACH_NONE;
   }
   uint64_t deadline = timeout_ms > 0 ? rd__mono_ns() + (uint64_t)(timeout_ms * 1e6) : 0;
+  rd__lstate_clear_stop(s);
   rd__lstate_arm(s, cpu_ms, deadline);
   *status = lua_pcall(T, 1, 2, 0);
   return rd__lstate_disarm(s, used_cpu, peak);

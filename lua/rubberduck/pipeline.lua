@@ -29,6 +29,18 @@ function M.iso8601(t)
   return os.date("!%Y-%m-%dT%H:%M:%S", s) .. format(".%03dZ", ms)
 end
 
+-- A copy of the caller's params (the validator fills defaults in place; the
+-- caller's table stays as it was). Keeps the JSON markers.
+local function copy(v, depth)
+  if type(v) ~= "table" then return v end
+  if depth > json.max_depth then error("parameters nested deeper than " .. json.max_depth, 0) end
+  local out = {}
+  for k, x in pairs(v) do out[k] = copy(x, depth + 1) end
+  local mt = getmetatable(v)
+  if mt == json.array_mt or mt == json.object_mt then setmetatable(out, mt) end
+  return out
+end
+
 local function is_object(v)
   return type(v) == "table" and getmetatable(v) ~= json.array_mt
     and (next(v) == nil or not json.is_array(v))
@@ -112,6 +124,14 @@ local function body(engine, h, meta)
   h.stage_name = "validating"
   local params = h.params
   if params == nil or params == json.null then params = {} end
+  if type(params) == "table" then
+    local ok, c = pcall(copy, params, 0)
+    if not ok then
+      return nil, errors.new("invalid_params", tostring(c), { errors = json.array({
+        { pointer = "", keyword = "maxDepth", schema_path = "", message = "/: " .. tostring(c) } }) })
+    end
+    params = c
+  end
   if not is_object(params) then
     return nil, errors.new("invalid_params", "parameters must be a JSON object",
       { errors = json.array({ { pointer = "", keyword = "type", schema_path = "/type",
@@ -208,8 +228,15 @@ local function body(engine, h, meta)
   return nil, last
 end
 
--- 4 process: the output schema.
+-- 4 process: the output must be JSON (every envelope is), then the
+-- output schema.
 local function process(engine, h, output)
+  if type(output) == "table" or type(output) == "string" then
+    local ok, err = json.encode(output)
+    if not ok then
+      return nil, errors.new("invalid_output", "output cannot be encoded as JSON: " .. tostring(err))
+    end
+  end
   local t = engine.registry:get(h.name)
   if t and t.output_validator then
     local ok, errs = t.output_validator(output == nil and json.null or output)

@@ -50,9 +50,19 @@ function M.evaluate(engine, file, source)
     max_memory = M.DEFINE_MEMORY, jit = false, lua_path = engine.lua_path,
   })
   if not ok then return nil, { file .. ": (engine): " .. tostring(st) } end
-  local good, res, _, stats = st:call("define",
+  -- On a call thread, like a call: code stuck in C (a pathological
+  -- pattern) is abandoned at the deadline instead of blocking the engine.
+  local done, r = false, nil
+  local started, serr = st:start("define",
     { source = source, chunkname = "@" .. file, file = file },
-    { cpu_ms = M.DEFINE_CPU_MS, timeout_ms = M.DEFINE_TIMEOUT_MS })
+    { cpu_ms = M.DEFINE_CPU_MS, timeout_ms = M.DEFINE_TIMEOUT_MS },
+    function(...) done, r = true, { ... } end)
+  if not started then
+    st:close()
+    return nil, { file .. ": (engine): " .. tostring(serr) }
+  end
+  while not done do engine.loop:run("once") end
+  local good, res, _ = r[1], r[2], r[3]
   if not good then
     st:close()
     local kind, msg = res, _

@@ -108,6 +108,11 @@ function M.run(opts, cli)
       out:flush()
     end
   end
+  if buffer then
+    local _, perr = loadstring(buffer, "=repl")
+    io.stderr:write("repl: the input ended inside a statement: ", tostring(perr), "\n")
+    status = 1
+  end
   if interactive then
     native.write_history(history)
     out:write("\n")

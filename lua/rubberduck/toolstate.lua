@@ -27,6 +27,7 @@ local type, pairs, ipairs, next, pcall, rawget, tostring, select, error =
 local setmetatable, getmetatable, setfenv, loadstring =
   setmetatable, getmetatable, setfenv, loadstring
 local concat, sfind, ssub, format = table.concat, string.find, string.sub, string.format
+local unpack = unpack
 local collectgarbage = collectgarbage
 local G = _G
 
@@ -74,6 +75,14 @@ local function make_env()
     error("collectgarbage: only \"count\" is available to tools", 2)
   end
   env.print = function(...) log("info", ...) end
+  -- xpcall whose message handler runs after the error has unwound: LuaJIT
+  -- runs a handler with hooks off when the error came from the count hook,
+  -- so a looping handler would never be stopped.
+  env.xpcall = function(f, handler, ...)
+    local res = { pcall(f, ...) }
+    if res[1] then return unpack(res, 1, table.maxn(res)) end
+    return false, handler(res[2])
+  end
   env.json = {
     encode = json.encode, decode = json.decode, null = json.null,
     array = json.array, object = json.object, is_array = json.is_array,
@@ -103,6 +112,120 @@ local function error_text(e)
   return "error object of type " .. te
 end
 
+-- ---- dangerous functions: a token-level scan of the source --------------
+--
+-- Every dotted name the source uses (`os.execute`, `io . popen`,
+-- `x:dump`) is collected with its line, skipping strings and comments, and
+-- compared with the deny list. A name inside a string or a comment is not a
+-- use; `my_loadstring` is not `loadstring`.
+
+local function scan_names(src)
+  local names = {}
+  local i, n, line = 1, #src, 1
+  local chain, chain_line, want_name = nil, nil, false
+  local function flush()
+    if chain then names[#names + 1] = { chain, chain_line } end
+    chain, want_name = nil, false
+  end
+  local function long_bracket(at)
+    local eq = src:match("^%[(=*)%[", at)
+    if not eq then return nil end
+    local close = "]" .. eq .. "]"
+    local stop = sfind(src, close, at + 2 + #eq, true)
+    local finish = stop and stop + #close - 1 or n
+    local _, nl = ssub(src, at, finish):gsub("\n", "")
+    line = line + nl
+    return finish + 1
+  end
+  while i <= n do
+    local c = ssub(src, i, i)
+    if c == "\n" then
+      line = line + 1
+      i = i + 1
+    elseif c:match("%s") then
+      i = i + 1
+    elseif ssub(src, i, i + 1) == "--" then
+      flush()
+      local j = long_bracket(i + 2)
+      if j then i = j else
+        local e = sfind(src, "\n", i, true)
+        i = e or n + 1
+      end
+    elseif c == '"' or c == "'" then
+      flush()
+      local j = i + 1
+      while j <= n do
+        local d = ssub(src, j, j)
+        if d == "\\" then j = j + 2
+        elseif d == c then break
+        else
+          if d == "\n" then line = line + 1 end
+          j = j + 1
+        end
+      end
+      i = j + 1
+    elseif c == "[" and src:match("^%[=*%[", i) then
+      flush()
+      i = long_bracket(i)
+    elseif c:match("[%a_]") then
+      local word = src:match("^[%a_][%w_]*", i)
+      if want_name then
+        chain = chain .. word
+        want_name = false
+      elseif src:match("^[%a_][%w_]*%s*=[^=]", i) then
+        -- `name = value` (a table field or an assignment) defines, not uses
+        flush()
+      else
+        flush()
+        chain, chain_line = word, line
+      end
+      i = i + #word
+    elseif ssub(src, i, i + 1) == ".." or ssub(src, i, i + 1) == "::" then
+      flush()
+      i = i + (ssub(src, i, i + 2) == "..." and 3 or 2)
+    elseif (c == "." or c == ":") and not want_name then
+      -- after `)`, `]` or a string, `:dump` starts a chain of its own
+      if not chain then chain, chain_line = "", line end
+      chain = chain .. c
+      want_name = true
+      i = i + 1
+    elseif c:match("%d") then
+      flush()
+      i = i + #(src:match("^[%w_%.]+", i))
+    else
+      flush()
+      i = i + 1
+    end
+  end
+  flush()
+  return names
+end
+M.scan_names = scan_names
+
+-- Returns a list of problems ("file: security.dangerous_functions: ...").
+local function dangerous_uses(src, file, extra)
+  local deny = {}
+  for _, f in ipairs(envdata.dangerous) do deny[f] = true end
+  for _, f in ipairs(extra or {}) do deny[f] = true end
+  local problems = {}
+  for _, nl in ipairs(scan_names(src)) do
+    local name, line = nl[1], nl[2]
+    local hit = deny[name] and name
+    if not hit and name:match("[:.]dump$") then hit = "string.dump" end
+    if not hit then
+      -- `os.execute(...)` inside a longer chain, e.g. `_G.os.execute`
+      for f in pairs(deny) do
+        if #name > #f and ssub(name, -#f - 1) == "." .. f then hit = f; break end
+      end
+    end
+    if hit then
+      problems[#problems + 1] = format("%s: security.dangerous_functions: line %d uses %s, " ..
+        "which tools may not call", file, line, hit)
+    end
+  end
+  return problems
+end
+
 function M.define(arg)
   local file = arg.file or "?"
   if sfind(arg.source, "^\27") then
@@ -124,6 +247,14 @@ function M.define(arg)
   end
   local def, fns = dsl.normalize(raw, file, json)
   if not def then return { ok = false, problems = json.array(fns) } end
+
+  local uses = dangerous_uses(arg.source, file, def.security.dangerous_functions)
+  if #uses > 0 then
+    if def.security.level ~= "none" then
+      return { ok = false, problems = json.array(uses) }
+    end
+    def.warnings = json.array(uses)
+  end
 
   local sec = def.security
   if #sec.allowed_paths > 0 then

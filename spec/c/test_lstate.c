@@ -321,11 +321,19 @@ TEST(request_stop_from_another_thread) {
   pthread_join(th, NULL);
   CHECK(strstr(msg, "cancelled") != NULL);
   CHECK(rd__lstate_disarm(s, NULL, NULL) == RD_BREACH_CANCEL);
-  /* a stop asked for while not running is cleared by the next arm */
+  /* a stop asked for before the run is prepared is cleared by clear_stop */
   rd__lstate_request_stop(s, RD_BREACH_TIMEOUT);
+  rd__lstate_clear_stop(s);
   rd__lstate_arm(s, 0, rd__mono_ns() + NET_NS);
   CHECK(run_code(s, "local x = 0 for i = 1, 100000 do x = x + 1 end", NULL, 0) == 0);
   CHECK(rd__lstate_disarm(s, NULL, NULL) == RD_BREACH_NONE);
+  /* ... but one asked for between clear_stop and arm (a cancel racing the
+   * thread pool) stops the run */
+  rd__lstate_clear_stop(s);
+  rd__lstate_request_stop(s, RD_BREACH_CANCEL);
+  rd__lstate_arm(s, 0, rd__mono_ns() + NET_NS);
+  CHECK(run_code(s, "local x = 0 for i = 1, 1e9 do x = x + 1 end", NULL, 0) != 0);
+  CHECK(rd__lstate_disarm(s, NULL, NULL) == RD_BREACH_CANCEL);
   rd__lstate_free(s);
 }
 

@@ -320,6 +320,14 @@ function C:fn(node, track, path)
   return rec
 end
 
+-- loops over array items and object keys have their first UNROLL steps
+-- written out, so that small instances take a path without loops: LuaJIT
+-- cannot put an inner loop in a root trace (a trace that starts at a
+-- function entry, as when the validator is called from interpreted code
+-- right after a C function such as the JSON decoder)
+local UNROLL = 8
+M.UNROLL = UNROLL
+
 -- the resource (for dynamic scope) a node belongs to
 function C:res_of(node)
   local inf = type(node) == "table" and self.info[node]
@@ -353,11 +361,14 @@ function C:open(s) self:line(s); self.ind = self.ind + 1 end
 function C:close(s) self.ind = self.ind - 1; self:line(s or "end") end
 
 -- this schema's own check failed: record an error at depth dexpr
-function C:fail(kw, args, dexpr)
+-- targs: compile-time values the message is built from (runtime.text);
+-- rargs: Lua expressions for the part that depends on the instance
+function C:fail(kw, targs, rargs, dexpr)
   local sp = self:loc(self.cur.node, kw)
+  local text, how = runtime.text(kw, targs and targs[1], targs and targs[2])
   self:line("if M > 0 then return false end")
-  self:line(format("ok = false; if E(%s, %s, %s%s) then return false end",
-    dexpr or "d", q(kw), q(sp), args and (", " .. args) or ""))
+  self:line(format("ok = false; if E(%s, %s, %s, %s%s) then return false end",
+    dexpr or "d", q(kw), q(sp), q(text), how and (", " .. how .. ", " .. rargs) or ""))
 end
 
 -- a callee failed and recorded its own errors
@@ -366,11 +377,33 @@ function C:child_failed()
   self:line("ok = false")
 end
 
--- apply sub to a child instance (or in place): emits the check
+-- keywords a subschema may have and still be written inline in its
+-- parent's function (checks on one value, and annotations)
+local INLINE_OK = {
+  type = true, enum = true, const = true, minimum = true, maximum = true, exclusiveMinimum = true,
+  exclusiveMaximum = true, multipleOf = true, minLength = true, maxLength = true, pattern = true,
+  format = true, title = true, description = true, default = true, examples = true,
+  ["$comment"] = true, deprecated = true, readOnly = true, writeOnly = true,
+}
+
+function C:inlinable(sub)
+  if type(sub) ~= "table" or sub == self.cur.node or not self.info[sub] then return false end
+  for k in pairs(sub) do
+    if not INLINE_OK[k] then return false end
+  end
+  return next(sub) ~= nil
+end
+
+-- apply sub to a child instance (or in place): emits the check. A leaf
+-- subschema is written inline (no call); others get a function.
 function C:apply(sub, inst, dexpr, kw, ev, path)
   if sub == true then return end
   if sub == false then
-    self:fail(kw, nil, dexpr)
+    self:fail(kw, nil, nil, dexpr)
+    return
+  end
+  if ev == nil and self:inlinable(sub) then
+    self:gen({ node = sub, track = false, path = path }, inst, dexpr)
     return
   end
   self:open("if not " .. self:call(sub, inst, dexpr, ev, path) .. " then")
@@ -510,15 +543,24 @@ function C:discriminator(sub)
   return d
 end
 
-function C:gen(rec)
+-- gen(rec): the function for rec; gen(rec, inst, dexpr): rec.node's checks
+-- inline, in a do ... end block of the current function, on the instance
+-- inst at depth dexpr
+function C:gen(rec, inst, dexpr)
   local node = rec.node
   local track = rec.track
   local inf = type(node) == "table" and self.info[node] or { path = rec.path or "", res = self.root_uri, draft = self.default_draft }
   if type(node) == "table" and not self.info[node] then
     self.info[node] = inf
   end
-  self.cur = { node = node, res = inf.res, callees = {}, rec = rec }
-  self.buf, self.ind = {}, 1
+  local inline = inst ~= nil
+  local outer_cur, outer_mark = self.cur, self.mark
+  if inline then
+    self.cur = { node = node, res = inf.res, callees = outer_cur.callees, rec = outer_cur.rec }
+  else
+    self.cur = { node = node, res = inf.res, callees = {}, rec = rec }
+    self.buf, self.ind = {}, 1
+  end
   local header = format("-- %s%s", self:loc(node) == "" and "#" or comment(self:loc(node)), track and " (tracking evaluated properties/items)" or "")
   if type(node) == "boolean" then
     self.ind = 0
@@ -527,7 +569,7 @@ function C:gen(rec)
     if node then self:line("return true")
     else
       self:line("if M > 0 then return false end")
-      self:line(format("E(d, \"false\", %s)", q(self:loc(node))))
+      self:line(format("E(d, \"false\", %s, %s)", q(self:loc(node)), q(runtime.text("false"))))
       self:line("return false")
     end
     self:close()
@@ -554,10 +596,15 @@ function C:gen(rec)
   local evx = mark and "ev" or nil -- tracking argument passed to in-place callees
   self.mark = mark
 
-  self.ind = 0
-  self:line(header)
-  self:open(format("%s = function(v, d%s)", rec.name, track and ", evo" or ""))
-  self:line("local ok = true")
+  if inline then
+    self:open(format("do %s", header))
+    self:line(format("local v, d = %s, %s", inst, dexpr))
+  else
+    self.ind = 0
+    self:line(header)
+    self:open(format("%s = function(v, d%s)", rec.name, track and ", evo" or ""))
+    self:line("local ok = true")
+  end
   if uneval then self:line("local ev = {}")
   elseif track then self:line("local ev = evo") end
 
@@ -598,7 +645,7 @@ function C:gen(rec)
         local cond = concat(conds, " or ")
         if #conds > 1 or cond:find(" ", 1, true) then cond = "(" .. cond .. ")" end
         self:open("if not " .. cond .. " then")
-        self:fail("type", q(concat(names, " or ")) .. ", v")
+        self:fail("type", { concat(names, " or ") }, "v")
         self:close()
       end
     end
@@ -608,7 +655,7 @@ function C:gen(rec)
       local lit = literal(s.const)
       if lit then self:open("if v ~= " .. lit .. " then")
       else self:open("if not deq(v, " .. self:const(s.const, "const") .. ") then") end
-      self:fail("const", self:const(s.const, "const value"))
+      self:fail("const", { s.const })
       self:close()
     end
     if num_kw then self:gen_number(s, on, draft) end
@@ -628,6 +675,11 @@ function C:gen(rec)
     if on("not") then self:gen_not(s["not"]) end
     if on("if") and (s["then"] ~= nil or s["else"] ~= nil or evx) then self:gen_if(s, evx) end
     if uneval then self:gen_uneval(s, on, track) end
+  end
+  if inline then
+    self:close()
+    self.cur, self.mark = outer_cur, outer_mark
+    return
   end
   self:line("return ok")
   self:close()
@@ -649,7 +701,7 @@ function C:gen_enum(enum)
     if not l then all_lit = false; break end
     lits[#lits + 1] = l
   end
-  local kconst = self:const(enum, "enum values")
+  local kconst
   if #enum == 0 then
     self:open("do")
   elseif all_lit and #lits <= 8 then
@@ -661,6 +713,7 @@ function C:gen_enum(enum)
     for _, x in ipairs(enum) do set[x] = true end
     self:open("if not " .. self:const(set, "enum set") .. "[v] then")
   else
+    kconst = self:const(enum, "enum values")
     self:open("local found = false")
     self.ind = self.ind - 1
     self:open("for i = 1, #" .. kconst .. " do")
@@ -668,7 +721,7 @@ function C:gen_enum(enum)
     self:close()
     self:open("if not found then")
   end
-  self:fail("enum", kconst)
+  self:fail("enum", { enum })
   self:close()
 end
 
@@ -676,7 +729,7 @@ function C:gen_number(s, on, draft)
   self:open('if tv == "number" then')
   local function cmp(kw, op, lim)
     self:open(format("if v %s %s then", op, literal(lim) or self:const(lim, kw)))
-    self:fail(kw, (literal(lim) or self:const(lim, kw)) .. ", v")
+    self:fail(kw, { lim }, "v")
     self:close()
   end
   if draft == D07 and type(s.exclusiveMinimum) == "boolean" then
@@ -699,7 +752,7 @@ function C:gen_number(s, on, draft)
       self:line(format("local q = v / %s", m))
       self:open("if q % 1 ~= 0 and not (abs(q - floor(q + 0.5)) < 1e-9) then")
     end
-    self:fail("multipleOf", m .. ", v")
+    self:fail("multipleOf", { s.multipleOf }, "v")
     self:close()
   end
   self:close()
@@ -709,16 +762,23 @@ function C:gen_string(s, on)
   self:open('if tv == "string" then')
   if on("minLength") or on("maxLength") then
     self:line("local n = #v")
+    -- the code point count is needed only when the byte count does not
+    -- decide; then a regex ("at least l code points", no loop in the trace)
+    -- answers when the FFI binding is there, else ulen()
     if on("minLength") then
       local l = s.minLength
-      self:open(format("if n < %d or (n < %d and ulen(v) < %d) then", l, l * 4, l))
-      self:fail("minLength", format("%d, v", l))
+      local rx = self:atleast(l)
+      self:open(format("if n < %d or (n < %d and %s) then", l, l * 4,
+        rx and format("%s(v) == -1", rx) or format("ulen(v) < %d", l)))
+      self:fail("minLength", { l }, "v")
       self:close()
     end
     if on("maxLength") then
       local l = s.maxLength
-      self:open(format("if n > %d and ulen(v) > %d then", l, l))
-      self:fail("maxLength", format("%d, v", l))
+      local rx = self:atleast(l + 1)
+      self:open(format("if n > %d and %s then", l,
+        rx and format("%s(v) >= 0", rx) or format("ulen(v) > %d", l)))
+      self:fail("maxLength", { l }, "v")
       self:close()
     end
   end
@@ -727,16 +787,28 @@ function C:gen_string(s, on)
     if not re then fail(self:loc(self.cur.node, "pattern"), err) end
     local k = self:const(re, "/" .. s.pattern .. "/")
     self:open(format("if not %s(v) then -- /%s/", k, comment(s.pattern)))
-    self:fail("pattern", self:const(s.pattern, "pattern source") .. ", v")
+    self:fail("pattern", { s.pattern }, "v")
     self:close()
   end
   if s.format ~= nil and self.opts.formats == "assert" and formats.checkers[s.format] then
     local k = self:const(formats.checkers[s.format], "format " .. s.format)
     self:open(format("if not %s(v) then -- format %s", k, comment(s.format)))
-    self:fail("format", q(s.format) .. ", v")
+    self:fail("format", { s.format }, "v")
     self:close()
   end
   self:close()
+end
+
+-- a constant holding rc(s) for "s has at least l code points" (as ulen
+-- counts them: bytes that are not UTF-8 continuation bytes), or nil
+function C:atleast(l)
+  if l < 1 or l > 256 then return nil end
+  self.atleast_k = self.atleast_k or {}
+  if self.atleast_k[l] then return self.atleast_k[l] end
+  local rc = regex.raw("^[\\x80-\\xbf]*+(?:[^\\x80-\\xbf][\\x80-\\xbf]*+){" .. l .. "}")
+  local k = rc and self:const(rc, "at least " .. l .. " code points")
+  self.atleast_k[l] = k
+  return k
 end
 
 function C:gen_array(s, on, draft, mark)
@@ -744,15 +816,15 @@ function C:gen_array(s, on, draft, mark)
   self:open("if arr then")
   self:line("local n = #v")
   if on("minItems") then
-    self:open(format("if n < %d then", s.minItems)); self:fail("minItems", format("%d, n", s.minItems)); self:close()
+    self:open(format("if n < %d then", s.minItems)); self:fail("minItems", { s.minItems }, "n"); self:close()
   end
   if on("maxItems") then
-    self:open(format("if n > %d then", s.maxItems)); self:fail("maxItems", format("%d, n", s.maxItems)); self:close()
+    self:open(format("if n > %d then", s.maxItems)); self:fail("maxItems", { s.maxItems }, "n"); self:close()
   end
   if on("uniqueItems") and s.uniqueItems then
     self:open("if n > 1 then")
     self:line("local i, j = uniq(v)")
-    self:open("if i then"); self:fail("uniqueItems", "i, j"); self:close()
+    self:open("if i then"); self:fail("uniqueItems", nil, "i, j"); self:close()
     self:close()
   end
   -- positional items and the rest
@@ -785,7 +857,13 @@ function C:gen_array(s, on, draft, mark)
   end
   if rest ~= nil then
     if rest ~= true then
-      self:open(format("for i = %d, n do", start))
+      for i = start, start + UNROLL - 1 do
+        self:open(format("if n >= %d then", i))
+        self:line(format("P[d + 1] = %d", i))
+        self:apply(rest, "v[" .. i .. "]", "d + 1", rest_kw, nil, path .. "/" .. rest_kw)
+        self:close()
+      end
+      self:open(format("for i = %d, n do", start + UNROLL))
       self:line("P[d + 1] = i")
       self:apply(rest, "v[i]", "d + 1", rest_kw, nil, path .. "/" .. rest_kw)
       self:close()
@@ -816,12 +894,12 @@ function C:gen_array(s, on, draft, mark)
     end
     if min > 0 then
       self:open(format("if c < %d then", min))
-      self:fail(draft == D2020 and on("minContains") and "minContains" or "contains", format("%d, c", min))
+      self:fail(draft == D2020 and on("minContains") and "minContains" or "contains", { min }, "c")
       self:close()
     end
     if max then
       self:open(format("if c > %d then", max))
-      self:fail("maxContains", format("%d, c", max))
+      self:fail("maxContains", { max }, "c")
       self:close()
     end
   end
@@ -834,22 +912,22 @@ function C:gen_object(s, on, draft, mark)
   if on("required") then
     for _, name in ipairs(s.required) do
       self:open(format("if v[%s] == nil then", q(name)))
-      self:line(format("if PARTIAL then pend(d, %s, %s) else", q(self:loc(self.cur.node, "required")), q(name)))
+      self:line(format("if PARTIAL then pend(d, %s, %s) else", q(self:loc(self.cur.node, "required")),
+        q(runtime.text("required", name))))
       self.ind = self.ind + 1
-      self:fail("required", q(name))
+      self:fail("required", { name })
       self.ind = self.ind - 1
       self:line("end")
       self:close()
     end
   end
   if on("minProperties") or on("maxProperties") then
-    self:line("local c = 0")
-    self:line("for _ in pairs(v) do c = c + 1 end")
+    self:line("local c = nkeys(v)")
     if on("minProperties") then
-      self:open(format("if c < %d then", s.minProperties)); self:fail("minProperties", format("%d, c", s.minProperties)); self:close()
+      self:open(format("if c < %d then", s.minProperties)); self:fail("minProperties", { s.minProperties }, "c"); self:close()
     end
     if on("maxProperties") then
-      self:open(format("if c > %d then", s.maxProperties)); self:fail("maxProperties", format("%d, c", s.maxProperties)); self:close()
+      self:open(format("if c > %d then", s.maxProperties)); self:fail("maxProperties", { s.maxProperties }, "c"); self:close()
     end
   end
   -- dependentRequired (2020-12) / dependencies (draft-07)
@@ -869,9 +947,10 @@ function C:gen_object(s, on, draft, mark)
       for _, name in ipairs(depreq[k]) do
         self:open(format("if v[%s] == nil then", q(name)))
         self:line(format("if PARTIAL then pend(d, %s, %s) else",
-          q(self:loc(self.cur.node, draft == D07 and "dependencies" or "dependentRequired")), q(name)))
+          q(self:loc(self.cur.node, draft == D07 and "dependencies" or "dependentRequired")),
+          q(runtime.text("required", name))))
         self.ind = self.ind + 1
-        self:fail(draft == D07 and "dependencies" or "dependentRequired", q(name) .. ", " .. q(k))
+        self:fail(draft == D07 and "dependencies" or "dependentRequired", { name, k })
         self.ind = self.ind - 1
         self:line("end")
         self:close()
@@ -882,6 +961,16 @@ function C:gen_object(s, on, draft, mark)
   -- properties
   local props = on("properties") and s.properties or {}
   local pkeys = sorted_keys(props)
+  local pats = on("patternProperties") and s.patternProperties or {}
+  local patkeys = sorted_keys(pats)
+  local addl, pnames
+  if on("additionalProperties") then addl = s.additionalProperties end
+  if on("propertyNames") then pnames = s.propertyNames end
+  -- additionalProperties: false alone: count the declared properties
+  -- present, and look at the keys only when the object has more keys than
+  -- that (nkeys), so the valid path has no loop
+  local counted = addl == false and #patkeys == 0 and (pnames == nil or pnames == true) and not mark
+  if counted then self:line("local kc = 0") end
   local declared = false
   for _, k in ipairs(pkeys) do
     local sub = props[k]
@@ -896,33 +985,41 @@ function C:gen_object(s, on, draft, mark)
         self:close()
       end
       self:open("if x ~= nil then")
+      if counted then self:line("kc = kc + 1") end
       if mark then self:line(format("ev[%s] = true", q(k))) end
       if sub ~= true then
         self:line(format("P[d + 1] = %s", q(k)))
         self:apply(sub, "x", "d + 1", "properties", nil, path .. "/properties/" .. esc(k))
       end
       self:close()
+    elseif counted then
+      self:line(format("if v[%s] ~= nil then kc = kc + 1 end", q(k)))
     end
   end
-  -- patternProperties / additionalProperties / propertyNames: one pass over the keys
-  local pats = on("patternProperties") and s.patternProperties or {}
-  local patkeys = sorted_keys(pats)
-  local addl, pnames
-  if on("additionalProperties") then addl = s.additionalProperties end
-  if on("propertyNames") then pnames = s.propertyNames end
+  -- patternProperties / additionalProperties / propertyNames: one pass over
+  -- the keys, its first UNROLL steps unrolled (next(v, k)) so that small
+  -- objects need no loop
   if #patkeys > 0 or (addl ~= nil and (addl ~= true or mark)) or (pnames ~= nil and pnames ~= true) then
     local need_addl = addl ~= nil and (addl ~= true or mark)
-    self:open("for k, x in pairs(v) do")
+    if counted then
+      self:open("if nkeys(v) ~= kc then")
+    else
+      self:open("do")
+    end
+    self:line("local k, x = next(v)")
+    local body_start = #self.buf
+    local body_ind = self.ind
+    self:open("if k ~= nil then")
     if pnames ~= nil and pnames ~= true then
       if pnames == false then
         self:line("P[d + 1] = k")
-        self:fail("propertyNames", "k", "d + 1")
+        self:fail("propertyNames", nil, "k", "d + 1")
       else
         self:line("P[d + 1] = k")
         self:apply(pnames, "k", "d + 1", "propertyNames", nil, path .. "/propertyNames")
       end
     end
-    if need_addl then self:line("local known = false") end
+    if need_addl and #patkeys > 0 then self:line("local known = false") end
     for _, pk in ipairs(patkeys) do
       local re, err = regex.compile(pk)
       if not re then fail(path .. "/patternProperties/" .. esc(pk), err) end
@@ -948,6 +1045,9 @@ function C:gen_object(s, on, draft, mark)
         for _, k in ipairs(pkeys) do set[k] = true end
         cond = "not known and not " .. self:const(set, "properties") .. "[k]"
       end
+      if #patkeys == 0 then
+        cond = cond == "not known" and "true" or cond:gsub("^not known and ", "")
+      end
       self:open("if " .. cond .. " then")
       if mark then self:line("ev[k] = true") end
       if addl ~= true then
@@ -956,7 +1056,22 @@ function C:gen_object(s, on, draft, mark)
       end
       self:close()
     end
-    self:close()
+    do
+      self:line("k, x = next(v, k)")
+      self:close()
+      -- the same body UNROLL - 1 more times, then as a loop for the rest
+      local body = {}
+      for i = body_start + 1, #self.buf do body[#body + 1] = self.buf[i] end
+      for _ = 2, UNROLL do
+        for _, l in ipairs(body) do self.buf[#self.buf + 1] = l end
+      end
+      local pad = string.rep("  ", body_ind)
+      for i, l in ipairs(body) do
+        if i == 1 then self.buf[#self.buf + 1] = pad .. "while k ~= nil do"
+        else self.buf[#self.buf + 1] = l end
+      end
+      self:close()
+    end
   end
   -- dependentSchemas / schema dependencies: in place
   for _, k in ipairs(sorted_keys(depsch)) do
@@ -1061,30 +1176,87 @@ function C:gen_anyof(list, kw, path, evx)
   self:line("ok = false")
   local disc = {}
   for i, sub in ipairs(list) do disc[i] = self:discriminator(sub) end
-  local kd = self:const(disc, kw .. " discriminators")
   local sp = self:loc(self.cur.node, kw)
   self:open("if m == 0 then")
-  self:line("local b = pick(v, " .. kd .. ")")
+  self:gen_pick(disc, kw)
   for i, sub in ipairs(list) do
     self:open(format("%s b == %d then", i == 1 and "if" or "elseif", i))
     if sub == false then
-      self:line(format("E(d, \"false\", %s)", q(path .. "/" .. kw .. "/" .. (i - 1))))
+      self:line(format("E(d, \"false\", %s, %s)", q(path .. "/" .. kw .. "/" .. (i - 1)), q(runtime.text("false"))))
     elseif sub ~= true then
       self:line(self:call(sub, "v", "d", nil, path .. "/" .. kw .. "/" .. (i - 1)))
     end
     self.ind = self.ind - 1
   end
   self:open("else")
-  self:line(format("E(d, %s, %s, %d)", q(kw), q(sp), n))
+  self:line(format("E(d, %s, %s, %s)", q(kw), q(sp), q(runtime.text(kw, n))))
   self:close()
   if kw == "oneOf" then
     self.ind = self.ind - 1
     self:open("else")
-    self:line(format("E(d, %s, %s, %d, m)", q(kw), q(sp), n))
+    self:line(format("E(d, %s, %s, %s, %d, m)", q(kw), q(sp), q((runtime.text(kw, n, true))), runtime.H_NUM))
   end
   self:close()
   self:line("if STOP then return false end")
   self:close()
+  self:close()
+end
+
+-- local b = the branch an instance aimed at (runtime.pick written out:
+-- the same scores, no loops), 0 when no branch stands out
+function C:gen_pick(disc, kw)
+  local n = #disc
+  if n == 1 then self:line("local b = 1"); return end
+  if n > 16 then
+    self:line("local b = pick(v, " .. self:const(disc, kw .. " discriminators") .. ")")
+    return
+  end
+  self:line("local b = 0")
+  self:open("do")
+  self:line("local jt = jtype(v)")
+  self:line('local isobj = jt == "object"')
+  for i, dd in ipairs(disc) do
+    local sc = "sc" .. i
+    self:line(format("local %s = 0", sc))
+    if dd.types then
+      local conds = {}
+      for t in pairs(dd.types) do conds[#conds + 1] = format("jt == %s", q(t)) end
+      if dd.types.number and not dd.types.integer then conds[#conds + 1] = 'jt == "integer"' end
+      sort(conds)
+      if #conds == 0 then conds[1] = "false" end
+      self:line(format("if not (%s) then %s = %s - 1000 end", concat(conds, " or "), sc, sc))
+    end
+    local objpart = #dd.consts > 0 or #dd.required > 0
+    if objpart then
+      self:open("if isobj then")
+      for _, c in ipairs(dd.consts) do
+        local lit = literal(c[2])
+        local eq = lit and ("x == " .. lit) or ("deq(x, " .. self:const(c[2], "discriminator") .. ")")
+        self:line(format("local x = v[%s]", q(c[1])))
+        self:line(format("if x ~= nil then if %s then %s = %s + 100 else %s = %s - 100 end end", eq, sc, sc, sc, sc))
+      end
+      for _, r in ipairs(dd.required) do
+        self:line(format("if v[%s] ~= nil then %s = %s + 1 end", q(r), sc, sc))
+      end
+    end
+    if dd.value_consts then
+      if objpart then self.ind = self.ind - 1; self:open("else")
+      else self:open("if not isobj then") end
+      for _, c in ipairs(dd.value_consts) do
+        local lit = literal(c)
+        local eq = lit and ("v == " .. lit) or ("deq(v, " .. self:const(c, "discriminator") .. ")")
+        self:line(format("if %s then %s = %s + 100 end", eq, sc, sc))
+      end
+      self:close()
+    elseif objpart then
+      self:close()
+    end
+  end
+  self:line("local best, bs, tie = 1, sc1, false")
+  for i = 2, n do
+    self:line(format("if sc%d > bs then best, bs, tie = %d, sc%d, false elseif sc%d == bs then tie = true end", i, i, i, i))
+  end
+  self:line("if not tie then b = best end")
   self:close()
 end
 
@@ -1129,8 +1301,8 @@ local PRELUDE = [==[
 local R, K = ...
 local type, pairs, floor, abs = type, pairs, math.floor, math.abs
 local NULL, REG = R.NULL, R.REG
-local ulen, deq, uniq, copy, pick, isarr_slow = R.ulen, R.deq, R.uniq, R.copy, R.pick, R.isarr_slow
-local getmetatable, next = getmetatable, next
+local ulen, deq, uniq, copy, pick, isarr_slow, jtype = R.ulen, R.deq, R.uniq, R.copy, R.pick, R.isarr_slow, R.jtype
+local getmetatable, next, nkeys = getmetatable, next, R.nkeys
 local AMT, OMT          -- array / object marker metatables, looked up per run
 local FAMT = R.FALLBACK_ARRAY_MT
 local P = {}            -- instance path: P[1..d] (object keys, 1-based array indices)
@@ -1144,23 +1316,24 @@ local DYN, DYNT = {}, {}
 local function isarr(t)
   local mt = getmetatable(t)
   if mt ~= nil and (mt == AMT or mt == FAMT) then return true end
-  if (mt == OMT and mt ~= nil) or next(t) == nil then return false end
+  if (mt == OMT and mt ~= nil) or t[1] == nil then return false end
   return isarr_slow(t)
 end
 
-local function E(d, kw, sp, a, b)
+local tnew = R.tnew
+local function E(d, kw, sp, text, how, a, b)
   local errs = ERRS
-  if not errs then errs = {}; ERRS = errs end
-  errs[#errs + 1] = R.error(P, d, kw, sp, a, b)
+  if not errs then errs = tnew(8, 0); ERRS = errs end
+  errs[#errs + 1] = R.error(P, d, kw, sp, text, how, a, b)
   if not ALL or #errs >= MAX then STOP = true end
   return STOP
 end
 
-local function pend(d, sp, name)
+local function pend(d, sp, text)
   if M > 0 then return end
   local p = PEND
   if not p then p = {}; PEND = p end
-  p[#p + 1] = R.error(P, d, "required", sp, name)
+  p[#p + 1] = R.error(P, d, "required", sp, text)
 end
 
 local function enter(rid, f, v, d, ev)

@@ -75,6 +75,28 @@ function M.jtype(v)
   return t
 end
 
+-- nkeys(t): the number of keys of t. OpenResty's LuaJIT has table.nkeys,
+-- which the trace compiler turns into one call, with no loop in the trace
+do
+  local ok, nk = pcall(require, "table.nkeys")
+  if ok and type(nk) == "function" then
+    M.nkeys = nk
+  else
+    M.nkeys = function(t)
+      local n = 0
+      for _ in next, t do n = n + 1 end
+      return n
+    end
+  end
+end
+
+-- tnew(narr, nhash): a table with preallocated parts (table.new) when the
+-- runtime has it
+do
+  local ok, tn = pcall(require, "table.new")
+  M.tnew = ok and type(tn) == "function" and tn or function() return {} end
+end
+
 -- number of UTF-8 code points (bytes that are not continuation bytes)
 local byte = string.byte
 function M.ulen(s)
@@ -107,9 +129,30 @@ local function deq(a, b)
 end
 M.deq = deq
 
+local function same(x, y)
+  return x == y or (type(x) == "table" and type(y) == "table" and deq(x, y))
+end
+
 -- uniq(arr) -> nil when all items are distinct, else i, j (1-based) of a pair
+-- (the first pair in the order i = 1..n-1, j = i+1..n)
 function M.uniq(a)
   local n = #a
+  if n <= 5 then
+    -- written out: no loop for short arrays
+    if n < 2 then return nil end
+    local a1, a2, a3, a4, a5 = a[1], a[2], a[3], a[4], a[5]
+    if same(a1, a2) then return 1, 2 end
+    if n >= 3 and same(a1, a3) then return 1, 3 end
+    if n >= 4 and same(a1, a4) then return 1, 4 end
+    if n >= 5 and same(a1, a5) then return 1, 5 end
+    if n >= 3 and same(a2, a3) then return 2, 3 end
+    if n >= 4 and same(a2, a4) then return 2, 4 end
+    if n >= 5 and same(a2, a5) then return 2, 5 end
+    if n >= 4 and same(a3, a4) then return 3, 4 end
+    if n >= 5 and same(a3, a5) then return 3, 5 end
+    if n >= 5 and same(a4, a5) then return 4, 5 end
+    return nil
+  end
   local simple = true
   for i = 1, n do if type(a[i]) == "table" then simple = false; break end end
   if simple and n > 16 then
@@ -141,12 +184,32 @@ end
 M.copy = copy
 
 -- JSON text for values in messages (short)
+local find, sub, gsub = string.find, string.sub, string.gsub
+
+-- a string as a quoted JSON-ish literal: plain strings (no control bytes,
+-- quotes or backslashes) are just wrapped; the rest go through %q
+local needs_escape = require("rubberduck.validator.regex").raw('[\\x00-\\x1f"\\\\\\x7f]')
+local function quote(v)
+  if needs_escape then
+    local r = needs_escape(v)
+    if r == -1 then return '"' .. v .. '"' end
+  else
+    local plain = true
+    for i = 1, #v do
+      local c = byte(v, i)
+      if c < 32 or c == 34 or c == 92 or c == 127 then plain = false; break end
+    end
+    if plain then return '"' .. v .. '"' end
+  end
+  return (gsub(format("%q", v), "\\\n", "\\n"))
+end
+
 local function show(v, depth)
   depth = depth or 0
   local t = type(v)
   if t == "string" then
-    if #v > 60 then v = v:sub(1, 57) .. "..." end
-    return format("%q", v):gsub("\\\n", "\\n")
+    if #v > 60 then v = sub(v, 1, 57) .. "..." end
+    return quote(v)
   elseif t == "number" then
     if v ~= v then return "NaN" end
     if v == huge then return "Infinity" elseif v == -huge then return "-Infinity" end
@@ -169,7 +232,7 @@ local function show(v, depth)
     table.sort(keys)
     for i, k in ipairs(keys) do
       if i > 5 then parts[#parts + 1] = "..."; break end
-      parts[#parts + 1] = format("%q", k) .. ":" .. show(v[k], depth + 1)
+      parts[#parts + 1] = quote(k) .. ":" .. show(v[k], depth + 1)
     end
     return "{" .. concat(parts, ",") .. "}"
   end
@@ -182,23 +245,29 @@ local function list(vs, sep)
   for i = 1, #vs do out[i] = show(vs[i]) end
   return concat(out, sep or ", ")
 end
+M.list = list
 
 local function plural(n, one, many) return n == 1 and one or many end
 
--- message per keyword: (a, b) are what the generated code passed
-local MSG = {
-  type = function(types, v) return "must be " .. types .. ", got " .. M.jtype(v) end,
-  minimum = function(l, v) return "must be >= " .. show(l) .. ", got " .. show(v) end,
-  maximum = function(l, v) return "must be <= " .. show(l) .. ", got " .. show(v) end,
-  exclusiveMinimum = function(l, v) return "must be > " .. show(l) .. ", got " .. show(v) end,
-  exclusiveMaximum = function(l, v) return "must be < " .. show(l) .. ", got " .. show(v) end,
-  multipleOf = function(l, v) return "must be a multiple of " .. show(l) .. ", got " .. show(v) end,
-  minLength = function(l, v)
-    return "must be at least " .. l .. plural(l, " character", " characters") .. " long, got " .. M.ulen(v) end,
-  maxLength = function(l, v)
-    return "must be at most " .. l .. plural(l, " character", " characters") .. " long, got " .. M.ulen(v) end,
-  pattern = function(p, v) return "must match pattern " .. show(p) .. ", got " .. show(v) end,
-  format = function(f, v) return "must be a valid " .. f .. ", got " .. show(v) end,
+-- Messages. The compiler builds the part of each message that depends only
+-- on the schema at compile time (M.text) and passes it to the generated
+-- code as a literal; at run time only a suffix that depends on the instance
+-- is appended, chosen by a small code (M.H_*).
+M.H_SHOW, M.H_JTYPE, M.H_ULEN, M.H_NUM, M.H_UNIQ, M.H_PNAME = 1, 2, 3, 4, 5, 6
+
+local TEXT = {
+  type = function(types) return "must be " .. types .. ", got ", M.H_JTYPE end,
+  minimum = function(l) return "must be >= " .. show(l) .. ", got ", M.H_SHOW end,
+  maximum = function(l) return "must be <= " .. show(l) .. ", got ", M.H_SHOW end,
+  exclusiveMinimum = function(l) return "must be > " .. show(l) .. ", got ", M.H_SHOW end,
+  exclusiveMaximum = function(l) return "must be < " .. show(l) .. ", got ", M.H_SHOW end,
+  multipleOf = function(l) return "must be a multiple of " .. show(l) .. ", got ", M.H_SHOW end,
+  minLength = function(l)
+    return "must be at least " .. l .. plural(l, " character", " characters") .. " long, got ", M.H_ULEN end,
+  maxLength = function(l)
+    return "must be at most " .. l .. plural(l, " character", " characters") .. " long, got ", M.H_ULEN end,
+  pattern = function(p) return "must match pattern " .. show(p) .. ", got ", M.H_SHOW end,
+  format = function(f) return "must be a valid " .. f .. ", got ", M.H_SHOW end,
   enum = function(vals) return "must be one of " .. list(vals) end,
   const = function(c) return "must be equal to " .. show(c) end,
   required = function(name) return "missing required property " .. show(name) end,
@@ -206,53 +275,77 @@ local MSG = {
     return "missing property " .. show(name) .. " (required when " .. show(by) .. " is present)" end,
   dependencies = function(name, by)
     return "missing property " .. show(name) .. " (required when " .. show(by) .. " is present)" end,
-  minItems = function(l, n) return "must have at least " .. l .. plural(l, " item", " items") .. ", got " .. n end,
-  maxItems = function(l, n) return "must have at most " .. l .. plural(l, " item", " items") .. ", got " .. n end,
-  uniqueItems = function(i, j) return "items must be unique, items " .. (i - 1) .. " and " .. (j - 1) .. " are equal" end,
-  contains = function(l, n)
-    return "must contain at least " .. l .. plural(l, " item", " items") .. " matching \"contains\", got " .. n end,
-  minContains = function(l, n)
-    return "must contain at least " .. l .. plural(l, " item", " items") .. " matching \"contains\", got " .. n end,
-  maxContains = function(l, n)
-    return "must contain at most " .. l .. plural(l, " item", " items") .. " matching \"contains\", got " .. n end,
-  minProperties = function(l, n) return "must have at least " .. l .. plural(l, " property", " properties") .. ", got " .. n end,
-  maxProperties = function(l, n) return "must have at most " .. l .. plural(l, " property", " properties") .. ", got " .. n end,
+  minItems = function(l) return "must have at least " .. l .. plural(l, " item", " items") .. ", got ", M.H_NUM end,
+  maxItems = function(l) return "must have at most " .. l .. plural(l, " item", " items") .. ", got ", M.H_NUM end,
+  uniqueItems = function() return "items must be unique, items ", M.H_UNIQ end,
+  contains = function(l)
+    return "must contain at least " .. l .. plural(l, " item", " items") .. " matching \"contains\", got ", M.H_NUM end,
+  minContains = function(l)
+    return "must contain at least " .. l .. plural(l, " item", " items") .. " matching \"contains\", got ", M.H_NUM end,
+  maxContains = function(l)
+    return "must contain at most " .. l .. plural(l, " item", " items") .. " matching \"contains\", got ", M.H_NUM end,
+  minProperties = function(l)
+    return "must have at least " .. l .. plural(l, " property", " properties") .. ", got ", M.H_NUM end,
+  maxProperties = function(l)
+    return "must have at most " .. l .. plural(l, " property", " properties") .. ", got ", M.H_NUM end,
   additionalProperties = function() return "additional property not allowed" end,
   unevaluatedProperties = function() return "unevaluated property not allowed" end,
   additionalItems = function() return "additional item not allowed" end,
   items = function() return "item not allowed" end,
   prefixItems = function() return "item not allowed" end,
   unevaluatedItems = function() return "unevaluated item not allowed" end,
-  propertyNames = function(k) return "property name " .. show(k) .. " is not allowed" end,
+  propertyNames = function() return "property name ", M.H_PNAME end,
   ["not"] = function() return "must not match the schema in \"not\"" end,
   anyOf = function(n) return "must match at least one of the " .. n .. " schemas in \"anyOf\"" end,
-  oneOf = function(n, m)
-    if m and m > 1 then return "must match exactly one schema in \"oneOf\", matched " .. m end
+  oneOf = function(n, multi)
+    if multi then return "must match exactly one schema in \"oneOf\", matched ", M.H_NUM end
     return "must match exactly one of the " .. n .. " schemas in \"oneOf\", matched none"
   end,
   ["false"] = function() return "no value is allowed here (schema is false)" end,
 }
-M.MSG = MSG
+
+-- text(kw, a, b) -> the compile-time part of the message, suffix code or nil
+function M.text(kw, a, b)
+  local f = TEXT[kw]
+  if f then return f(a, b) end
+  return "fails \"" .. kw .. "\""
+end
+
+-- a pointer token: array indices 0-based, ~ and / escaped (RFC 6901)
+local function token(s)
+  if type(s) == "number" then return tostring(s - 1) end
+  s = tostring(s)
+  if find(s, "~", 1, true) then s = gsub(s, "~", "~0") end
+  if find(s, "/", 1, true) then s = gsub(s, "/", "~1") end
+  return s
+end
 
 local function pointer(P, d)
   if d == 0 then return "" end
-  local parts = {}
-  for i = 1, d do
-    local s = P[i]
-    if type(s) == "number" then s = tostring(s - 1)
-    else s = tostring(s):gsub("~", "~0"):gsub("/", "~1") end
-    parts[i] = s
-  end
-  return "/" .. concat(parts, "/")
+  if d == 1 then return "/" .. token(P[1]) end
+  if d == 2 then return "/" .. token(P[1]) .. "/" .. token(P[2]) end
+  if d == 3 then return "/" .. token(P[1]) .. "/" .. token(P[2]) .. "/" .. token(P[3]) end
+  local p = "/" .. token(P[1]) .. "/" .. token(P[2]) .. "/" .. token(P[3]) .. "/" .. token(P[4])
+  for i = 5, d do p = p .. "/" .. token(P[i]) end
+  return p
 end
 M.pointer = pointer
 
-function M.error(P, d, kw, sp, a, b)
+-- error(P, d, kw, sp, text, how, a, b): the error record; text is the
+-- compile-time part of the message, how (a M.H_* code or nil) appends what
+-- depends on the instance (a, b)
+function M.error(P, d, kw, sp, text, how, a, b)
   local ptr = pointer(P, d)
-  local f = MSG[kw]
-  local text = f and f(a, b) or ("fails \"" .. kw .. "\"")
+  if how then
+    if how == 1 then text = text .. show(a)
+    elseif how == 2 then text = text .. M.jtype(a)
+    elseif how == 3 then text = text .. M.ulen(a)
+    elseif how == 4 then text = text .. a
+    elseif how == 5 then text = text .. (a - 1) .. " and " .. (b - 1) .. " are equal"
+    elseif how == 6 then text = text .. show(a) .. " is not allowed" end
+  end
   return { pointer = ptr, keyword = kw, schema_path = sp,
-           message = (ptr == "" and "/" or ptr) .. ": " .. text }
+           message = (d == 0 and "/" or ptr) .. ": " .. text }
 end
 
 -- Which branch of an anyOf/oneOf did the instance evidently aim at?
