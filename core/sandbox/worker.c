@@ -25,6 +25,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The bootstrap modules a tool state needs, compiled to bytecode once. */
@@ -314,7 +315,7 @@ static void push_error_text(lua_State *C, lua_State *T) {
 /* One call: fresh state, define, execute, answer. Returns 1 if the worker
  * must not serve another call (a breach poisons nothing, but a process that
  * hit RLIMIT-adjacent limits is better replaced). */
-static int serve_call(worker *w, int cidx) {
+static int serve_call(worker *w, int cidx, rd_lstate *s) {
   lua_State *C = w->C;
   lua_getfield(C, cidx, "limits");
   int lidx = lua_gettop(C);
@@ -329,7 +330,6 @@ static int serve_call(worker *w, int cidx) {
   lua_setfield(C, ans, "op");
 
   rd_error err;
-  rd_lstate *s = fresh_state(w);
   int retire = 0;
   if (!s) {
     lua_pushboolean(C, 0);
@@ -479,6 +479,9 @@ static void worker_main(int fd) {
   if (!w.C) _exit(4);
   rd__json_init(w.C);
   rd_buf in = RD_BUF_INIT;
+  /* The next call's state is made while the worker waits, so a call pays
+   * only for defining the tool and running it. */
+  rd_lstate *warm = fresh_state(&w);
   for (;;) {
     int rc = rd__frame_recv(fd, &in);
     if (rc != 0) _exit(rc == 1 ? 0 : 5);
@@ -507,9 +510,11 @@ static void worker_main(int fd) {
       lua_setfield(w.C, -2, "report");
       send_json(&w, -1);
     } else if (op && strcmp(op, "call") == 0 && w.tool_ref != LUA_NOREF) {
-      int retire = serve_call(&w, 1);
+      int retire = serve_call(&w, 1, warm); /* frees the state */
+      warm = NULL;
       w.calls++;
       if (w.once || retire || w.calls >= w.max_calls) _exit(0);
+      warm = fresh_state(&w);
     } else {
       send_error(&w, "worker got an unexpected message");
       _exit(6);
@@ -580,6 +585,7 @@ static int spawn_one(int sigfd) {
 int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
   ctrl = ctrl_fd;
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  tzset(); /* os.date needs the zone; Landlock hides /etc/localtime later */
   signal(SIGPIPE, SIG_IGN);
   if (load_boot(lua_dir) != 0) return 3;
 
