@@ -12,6 +12,7 @@
 #include "lua/bind.h"
 #include "lua/loop.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -45,6 +46,28 @@ void rd__loop_pcall(rd_loop *l, int nargs) {
   lua_remove(L, base);
 }
 
+void rd__loop_post(rd_loop *l, rd_done *d) {
+  d->next = NULL;
+  pthread_mutex_lock(&l->done_lock);
+  if (l->done_tail) l->done_tail->next = d; else l->done_head = d;
+  l->done_tail = d;
+  pthread_mutex_unlock(&l->done_lock);
+  uv_async_send(&l->done_async);
+}
+
+static void on_done(uv_async_t *h) {
+  rd_loop *l = h->data;
+  pthread_mutex_lock(&l->done_lock);
+  rd_done *d = l->done_head;
+  l->done_head = l->done_tail = NULL;
+  pthread_mutex_unlock(&l->done_lock);
+  while (d) {
+    rd_done *next = d->next; /* fn may free d */
+    d->fn(d);
+    d = next;
+  }
+}
+
 static int l_new(lua_State *L) {
   rd_loop **pl = lua_newuserdata(L, sizeof *pl);
   *pl = NULL;
@@ -59,6 +82,10 @@ static int l_new(lua_State *L) {
   }
   l->cbL = lua_newthread(L);
   l->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
+  pthread_mutex_init(&l->done_lock, NULL);
+  uv_async_init(&l->uv, &l->done_async, on_done);
+  l->done_async.data = l;
+  uv_unref((uv_handle_t *)&l->done_async); /* does not keep the loop alive */
   *pl = l;
   return 1;
 }
@@ -160,8 +187,9 @@ static int l_timer_active(lua_State *L) {
 /* ---- closing ------------------------------------------------------------------- */
 
 static void close_walk(uv_handle_t *h, void *arg) {
-  RD_UNUSED(arg);
+  rd_loop *l = arg;
   if (uv_is_closing(h)) return;
+  if (h == (uv_handle_t *)&l->done_async) return; /* closed last */
   rd_uvowner *o = h->data;
   if (o && o->close_all) o->close_all(o);
   else uv_close(h, NULL);
@@ -171,13 +199,32 @@ static void close_walk(uv_handle_t *h, void *arg) {
  * abandoned while blocked in C (levels relaxed and none) may never return. */
 #define CLOSE_WAIT_NS (1000000000ull)
 
+static void count_open(uv_handle_t *h, void *arg) {
+  uv_loop_t *loop = h->loop;
+  rd_loop *l = (rd_loop *)((char *)loop - offsetof(rd_loop, uv));
+  if (h != (uv_handle_t *)&l->done_async && !uv_is_closing(h)) ++*(int *)arg;
+}
+
 static void loop_free(lua_State *L, rd_loop *l) {
   l->closed = 1;
   /* Let pending work and close callbacks run, then close what is left. */
   uv_run(&l->uv, UV_RUN_NOWAIT);
-  uv_walk(&l->uv, close_walk, NULL);
+  uv_walk(&l->uv, close_walk, l);
   uint64_t until = rd__mono_ns() + CLOSE_WAIT_NS;
-  while (uv_loop_close(&l->uv) == UV_EBUSY) {
+  int done_closed = 0;
+  for (;;) {
+    /* Close the done channel once only it is left (posts still arrive
+     * while calls finish). */
+    if (!done_closed) {
+      int others = 0;
+      uv_walk(&l->uv, count_open, &others);
+      if (others == 0) {
+        on_done(&l->done_async);
+        uv_close((uv_handle_t *)&l->done_async, NULL);
+        done_closed = 1;
+      }
+    }
+    if (uv_loop_close(&l->uv) != UV_EBUSY) break;
     if (rd__mono_ns() > until) {
       /* The loop (and the abandoned call's state) must outlive the thread
        * still using them: leave them allocated rather than free under it. */
@@ -191,6 +238,7 @@ static void loop_free(lua_State *L, rd_loop *l) {
     nanosleep(&ts, NULL);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, l->cbref);
+  pthread_mutex_destroy(&l->done_lock);
   rd__freemem(l);
 }
 

@@ -35,7 +35,7 @@
 
 #include <lualib.h>
 #include <pthread.h>
-#include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -62,7 +62,7 @@ struct lcore {
   uv_async_t async;
   uv_timer_t timer;
   struct lcore *qnext;       /* in the run queue of the call threads */
-  atomic_int finished;       /* set by the call thread when run() returned */
+  rd_done done;              /* posted to the loop when run() returned */
   int cbref, notifyref;      /* in the host (loop->cbL) */
   int running, abandoned, ud_gone, closing, handles_open;
   /* the call in flight */
@@ -128,10 +128,11 @@ static void drain(lcore *c) {
 
 static void after_run(lcore *c);
 
-static void on_async(uv_async_t *h) {
-  lcore *c = h->data;
-  drain(c);
-  if (c->running && atomic_load(&c->finished)) after_run(c);
+static void on_async(uv_async_t *h) { drain(h->data); }
+
+static void on_run_done(rd_done *d) {
+  lcore *c = (lcore *)((char *)d - offsetof(lcore, done));
+  after_run(c);
 }
 
 /* ---- the call threads ----------------------------------------------------------------
@@ -164,8 +165,8 @@ static void *call_thread(void *arg) {
     if (!q_head) q_tail = NULL;
     pthread_mutex_unlock(&q_lock);
     run(c);
-    atomic_store(&c->finished, 1);
-    uv_async_send(&c->async);
+    /* The only message back: after this the loop may free c at any time. */
+    rd__loop_post(c->loop, &c->done);
     pthread_mutex_lock(&q_lock);
   }
   return NULL;
@@ -187,7 +188,7 @@ static void pool_init(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
 static int submit(lcore *c) {
   int rc = 0;
   pthread_once(&pool_once, pool_init);
-  atomic_store(&c->finished, 0);
+  c->done.fn = on_run_done;
   c->qnext = NULL;
   pthread_mutex_lock(&q_lock);
   if (q_idle == 0 && q_threads < MAX_THREADS) {

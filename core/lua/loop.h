@@ -8,14 +8,29 @@
 #define RD_LOOP_H
 
 #include <lua.h>
+#include <pthread.h>
 #include <uv.h>
+
+/* Work finished on another thread, handed to the loop thread. */
+typedef struct rd_done {
+  struct rd_done *next;
+  void (*fn)(struct rd_done *self);   /* runs on the loop thread */
+} rd_done;
 
 typedef struct rd_loop {
   uv_loop_t uv;
   lua_State *cbL;   /* host thread callbacks run on; anchored by cbref */
   int cbref;
   int closed;
+  uv_async_t done_async;              /* wakes the loop for `done` items */
+  pthread_mutex_t done_lock;
+  rd_done *done_head, *done_tail;
 } rd_loop;
+
+/* From any thread: queue `d` so that d->fn(d) runs on the loop thread
+ * soon. After this call the posting thread must not touch the loop's
+ * handles: the item is the only message. */
+void rd__loop_post(rd_loop *l, rd_done *d);
 
 /* Every handle a binding starts on the loop has `data` pointing to a struct
  * whose first member is an rd_uvowner, so closing the loop can ask the

@@ -445,6 +445,13 @@ static int serve_call(worker *w, int cidx, rd_lstate *s) {
   rd__lstate_set_max_memory(s, cap);
   push_stats(C, used2, peak2);
   lua_setfield(C, ans, "stats");
+  /* Tell the engine when this worker will not serve another call, so it
+   * does not send one to a process that is exiting. */
+  if (retire || w->once || w->calls + 1 >= w->max_calls) {
+    retire = 1;
+    lua_pushboolean(C, 1);
+    lua_setfield(C, ans, "last");
+  }
   rd__lstate_free(s);
   /* The output must still encode as JSON (mixed tables, sparse arrays). */
   rd_buf b = RD_BUF_INIT;

@@ -117,7 +117,7 @@ function Remote:_finish(ok, a, b, stats)
   if call.timer then call.timer:stop() end
   if call.exit_timer then call.exit_timer:stop() end
   local w = call.worker
-  if w and (self.once or not ok or call.eof) then
+  if w and (self.once or not ok or call.eof or call.last) then
     -- a strict worker is single-use; a balanced one retires after a breach
     if self.worker == w then self.worker = nil end
     if not call.eof then w:kill(SIGKILL) end
@@ -176,6 +176,7 @@ function Remote:_frame(w, text, why)
   if m.op == "note" then
     if self.notify then self.notify(m.kind, m.a, m.b, m.text) end
   elseif m.op == "result" then
+    call.last = m.last
     local stats = m.stats
     if m.ok then return self:_finish(true, m.status, m.output, stats) end
     return self:_finish(false, m.kind, m.message, stats)

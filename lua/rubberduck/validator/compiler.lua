@@ -362,11 +362,15 @@ function C:close(s) self.ind = self.ind - 1; self:line(s or "end") end
 
 -- this schema's own check failed: record an error at depth dexpr
 -- targs: compile-time values the message is built from (runtime.text);
--- rargs: Lua expressions for the part that depends on the instance
-function C:fail(kw, targs, rargs, dexpr)
+-- rargs: Lua expressions for the part that depends on the instance; seg:
+-- the last path segment (P[dexpr]), when it is only set on failure (leaf
+-- checks inline in their parent: no store on the valid path)
+function C:fail(kw, targs, rargs, dexpr, seg)
   local sp = self:loc(self.cur.node, kw)
   local text, how = runtime.text(kw, targs and targs[1], targs and targs[2])
   self:line("if M > 0 then return false end")
+  seg = seg or self.seg
+  if seg then self:line(format("P[%s] = %s", dexpr or "d", seg)) end
   self:line(format("ok = false; if E(%s, %s, %s, %s%s) then return false end",
     dexpr or "d", q(kw), q(sp), q(text), how and (", " .. how .. ", " .. rargs) or ""))
 end
@@ -396,16 +400,22 @@ end
 
 -- apply sub to a child instance (or in place): emits the check. A leaf
 -- subschema is written inline (no call); others get a function.
-function C:apply(sub, inst, dexpr, kw, ev, path)
+--   seg: the path segment of the child (an expression for P[d + 1]), nil
+--   when applied in place
+function C:apply(sub, inst, dexpr, kw, ev, path, seg)
   if sub == true then return end
   if sub == false then
-    self:fail(kw, nil, nil, dexpr)
+    self:fail(kw, nil, nil, dexpr, seg)
     return
   end
   if ev == nil and self:inlinable(sub) then
+    local outer = self.seg
+    self.seg = seg
     self:gen({ node = sub, track = false, path = path }, inst, dexpr)
+    self.seg = outer
     return
   end
+  if seg then self:line(format("P[d + 1] = %s", seg)) end
   self:open("if not " .. self:call(sub, inst, dexpr, ev, path) .. " then")
   self:child_failed()
   self:close()
@@ -704,7 +714,7 @@ function C:gen_enum(enum)
   local kconst
   if #enum == 0 then
     self:open("do")
-  elseif all_lit and #lits <= 8 then
+  elseif all_lit and #lits <= 3 then
     local parts = {}
     for i, l in ipairs(lits) do parts[i] = "v ~= " .. l end
     self:open("if " .. concat(parts, " and ") .. " then")
@@ -845,8 +855,7 @@ function C:gen_array(s, on, draft, mark)
     for i, sub in ipairs(prefix) do
       if sub ~= true then
         self:open(format("if n >= %d then", i))
-        self:line(format("P[d + 1] = %d", i))
-        self:apply(sub, "v[" .. i .. "]", "d + 1", pkw, nil, path .. "/" .. pkw .. "/" .. (i - 1))
+        self:apply(sub, "v[" .. i .. "]", "d + 1", pkw, nil, path .. "/" .. pkw .. "/" .. (i - 1), tostring(i))
         self:close()
       end
     end
@@ -857,16 +866,15 @@ function C:gen_array(s, on, draft, mark)
   end
   if rest ~= nil then
     if rest ~= true then
+      -- nested, so that a short array costs one failed test
       for i = start, start + UNROLL - 1 do
         self:open(format("if n >= %d then", i))
-        self:line(format("P[d + 1] = %d", i))
-        self:apply(rest, "v[" .. i .. "]", "d + 1", rest_kw, nil, path .. "/" .. rest_kw)
-        self:close()
+        self:apply(rest, "v[" .. i .. "]", "d + 1", rest_kw, nil, path .. "/" .. rest_kw, tostring(i))
       end
       self:open(format("for i = %d, n do", start + UNROLL))
-      self:line("P[d + 1] = i")
-      self:apply(rest, "v[i]", "d + 1", rest_kw, nil, path .. "/" .. rest_kw)
+      self:apply(rest, "v[i]", "d + 1", rest_kw, nil, path .. "/" .. rest_kw, "i")
       self:close()
+      for _ = 1, UNROLL do self:close() end
     end
     if mark then self:line(format("for i = %d, n do ev[i] = true end", start)) end
   end
@@ -988,8 +996,7 @@ function C:gen_object(s, on, draft, mark)
       if counted then self:line("kc = kc + 1") end
       if mark then self:line(format("ev[%s] = true", q(k))) end
       if sub ~= true then
-        self:line(format("P[d + 1] = %s", q(k)))
-        self:apply(sub, "x", "d + 1", "properties", nil, path .. "/properties/" .. esc(k))
+        self:apply(sub, "x", "d + 1", "properties", nil, path .. "/properties/" .. esc(k), q(k))
       end
       self:close()
     elseif counted then
@@ -1012,11 +1019,9 @@ function C:gen_object(s, on, draft, mark)
     self:open("if k ~= nil then")
     if pnames ~= nil and pnames ~= true then
       if pnames == false then
-        self:line("P[d + 1] = k")
-        self:fail("propertyNames", nil, "k", "d + 1")
+        self:fail("propertyNames", nil, "k", "d + 1", "k")
       else
-        self:line("P[d + 1] = k")
-        self:apply(pnames, "k", "d + 1", "propertyNames", nil, path .. "/propertyNames")
+        self:apply(pnames, "k", "d + 1", "propertyNames", nil, path .. "/propertyNames", "k")
       end
     end
     if need_addl and #patkeys > 0 then self:line("local known = false") end
@@ -1028,8 +1033,7 @@ function C:gen_object(s, on, draft, mark)
       if need_addl then self:line("known = true") end
       if mark then self:line("ev[k] = true") end
       if pats[pk] ~= true then
-        self:line("P[d + 1] = k")
-        self:apply(pats[pk], "x", "d + 1", "patternProperties", nil, path .. "/patternProperties/" .. esc(pk))
+        self:apply(pats[pk], "x", "d + 1", "patternProperties", nil, path .. "/patternProperties/" .. esc(pk), "k")
       end
       self:close()
     end
@@ -1051,8 +1055,7 @@ function C:gen_object(s, on, draft, mark)
       self:open("if " .. cond .. " then")
       if mark then self:line("ev[k] = true") end
       if addl ~= true then
-        self:line("P[d + 1] = k")
-        self:apply(addl, "x", "d + 1", "additionalProperties", nil, path .. "/additionalProperties")
+        self:apply(addl, "x", "d + 1", "additionalProperties", nil, path .. "/additionalProperties", "k")
       end
       self:close()
     end
@@ -1268,8 +1271,7 @@ function C:gen_uneval(s, on, track)
     if sub ~= true then
       self:open("for i = 1, #v do")
       self:open("if not ev[i] then")
-      self:line("P[d + 1] = i")
-      self:apply(sub, "v[i]", "d + 1", "unevaluatedItems", nil, path .. "/unevaluatedItems")
+      self:apply(sub, "v[i]", "d + 1", "unevaluatedItems", nil, path .. "/unevaluatedItems", "i")
       self:close()
       self:close()
     end
@@ -1282,8 +1284,7 @@ function C:gen_uneval(s, on, track)
     if sub ~= true then
       self:open("for k, x in pairs(v) do")
       self:open("if not ev[k] then")
-      self:line("P[d + 1] = k")
-      self:apply(sub, "x", "d + 1", "unevaluatedProperties", nil, path .. "/unevaluatedProperties")
+      self:apply(sub, "x", "d + 1", "unevaluatedProperties", nil, path .. "/unevaluatedProperties", "k")
       self:close()
       self:close()
     end
@@ -1302,7 +1303,7 @@ local R, K = ...
 local type, pairs, floor, abs = type, pairs, math.floor, math.abs
 local NULL, REG = R.NULL, R.REG
 local ulen, deq, uniq, copy, pick, isarr_slow, jtype = R.ulen, R.deq, R.uniq, R.copy, R.pick, R.isarr_slow, R.jtype
-local getmetatable, next, nkeys = getmetatable, next, R.nkeys
+local getmetatable, next, rawget, nkeys = getmetatable, next, rawget, R.nkeys
 local AMT, OMT          -- array / object marker metatables, looked up per run
 local FAMT = R.FALLBACK_ARRAY_MT
 local P = {}            -- instance path: P[1..d] (object keys, 1-based array indices)
@@ -1316,8 +1317,8 @@ local DYN, DYNT = {}, {}
 local function isarr(t)
   local mt = getmetatable(t)
   if mt ~= nil and (mt == AMT or mt == FAMT) then return true end
-  if (mt == OMT and mt ~= nil) or t[1] == nil then return false end
-  return isarr_slow(t)
+  if (mt == OMT and mt ~= nil) or rawget(t, 1) == nil then return false end
+  return (isarr_slow(t))
 end
 
 local tnew = R.tnew
@@ -1358,7 +1359,7 @@ return function(v, all, max, partial)
   ALL, MAX, PARTIAL = all, max, partial
   ERRS, PEND, STOP, M = nil, nil, false, 0
   AMT, OMT = REG["rubberduck.json.array"], REG["rubberduck.json.object"]
-  DSn = 1; DS[1] = %s
+%s
   local ok = %s(v, 0)
   local errs, pend = ERRS, PEND
   ERRS, PEND = nil, nil
@@ -1440,7 +1441,10 @@ function C:generate(root)
   end
   sort(dl)
   if #dl > 0 then out[#out + 1] = "\n" .. concat(dl, "\n") end
-  out[#out + 1] = format(FOOTER, q(self:res_of(root) or self.root_uri), root_rec.name)
+  -- the dynamic scope starts at the root resource (only $dynamicRef reads it)
+  local ds = self.has_dynref and format("  DSn = 1; DS[1] = %s", q(self:res_of(root) or self.root_uri))
+    or "  -- (no $dynamicRef: no dynamic scope)"
+  out[#out + 1] = format(FOOTER, ds, root_rec.name)
   return concat(out, "\n")
 end
 

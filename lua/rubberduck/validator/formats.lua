@@ -427,7 +427,27 @@ local RX = {
     .. "(?:\\[[^\\]/?#]*+\\][^/?#]*+|[^/?#\\[\\]]*+)(?=[/?#]|\\z)|(?!//))",
 }
 
-local slow = { duration = duration, ipv4 = ipv4, uuid = uuid, hostname = hostname, email = email, uri = uri }
+-- dates and times: the regex checks the syntax, month lengths (February up
+-- to 29) and ranges; the Lua checker decides the rare cases a regex does not:
+-- February 29 (a leap year?) and second 60 (23:59:60 UTC?)
+local DATE = "\\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\\d|30)|02-(?:0[1-9]|1\\d|2\\d))"
+local TIME = "(?:[01]\\d|2[0-3]):[0-5]\\d:(?:[0-5]\\d|60)(?:\\.\\d++)?(?:[Zz]|[+-](?:[01]\\d|2[0-3]):[0-5]\\d)"
+RX.date = "^" .. DATE .. "\\z"
+RX.time = "^" .. TIME .. "\\z"
+RX["date-time"] = "^" .. DATE .. "[Tt]" .. TIME .. "\\z"
+-- after a match: does the Lua checker have to decide? (Feb 29 at byte d of
+-- the date, second 60 at byte t)
+local function feb29(s, d)
+  return byte(s, d + 5) == 48 and byte(s, d + 6) == 50 and byte(s, d + 8) == 50 and byte(s, d + 9) == 57
+end
+local RECHECK = {
+  date = function(s) return feb29(s, 1) end,
+  time = function(s) return byte(s, 7) == 54 end,
+  ["date-time"] = function(s) return byte(s, 18) == 54 or feb29(s, 1) end,
+}
+
+local slow = { duration = duration, ipv4 = ipv4, uuid = uuid, hostname = hostname, email = email, uri = uri,
+               date = date, time = time, ["date-time"] = date_time }
 M.slow = slow
 
 for name, rx in pairs(RX) do
@@ -440,20 +460,29 @@ for name, rx in pairs(RX) do
         local r = rc(s)
         if r >= 0 then return true end
         if r == -1 and byte(s, #s) ~= 93 then return false end
-        return lua(s)
+        return (lua(s))
+      end
+    elseif RECHECK[name] then
+      local recheck = RECHECK[name]
+      M[name] = function(s)
+        local r = rc(s)
+        if r == -1 then return false end
+        if r >= 0 and not recheck(s) then return true end
+        return (lua(s))
       end
     else
       M[name] = function(s)
         local r = rc(s)
         if r >= 0 then return true end
         if r == -1 then return false end
-        return lua(s)
+        return (lua(s))
       end
     end
   end
 end
 duration, ipv4, uuid, hostname, email, uri =
   M.duration or duration, M.ipv4 or ipv4, M.uuid or uuid, M.hostname or hostname, M.email or email, M.uri or uri
+date, time, date_time = M.date or date, M.time or time, M["date-time"] or date_time
 
 M.checkers = {
   ["date-time"] = date_time, date = date, time = time, duration = duration,

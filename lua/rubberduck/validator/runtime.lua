@@ -3,10 +3,14 @@
 -- items, default copying, and everything on the error path (pointers,
 -- messages, picking the anyOf/oneOf branch an instance aimed at). The hot
 -- checks themselves are inlined by the compiler, not here.
+--
+-- Calls on paths a validator takes are written `return (f(x))`, never as
+-- tail calls: LuaJIT counts the tail calls of a trace against its loop
+-- unroll limit, and aborts long traces that make many of them.
 
 local M = {}
 
-local type, pairs, next, getmetatable, tostring = type, pairs, next, getmetatable, tostring
+local type, pairs, next, getmetatable, tostring, rawget = type, pairs, next, getmetatable, tostring, rawget
 local huge, concat, format, ipairs, setmetatable = math.huge, table.concat, string.format, ipairs, setmetatable
 
 -- The JSON null: any NULL light userdata compares equal to any other, so one
@@ -58,8 +62,8 @@ local function isarr(t)
     if mt == M.REG[M.ARRAY_MT_NAME] or mt == M.FALLBACK_ARRAY_MT then return true end
     if mt == M.REG[M.OBJECT_MT_NAME] then return false end
   end
-  if next(t) == nil then return false end
-  return isarr_slow(t)
+  if rawget(t, 1) == nil then return false end -- also an empty table: an object
+  return (isarr_slow(t))
 end
 M.isarr = isarr
 
@@ -209,13 +213,13 @@ local function show(v, depth)
   local t = type(v)
   if t == "string" then
     if #v > 60 then v = sub(v, 1, 57) .. "..." end
-    return quote(v)
+    return (quote(v))
   elseif t == "number" then
     if v ~= v then return "NaN" end
     if v == huge then return "Infinity" elseif v == -huge then return "-Infinity" end
-    if v % 1 == 0 and v > -1e15 and v < 1e15 then return format("%d", v) end
-    return format("%.17g", v)
-  elseif t == "boolean" then return tostring(v)
+    if v % 1 == 0 and v > -1e15 and v < 1e15 then return (format("%d", v)) end
+    return (format("%.17g", v))
+  elseif t == "boolean" then return (tostring(v))
   elseif is_null(v) then return "null"
   elseif t == "table" then
     if depth > 1 then return isarr(v) and "[...]" or "{...}" end
@@ -243,7 +247,7 @@ M.show = show
 local function list(vs, sep)
   local out = {}
   for i = 1, #vs do out[i] = show(vs[i]) end
-  return concat(out, sep or ", ")
+  return (concat(out, sep or ", "))
 end
 M.list = list
 
@@ -313,7 +317,7 @@ end
 
 -- a pointer token: array indices 0-based, ~ and / escaped (RFC 6901)
 local function token(s)
-  if type(s) == "number" then return tostring(s - 1) end
+  if type(s) == "number" then return (tostring(s - 1)) end
   s = tostring(s)
   if find(s, "~", 1, true) then s = gsub(s, "~", "~0") end
   if find(s, "/", 1, true) then s = gsub(s, "/", "~1") end
