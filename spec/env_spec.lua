@@ -44,6 +44,10 @@ describe("tool environment", function()
   setup(function()
     dir = tmpdir()
     write(dir .. "/lister.lua", LISTER:format("relaxed"))
+    for _, level in ipairs({ "strict", "balanced" }) do
+      write(dir .. "/lister_" .. level .. ".lua",
+        LISTER:format(level):gsub('name = "lister"', 'name = "lister_' .. level .. '"'))
+    end
     engine = rd.open({ tools = dir })
   end)
   teardown(function()
@@ -51,16 +55,29 @@ describe("tool environment", function()
     os.execute("rm -rf '" .. dir .. "'")
   end)
 
-  it("at relaxed is exactly the fixture", function()
-    local env = engine:execute("lister", {}, cli.OPERATOR)
-    assert.equal("ok", env.status)
+  local function fixture()
     local f = assert(io.open((os.getenv("RD_SOURCE_DIR") or ".") .. "/spec/fixtures/env_relaxed.txt"))
     local want = {}
     for line in f:lines() do
       if line ~= "" and not line:match("^#") then want[#want + 1] = line end
     end
     f:close()
-    assert.same(want, env.output)
+    return want
+  end
+
+  it("at relaxed is exactly the fixture", function()
+    local env = engine:execute("lister", {}, cli.OPERATOR)
+    assert.equal("ok", env.status)
+    assert.same(fixture(), env.output)
+  end)
+
+  it("at strict and balanced, in a worker process, is the same", function()
+    for _, level in ipairs({ "strict", "balanced" }) do
+      local env = engine:execute("lister_" .. level, {}, cli.OPERATOR)
+      assert.equal("ok", env.status, level)
+      assert.equal(level, env.metadata.security_level)
+      assert.same(fixture(), env.output)
+    end
   end)
 
   it("refuses a tool whose source names a dangerous function", function()

@@ -358,6 +358,86 @@ describe("rubberduck.validator", function()
     end)
   end)
 
+  describe("generated code", function()
+    it("checks long arrays and objects as short ones (written-out steps, then a loop)", function()
+      local v = compile { type = "array", items = { enum = { "a", "b" } } }
+      for n = 0, 20 do
+        local x = {}
+        for i = 1, n do x[i] = (i % 7 == 0) and "z" or "a" end
+        local want = {}
+        for i = 7, n, 7 do want[#want + 1] = "/" .. (i - 1) .. ': must be one of "a", "b"' end
+        assert.are.same(want, messages(v, n == 0 and validator.array {} or x))
+      end
+      local m = compile { type = "object", additionalProperties = { type = "integer" } }
+      local c = compile { type = "object", properties = { a = { type = "integer" } }, additionalProperties = false }
+      for n = 0, 20 do
+        local x, y = {}, { a = 1 }
+        for i = 1, n do x["k" .. i] = (i % 5 == 0) and "s" or i; y["k" .. i] = i end
+        assert.are.equal(math.floor(n / 5), #messages(m, x))
+        assert.are.equal(n, #messages(c, y))
+      end
+      assert.are.same({ "/b: additional property not allowed" }, messages(c, { a = 1, b = 2 }))
+      assert.are.equal(1, #messages(c, { a = 1, [1] = 2 }))
+    end)
+
+    it("writes leaf subschemas inline, and looks at the keys only when there are unknown ones", function()
+      local v = compile { type = "object", properties = { age = { type = "integer", minimum = 18 },
+                                                          tags = { type = "array", items = { type = "string" } } },
+                          additionalProperties = false }
+      local src = v:source()
+      assert.truthy(src:find("do -- /properties/age", 1, true))
+      assert.truthy(src:find("if nkeys(v) ~= kc then", 1, true))
+      assert.falsy(src:find("in pairs(v)", 1, true))
+      assert.are.same({ "/age: must be >= 18, got 3", "/tags/1: must be string, got integer" },
+        messages(v, { age = 3, tags = { "a", 1 } }))
+    end)
+
+    it("report the first equal pair of uniqueItems, short arrays or long", function()
+      local u = compile { uniqueItems = true }
+      assert.are.same({ "/: items must be unique, items 0 and 3 are equal" }, messages(u, { 1, 2, 2, 1 }))
+      assert.are.same({ "/: items must be unique, items 1 and 4 are equal" }, messages(u, { 0, 1, 2, 3, 1, 2 }))
+      assert.are.same({ "/: items must be unique, items 3 and 4 are equal" }, messages(u, { 1, 2, 3, { 4 }, { 4 } }))
+      assert.is_true(u { 1, 2, 3, 4, 5, 6, 7 })
+    end)
+
+    it("count code points at the length limits", function()
+      local v = compile { type = "string", minLength = 3, maxLength = 4 }
+      assert.is_false(v("éé"))
+      assert.is_true(v("ééé"))
+      assert.is_true(v("éééé"))
+      assert.is_false(v("ééééé"))
+      assert.is_true(v("abcd"))
+      assert.are.same({ "/: must be at least 3 characters long, got 2" }, messages(v, "aé"))
+    end)
+
+    it("builds deep and escaped pointers", function()
+      local v = compile { items = { items = { properties = { ["a/b"] = { items = { items = { type = "null" } } } } } } }
+      local _, errs = v { { { ["a/b"] = { { 1 } } } } }
+      assert.are.equal("/0/0/a~1b/0/0", errs[1].pointer)
+      assert.are.equal("/0/0/a~1b/0/0: must be null, got integer", errs[1].message)
+    end)
+
+    it("returns errors as plain tables", function()
+      local _, errs = compile { type = "string" }(1)
+      local n = 0
+      for k, x in pairs(errs[1]) do n = n + 1; assert.is_string(x, k) end
+      assert.are.equal(4, n)
+      assert.is_nil(getmetatable(errs[1]))
+    end)
+
+    it("checks formats with regexes and falls back to Lua for the rare cases", function()
+      local v = compile { type = "object", properties = {
+        d = { format = "date" }, t = { format = "date-time" }, e = { format = "email" } } }
+      assert.is_true(v { d = "2024-02-29", t = "1998-12-31T23:59:60Z", e = "a@[127.0.0.1]" })
+      assert.are.same({ '/d: must be a valid date, got "2023-02-29"' }, messages(v, { d = "2023-02-29" }))
+      assert.are.same({ '/t: must be a valid date-time, got "1998-12-31T22:59:60Z"' },
+        messages(v, { t = "1998-12-31T22:59:60Z" }))
+      assert.is_true(v { e = "a@[IPv6:::1]" })
+      assert.is_false(v { e = "a@[IPv6:zz]" })
+      assert.is_false(v { d = "2024-02-29\n" })
+    end)
+  end)
+
   describe("speed", function()
     it("allocates nothing on the valid path", function()
       local v = compile {
