@@ -38,6 +38,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define LSTATE_MT "rubberduck.lstate"
 #define DEFAULT_GRACE_MS 250
@@ -75,6 +76,7 @@ struct lcore {
   size_t peak;
   pthread_mutex_t qlock;
   note *qhead, *qtail;
+  int queued_notes;          /* under qlock */
 };
 
 
@@ -86,9 +88,18 @@ static lcore *check_open(lua_State *L, int idx) {
 
 /* ---- notifications from the tool state (any thread) ------------------------- */
 
+/* Notes queued and not yet delivered: past this many, new ones are
+ * dropped (the loop delivers them as fast as it can; a flood must not grow
+ * the engine's memory without bound). */
+#define MAX_QUEUED_NOTES 4096
+
 static void on_note(void *ud, const char *kind, double a, double b,
                     const char *text, size_t len) {
   lcore *c = ud;
+  pthread_mutex_lock(&c->qlock);
+  int full = c->queued_notes >= MAX_QUEUED_NOTES;
+  pthread_mutex_unlock(&c->qlock);
+  if (full) return;
   note *n = rd__malloc(sizeof *n + len + 1);
   if (!n) return;
   n->next = NULL;
@@ -101,6 +112,7 @@ static void on_note(void *ud, const char *kind, double a, double b,
   pthread_mutex_lock(&c->qlock);
   if (c->qtail) c->qtail->next = n; else c->qhead = n;
   c->qtail = n;
+  c->queued_notes++;
   pthread_mutex_unlock(&c->qlock);
   uv_async_send(&c->async);
 }
@@ -109,6 +121,7 @@ static void drain(lcore *c) {
   pthread_mutex_lock(&c->qlock);
   note *n = c->qhead;
   c->qhead = c->qtail = NULL;
+  c->queued_notes = 0;
   pthread_mutex_unlock(&c->qlock);
   while (n) {
     note *next = n->next;
@@ -143,11 +156,17 @@ static void on_run_done(rd_done *d) {
  * starts (up to MAX_THREADS), so stuck threads never starve the engine. */
 
 #define MAX_THREADS 256
+/* Tool code may recurse in C (gsub callbacks, sort comparators): give each
+ * call thread the stack a main thread would have. Only address space. */
+#define CALL_STACK (8u << 20)
 
 static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t q_cond = PTHREAD_COND_INITIALIZER;
 static lcore *q_head, *q_tail;
-static int q_threads, q_idle;
+static int q_threads;   /* call threads alive */
+static int q_idle;      /* of those, waiting for work */
+static int q_queued;    /* calls in the queue, not yet taken by a thread */
+static pid_t q_pid;     /* the process the threads belong to */
 
 static void run(lcore *c);
 
@@ -163,6 +182,7 @@ static void *call_thread(void *arg) {
     lcore *c = q_head;
     q_head = c->qnext;
     if (!q_head) q_tail = NULL;
+    q_queued--;
     pthread_mutex_unlock(&q_lock);
     run(c);
     /* The only message back: after this the loop may free c at any time. */
@@ -172,31 +192,32 @@ static void *call_thread(void *arg) {
   return NULL;
 }
 
-/* A forked child has none of the parent's threads: start from nothing.
- * (Calls queued in the parent are the parent's business.) */
-static void pool_after_fork(void) {
-  pthread_mutex_init(&q_lock, NULL);
-  pthread_cond_init(&q_cond, NULL);
-  q_head = q_tail = NULL;
-  q_threads = q_idle = 0;
-}
-
-static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
-static void pool_init(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
-
-/* Queue a call; 0 or an errno value. */
+/* Queue a call; 0 or an errno value. A thread is started whenever the
+ * queued calls outnumber the idle threads, so a call never waits behind
+ * one that runs (or is stuck) on another thread. */
 static int submit(lcore *c) {
   int rc = 0;
-  pthread_once(&pool_once, pool_init);
   c->done.fn = on_run_done;
   c->qnext = NULL;
+  /* submit() is only called on loop threads. In a forked child (which has
+   * none of the parent's threads, and may have inherited the lock held or
+   * the condition with waiters) everything starts again; checked here
+   * rather than in an atfork handler, which a vfork-style spawn would run
+   * in the parent's memory. */
+  if (q_pid != getpid()) {
+    q_pid = getpid();
+    pthread_mutex_init(&q_lock, NULL);
+    pthread_cond_init(&q_cond, NULL);
+    q_head = q_tail = NULL;
+    q_threads = q_idle = q_queued = 0;
+  }
   pthread_mutex_lock(&q_lock);
-  if (q_idle == 0 && q_threads < MAX_THREADS) {
+  if (q_queued + 1 > q_idle && q_threads < MAX_THREADS) {
     pthread_t th;
     pthread_attr_t at;
     pthread_attr_init(&at);
     pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&at, 1u << 20);
+    pthread_attr_setstacksize(&at, CALL_STACK);
     rc = pthread_create(&th, &at, call_thread, NULL);
     pthread_attr_destroy(&at);
     if (rc == 0) q_threads++;
@@ -205,6 +226,7 @@ static int submit(lcore *c) {
   if (rc == 0) {
     if (q_tail) q_tail->qnext = c; else q_head = c;
     q_tail = c;
+    q_queued++;
     pthread_cond_signal(&q_cond);
   }
   pthread_mutex_unlock(&q_lock);

@@ -16,6 +16,12 @@
 /* Instructions between two hook checks. Small enough that a breach is seen
  * within microseconds, large enough to cost little (a clock read per call). */
 #define HOOK_COUNT 1000
+/* C stack a run may use below where it was armed. Tool code can recurse in
+ * C (string.gsub callbacks, table.sort comparators), which LuaJIT does not
+ * bound; threads running tools have at least 8 MiB, and one hook interval
+ * can add a few hundred KiB. Past this, the hook raises "C stack overflow"
+ * (a plain error, like Lua's own "stack overflow"). */
+#define CSTACK_LIMIT ((size_t)4 << 20)
 
 struct rd_lstate {
   lua_State *L;
@@ -26,6 +32,7 @@ struct rd_lstate {
   atomic_int stop_req;   /* rd_breach asked for by another thread */
   rd_breach breach;      /* recorded on the thread running the state */
   char breach_msg[256];  /* what the first breach since arm said */
+  const char *stack_base; /* a frame address of the thread when armed */
 };
 
 const char *rd__breach_kind(rd_breach b) {
@@ -91,6 +98,12 @@ static void hook(lua_State *L, lua_Debug *ar) {
     else if (s->cpu_limit_ms > 0 &&
              rd__thread_cpu_ms() - s->cpu_start_ms > s->cpu_limit_ms)
       s->breach = RD_BREACH_CPU;
+  }
+  if (s->breach == RD_BREACH_NONE && s->stack_base) {
+    const char *here = __builtin_frame_address(0);
+    if (here < s->stack_base && (size_t)(s->stack_base - here) > CSTACK_LIMIT)
+      luaL_error(L, "C stack overflow (recursion through C functions deeper than %d KiB)",
+                 (int)(CSTACK_LIMIT >> 10));
   }
   if (s->breach != RD_BREACH_NONE) {
     if (!s->breach_msg[0])
@@ -159,6 +172,7 @@ void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns) {
   s->cpu_start_ms = rd__thread_cpu_ms();
   s->deadline_ns = deadline_ns;
   s->peak = s->heap;
+  s->stack_base = __builtin_frame_address(0);
   s->armed = 1;
   lua_sethook(s->L, hook, LUA_MASKCOUNT, HOOK_COUNT);
 }

@@ -16,6 +16,8 @@ M.allow = {
   --   getmetatable  (tables only: the string metatable stays hidden)
   --   collectgarbage ("count" only)
   --   print         (goes to ctx.log at level "info")
+  --   xpcall        (listed in globals, replaced: the handler runs after the
+  --                  error unwound, so a looping handler is stopped too)
   wrapped = { "getmetatable", "collectgarbage", "print" },
   libs = {
     string = { "byte", "char", "find", "format", "gmatch", "gsub", "len",

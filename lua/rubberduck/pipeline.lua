@@ -70,7 +70,21 @@ end
 
 -- Run one attempt in the tool state. Returns ok, status|kind, output|msg, stats.
 local function attempt_call(engine, h, t, st, arg, limits)
+  -- What a call may push through ctx.log / print / ctx.progress is capped
+  -- like its output: past max_output bytes, notes are dropped (one
+  -- "truncated" entry says so).
+  local budget = limits.max_output
   st:on_notify(function(kind, a, b, text)
+    budget = budget - #text - 16
+    if budget < 0 then
+      if not h.logs_truncated then
+        h.logs_truncated = true
+        h.logs[#h.logs + 1] = { level = "warn", message = "log truncated: more than max_output bytes" }
+        engine:emit("execution.log", nil, { execution_id = h.id, tool = t.name, level = "warn",
+          message = "log truncated: more than max_output bytes" })
+      end
+      return
+    end
     if kind == "progress" then
       engine:emit("execution.progress", { done = a, total = b },
         { execution_id = h.id, tool = t.name, message = text })

@@ -87,9 +87,9 @@ local function make_env()
     encode = json.encode, decode = json.decode, null = json.null,
     array = json.array, object = json.object, is_array = json.is_array,
   }
-  env.fs = setmetatable({}, { __index = function(_, k)
-    error("fs." .. tostring(k) .. ": this tool has no allowed_paths", 2)
-  end })
+  -- Without allowed_paths every fs call is a violation (the C table with
+  -- no roots refuses every path), recorded like any other.
+  env.fs = make_fs({}, 0)
   env.tool = function(t)
     if type(t) ~= "table" then error("tool: expected a table, got " .. type(t), 2) end
     made[t] = true
@@ -99,13 +99,34 @@ local function make_env()
   return env
 end
 
+local MAX_MESSAGE = 4096
+local utf8_valid = json.utf8_valid
+
+-- An error message fit for the envelope: at most MAX_MESSAGE bytes, and
+-- valid UTF-8 (bytes that are not are replaced by "?").
+local function clean(m)
+  if #m > MAX_MESSAGE then m = ssub(m, 1, MAX_MESSAGE) .. "... (cut)" end
+  if not utf8_valid(m) then
+    local out, i, n = {}, 1, #m
+    while i <= n do
+      local ok, bad = utf8_valid(ssub(m, i))
+      if ok then out[#out + 1] = ssub(m, i); break end
+      out[#out + 1] = ssub(m, i, i + bad - 1)
+      out[#out + 1] = "?"
+      i = i + bad + 1
+    end
+    m = concat(out)
+  end
+  return m
+end
+
 -- Turn an error value into text without running any of its metamethods.
 local function error_text(e)
   local te = type(e)
-  if te == "string" then return e end
+  if te == "string" then return clean(e) end
   if te == "table" then
     local m = rawget(e, "message")
-    if type(m) == "string" then return m end
+    if type(m) == "string" then return clean(m) end
     return "error object without a message"
   end
   if te == "number" or te == "boolean" or te == "nil" then return tostring(e) end
@@ -265,7 +286,9 @@ function M.define(arg)
     -- still goes to the log: stdout belongs to the embedding program).
     string.dump = full_string_dump
     for k, v in pairs(G) do
-      if k ~= "print" and k ~= "_G" then env[k] = v end
+      -- print goes to the log; xpcall keeps the safe wrapper (a handler
+      -- must stay stoppable at every level)
+      if k ~= "print" and k ~= "_G" and k ~= "xpcall" then env[k] = v end
     end
   end
   tool_fns, tool_def, tool_env = fns, def, env
@@ -303,7 +326,7 @@ function M.execute(arg)
       failures = failures or json.array({})
       failures[#failures + 1] = { pointer = "", keyword = "constraints",
         schema_path = "constraints/" .. i,
-        message = type(why) == "string" and why or ("constraint " .. i .. " failed") }
+        message = type(why) == "string" and clean(why) or ("constraint " .. i .. " failed") }
     end
   end
   if failures then

@@ -202,12 +202,13 @@ function Remote:start(fname, arg, limits, cb)
       if not self.once then self.worker = w end
     end
     assert(w:send(json.encode({ op = "call", arg = arg, limits = limits })))
-    if limits.timeout_ms and limits.timeout_ms > 0 then
-      call.timer = self.pool.engine.loop:timer(limits.timeout_ms + M.GRACE_MS, function()
-        call.timer = nil
-        self:_kill("timeout")
-      end)
-    end
+  end
+  -- The deadline runs from now, also while the call waits for a worker.
+  if limits.timeout_ms and limits.timeout_ms > 0 then
+    call.timer = self.pool.engine.loop:timer(limits.timeout_ms + M.GRACE_MS, function()
+      call.timer = nil
+      self:_kill("timeout")
+    end)
   end
   if self.worker then go(self.worker) else self.pool:take(go) end
   return true

@@ -12,6 +12,19 @@
 --     not, if, contains): failing checks then return false at once;
 --   * STOP is set once no more errors are wanted (first-error mode, or the
 --     bound on all errors was reached).
+--
+-- Written for LuaJIT's trace compiler, with every schema of a process live:
+--   * leaf subschemas (type, enum, bounds, pattern, format...) are written
+--     inline in their parent's function (a do ... end block), and store
+--     their path segment only when they fail;
+--   * the first UNROLL items of an array and keys of an object are checked
+--     by written-out steps, so small instances take a path without loops;
+--     additionalProperties: false counts the declared properties present
+--     and compares with nkeys(v), looking at the keys only when they differ;
+--   * messages are built at compile time (runtime.text) but for the part
+--     that depends on the instance; the anyOf/oneOf branch an instance aimed
+--     at is scored by written-out code;
+--   * each validator has its own entry point (the __call of its metatable).
 
 local uri = require "rubberduck.validator.uri"
 local regex = require "rubberduck.validator.regex"
@@ -391,7 +404,7 @@ local INLINE_OK = {
 }
 
 function C:inlinable(sub)
-  if type(sub) ~= "table" or sub == self.cur.node or not self.info[sub] then return false end
+  if self.noinline or type(sub) ~= "table" or sub == self.cur.node or not self.info[sub] then return false end
   for k in pairs(sub) do
     if not INLINE_OK[k] then return false end
   end
@@ -774,20 +787,20 @@ function C:gen_string(s, on)
     self:line("local n = #v")
     -- the code point count is needed only when the byte count does not
     -- decide; then a regex ("at least l code points", no loop in the trace)
-    -- answers when the FFI binding is there, else ulen()
+    -- settles the valid case, and ulen() confirms a failure
     if on("minLength") then
       local l = s.minLength
       local rx = self:atleast(l)
-      self:open(format("if n < %d or (n < %d and %s) then", l, l * 4,
-        rx and format("%s(v) == -1", rx) or format("ulen(v) < %d", l)))
+      self:open(format("if n < %d or (n < %d and %sulen(v) < %d) then", l, l * 4,
+        rx and format("%s(v) < 0 and ", rx) or "", l))
       self:fail("minLength", { l }, "v")
       self:close()
     end
     if on("maxLength") then
       local l = s.maxLength
       local rx = self:atleast(l + 1)
-      self:open(format("if n > %d and %s then", l,
-        rx and format("%s(v) >= 0", rx) or format("ulen(v) > %d", l)))
+      self:open(format("if n > %d and %sulen(v) > %d then", l,
+        rx and format("%s(v) ~= -1 and ", rx) or "", l))
       self:fail("maxLength", { l }, "v")
       self:close()
     end
@@ -867,14 +880,15 @@ function C:gen_array(s, on, draft, mark)
   if rest ~= nil then
     if rest ~= true then
       -- nested, so that a short array costs one failed test
-      for i = start, start + UNROLL - 1 do
+      local unroll = self.unroll or UNROLL
+      for i = start, start + unroll - 1 do
         self:open(format("if n >= %d then", i))
         self:apply(rest, "v[" .. i .. "]", "d + 1", rest_kw, nil, path .. "/" .. rest_kw, tostring(i))
       end
-      self:open(format("for i = %d, n do", start + UNROLL))
+      self:open(format("for i = %d, n do", start + unroll))
       self:apply(rest, "v[i]", "d + 1", rest_kw, nil, path .. "/" .. rest_kw, "i")
       self:close()
-      for _ = 1, UNROLL do self:close() end
+      for _ = 1, unroll do self:close() end
     end
     if mark then self:line(format("for i = %d, n do ev[i] = true end", start)) end
   end
@@ -1065,7 +1079,7 @@ function C:gen_object(s, on, draft, mark)
       -- the same body UNROLL - 1 more times, then as a loop for the rest
       local body = {}
       for i = body_start + 1, #self.buf do body[#body + 1] = self.buf[i] end
-      for _ = 2, UNROLL do
+      for _ = 2, self.unroll or UNROLL do
         for _, l in ipairs(body) do self.buf[#self.buf + 1] = l end
       end
       local pad = string.rep("  ", body_ind)
@@ -1316,17 +1330,23 @@ local DYN, DYNT = {}, {}
 
 local function isarr(t)
   local mt = getmetatable(t)
-  if mt ~= nil and (mt == AMT or mt == FAMT) then return true end
-  if (mt == OMT and mt ~= nil) or rawget(t, 1) == nil then return false end
+  if mt == nil then
+    if rawget(t, 1) == nil then return false end
+  elseif mt == AMT or mt == FAMT then return true
+  elseif mt == OMT or rawget(t, 1) == nil then return false end
   return (isarr_slow(t))
 end
 
 local tnew = R.tnew
+local rerror = R.error
+local NE = 0            -- #ERRS
 local function E(d, kw, sp, text, how, a, b)
   local errs = ERRS
-  if not errs then errs = tnew(8, 0); ERRS = errs end
-  errs[#errs + 1] = R.error(P, d, kw, sp, text, how, a, b)
-  if not ALL or #errs >= MAX then STOP = true end
+  if not errs then errs = tnew(8, 0); ERRS = errs; NE = 0 end
+  local n = NE + 1
+  NE = n
+  errs[n] = rerror(P, d, kw, sp, text, how, a, b)
+  if not ALL or n >= MAX then STOP = true end
   return STOP
 end
 
@@ -1355,7 +1375,8 @@ end
 
 local FOOTER = [==[
 
-return function(v, all, max, partial)
+-- run(v, all, max, partial) -> ok, errors, pending
+local function run(v, all, max, partial)
   ALL, MAX, PARTIAL = all, max, partial
   ERRS, PEND, STOP, M = nil, nil, false, 0
   AMT, OMT = REG["rubberduck.json.array"], REG["rubberduck.json.object"]
@@ -1364,6 +1385,15 @@ return function(v, all, max, partial)
   local errs, pend = ERRS, PEND
   ERRS, PEND = nil, nil
   return ok, errs, pend
+end
+
+-- validator(v) -> true | false, errors: this validator's own entry point
+-- (its own bytecode, so its traces are its own)
+local invalid = R.invalid
+return run, function(self, v)
+  local ok, errs = run(v, self._all, self._max, false)
+  if ok then return true end
+  return false, errs or invalid()
 end
 ]==]
 

@@ -1,7 +1,12 @@
 -- rubberduck.validator.formats — checkers for the JSON Schema "format"
 -- keyword. Each checker takes a string and returns true when it is valid;
--- non-strings are not checked by the caller. Pure Lua, no allocation for the
--- common ASCII cases beyond what string.match does.
+-- non-strings are not checked by the caller. No allocation.
+--
+-- The hot formats (date, time, date-time, duration, email, hostname, ipv4,
+-- uuid, uri) are single PCRE2 regexes called through the FFI when libpcre2-8
+-- loads (see the end of this file), each accepting exactly what its Lua
+-- checker below accepts; the Lua checkers (byte loops, no captures) are the
+-- fallback, and decide the rare cases the regexes leave to them.
 
 local regex = require "rubberduck.validator.regex"
 

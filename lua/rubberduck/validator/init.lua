@@ -174,10 +174,14 @@ V.__index = V
 V.__call = function(self, instance)
   local ok, errs = self._run(instance, self._all, self._max, false)
   if ok then return true end
-  return false, errs or { { pointer = "", keyword = "", schema_path = "", message = "/: invalid" } }
+  return false, errs or runtime.invalid()
 end
 
-V.validate = V.__call
+-- v:validate(instance): the same as v(instance)
+function V:validate(instance)
+  local ok, errs = self._call(self, instance)
+  return ok, errs
+end
 
 -- the generated Lua source
 function V:source() return self._src end
@@ -236,6 +240,7 @@ function M.compile(schema, opts)
     c.force_draft = opts.draft and draft or nil
     c.has_dynref = flags.has_dynref
     c.ftable = flags.ftable
+    c.unroll, c.noinline = flags.unroll, flags.noinline
     local ok, src = pcall(function()
       local base = opts.base_uri or "urn:rubberduck:schema"
       c.root_uri = base
@@ -254,12 +259,28 @@ function M.compile(schema, opts)
     local again = false
     if c.has_dynref and not flags.has_dynref then flags.has_dynref = true; again = true end
     if (#c.order > 100 or c.too_many_upvalues) and not flags.ftable then flags.ftable = true; again = true end
+    local chunk, lerr
     if not again then
-      local chunk, lerr = load(src, "=validator", "t")
-      if not chunk then return nil, "internal error loading generated code: " .. lerr end
-      local run = chunk(runtime, c.K)
-      return setmetatable({ _run = run, _src = src, _all = o.all_errors, _max = o.max_errors,
-                            draft = draft }, V)
+      chunk, lerr = load(src, "=validator", "t")
+      if not chunk and not flags.unroll then
+        -- a function too big for the bytecode (jumps too long): again,
+        -- with loops only (no written-out steps) and a function per subschema
+        flags.unroll, flags.noinline = 0, true
+        again = true
+      elseif not chunk then
+        return nil, "internal error loading generated code: " .. lerr
+      end
+    end
+    if not again then
+      local run, call = chunk(runtime, c.K)
+      -- each validator has its own metatable, whose __call is the entry
+      -- point in its generated chunk: when it is called from interpreted
+      -- code (right after a C function such as a JSON decoder), LuaJIT
+      -- starts a trace there that belongs to this schema alone, instead of
+      -- one trace of a shared __call whose exits all schemas would compete for
+      local mt = { __index = V, __call = call, __name = "rubberduck.validator" }
+      return setmetatable({ _run = run, _call = call, _src = src, _all = o.all_errors, _max = o.max_errors,
+                            draft = draft }, mt)
     end
   end
   return nil, "internal error: schema compilation did not settle"

@@ -315,18 +315,40 @@ function M.text(kw, a, b)
   return "fails \"" .. kw .. "\""
 end
 
--- a pointer token: array indices 0-based, ~ and / escaped (RFC 6901)
+-- a pointer token: array indices 0-based, ~ and / escaped (RFC 6901);
+-- remembered (a bounded cache), since the same keys fail again and again
+local TOK, NTOK = {}, 0
 local function token(s)
-  if type(s) == "number" then return (tostring(s - 1)) end
-  s = tostring(s)
-  if find(s, "~", 1, true) then s = gsub(s, "~", "~0") end
-  if find(s, "/", 1, true) then s = gsub(s, "/", "~1") end
-  return s
+  local t = TOK[s]
+  if t ~= nil then return t end
+  if type(s) == "number" then
+    t = tostring(s - 1)
+  else
+    t = tostring(s)
+    if find(t, "~", 1, true) then t = gsub(t, "~", "~0") end
+    if find(t, "/", 1, true) then t = gsub(t, "/", "~1") end
+  end
+  if NTOK >= 4096 then TOK, NTOK = {}, 0 end
+  NTOK = NTOK + 1
+  TOK[s] = t
+  return t
 end
 
+-- "/" .. token(s) for the top level, remembered like the tokens
+local PTR1, NPTR1 = {}, 0
 local function pointer(P, d)
   if d == 0 then return "" end
-  if d == 1 then return "/" .. token(P[1]) end
+  if d == 1 then
+    local s = P[1]
+    local p = PTR1[s]
+    if p == nil then
+      p = "/" .. token(s)
+      if NPTR1 >= 4096 then PTR1, NPTR1 = {}, 0 end
+      NPTR1 = NPTR1 + 1
+      PTR1[s] = p
+    end
+    return p
+  end
   if d == 2 then return "/" .. token(P[1]) .. "/" .. token(P[2]) end
   if d == 3 then return "/" .. token(P[1]) .. "/" .. token(P[2]) .. "/" .. token(P[3]) end
   local p = "/" .. token(P[1]) .. "/" .. token(P[2]) .. "/" .. token(P[3]) .. "/" .. token(P[4])
@@ -338,18 +360,44 @@ M.pointer = pointer
 -- error(P, d, kw, sp, text, how, a, b): the error record; text is the
 -- compile-time part of the message, how (a M.H_* code or nil) appends what
 -- depends on the instance (a, b)
+-- (each message is built by one concatenation: one new string)
+local MSG, NMSG = {}, 0
 function M.error(P, d, kw, sp, text, how, a, b)
   local ptr = pointer(P, d)
-  if how then
-    if how == 1 then text = text .. show(a)
-    elseif how == 2 then text = text .. M.jtype(a)
-    elseif how == 3 then text = text .. M.ulen(a)
-    elseif how == 4 then text = text .. a
-    elseif how == 5 then text = text .. (a - 1) .. " and " .. (b - 1) .. " are equal"
-    elseif how == 6 then text = text .. show(a) .. " is not allowed" end
-  end
-  return { pointer = ptr, keyword = kw, schema_path = sp,
-           message = (d == 0 and "/" or ptr) .. ": " .. text }
+  local head = d == 0 and "/" or ptr
+  local msg
+  if how == nil then
+    -- the whole message depends on the pointer and the site: remembered
+    local byhead = MSG[head]
+    if byhead == nil then
+      if NMSG >= 4096 then MSG, NMSG = {}, 0 end
+      byhead = {}
+      MSG[head] = byhead
+    end
+    msg = byhead[text]
+    if msg == nil then
+      msg = head .. ": " .. text
+      NMSG = NMSG + 1
+      byhead[text] = msg
+    end
+  elseif how == 1 then
+    if type(a) == "string" and #a <= 60 and (needs_escape and needs_escape(a) == -1) then
+      msg = head .. ": " .. text .. '"' .. a .. '"'
+    else
+      msg = head .. ": " .. text .. show(a)
+    end
+  elseif how == 2 then msg = head .. ": " .. text .. M.jtype(a)
+  elseif how == 3 then msg = head .. ": " .. text .. M.ulen(a)
+  elseif how == 4 then msg = head .. ": " .. text .. a
+  elseif how == 5 then msg = head .. ": " .. text .. (a - 1) .. " and " .. (b - 1) .. " are equal"
+  elseif how == 6 then msg = head .. ": " .. text .. show(a) .. " is not allowed"
+  else msg = head .. ": " .. text end
+  return { pointer = ptr, keyword = kw, schema_path = sp, message = msg }
+end
+
+-- the errors of a failed run that recorded none (cannot happen: a safety net)
+function M.invalid()
+  return { { pointer = "", keyword = "", schema_path = "", message = "/: invalid" } }
 end
 
 -- Which branch of an anyOf/oneOf did the instance evidently aim at?
