@@ -417,6 +417,15 @@ describe("rubberduck.validator", function()
       assert.are.equal("/0/0/a~1b/0/0: must be null, got integer", errs[1].message)
     end)
 
+    it("compiles schemas too big for written-out steps with loops and calls only", function()
+      local pp = {}
+      for i = 1, 400 do pp["^p" .. i .. "_[a-z]+$"] = { type = "string", minLength = 2, pattern = "^[a-z]+$" } end
+      local v = compile { type = "object", patternProperties = pp, additionalProperties = false }
+      assert.is_true(v { p1_ab = "xy", p400_z = "ab" })
+      assert.are.same({ '/p7_q: must be at least 2 characters long, got 1', "/zz: additional property not allowed" },
+        (function() local m = messages(v, { p7_q = "x", zz = 1 }); table.sort(m); return m end)())
+    end)
+
     it("returns errors as plain tables", function()
       local _, errs = compile { type = "string" }(1)
       local n = 0

@@ -38,6 +38,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define LSTATE_MT "rubberduck.lstate"
@@ -63,6 +64,7 @@ struct lcore {
   uv_async_t async;
   uv_timer_t timer;
   struct lcore *qnext;       /* in the run queue of the call threads */
+  pthread_t thread;          /* the call thread running it (while running) */
   rd_done done;              /* posted to the loop when run() returned */
   int cbref, notifyref;      /* in the host (loop->cbL) */
   int running, abandoned, ud_gone, closing, handles_open;
@@ -389,6 +391,7 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
 /* On the thread that runs the call (loop thread for call(), pool for start()). */
 static void run(lcore *c) {
   lua_State *T = rd__lstate_L(c->s);
+  c->thread = pthread_self();
   rd__lstate_arm(c->s, c->cpu_ms, c->deadline_ns);
   c->status = lua_pcall(T, 1, 2, 0);
   c->breach = rd__lstate_disarm(c->s, &c->used_cpu, &c->peak);
@@ -501,16 +504,34 @@ static void on_overdue(uv_timer_t *t) {
    * Answer now; free the state when the thread comes back. */
   c->abandoned = 1;
   rd__lstate_request_stop(c->s, RD_BREACH_TIMEOUT);
+  /* Busy in C (a pattern match) or blocked (a sleeping C call)? The
+   * thread's CPU clock tells: past the CPU budget it is cpu_limit. */
+  double used = -1;
+  clockid_t cid;
+  struct timespec ts;
+  if (pthread_getcpuclockid(c->thread, &cid) == 0 && clock_gettime(cid, &ts) == 0)
+    used = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6 - rd__lstate_cpu_start(c->s);
+  int cpu = c->cpu_ms > 0 && used >= c->cpu_ms;
   lua_State *H = c->loop->cbL;
   int ref = c->cbref;
   c->cbref = LUA_NOREF;
   lua_rawgeti(H, LUA_REGISTRYINDEX, ref);
   luaL_unref(H, LUA_REGISTRYINDEX, ref);
   lua_pushboolean(H, 0);
-  lua_pushliteral(H, "timeout");
-  lua_pushliteral(H, "deadline passed and the tool did not stop (blocked "
-                     "outside Lua); its state was discarded");
-  lua_createtable(H, 0, 0);
+  if (cpu) {
+    lua_pushliteral(H, "cpu_limit");
+    lua_pushliteral(H, "CPU budget spent in C code the instruction hook cannot "
+                       "see (a pattern match); the call's state was discarded");
+  } else {
+    lua_pushliteral(H, "timeout");
+    lua_pushliteral(H, "deadline passed and the tool did not stop (blocked "
+                       "outside Lua); its state was discarded");
+  }
+  lua_createtable(H, 0, 1);
+  if (used >= 0) {
+    lua_pushnumber(H, used);
+    lua_setfield(H, -2, "cpu_ms");
+  }
   rd__loop_pcall(c->loop, 4);
 }
 

@@ -176,6 +176,30 @@ static int l_wk_pid(lua_State *L) {
   return 1;
 }
 
+/* CPU time (user + system, ms) the worker process has used, from
+ * /proc/<pid>/stat; nil if it cannot be read. */
+static int l_wk_cpu_ms(lua_State *L) {
+  wud *u = luaL_checkudata(L, 1, WORKER_MT);
+  if (!u->w || u->w->pid <= 0) return 0;
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", u->w->pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *p = strrchr(buf, ')'); /* the command may hold spaces */
+  if (!p) return 0;
+  unsigned long long ut = 0, st = 0;
+  /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt
+   * majflt cmajflt utime stime */
+  if (sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    return 0;
+  long hz = sysconf(_SC_CLK_TCK);
+  lua_pushnumber(L, (double)(ut + st) * 1000.0 / (double)(hz > 0 ? hz : 100));
+  return 1;
+}
+
 static int l_wk_kill(lua_State *L) {
   wud *u = luaL_checkudata(L, 1, WORKER_MT);
   int sig = (int)luaL_optinteger(L, 2, SIGKILL);
@@ -433,7 +457,7 @@ static int l_zg_close(lua_State *L) {
 int rd__luaopen_worker(lua_State *L) {
   static const luaL_Reg wm[] = {
     {"send", l_wk_send}, {"on_frame", l_wk_on_frame}, {"pid", l_wk_pid},
-    {"kill", l_wk_kill}, {"close", l_wk_close}, {"__gc", l_wk_close}, {NULL, NULL},
+    {"kill", l_wk_kill}, {"cpu_ms", l_wk_cpu_ms}, {"close", l_wk_close}, {"__gc", l_wk_close}, {NULL, NULL},
   };
   static const luaL_Reg zm[] = {
     {"spawn", l_zg_spawn}, {"pid", l_zg_pid}, {"close", l_zg_close},

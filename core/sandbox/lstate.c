@@ -156,6 +156,8 @@ size_t rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory) {
   return old;
 }
 
+double rd__lstate_cpu_start(rd_lstate *s) { return s->cpu_start_ms; }
+
 size_t rd__lstate_heap(rd_lstate *s) { return s->heap; }
 
 void rd__lstate_clear_stop(rd_lstate *s) {

@@ -95,6 +95,11 @@ size_t rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory);
  * raises like rd__lstate_breach. On a plain lua_State it just sleeps. */
 int rd__lstate_sleep(lua_State *L, double ms);
 
+/* CPU time (ms, of the thread that armed it) when the current run was
+ * armed. Readable from another thread (a racy read of a double written
+ * once per run), with pthread_getcpuclockid, to tell CPU from wall time. */
+double rd__lstate_cpu_start(rd_lstate *s);
+
 /* Heap bytes currently allocated by the state. */
 size_t rd__lstate_heap(rd_lstate *s);
 

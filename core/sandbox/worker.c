@@ -293,8 +293,16 @@ static rd_breach run_in(rd_lstate *s, const char *fname, lua_State *C, int aidx,
   return rd__lstate_disarm(s, used_cpu, peak);
 }
 
+static double proc_cpu_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 static void push_stats(lua_State *C, double cpu, size_t peak) {
-  lua_createtable(C, 0, 2);
+  lua_createtable(C, 0, 3);
+  lua_pushnumber(C, proc_cpu_ms());
+  lua_setfield(C, -2, "proc_cpu_ms");
   lua_pushnumber(C, cpu);
   lua_setfield(C, -2, "cpu_ms");
   lua_pushnumber(C, (double)peak);
@@ -515,6 +523,8 @@ static void worker_main(int fd) {
       lua_setfield(w.C, -2, "op");
       lua_pushstring(w.C, w.report);
       lua_setfield(w.C, -2, "report");
+      lua_pushnumber(w.C, proc_cpu_ms());
+      lua_setfield(w.C, -2, "proc_cpu_ms");
       send_json(&w, -1);
     } else if (op && strcmp(op, "call") == 0 && w.tool_ref != LUA_NOREF) {
       int retire = serve_call(&w, 1, warm); /* frees the state */

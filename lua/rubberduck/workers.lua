@@ -137,6 +137,11 @@ end
 function Remote:_classify()
   local call = self.call
   if not call then return end
+  if call.killed == "timeout" and call.cpu_at_kill and call.base_cpu
+     and call.cpu_at_kill - call.base_cpu >= call.max_cpu then
+    return self:_finish(false, "cpu_limit", "CPU budget spent in C code the instruction " ..
+      "hook cannot see (a pattern match); the worker was killed")
+  end
   if call.killed then
     return self:_finish(false, call.killed, call.killed == "timeout"
       and "deadline passed; the worker was killed" or "cancelled by the caller")
@@ -173,11 +178,14 @@ function Remote:_frame(w, text, why)
     call.killed = "crashed"
     return self:_finish(false, "crashed", "the worker broke the protocol")
   end
-  if m.op == "note" then
+  if m.op == "ready" then
+    call.base_cpu = m.proc_cpu_ms
+  elseif m.op == "note" then
     if self.notify then self.notify(m.kind, m.a, m.b, m.text) end
   elseif m.op == "result" then
     call.last = m.last
     local stats = m.stats
+    if type(stats) == "table" then self.last_cpu = stats.proc_cpu_ms end
     if m.ok then return self:_finish(true, m.status, m.output, stats) end
     return self:_finish(false, m.kind, m.message, stats)
   elseif m.op == "error" then
@@ -189,12 +197,13 @@ function Remote:start(fname, arg, limits, cb)
   assert(fname == "execute", "a remote state only executes")
   if self.closed then return nil, "tool state is closed" end
   if self.call then return nil, "tool state is busy" end
-  local call = { cb = cb }
+  local call = { cb = cb, max_cpu = limits.cpu_ms or math.huge }
   self.call = call
   local function go(w, err)
     if self.call ~= call then if w then w:close() end return end
     if not w then return self:_finish(false, "internal", err) end
     call.worker = w
+    call.base_cpu = self.last_cpu -- a pooled worker's CPU after its last call
     self.pool.by_pid[w:pid()] = self
     w:on_frame(function(text, why) self:_frame(w, text, why) end)
     if self.worker ~= w then
@@ -219,6 +228,7 @@ function Remote:_kill(kind)
   if not call then return end
   call.killed = kind
   if call.worker then
+    call.cpu_at_kill = call.worker:cpu_ms()
     call.worker:kill(SIGKILL)
   else
     self:_finish(false, kind, kind == "timeout" and "deadline passed before a worker was free"
