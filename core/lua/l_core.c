@@ -8,6 +8,7 @@
 #include "engine.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
 
@@ -69,7 +70,17 @@ int rd__lua_class(lua_State *L, const char *mt_name, const luaL_Reg *m,
   return 1;
 }
 
+/* Keep this module mapped for the life of the process: its call threads
+ * (l_lstate.c) run its code and wait on its static condition variable, and
+ * lua_close() would otherwise dlclose() it under them at exit. */
+static void pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)pin_module, &info) && info.dli_fname)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 int luaopen_rubberduck_core(lua_State *L) {
+  pin_module();
   static const luaL_Reg fns[] = {
     {"ulid", l_ulid},
     {"now", l_now},

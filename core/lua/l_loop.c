@@ -47,24 +47,29 @@ void rd__loop_pcall(rd_loop *l, int nargs) {
 }
 
 void rd__loop_post(rd_loop *l, rd_done *d) {
-  d->next = NULL;
-  pthread_mutex_lock(&l->done_lock);
-  if (l->done_tail) l->done_tail->next = d; else l->done_head = d;
-  l->done_tail = d;
-  pthread_mutex_unlock(&l->done_lock);
+  atomic_fetch_add(&l->posting, 1);
+  rd_done *head = atomic_load(&l->done_head);
+  do {
+    d->next = head;
+  } while (!atomic_compare_exchange_weak(&l->done_head, &head, d));
   uv_async_send(&l->done_async);
+  atomic_fetch_sub(&l->posting, 1);
 }
 
 static void on_done(uv_async_t *h) {
   rd_loop *l = h->data;
-  pthread_mutex_lock(&l->done_lock);
-  rd_done *d = l->done_head;
-  l->done_head = l->done_tail = NULL;
-  pthread_mutex_unlock(&l->done_lock);
+  rd_done *d = atomic_exchange(&l->done_head, NULL);
+  rd_done *fifo = NULL; /* the stack is newest first: reverse it */
   while (d) {
-    rd_done *next = d->next; /* fn may free d */
-    d->fn(d);
+    rd_done *next = d->next;
+    d->next = fifo;
+    fifo = d;
     d = next;
+  }
+  while (fifo) {
+    rd_done *next = fifo->next; /* fn may free the item */
+    fifo->fn(fifo);
+    fifo = next;
   }
 }
 
@@ -82,7 +87,8 @@ static int l_new(lua_State *L) {
   }
   l->cbL = lua_newthread(L);
   l->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
-  pthread_mutex_init(&l->done_lock, NULL);
+  atomic_init(&l->done_head, NULL);
+  atomic_init(&l->posting, 0);
   uv_async_init(&l->uv, &l->done_async, on_done);
   l->done_async.data = l;
   uv_unref((uv_handle_t *)&l->done_async); /* does not keep the loop alive */
@@ -218,7 +224,7 @@ static void loop_free(lua_State *L, rd_loop *l) {
     if (!done_closed) {
       int others = 0;
       uv_walk(&l->uv, count_open, &others);
-      if (others == 0) {
+      if (others == 0 && atomic_load(&l->posting) == 0) {
         on_done(&l->done_async);
         uv_close((uv_handle_t *)&l->done_async, NULL);
         done_closed = 1;
@@ -238,7 +244,6 @@ static void loop_free(lua_State *L, rd_loop *l) {
     nanosleep(&ts, NULL);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, l->cbref);
-  pthread_mutex_destroy(&l->done_lock);
   rd__freemem(l);
 }
 

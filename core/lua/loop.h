@@ -8,7 +8,7 @@
 #define RD_LOOP_H
 
 #include <lua.h>
-#include <pthread.h>
+#include <stdatomic.h>
 #include <uv.h>
 
 /* Work finished on another thread, handed to the loop thread. */
@@ -23,13 +23,14 @@ typedef struct rd_loop {
   int cbref;
   int closed;
   uv_async_t done_async;              /* wakes the loop for `done` items */
-  pthread_mutex_t done_lock;
-  rd_done *done_head, *done_tail;
+  _Atomic(rd_done *) done_head;       /* lock-free stack of posted items */
+  atomic_int posting;                 /* posters still inside rd__loop_post */
 } rd_loop;
 
 /* From any thread: queue `d` so that d->fn(d) runs on the loop thread
- * soon. After this call the posting thread must not touch the loop's
- * handles: the item is the only message. */
+ * soon. Lock-free: once `d` is pushed the loop may run d->fn and free what
+ * d belongs to; the loop itself is not freed while a poster is still
+ * inside this function (closing waits for `posting` to reach 0). */
 void rd__loop_post(rd_loop *l, rd_done *d);
 
 /* Every handle a binding starts on the loop has `data` pointing to a struct
