@@ -14,7 +14,18 @@
 
 local validator = require "rubberduck.validator"
 
-local SUITE = os.getenv("RD_JSON_SCHEMA_SUITE") or "../shared/json-schema-test-suite"
+-- The suite lives beside the repository (../shared), as on every machine of
+-- this project; RD_JSON_SCHEMA_SUITE points elsewhere.
+local SUITE = os.getenv("RD_JSON_SCHEMA_SUITE")
+  or ((os.getenv("RD_SOURCE_DIR") or ".") .. "/../shared/json-schema-test-suite")
+do
+  local f = io.open(SUITE .. "/tests/draft7/type.json", "rb")
+  if not f then
+    error("the JSON Schema test suite is not at " .. SUITE ..
+      " (set RD_JSON_SCHEMA_SUITE to where it is)", 0)
+  end
+  f:close()
+end
 
 -- "file | group description | test description" -> reason. Empty today:
 -- every required test of both drafts passes. Notes for whoever adds one:
