@@ -320,6 +320,16 @@ static void push_error_text(lua_State *C, lua_State *T) {
   }
 }
 
+/* Make the answer at `ans` a failure: ok = false, kind, and the message on
+ * top of C's stack (popped). */
+static void set_failure(lua_State *C, int ans, const char *kind) {
+  lua_setfield(C, ans, "message");
+  lua_pushboolean(C, 0);
+  lua_setfield(C, ans, "ok");
+  lua_pushstring(C, kind);
+  lua_setfield(C, ans, "kind");
+}
+
 /* One call: fresh state, define, execute, answer. Returns 1 if the worker
  * must not serve another call (a breach poisons nothing, but a process that
  * hit RLIMIT-adjacent limits is better replaced). */
@@ -341,12 +351,8 @@ static int serve_call(worker *w, int cidx, rd_lstate *s) {
   rd_error err;
   int retire = 0;
   if (!s) {
-    lua_pushboolean(C, 0);
-    lua_setfield(C, ans, "ok");
-    lua_pushliteral(C, "internal");
-    lua_setfield(C, ans, "kind");
     lua_pushliteral(C, "worker could not make a tool state");
-    lua_setfield(C, ans, "message");
+    set_failure(C, ans, "internal");
     push_stats(C, 0, 0);
     lua_setfield(C, ans, "stats");
     send_json(w, ans);
@@ -379,12 +385,8 @@ static int serve_call(worker *w, int cidx, rd_lstate *s) {
     lua_pop(T, 1);
   }
   if (!defined) {
-    lua_pushboolean(C, 0);
-    lua_setfield(C, ans, "ok");
-    lua_pushliteral(C, "internal");
-    lua_setfield(C, ans, "kind");
     lua_pushliteral(C, "the tool's definition did not load in the worker");
-    lua_setfield(C, ans, "message");
+    set_failure(C, ans, "internal");
     push_stats(C, used, peak);
     lua_setfield(C, ans, "stats");
     send_json(w, ans);
@@ -403,30 +405,18 @@ static int serve_call(worker *w, int cidx, rd_lstate *s) {
   lua_pop(C, 1);
   size_t cap = rd__lstate_set_max_memory(s, 0);
   if (status == -1) {
-    lua_pushboolean(C, 0);
-    lua_setfield(C, ans, "ok");
-    lua_pushliteral(C, "internal");
-    lua_setfield(C, ans, "kind");
     lua_pushstring(C, err.message);
-    lua_setfield(C, ans, "message");
+    set_failure(C, ans, "internal");
   } else if (br != RD_BREACH_NONE) {
     const char *msg = rd__lstate_breach_message(s);
-    lua_pushboolean(C, 0);
-    lua_setfield(C, ans, "ok");
-    lua_pushstring(C, rd__breach_kind(br));
-    lua_setfield(C, ans, "kind");
     if (msg) lua_pushstring(C, msg);
     else if (status != 0) push_error_text(C, T);
     else lua_pushstring(C, rd__breach_kind(br));
-    lua_setfield(C, ans, "message");
+    set_failure(C, ans, rd__breach_kind(br));
     retire = 1;
   } else if (status != 0) {
-    lua_pushboolean(C, 0);
-    lua_setfield(C, ans, "ok");
-    lua_pushliteral(C, "error");
-    lua_setfield(C, ans, "kind");
     push_error_text(C, T);
-    lua_setfield(C, ans, "message");
+    set_failure(C, ans, "error");
   } else {
     int rc = rd__xcopy(T, -2, C, NULL, NULL, &err);
     if (rc == RD_OK) {
@@ -441,15 +431,9 @@ static int serve_call(worker *w, int cidx, rd_lstate *s) {
     } else {
       lua_pushnil(C);
       lua_setfield(C, ans, "status");
-      lua_pushboolean(C, 0);
-      lua_setfield(C, ans, "ok");
-      if (rc == RD_ELIMIT && strstr(err.message, "larger than"))
-        lua_pushliteral(C, "output_limit");
-      else
-        lua_pushliteral(C, "invalid_output");
-      lua_setfield(C, ans, "kind");
       lua_pushstring(C, err.message);
-      lua_setfield(C, ans, "message");
+      set_failure(C, ans, rc == RD_ELIMIT && strstr(err.message, "larger than")
+                              ? "output_limit" : "invalid_output");
     }
   }
   rd__lstate_set_max_memory(s, cap);
@@ -476,12 +460,8 @@ static int serve_call(worker *w, int cidx, rd_lstate *s) {
     lua_setfield(C, ans, "output");
     lua_pushnil(C);
     lua_setfield(C, ans, "status");
-    lua_pushboolean(C, 0);
-    lua_setfield(C, ans, "ok");
-    lua_pushliteral(C, "invalid_output");
-    lua_setfield(C, ans, "kind");
     lua_pushstring(C, err.message);
-    lua_setfield(C, ans, "message");
+    set_failure(C, ans, "invalid_output");
     send_json(w, ans);
   } else {
     if (rd__frame_send(w->fd, b.data, b.len) != 0) _exit(3);
