@@ -76,9 +76,23 @@ function Pool:take(cb)
   local ok, err = self:_start()
   if not ok then return cb(nil, err) end
   local w = table.remove(self.ready, 1)
-  self.zygote:spawn(1) -- keep the stock
-  if w then return cb(w) end
+  if w then
+    -- The stock is refilled when this call is done (Pool:refill), so the
+    -- zygote's fork does not compete with the call for the CPU.
+    self.owed = (self.owed or 0) + 1
+    return cb(w)
+  end
+  self.zygote:spawn(1)
   self.waiting[#self.waiting + 1] = cb
+end
+
+-- Ask the zygote for the workers taken since the last refill.
+function Pool:refill()
+  local n = self.owed or 0
+  if n > 0 and self.zygote then
+    self.owed = 0
+    self.zygote:spawn(n)
+  end
 end
 
 function Pool:close()
@@ -124,6 +138,7 @@ function Remote:_finish(ok, a, b, stats)
     w:close()
   end
   call.cb(ok, a, b, stats or {})
+  self.pool:refill()
 end
 
 -- The worker's socket closed before it answered: tell why from its exit.
