@@ -481,7 +481,10 @@ static int dec_open(dec *d, int depth, int is_obj) {
     return fail(d, d->p, "nesting deeper than %d levels", d->max_depth);
   if (!lua_checkstack(L, 4))
     return fail(d, d->p, "nesting too deep for the Lua stack");
-  lua_createtable(L, 0, 0);
+  /* Room for a few entries up front: most containers in tool parameters
+   * are small, and it spares the first rehashes of a growing table. */
+  if (is_obj) lua_createtable(L, 0, 4);
+  else lua_createtable(L, 4, 0);
   if (!is_obj) {
     lua_pushvalue(L, d->mt);
     lua_setmetatable(L, -2);
