@@ -28,14 +28,6 @@
 
 static char base[64], root[128], outside[128], evil[128];
 
-static void put_file(const char *path, const char *data) {
-  FILE *f = fopen(path, "wb");
-  CHECK(f != NULL);
-  if (!f) return;
-  fputs(data, f);
-  fclose(f);
-}
-
 static void up(void) {
   strcpy(base, "/tmp/rd-fs-XXXXXX");
   CHECK(mkdtemp(base) != NULL);
@@ -47,9 +39,9 @@ static void up(void) {
   CHECK(mkdir(evil, 0755) == 0);
   char p[256];
   snprintf(p, sizeof p, "%s/secret.txt", outside);
-  put_file(p, "TOPSECRET-CONTENT");
+  tl_put_file(p, "TOPSECRET-CONTENT");
   snprintf(p, sizeof p, "%s/secret.txt", evil);
-  put_file(p, "EVIL-CONTENT");
+  tl_put_file(p, "EVIL-CONTENT");
 }
 
 static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {

@@ -146,14 +146,6 @@ static void say(int fd, const char *fmt, ...) {
 
 static char base[64], allowed[128], outside[128];
 
-static void put_file(const char *path, const char *data) {
-  FILE *f = fopen(path, "wb");
-  CHECK(f != NULL);
-  if (!f) return;
-  fputs(data, f);
-  fclose(f);
-}
-
 static void up(void) {
   strcpy(base, "/tmp/rd-lim-XXXXXX");
   CHECK(mkdtemp(base) != NULL);
@@ -163,11 +155,11 @@ static void up(void) {
   CHECK(mkdir(outside, 0755) == 0);
   char p[256];
   snprintf(p, sizeof p, "%s/in.txt", allowed);
-  put_file(p, "INSIDE");
+  tl_put_file(p, "INSIDE");
   snprintf(p, sizeof p, "%s/secret.txt", outside);
-  put_file(p, "TOPSECRET");
+  tl_put_file(p, "TOPSECRET");
   snprintf(p, sizeof p, "%s/one.txt", outside);
-  put_file(p, "ONE");
+  tl_put_file(p, "ONE");
 }
 
 static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {

@@ -44,6 +44,16 @@ static int tl_ntests, tl_failed_checks, tl_cur_failed;
     }                                                                   \
   } while (0)
 
+/* Write `data` to the file `path` (created or truncated); a failure is a
+ * failed check. */
+static inline void tl_put_file(const char *path, const char *data) {
+  FILE *f = fopen(path, "wb");
+  CHECK(f != NULL);
+  if (!f) return;
+  fputs(data, f);
+  fclose(f);
+}
+
 #define RUN_TESTS()                                                     \
   do {                                                                  \
     int tl_pass = 0, tl_fail = 0;                                       \
