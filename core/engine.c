@@ -232,6 +232,123 @@ int rd_engine_execute(rd_engine *e, const char *name, const char *params_json,
   return RD_OK;
 }
 
+/* ---- asynchronous calls ----------------------------------------------------------- */
+
+/* The C callbacks of one submitted call: a userdata, upvalue of the two
+ * Lua closures handed to engine:submit_json. */
+typedef struct submit_cbs {
+  rd_done_cb done;
+  rd_progress_cb progress;
+  void *ud;
+} submit_cbs;
+
+/* (id, envelope_json, ok) */
+static int c_on_done(lua_State *L) {
+  submit_cbs *c = lua_touserdata(L, lua_upvalueindex(1));
+  if (c->done)
+    c->done(luaL_checkstring(L, 1), luaL_checkstring(L, 2), lua_toboolean(L, 3), c->ud);
+  return 0;
+}
+
+/* (id, done, total, message) */
+static int c_on_progress(lua_State *L) {
+  submit_cbs *c = lua_touserdata(L, lua_upvalueindex(1));
+  if (c->progress)
+    c->progress(luaL_checkstring(L, 1), lua_tonumber(L, 2), lua_tonumber(L, 3),
+                lua_isstring(L, 4) ? lua_tostring(L, 4) : "", c->ud);
+  return 0;
+}
+
+int rd_engine_submit(rd_engine *e, const char *name, const char *params_json,
+                     const char *caller_json, const rd_submit_opts *opts,
+                     char id_out[RD_ID_SIZE], rd_error *err) {
+  if (!e || !name) return rd_error_set(err, RD_EINVAL, "NULL argument");
+  lua_State *L = e->L;
+  lua_pushstring(L, name);
+  if (params_json && *params_json) lua_pushstring(L, params_json); else lua_pushnil(L);
+  if (caller_json && *caller_json) lua_pushstring(L, caller_json); else lua_pushnil(L);
+  lua_createtable(L, 0, 2);
+  if (opts && opts->deadline_ms > 0) {
+    lua_pushnumber(L, opts->deadline_ms);
+    lua_setfield(L, -2, "deadline_ms");
+  }
+  if (opts && opts->retries >= 0) {
+    lua_pushinteger(L, opts->retries);
+    lua_setfield(L, -2, "retries");
+  }
+  submit_cbs *c = lua_newuserdata(L, sizeof *c);
+  c->done = opts ? opts->on_done : NULL;
+  c->progress = opts ? opts->on_progress : NULL;
+  c->ud = opts ? opts->ud : NULL;
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, c_on_done, 1);
+  lua_insert(L, -2);
+  if (c->progress) lua_pushcclosure(L, c_on_progress, 1);
+  else { lua_pop(L, 1); lua_pushnil(L); }
+  int rc = call_method(e, "submit_json", 6, 2, err);
+  if (rc) return rc;
+  /* results: id | nil, code name, message */
+  if (lua_isnil(L, -2)) {
+    const char *msg = lua_tostring(L, -1);
+    int code = strncmp(msg ? msg : "", "closed", 6) == 0 ? RD_ECLOSED : RD_EJSON;
+    rd_error_set(err, code, "%s", msg ? msg : "submit refused");
+    lua_pop(L, 2);
+    return code;
+  }
+  if (id_out) snprintf(id_out, RD_ID_SIZE, "%s", lua_tostring(L, -2));
+  lua_pop(L, 2);
+  return RD_OK;
+}
+
+int rd_engine_cancel(rd_engine *e, const char *execution_id) {
+  rd_error err;
+  if (!e || !execution_id) return RD_EINVAL;
+  lua_pushstring(e->L, execution_id);
+  if (call_method(e, "cancel", 1, 1, &err) != RD_OK) {
+    fprintf(stderr, "rubberduck: cancel: %s\n", err.message);
+    return err.code;
+  }
+  int ok = lua_toboolean(e->L, -1);
+  lua_pop(e->L, 1);
+  return ok ? RD_OK : RD_ENOENT;
+}
+
+const char *rd_engine_stage(rd_engine *e, const char *execution_id) {
+  static const char *const stages[] = {"queued", "validating", "authorizing", "starting",
+                                        "running", "retry_wait", NULL};
+  rd_error err;
+  if (!e || !execution_id) return NULL;
+  lua_pushstring(e->L, execution_id);
+  if (call_method(e, "stage_of", 1, 1, &err) != RD_OK) return NULL;
+  const char *s = lua_tostring(e->L, -1);
+  const char *found = NULL;
+  for (int i = 0; s && stages[i]; i++)
+    if (strcmp(s, stages[i]) == 0) found = stages[i];
+  lua_pop(e->L, 1);
+  return found;
+}
+
+static int run_or_drain(rd_engine *e, const char *method, double arg) {
+  rd_error err;
+  if (!e) return -1;
+  lua_pushnumber(e->L, arg);
+  if (call_method(e, method, 1, 1, &err) != RD_OK) {
+    fprintf(stderr, "rubberduck: %s: %s\n", method, err.message);
+    return -1;
+  }
+  int n = (int)lua_tointeger(e->L, -1);
+  lua_pop(e->L, 1);
+  return n;
+}
+
+int rd_engine_run(rd_engine *e, rd_run_mode mode) {
+  return run_or_drain(e, "run_c", (double)mode);
+}
+
+int rd_engine_drain(rd_engine *e, double timeout_ms) {
+  return run_or_drain(e, "drain", timeout_ms);
+}
+
 int rd_engine_tools_json(rd_engine *e, char **out_json, rd_error *err) {
   if (!e || !out_json) return rd_error_set(err, RD_EINVAL, "NULL argument");
   int rc = call_method(e, "tools_json", 0, 1, err);

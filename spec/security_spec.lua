@@ -278,7 +278,7 @@ group("endless work", {
     -- thread's CPU clock then shows the budget spent: `cpu_limit`, not a
     -- hang. (The engine answers, but the call thread stays busy forever:
     -- isolated.)
-    isolate = true, timeout = 300,
+    isolate = true, timeout = 1500, -- ample: the budget (50 ms of CPU) must be spent first on a loaded machine
     handler = [[function()
       local j = rawget(_G, "jit")
       if j then j.on() end
@@ -306,7 +306,7 @@ group("endless work", {
     -- the handler after unwinding (toolstate.lua). BUG at none: define()
     -- copies the raw xpcall over it, so the CPU budget is bypassed, the call
     -- is answered `timeout` by the overdue timer and its thread spins forever.
-    isolate = true, timeout = 300,
+    isolate = true, timeout = 1500, -- ample: the budget (50 ms of CPU) must be spent first on a loaded machine
     handler = [[function()
       return { xpcall(function() while true do end end, function(e) while true do end end) }
     end]],
@@ -354,7 +354,7 @@ group("endless work", {
     -- where the count hook never fires; this backtracking match runs for
     -- hours. The CPU budget is bypassed, the call is answered `timeout` by
     -- the overdue timer and the pool thread spins on. Isolated.
-    isolate = true, timeout = 300,
+    isolate = true, timeout = 1500, -- ample: the budget (50 ms of CPU) must be spent first on a loaded machine
     handler = [[function()
       local s = string.rep("a", 30) .. "b"
       return { s:find(("a*"):rep(20) .. "c") }
@@ -379,7 +379,7 @@ group("endless work", {
     -- at none it exists, and LuaJIT runs finalizers with hooks disabled: the
     -- loop can only be ended by the deadline; its CPU clock then shows the
     -- budget spent: `cpu_limit`, not a hang.
-    isolate = true, timeout = 300,
+    isolate = true, timeout = 1500, -- ample: the budget (50 ms of CPU) must be spent first on a loaded machine
     handler = [[function()
       local np = rawget(_G, "new" .. "proxy")
       if not np then error("newproxy is absent", 0) end

@@ -129,7 +129,9 @@ typedef struct rd_engine_config {
  * engine's Lua modules failed: message has the traceback), RD_ENOMEM. */
 int rd_engine_open(rd_engine **out, const rd_engine_config *cfg, rd_error *err);
 
-/* Close the engine and free everything it owns. NULL is a no-op. */
+/* Close the engine and free everything it owns: calls still in flight are
+ * cancelled (rd_engine_drain first to let them finish) and every worker
+ * process is gone when it returns. NULL is a no-op. */
 void rd_engine_close(rd_engine *e);
 
 /* Run one call through the pipeline and wait for it.
@@ -148,6 +150,65 @@ void rd_engine_close(rd_engine *e);
 int rd_engine_execute(rd_engine *e, const char *name, const char *params_json,
                       const char *caller_json, char **out_envelope, int *status,
                       rd_error *err);
+
+/* ---- asynchronous calls ----------------------------------------------------
+ * rd_engine_execute is rd_engine_submit plus running the loop until the
+ * call is done. Submitted calls make progress only while the embedder runs
+ * the engine's loop (rd_engine_run or rd_engine_drain), on the thread that
+ * opened the engine; the callbacks run there, never inside rd_engine_submit.
+ */
+
+/* The call is done: `envelope_json` (borrowed: valid during the callback
+ * only) is its result envelope; ok is 1 when its status is "ok". */
+typedef void (*rd_done_cb)(const char *execution_id, const char *envelope_json,
+                           int ok, void *ud);
+/* The tool reported progress (ctx.progress(done, total, message)); message
+ * is borrowed for the callback, "" when the tool gave none. */
+typedef void (*rd_progress_cb)(const char *execution_id, double done,
+                               double total, const char *message, void *ud);
+
+typedef struct rd_submit_opts {
+  rd_done_cb on_done;         /* may be NULL */
+  rd_progress_cb on_progress; /* may be NULL */
+  void *ud;                   /* passed to both callbacks */
+  double deadline_ms;         /* > 0: overall deadline from now, over all attempts */
+  int retries;                /* >= 0: override execution.retries; < 0: the tool's */
+} rd_submit_opts;
+
+#define RD_ID_SIZE 27 /* a ULID and its NUL */
+
+/* Submit a call; returns at once. Arguments as for rd_engine_execute; opts
+ * may be NULL. On RD_OK the execution id is written to id_out (may be NULL)
+ * and on_done will be called exactly once, also when the call ends in an
+ * error envelope (not_found, overloaded, cancelled, ...). Errors: RD_EINVAL,
+ * RD_EJSON (malformed params_json/caller_json: no call was made, no
+ * callback will come), RD_ECLOSED, RD_ELUA. */
+int rd_engine_submit(rd_engine *e, const char *name, const char *params_json,
+                     const char *caller_json, const rd_submit_opts *opts,
+                     char id_out[RD_ID_SIZE], rd_error *err);
+
+/* Cancel a call at whatever stage it is (queued, validating, running —
+ * its worker is killed —, waiting for a retry). Its envelope says
+ * "cancelled". Returns RD_OK, or RD_ENOENT when no call with that id is in
+ * flight (unknown, or already done). */
+int rd_engine_cancel(rd_engine *e, const char *execution_id);
+
+/* The stage of a call in flight: "queued", "validating", "authorizing",
+ * "starting", "running", "retry_wait"; NULL when no such call is in flight.
+ * The string is static. */
+const char *rd_engine_stage(rd_engine *e, const char *execution_id);
+
+typedef enum { RD_RUN_DEFAULT = 0, RD_RUN_ONCE = 1, RD_RUN_NOWAIT = 2 } rd_run_mode;
+
+/* Run the engine's loop (libuv modes: DEFAULT until nothing is pending,
+ * ONCE waits for one event, NOWAIT polls). Returns the number of calls
+ * still in flight, or -1 on an engine error (reported on stderr). */
+int rd_engine_run(rd_engine *e, rd_run_mode mode);
+
+/* Run the loop until every call in flight is done or timeout_ms passed
+ * (< 0: no limit). Returns the number of calls still in flight; those are
+ * cancelled by rd_engine_close. */
+int rd_engine_drain(rd_engine *e, double timeout_ms);
 
 /* The loaded tools as a JSON array of normalized definitions (the shape of
  * schemas/tool.schema.json). Owned by the caller; rd_free() it. */

@@ -4,7 +4,11 @@
  *   local loop = core.loop.new()
  *   loop:run("once" | "nowait" | "default") -> alive (boolean)
  *   local t = loop:timer(ms, fn)   one-shot; fn() runs on the loop
- *   t:stop()                       idempotent
+ *   local s = loop:signal(signo, fn) fn(signo) on the loop each time the
+ *                                  process gets the signal (instead of its
+ *                                  default action); does not keep the loop
+ *                                  alive on its own
+ *   t:stop(), s:stop()             idempotent
  *   loop:now() -> ms               the loop's cached monotonic time
  *   loop:close()                   closes every handle, frees the loop
  */
@@ -112,11 +116,16 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
-/* ---- timers ------------------------------------------------------------------ */
+/* ---- timers and signal watchers ------------------------------------------------ */
 
+/* One struct for both: a libuv handle that calls a Lua function. */
 typedef struct timer {
   rd_uvowner owner; /* first: see loop.h */
-  uv_timer_t h;
+  union {
+    uv_handle_t any;
+    uv_timer_t timer;
+    uv_signal_t signal;
+  } h;
   rd_loop *loop;
   int fnref, udref;
   int closing;
@@ -139,8 +148,9 @@ static void timer_closed(uv_handle_t *h) {
 static void timer_close(timer *t) {
   if (t->closing) return;
   t->closing = 1;
-  uv_timer_stop(&t->h);
-  uv_close((uv_handle_t *)&t->h, timer_closed);
+  if (t->h.any.type == UV_TIMER) uv_timer_stop(&t->h.timer);
+  else uv_signal_stop(&t->h.signal);
+  uv_close(&t->h.any, timer_closed);
 }
 
 static void timer_close_all(rd_uvowner *o) { timer_close((timer *)o); }
@@ -154,18 +164,23 @@ static void timer_fired(uv_timer_t *h) {
   rd__loop_pcall(t->loop, 0);
 }
 
-static int l_timer(lua_State *L) {
-  rd_loop *l = rd__loop_check(L, 1);
-  double ms = luaL_checknumber(L, 2);
-  luaL_checktype(L, 3, LUA_TFUNCTION);
-  if (ms < 0) ms = 0;
+static void signal_fired(uv_signal_t *h, int signo) {
+  timer *t = h->data;
+  if (t->closing) return;
+  lua_State *L = t->loop->cbL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->fnref);
+  lua_pushinteger(L, signo);
+  rd__loop_pcall(t->loop, 1);
+}
+
+/* A new handle struct for the function at stack index fn, with its
+ * userdata pushed. */
+static timer *handle_new(lua_State *L, rd_loop *l, int fn) {
   timer *t = rd__calloc(1, sizeof *t);
-  if (!t) return luaL_error(L, "out of memory");
+  if (!t) luaL_error(L, "out of memory");
   t->owner.close_all = timer_close_all;
-  uv_timer_init(&l->uv, &t->h);
-  t->h.data = t;
   t->loop = l;
-  lua_pushvalue(L, 3);
+  lua_pushvalue(L, fn);
   t->fnref = luaL_ref(L, LUA_REGISTRYINDEX);
   timer_ud *ud = lua_newuserdata(L, sizeof *ud);
   ud->t = t;
@@ -173,8 +188,35 @@ static int l_timer(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   t->udref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return t;
+}
+
+static int l_timer(lua_State *L) {
+  rd_loop *l = rd__loop_check(L, 1);
+  double ms = luaL_checknumber(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (ms < 0) ms = 0;
+  timer *t = handle_new(L, l, 3);
+  uv_timer_init(&l->uv, &t->h.timer);
+  t->h.any.data = t;
   uv_update_time(&l->uv); /* the cached clock may be stale: see l_lstate.c */
-  uv_timer_start(&t->h, timer_fired, (uint64_t)ms, 0);
+  uv_timer_start(&t->h.timer, timer_fired, (uint64_t)ms, 0);
+  return 1;
+}
+
+static int l_signal(lua_State *L) {
+  rd_loop *l = rd__loop_check(L, 1);
+  int signo = (int)luaL_checkinteger(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  timer *t = handle_new(L, l, 3);
+  uv_signal_init(&l->uv, &t->h.signal);
+  t->h.any.data = t;
+  int rc = uv_signal_start(&t->h.signal, signal_fired, signo);
+  if (rc != 0) {
+    timer_close(t);
+    return luaL_error(L, "signal %d: %s", signo, uv_strerror(rc));
+  }
+  uv_unref(&t->h.any);
   return 1;
 }
 
@@ -265,7 +307,8 @@ static int l_tostring(lua_State *L) {
 
 int rd__luaopen_loop(lua_State *L) {
   static const luaL_Reg loop_m[] = {
-    {"run", l_run}, {"now", l_now}, {"timer", l_timer}, {"close", l_close},
+    {"run", l_run}, {"now", l_now}, {"timer", l_timer}, {"signal", l_signal},
+    {"close", l_close},
     {"__gc", l_close}, {"__tostring", l_tostring}, {NULL, NULL},
   };
   static const luaL_Reg timer_m[] = {

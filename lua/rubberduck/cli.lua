@@ -256,6 +256,16 @@ local function open_engine(opts, files)
   return rd.open({ tools = tools_dir, files = files, data_dir = opts.data, entry = "cli" })
 end
 
+-- SIGTERM, SIGINT or SIGHUP while calls run cancels them: each ends in a
+-- `cancelled` envelope, the engine closes, and no worker process is left.
+local function cancel_on_signals(engine)
+  for _, signo in ipairs({ 15, 2, 1 }) do
+    engine.loop:signal(signo, function()
+      for _, h in pairs(engine.handles) do h:cancel() end
+    end)
+  end
+end
+
 local function print_logs(engine)
   engine:subscribe("execution.log", function(ev)
     eprintf("[%s] %s\n", ev.metadata.level or "info", ev.metadata.message or "")
@@ -313,6 +323,7 @@ function handlers.run(args)
     print_problems(engine.problems)
   end
   print_logs(engine)
+  cancel_on_signals(engine)
   local env = engine:execute(name, params, caller, { format = opts.format, entry = "cli",
     deadline_ms = timeout })
   if opts.json then

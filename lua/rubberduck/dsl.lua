@@ -27,6 +27,9 @@ M.DEFAULTS = {
   max_output = 16777216,      -- bytes of result
   timeout = 30000,            -- ms wall clock per attempt
   retries = 0,                -- extra attempts after a retryable failure
+  concurrency = 4,            -- calls of this tool that may run at once
+  -- wait before attempt n+1: min(max, initial * factor^(n-1)) ms, +-25% jitter
+  backoff = { initial = 100, max = 5000, factor = 2 },
   format = "json",
   cache_ttl = 0,
 }
@@ -182,7 +185,9 @@ local FIELDS = {
                examples = true, author = true, license = true },
   security = { level = true, allowed_paths = true, dangerous_functions = true,
                max_file_size = true, max_memory = true, max_cpu = true, max_output = true },
-  execution = { timeout = true, retries = true, handler = true },
+  execution = { timeout = true, retries = true, concurrency = true, backoff = true,
+                handler = true },
+  backoff = { initial = true, max = true, factor = true },
   output = { format = true, schema = true, cache_ttl = true },
   example = { params = true, output = true, error = true, description = true },
 }
@@ -310,6 +315,24 @@ function M.normalize(raw, file, json)
   e.timeout = c:number("execution.timeout", rawget(exe, "timeout"), D.timeout, { positive = true })
   e.retries = c:number("execution.retries", rawget(exe, "retries"), D.retries, { integer = true, min = 0 })
   if e.retries > 10 then c:fail("execution.retries", "at most 10, got %s", e.retries) end
+  e.concurrency = c:number("execution.concurrency", rawget(exe, "concurrency"), D.concurrency,
+    { integer = true, positive = true })
+  if e.concurrency > 256 then c:fail("execution.concurrency", "at most 256, got %s", e.concurrency) end
+  local bo = rawget(exe, "backoff")
+  local b = {}
+  if bo ~= nil and c:type("execution.backoff", bo, "table") then
+    c:fields("execution.backoff", bo, FIELDS.backoff)
+  else
+    bo = {}
+  end
+  local DB = D.backoff
+  b.initial = c:number("execution.backoff.initial", rawget(bo, "initial"), DB.initial, { min = 0 })
+  b.max = c:number("execution.backoff.max", rawget(bo, "max"), math.max(DB.max, b.initial), { min = 0 })
+  b.factor = c:number("execution.backoff.factor", rawget(bo, "factor"), DB.factor, { min = 1 })
+  if b.max < b.initial then
+    c:fail("execution.backoff.max", "must be >= backoff.initial (%s), got %s", b.initial, b.max)
+  end
+  e.backoff = b
   local handler = rawget(exe, "handler")
   if handler == nil then
     c:fail("execution.handler", "missing (a tool needs a handler function)")

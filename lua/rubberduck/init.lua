@@ -8,7 +8,9 @@
 --   engine:tools(); engine:subscribe(prefix, fn); engine:close()
 --
 -- open{} options: data_dir (default "./.rduck"), tools (a directory),
--- files (a list of tool files), entry (who calls: "lua", "cli", "c", ...).
+-- files (a list of tool files), entry (who calls: "lua", "cli", "c", ...),
+-- max_running (executions at once, default 32), max_queue (executions
+-- waiting for a slot, default 1024; beyond it a call is `overloaded`).
 -- Returns the engine, or nil and a message when `tools` is not a readable
 -- directory. Tools that fail to load are reported in engine.problems and
 -- through the "tool.load_failed" event; the engine still opens.
@@ -19,6 +21,7 @@ local pipeline = require "rubberduck.pipeline"
 local authorizer = require "rubberduck.authorizer"
 local validator = require "rubberduck.validator"
 local workers = require "rubberduck.workers"
+local executor = require "rubberduck.executor"
 
 local M = {}
 M.version = core.version
@@ -78,6 +81,13 @@ function M.open(opts)
     problems = {},
     closed = false,
   }, Engine)
+  local ok, ex = pcall(executor.new, self, opts)
+  if not ok then
+    self.loop:close()
+    self.bus:close()
+    return nil, tostring(ex)
+  end
+  self.executor = ex
   self.registry = registry.new(self)
   self.workers = workers.new(self)
   if opts.tools or opts.files then
@@ -130,7 +140,7 @@ function Engine:load_tools(dir, files)
       good[#good + 1] = t
     else
       problems[#problems + 1] = err
-      t.state:close()
+      registry.close_tool(t)
     end
   end
   self.registry:add(good)
@@ -179,13 +189,19 @@ function Handle:_finish(env)
   self.stage_name = "done"
   self.engine.handles[self.id] = nil
   if self.on_done then
-    local ok, err = pcall(self.on_done, env)
-    if not ok then io.stderr:write("rubberduck: on_done raised: ", tostring(err), "\n") end
+    local function call()
+      local ok, err = pcall(self.on_done, env)
+      if not ok then io.stderr:write("rubberduck: on_done raised: ", tostring(err), "\n") end
+    end
+    -- A completion callback never runs inside submit(): a caller can rely
+    -- on having its handle before the callback sees the result.
+    if self.in_submit then self.engine.loop:timer(0, call) else call() end
   end
 end
 
--- The stage the call is in: validating, authorizing, waiting, running,
--- retry_wait, done.
+-- The stage the call is in: queued (waiting for an executor slot),
+-- validating, authorizing, starting (getting a tool state or worker),
+-- running, retry_wait, done.
 function Handle:stage()
   return self.done and "done" or self.stage_name or "queued"
 end
@@ -196,19 +212,15 @@ function Handle:cancel()
   if self.done then return false end
   self.cancelled = true
   if self.state then
+    -- an attempt is running: stop it (a worker is killed)
     self.state:stop("cancel")
   elseif self.timer then
     self.timer:stop()
     self.timer = nil
     self:_resume("cancelled")
   else
-    -- waiting for a busy tool state
-    local t = self.engine.registry:get(self.name)
-    if t then
-      for i, w in ipairs(t.waiters) do
-        if w == self then table.remove(t.waiters, i); break end
-      end
-    end
+    -- queued, or waiting for a tool state: every wait checks h.cancelled
+    self.engine.executor:forget(self)
     self:_resume("cancelled")
   end
   return true
@@ -237,7 +249,12 @@ function Engine:submit(name, params, caller, opts)
   }, Handle)
   if opts.deadline_ms then h.deadline = core.mono_ms() + opts.deadline_ms end
   local c, why = authorizer.caller(caller)
-  if not c then
+  if self.closing then
+    h.caller = c or { principal = "anonymous", roles = json.array({}), capabilities = json.array({}) }
+    h.co = function()
+      return pipeline.error_envelope(h.id, name, "cancelled", "the engine is closing")
+    end
+  elseif not c then
     h.caller = { principal = "anonymous", roles = json.array({}), capabilities = json.array({}) }
     h.co = function()
       return pipeline.error_envelope(h.id, name, "unauthorized", "caller refused: " .. why)
@@ -250,8 +267,24 @@ function Engine:submit(name, params, caller, opts)
   local body = h.co
   h.co = coroutine.create(function() h:_finish(body()) end)
   -- Runs until the first wait (or to the end, for a call refused early).
+  h.in_submit = true
   h:_resume()
+  h.in_submit = nil
   return h
+end
+
+-- A call by id (while it is in flight).
+function Engine:handle(id) return self.handles[id] end
+
+-- Cancel a call by id. Returns true if it was in flight.
+function Engine:cancel(id)
+  local h = self.handles[id]
+  return h ~= nil and h:cancel()
+end
+
+-- Executions running and queued, and the limits.
+function Engine:stats()
+  return self.executor:stats()
 end
 
 function Engine:execute(name, params, caller, opts)
@@ -275,8 +308,74 @@ function Engine:execute_json(name, params_json, caller_json)
   return assert(json.encode(env)), env.status == "ok"
 end
 
-function Engine:close()
+-- ---- the C API's asynchronous calls (core/engine.c) -----------------------
+
+-- Returns id | nil, message ("closed: ..." when the engine is closed).
+function Engine:submit_json(name, params_json, caller_json, opts, on_done, on_progress)
+  if self.closed then return nil, "closed: the engine is closed" end
+  local params, caller
+  if params_json then
+    local p, err = json.decode(params_json)
+    if p == nil then return nil, "params: " .. err end
+    params = p
+  end
+  if caller_json then
+    local c, err = json.decode(caller_json)
+    if c == nil then return nil, "caller: " .. err end
+    caller = c
+  end
+  local h
+  opts.entry = "c"
+  opts.on_done = function(env)
+    on_done(env.execution_id, assert(json.encode(env)), env.status == "ok")
+  end
+  if on_progress then
+    opts.on_progress = function(done, total, msg) on_progress(h.id, done, total, msg) end
+  end
+  h = self:submit(name, params, caller, opts)
+  return h.id
+end
+
+function Engine:stage_of(id)
+  local h = self.handles[id]
+  return h and h:stage()
+end
+
+local RUN_MODES = { [0] = "default", [1] = "once", [2] = "nowait" }
+
+local function in_flight(self)
+  local n = 0
+  for _ in pairs(self.handles) do n = n + 1 end
+  return n
+end
+
+function Engine:run_c(mode)
+  self.loop:run(RUN_MODES[mode] or "once")
+  return in_flight(self)
+end
+
+-- Run the loop until no call is in flight or timeout_ms (< 0: none) passed.
+-- Returns the number still in flight.
+function Engine:drain(timeout_ms)
+  if next(self.handles) then
+    local expired = false
+    local timer = timeout_ms and timeout_ms >= 0
+      and self.loop:timer(timeout_ms, function() expired = true end)
+    while next(self.handles) and not expired do self.loop:run("once") end
+    if timer then timer:stop() end
+  end
+  return in_flight(self)
+end
+
+-- Close the engine. opts.drain: let the calls in flight (queued ones
+-- included) finish first, for at most opts.timeout_ms (default 30000);
+-- what is left then, or everything without drain, is cancelled. Every
+-- worker process is gone when this returns.
+function Engine:close(opts)
   if self.closed then return end
+  opts = opts or {}
+  self.closing = true
+  if opts.drain then self:drain(opts.timeout_ms or 30000) end
   for _, h in pairs(self.handles) do h:cancel() end
   -- let cancelled calls finish
   local guard = 0
@@ -284,6 +383,7 @@ function Engine:close()
     self.loop:run("once")
     guard = guard + 1
   end
+  self.executor:close()
   self.registry:close()
   self.workers:close()
   -- let the zygote and the workers' sockets close

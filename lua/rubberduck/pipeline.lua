@@ -13,9 +13,6 @@ local authorizer = require "rubberduck.authorizer"
 
 local M = {}
 
--- Backoff between attempts (ms): initial * factor^(attempt-1), capped,
--- with +-25% jitter.
-M.BACKOFF = { initial = 50, factor = 2, max = 2000 }
 -- Breaches after which a tool state is not reused.
 local RECYCLE = { memory_limit = true, cpu_limit = true, timeout = true,
                   cancelled = true, sandbox_violation = true, internal = true }
@@ -46,26 +43,12 @@ local function is_object(v)
     and (next(v) == nil or not json.is_array(v))
 end
 
--- Wait for the tool's state to be free (one call at a time per state).
-local function acquire(engine, h, t)
-  while true do
-    if h.cancelled then return nil, "cancelled" end
-    local st, err = engine.registry:state_of(t)
-    if not st then return nil, "internal", err end
-    if not st:busy() and not t.holder then
-      t.holder = h
-      return st
-    end
-    t.waiters[#t.waiters + 1] = h
-    h.stage_name = "waiting"
-    yield()
-  end
-end
-
-local function release(t, h)
-  if t.holder == h then t.holder = nil end
-  local nxt = table.remove(t.waiters, 1)
-  if nxt then nxt:_resume() end
+-- Lets the registry run a tool definition while this call waits.
+local function waiter(h)
+  return {
+    yield = yield,
+    resume = function() h:_resume("defined") end,
+  }
 end
 
 -- Run one attempt in the tool state. Returns ok, status|kind, output|msg, stats.
@@ -109,18 +92,24 @@ local function attempt_call(engine, h, t, st, arg, limits)
   return r[1], r[2], r[3], r[4] or {}
 end
 
-local function backoff_ms(attempt)
-  local B = M.BACKOFF
+-- The wait before attempt n+1: min(max, initial * factor^(n-1)) ms, with
+-- +-25% jitter so that calls failing together do not retry together.
+function M.backoff_ms(B, attempt)
   local d = math.min(B.max, B.initial * B.factor ^ (attempt - 1))
   return d * (0.75 + 0.5 * math.random())
 end
 
 local function sleep(engine, h, ms)
   h.stage_name = "retry_wait"
-  h.timer = engine.loop:timer(ms, function() h:_resume("timer") end)
-  local why = yield()
-  h.timer = nil
-  return why ~= "cancelled"
+  h.timer = engine.loop:timer(ms, function() h.timer = nil; h:_resume("timer") end)
+  repeat
+    local why = yield()
+    if why == "cancelled" or h.cancelled then
+      if h.timer then h.timer:stop(); h.timer = nil end
+      return false
+    end
+  until h.timer == nil
+  return true
 end
 
 -- The body: returns output, err (err = { kind, message, details, retryable }).
@@ -171,8 +160,12 @@ local function body(engine, h, meta)
     return nil, errors.new("unauthorized", why, details)
   end
 
-  -- 3 execute, with retries
+  -- 3 execute, with retries, in a slot of the executor
   local sec, exe = def.security, def.execution
+  local admitted, qkind, qmsg = engine.executor:admit(h, t.name, exe.concurrency)
+  if not admitted then return nil, errors.new(qkind, qmsg) end
+  meta.queue_ms = qkind
+  h.tool = t
   local attempts = 1 + (h.opts.retries or exe.retries)
   local last
   for attempt = 1, attempts do
@@ -188,9 +181,17 @@ local function body(engine, h, meta)
     meta.attempts = attempt
     engine:emit("execution.attempt", { attempt = attempt },
       { execution_id = h.id, tool = t.name })
-    local st, kind, msg = acquire(engine, h, t)
-    if not st then
-      return nil, errors.new(kind, kind == "cancelled" and "cancelled by the caller" or msg)
+    h.stage_name = "starting"
+    local st, serr = engine.registry:checkout(t, waiter(h))
+    if not st then return nil, errors.new("internal", serr) end
+    h.held = st
+    local function give_back(recycle)
+      h.held = nil
+      engine.registry:checkin(t, st, recycle)
+    end
+    if h.cancelled then
+      give_back()
+      return nil, errors.new("cancelled", "cancelled by the caller")
     end
     local arg = { params = params, ctx = {
       execution_id = h.id, tool = t.name, attempt = attempt, caller = h.caller,
@@ -198,19 +199,23 @@ local function body(engine, h, meta)
     } }
     local ok, a, b, stats = attempt_call(engine, h, t, st, arg,
       { cpu_ms = sec.max_cpu, timeout_ms = timeout, max_output = sec.max_output })
-    release(t, h)
     meta.cpu_ms = (meta.cpu_ms or 0) + (stats.cpu_ms or 0)
     if (stats.peak_memory_bytes or 0) > (meta.peak_memory_bytes or 0) then
       meta.peak_memory_bytes = stats.peak_memory_bytes
     end
-    if ok and a.status == "ok" then return b end
+    if ok and a.status == "ok" then
+      give_back()
+      return b
+    end
     local err
     if ok then
+      give_back()
       err = errors.new(a.kind, a.message, a.details)
       err.retryable = errors.retryable(a.kind, a.retryable)
     else
       -- a breach recorded in C, or the bootstrap itself failed
       local k = a == "error" and "internal" or a
+      give_back(RECYCLE[k])
       err = errors.new(k, k == "internal" and ("tool state failed: " .. tostring(b)) or tostring(b))
       if k == "cpu_limit" then
         err.message = format("CPU budget of %s ms spent", sec.max_cpu)
@@ -224,7 +229,6 @@ local function body(engine, h, meta)
         err.message = tostring(b):gsub("^sandbox_violation: ", "")
       end
       err.retryable = errors.retryable(k)
-      if RECYCLE[k] then engine.registry:recycle(t) end
       if k == "sandbox_violation" then
         engine:emit("security.violation", nil, { execution_id = h.id, tool = t.name,
           principal = h.caller.principal, kind = k, message = err.message })
@@ -232,7 +236,12 @@ local function body(engine, h, meta)
     end
     last = err
     if not err.retryable or attempt == attempts or h.cancelled then break end
-    if not sleep(engine, h, backoff_ms(attempt)) then
+    local wait = M.backoff_ms(exe.backoff, attempt)
+    -- the caller's deadline wins over the attempts left
+    if h.deadline and core.mono_ms() + wait >= h.deadline then break end
+    engine:emit("execution.retry", { attempt = attempt, wait_ms = wait },
+      { execution_id = h.id, tool = t.name, kind = err.kind })
+    if not sleep(engine, h, wait) then
       return nil, errors.new("cancelled", "cancelled by the caller")
     end
   end
@@ -270,19 +279,22 @@ function M.error_envelope(id, tool, kind, message)
     error = { kind = kind, message = message, details = json.object({}) },
     metadata = { started_at = M.iso8601(core.now()), duration_ms = 0, attempts = 0,
       security_level = json.null, cached = false, format = "json",
-      peak_memory_bytes = 0, cpu_ms = 0 } }
+      peak_memory_bytes = 0, cpu_ms = 0, queue_ms = 0 } }
 end
 
 function M.run(engine, h)
   local t0 = core.mono_ms()
   local meta = { started_at = M.iso8601(core.now()), duration_ms = 0, attempts = 0,
     security_level = json.null, cached = false, format = h.opts.format or "json",
-    peak_memory_bytes = 0, cpu_ms = 0 }
+    peak_memory_bytes = 0, cpu_ms = 0, queue_ms = 0 }
   engine:emit("execution.start", nil, { execution_id = h.id, tool = tostring(h.name),
     principal = h.caller.principal, entry = h.opts.entry or engine.entry })
   local ok, output, err = pcall(body, engine, h, meta)
-  local t = engine.registry:get(h.name)
-  if t and t.holder == h then release(t, h) end
+  if h.held then -- the body failed (an engine bug) while it held a state
+    engine.registry:checkin(h.tool, h.held, true)
+    h.held = nil
+  end
+  engine.executor:release(h)
   if not ok then
     err = errors.new("internal", "engine error: " .. tostring(output))
     output = nil

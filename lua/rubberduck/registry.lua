@@ -43,9 +43,12 @@ end
 
 local function basename(path) return (path:gsub("^.*/", "")) end
 
--- Make a tool state and evaluate `source` in it.
+-- Make a tool state and evaluate `source` in it. With `wait` (a function
+-- that yields the calling coroutine until it is resumed), the definition
+-- runs while the loop goes on; without it the loop is run here, which is
+-- for load time only (never from inside a loop callback).
 -- Returns state, def | nil, problems (list of "file: path: reason").
-function M.evaluate(engine, file, source)
+function M.evaluate(engine, file, source, wait)
   local ok, st = pcall(core.lstate.new, engine.loop, {
     max_memory = M.DEFINE_MEMORY, jit = false, lua_path = engine.lua_path,
   })
@@ -56,12 +59,17 @@ function M.evaluate(engine, file, source)
   local started, serr = st:start("define",
     { source = source, chunkname = "@" .. file, file = file },
     { cpu_ms = M.DEFINE_CPU_MS, timeout_ms = M.DEFINE_TIMEOUT_MS },
-    function(...) done, r = true, { ... } end)
+    function(...)
+      done, r = true, { ... }
+      if wait then wait.resume() end
+    end)
   if not started then
     st:close()
     return nil, { file .. ": (engine): " .. tostring(serr) }
   end
-  while not done do engine.loop:run("once") end
+  while not done do
+    if wait then wait.yield() else engine.loop:run("once") end
+  end
   local good, res, _ = r[1], r[2], r[3]
   if not good then
     st:close()
@@ -97,13 +105,17 @@ function M.load_file(engine, file)
   if not source then return nil, { file .. ": (file): " .. tostring(err) } end
   local st, def = M.evaluate(engine, file, source)
   if not st then return nil, def end
+  -- t.idle: states ready for a call; t.live: states that exist (idle or
+  -- running). At most def.execution.concurrency are live (the executor
+  -- admits no more calls than that).
   local t = { name = def.metadata.name, file = file, source = source, def = def,
-              state = st, waiters = {} }
+              idle = {}, live = 0 }
   if M.REMOTE[def.security.level] then
     -- The definition was checked in-process; calls run in workers.
     st:close()
-    t.state = engine.workers:remote(t)
+    st = engine.workers:remote(t)
   end
+  t.idle[1], t.live = st, 1
   return t
 end
 
@@ -140,7 +152,7 @@ function M.load_all(engine, dir, files)
     elseif seen[t.name] then
       problems[#problems + 1] = string.format("%s: metadata.name: duplicate tool name %q (also in %s)",
         file, t.name, seen[t.name].file)
-      t.state:close()
+      M.close_tool(t)
     else
       seen[t.name] = t
       loaded[#loaded + 1] = t
@@ -149,12 +161,21 @@ function M.load_all(engine, dir, files)
   return loaded, problems
 end
 
+-- Close the idle states of a tool that is no longer served (replaced by
+-- a reload, or the engine closes); running ones close when they come back.
+function M.close_tool(t)
+  t.retired = true
+  for _, st in ipairs(t.idle) do st:close() end
+  t.live = t.live - #t.idle
+  t.idle = {}
+end
+
 -- Put tools into the registry (replacing same-named ones).
 function Registry:add(list)
   for _, t in ipairs(list) do
     local old = self.tools[t.name]
     if old then
-      if old.state and not old.state:busy() then old.state:close() end
+      M.close_tool(old)
     else
       self.order[#self.order + 1] = t.name
     end
@@ -165,26 +186,38 @@ end
 
 function Registry:get(name) return self.tools[name] end
 
--- The tool's state, made anew from its source if the last one was
--- recycled (after a breach, or abandoned on a blocked timeout).
-function Registry:state_of(t)
-  if t.state and t.state:usable() then return t.state end
-  if t.state then t.state:close() end
-  t.state = nil
-  if M.REMOTE[t.def.security.level] then
-    t.state = self.engine.workers:remote(t)
-    return t.state
+-- A state for one call of `t`: an idle one, or a new one (from the tool's
+-- source for an in-process level: `wait` lets the definition run while
+-- the loop goes on). The caller (the executor) has made sure fewer than
+-- def.execution.concurrency calls of `t` run. Returns state | nil, why.
+function Registry:checkout(t, wait)
+  while #t.idle > 0 do
+    local st = table.remove(t.idle)
+    if st:usable() then return st end
+    st:close()
+    t.live = t.live - 1
   end
-  local st, def = M.evaluate(self.engine, t.file, t.source)
-  if not st then return nil, def[1] end
-  t.state = st
-  t.def = def
+  t.live = t.live + 1
+  if M.REMOTE[t.def.security.level] then
+    return self.engine.workers:remote(t)
+  end
+  local st, def = M.evaluate(self.engine, t.file, t.source, wait)
+  if not st then
+    t.live = t.live - 1
+    return nil, def[1]
+  end
   return st
 end
 
-function Registry:recycle(t)
-  if t.state then t.state:close() end
-  t.state = nil
+-- Give a state back after a call. `recycle`: it breached a limit (or was
+-- stopped) and must not serve again.
+function Registry:checkin(t, st, recycle)
+  if recycle or t.retired or not st:usable() then
+    st:close()
+    t.live = t.live - 1
+  else
+    t.idle[#t.idle + 1] = st
+  end
 end
 
 function Registry:list()
@@ -194,11 +227,7 @@ function Registry:list()
 end
 
 function Registry:close()
-  for _, name in ipairs(self.order) do
-    local t = self.tools[name]
-    if t.state then t.state:close() end
-    t.state = nil
-  end
+  for _, name in ipairs(self.order) do M.close_tool(self.tools[name]) end
 end
 
 return M

@@ -20,7 +20,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char base[64], tools_dir[128], bad_dir[128], data_dir[128], big_dir[128];
+static char base[64], tools_dir[128], bad_dir[128], data_dir[128], big_dir[128],
+    async_dir[128];
 
 static void put_file(const char *dir, const char *name, const char *text) {
   char p[512];
@@ -86,6 +87,15 @@ static const char *tiny_tool =
   "  execution = { handler = function(p) return { n = #(p.s or '') } end },\n"
   "}\n";
 
+static const char *nap_tool =
+  "return tool {\n"
+  "  metadata = { name = 'nap', description = 'Sleeps, reporting progress' },\n"
+  "  parameters = { type = 'object', properties = { ms = { type = 'number' } } },\n"
+  "  security = { level = 'relaxed' },\n"
+  "  execution = { timeout = 60000, handler = function(p, ctx)\n"
+  "    ctx.progress(1, 2, 'asleep') ctx.sleep(p.ms or 0) return { slept = p.ms } end },\n"
+  "}\n";
+
 static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
   (void)sb; (void)flag; (void)ftw;
   return remove(p);
@@ -109,6 +119,8 @@ static void setup(void) {
   snprintf(bad_dir, sizeof bad_dir, "%s/bad", base);
   snprintf(data_dir, sizeof data_dir, "%s/data", base);
   snprintf(big_dir, sizeof big_dir, "%s/big", base);
+  snprintf(async_dir, sizeof async_dir, "%s/async", base);
+  mkdir(async_dir, 0755);
   mkdir(tools_dir, 0755);
   mkdir(bad_dir, 0755);
   mkdir(data_dir, 0755);
@@ -120,6 +132,8 @@ static void setup(void) {
   put_file(bad_dir, "bad.lua", bad_tool);
   put_file(bad_dir, "good2.lua", good2_tool);
   put_file(big_dir, "tiny.lua", tiny_tool);
+  put_file(async_dir, "nap.lua", nap_tool);
+  put_file(async_dir, "echo.lua", echo_tool);
 }
 
 static rd_engine *open_engine(const char *dir) {
@@ -541,6 +555,129 @@ TEST(open_close_many) {
     }
     rd_engine_close(e);
   }
+}
+
+/* ---- asynchronous calls ----------------------------------------------------------- */
+
+typedef struct async_seen {
+  int in_submit;       /* set while rd_engine_submit runs */
+  int done, ok, done_inside_submit, progress;
+  char id[RD_ID_SIZE];
+  char env[4096];
+  char progress_msg[64];
+} async_seen;
+
+static void on_async_done(const char *id, const char *env, int ok, void *ud) {
+  async_seen *s = ud;
+  s->done++;
+  s->ok = ok;
+  if (s->in_submit) s->done_inside_submit = 1;
+  snprintf(s->id, sizeof s->id, "%s", id);
+  snprintf(s->env, sizeof s->env, "%s", env);
+}
+
+static void on_async_progress(const char *id, double done, double total,
+                              const char *msg, void *ud) {
+  async_seen *s = ud;
+  (void)id;
+  if (done == 1 && total == 2) s->progress++;
+  snprintf(s->progress_msg, sizeof s->progress_msg, "%s", msg);
+}
+
+static int submit(rd_engine *e, const char *name, const char *params, async_seen *s,
+                  double deadline_ms, char id[RD_ID_SIZE]) {
+  rd_submit_opts o = {on_async_done, on_async_progress, s, deadline_ms, -1};
+  rd_error err;
+  rd_error_clear(&err);
+  s->in_submit = 1;
+  int rc = rd_engine_submit(e, name, params, NULL, &o, id, &err);
+  s->in_submit = 0;
+  if (rc != RD_OK) fprintf(stderr, "  submit %s: %s: %s\n", name, rd_err_name(rc), err.message);
+  return rc;
+}
+
+/* Run the loop until cond holds (bounded: a guard against a hang). */
+#define PUMP_UNTIL(e, cond)                                                  \
+  do {                                                                       \
+    for (int pump_i = 0; !(cond) && pump_i < 100000; pump_i++)               \
+      rd_engine_run((e), RD_RUN_ONCE);                                       \
+    CHECK(cond);                                                             \
+  } while (0)
+
+TEST(submit_completes_through_the_callback) {
+  rd_engine *e = open_engine(async_dir);
+  if (!e) return;
+  async_seen s;
+  memset(&s, 0, sizeof s);
+  char id[RD_ID_SIZE] = "";
+  CHECK(submit(e, "echo", "{\"text\":\"async\"}", &s, 0, id) == RD_OK);
+  CHECK(strlen(id) == 26);
+  PUMP_UNTIL(e, s.done == 1);
+  CHECK(s.ok == 1);
+  CHECK_STR(s.id, id);
+  CHECK(has(s.env, "\"text\":\"async\""));
+  CHECK(rd_engine_stage(e, id) == NULL); /* done: no longer in flight */
+  CHECK(rd_engine_cancel(e, id) == RD_ENOENT);
+
+  /* an unknown tool: still a callback, never inside submit */
+  memset(&s, 0, sizeof s);
+  CHECK(submit(e, "no_such_tool", NULL, &s, 0, id) == RD_OK);
+  CHECK(s.done == 0);
+  PUMP_UNTIL(e, s.done == 1);
+  CHECK(s.done_inside_submit == 0);
+  CHECK(s.ok == 0);
+  CHECK(has(s.env, "\"kind\":\"not_found\""));
+
+  /* malformed params: refused at once, no callback */
+  memset(&s, 0, sizeof s);
+  rd_error err;
+  rd_submit_opts o = {on_async_done, NULL, &s, 0, -1};
+  CHECK(rd_engine_submit(e, "echo", "{\"text\":", NULL, &o, id, &err) == RD_EJSON);
+  CHECK(has(err.message, "params"));
+  CHECK(rd_engine_drain(e, -1) == 0);
+  CHECK(s.done == 0);
+  rd_engine_close(e);
+}
+
+TEST(submit_progress_stage_cancel) {
+  rd_engine *e = open_engine(async_dir);
+  if (!e) return;
+  async_seen s;
+  memset(&s, 0, sizeof s);
+  char id[RD_ID_SIZE];
+  CHECK(submit(e, "nap", "{\"ms\":30000}", &s, 0, id) == RD_OK);
+  PUMP_UNTIL(e, s.progress == 1);
+  CHECK_STR(s.progress_msg, "asleep");
+  CHECK_STR(rd_engine_stage(e, id), "running");
+  CHECK(rd_engine_cancel(e, id) == RD_OK);
+  PUMP_UNTIL(e, s.done == 1);
+  CHECK(has(s.env, "\"kind\":\"cancelled\""));
+  CHECK(rd_engine_cancel(e, id) == RD_ENOENT);
+  CHECK(rd_engine_cancel(e, "01ARZ3NDEKTSV4RRFFQ69G5FAV") == RD_ENOENT);
+  rd_engine_close(e);
+}
+
+TEST(submit_deadline_drain_and_close) {
+  rd_engine *e = open_engine(async_dir);
+  if (!e) return;
+  async_seen a, b, c;
+  memset(&a, 0, sizeof a);
+  memset(&b, 0, sizeof b);
+  memset(&c, 0, sizeof c);
+  char ida[RD_ID_SIZE], idb[RD_ID_SIZE], idc[RD_ID_SIZE];
+  CHECK(submit(e, "nap", "{\"ms\":30000}", &a, 30, ida) == RD_OK);   /* deadline */
+  CHECK(submit(e, "nap", "{\"ms\":1}", &b, 0, idb) == RD_OK);
+  CHECK(rd_engine_drain(e, -1) == 0);
+  CHECK(a.done == 1 && b.done == 1);
+  CHECK(has(a.env, "\"kind\":\"timeout\""));
+  CHECK(b.ok == 1);
+  /* closing with a call in flight cancels it, through its callback */
+  CHECK(submit(e, "nap", "{\"ms\":30000}", &c, 0, idc) == RD_OK);
+  PUMP_UNTIL(e, c.progress == 1);
+  CHECK(rd_engine_drain(e, 1) == 1); /* still asleep after 1 ms */
+  rd_engine_close(e);
+  CHECK(c.done == 1);
+  CHECK(has(c.env, "\"kind\":\"cancelled\""));
 }
 
 int main(void) {

@@ -1,0 +1,478 @@
+-- spec/executor_spec.lua — the executor (issue 5): asynchronous calls,
+-- stages and cancellation, retries with backoff, deadlines, concurrency
+-- limits with a bounded queue, supervision of workers, shutdown, progress
+-- and the caller's context, at every security level.
+local H = require "helpers"
+local core = require "rubberduck.core"
+local workers = require "rubberduck.workers"
+
+local LEVELS = { "relaxed", "none" }
+if workers.available() then
+  LEVELS[#LEVELS + 1] = "balanced"
+  LEVELS[#LEVELS + 1] = "strict"
+end
+
+-- Tools: each at every level, named <name>_<level>.
+local TOOLS = {
+  wait = {
+    execution = "timeout = 20000",
+    parameters = [[{ type = "object", properties = { ms = { type = "number", default = 5000 } } }]],
+    handler = [[function(p, ctx)
+      ctx.progress(1, 3, "started")
+      ctx.sleep(p.ms)
+      ctx.progress(3, 3, "done")
+      return { slept = p.ms }
+    end]],
+  },
+  whoami = {
+    handler = "function(p, ctx) return { caller = ctx.caller, attempt = ctx.attempt } end",
+  },
+  third_time = {
+    -- fails (retryably) until its third attempt
+    execution = "retries = 4, backoff = { initial = 2, factor = 3, max = 5 }",
+    handler = [[function(p, ctx)
+      if ctx.attempt < 3 then error({ retryable = true, message = "not yet" }) end
+      return { attempt = ctx.attempt }
+    end]],
+  },
+  never = {
+    execution = "retries = 5, backoff = { initial = 10000, max = 10000 }",
+    handler = [[function() error({ retryable = true, message = "always" }) end]],
+  },
+  backing_off = {
+    execution = "retries = 3, backoff = { initial = 60000, max = 60000 }",
+    handler = [[function() error({ retryable = true, message = "again" }) end]],
+  },
+  one_at_a_time = {
+    execution = "concurrency = 1, timeout = 20000",
+    parameters = [[{ type = "object", properties = { ms = { type = "number", default = 5000 } } }]],
+    handler = [[function(p, ctx) ctx.progress(0, 1, "started") ctx.sleep(p.ms) return { ok = true } end]],
+  },
+  quick = { handler = "function() return { ok = true } end" },
+}
+
+local function write_tools(dir, levels)
+  for name, t in pairs(TOOLS) do
+    for _, level in ipairs(levels) do
+      local n = name .. "_" .. level
+      H.write_tool(dir, n, H.tool_source{ name = n, level = level, handler = t.handler,
+        parameters = t.parameters, execution = t.execution })
+    end
+  end
+end
+
+local function fails(env, kind)
+  assert.equals("error", env.status, "expected an error envelope")
+  assert.equals(kind, env.error.kind, env.error.message)
+  return env.error
+end
+
+-- Run the loop until `cond()` holds (bounded: a behaviour check, not a
+-- timing one — the bound only guards against a hang).
+local function pump(engine, cond, what)
+  local guard = 0
+  while not cond() do
+    engine.loop:run("once")
+    guard = guard + 1
+    assert(guard < 200000, "never happened: " .. (what or "?"))
+  end
+end
+
+-- Submit a call of wait_<level> and return once its handler runs.
+local function submit_running(engine, name, ms, opts)
+  local started = false
+  opts = opts or {}
+  opts.on_progress = function(_, _, msg) if msg == "started" then started = true end end
+  local h = engine:submit(name, { ms = ms }, nil, opts)
+  pump(engine, function() return started or h.done end, name .. " started")
+  assert.is_true(started, "the call never started")
+  return h
+end
+
+-- Is process `pid` gone (or a zombie waiting for its parent)?
+local function gone(pid)
+  local f = io.open("/proc/" .. pid .. "/stat", "r")
+  if not f then return true end
+  local s = f:read("*a") or ""
+  f:close()
+  return s:match("^%d+ %b() (%a)") == "Z" or s == ""
+end
+
+local function wait_gone(engine, pid)
+  local guard = 0
+  while not gone(pid) and guard < 400 do
+    engine.loop:run("nowait")
+    os.execute("sleep 0.005")
+    guard = guard + 1
+  end
+  return gone(pid)
+end
+
+-- The live descendants of process `pid` (by /proc's parent links), but
+-- for those below a process in `except` (a list: processes that were
+-- there before, such as another engine's zygote, and what they start).
+local function descendants(pid, except)
+  local parent = {}
+  for _, name in ipairs(core.listdir("/proc") or {}) do
+    if name:match("^%d+$") then
+      local f = io.open("/proc/" .. name .. "/stat", "r")
+      if f then
+        local s = f:read("*a") or ""
+        f:close()
+        local state, ppid = s:match("^%d+ %b() (%a) (%d+)")
+        if ppid and state ~= "Z" then parent[tonumber(name)] = tonumber(ppid) end
+      end
+    end
+  end
+  local skip = {}
+  for _, p in ipairs(except or {}) do skip[p] = true end
+  local out = {}
+  for p in pairs(parent) do
+    local q, depth = p, 0
+    while q and depth < 64 and not skip[q] do
+      q, depth = parent[q], depth + 1
+      if q == pid then out[#out + 1] = p; break end
+    end
+  end
+  return out
+end
+
+-- The pid of the worker running call `h` (strict, balanced), or nil.
+local function worker_pid(h)
+  local st = h.state
+  local call = type(st) == "table" and rawget(st, "call")
+  return type(call) == "table" and call.worker and call.worker:pid() or nil
+end
+
+local function my_pid()
+  local f = assert(io.open("/proc/self/stat", "r"))
+  local s = f:read("*a")
+  f:close()
+  return tonumber(s:match("^(%d+)"))
+end
+
+describe("the executor", function()
+  local dir, engine
+  setup(function()
+    dir = H.tmpdir()
+    write_tools(dir, LEVELS)
+    engine = H.open_engine(dir)
+    assert.same({}, engine.problems)
+  end)
+  teardown(function()
+    if engine then engine:close() end
+    H.cleanup()
+  end)
+
+  describe("submit", function()
+    it("returns a handle at once; on_done never runs inside submit()", function()
+      local returned, got = false, nil
+      local h = engine:submit("no_such_tool", {}, nil, {
+        on_done = function(env)
+          assert.is_true(returned, "on_done ran inside submit()")
+          got = env
+        end,
+      })
+      returned = true
+      assert.truthy(H.is_ulid(h.id))
+      pump(engine, function() return got ~= nil end, "on_done")
+      fails(got, "not_found")
+    end)
+
+    it("runs the synchronous execute over the same path", function()
+      local env = engine:execute("quick_relaxed", {})
+      assert.equals("ok", env.status)
+      assert.equals(0, env.metadata.queue_ms)
+    end)
+  end)
+
+  for _, level in ipairs(LEVELS) do
+    describe("at " .. level, function()
+      it("reports progress to on_progress and telemetry while the call runs", function()
+        local got, events = {}, {}
+        local sub = engine:subscribe("execution.progress", function(ev)
+          events[#events + 1] = ev.metadata.message
+        end)
+        local env = engine:execute("wait_" .. level, { ms = 1 }, nil, {
+          on_progress = function(done, total, msg) got[#got + 1] = { done, total, msg } end,
+        })
+        engine:unsubscribe(sub)
+        assert.equals("ok", env.status)
+        assert.same({ { 1, 3, "started" }, { 3, 3, "done" } }, got)
+        assert.same({ "started", "done" }, events)
+      end)
+
+      it("hands every field of the caller to ctx.caller", function()
+        local caller = { principal = "ana", roles = { "ops" }, capabilities = { "x.y" },
+                         trace_id = "trace-42", tenant = { id = 7, name = "acme" } }
+        local env = engine:execute("whoami_" .. level, {}, caller)
+        assert.equals("ok", env.status, env.error ~= H.json().null and env.error.message or nil)
+        local c = env.output.caller
+        assert.equals("ana", c.principal)
+        assert.same({ "ops" }, c.roles)
+        assert.same({ "x.y" }, c.capabilities)
+        assert.equals("trace-42", c.trace_id)
+        assert.same({ id = 7, name = "acme" }, c.tenant)
+      end)
+
+      it("cancels a running call and the tool serves the next one", function()
+        local h = submit_running(engine, "wait_" .. level, 20000)
+        assert.equals("running", h:stage())
+        local pid = worker_pid(h)
+        assert.is_true(h:cancel())
+        local env = h:wait()
+        fails(env, "cancelled")
+        if pid then assert.is_true(wait_gone(engine, pid), "the worker outlived the cancel") end
+        assert.equals("ok", engine:execute("wait_" .. level, { ms = 1 }).status)
+      end)
+
+      it("retries with backoff; ctx.attempt and metadata.attempts tell the truth", function()
+        local retries = {}
+        local sub = engine:subscribe("execution.retry", function(ev)
+          retries[#retries + 1] = ev.measurements
+        end)
+        local env = engine:execute("third_time_" .. level, {})
+        engine:unsubscribe(sub)
+        assert.equals("ok", env.status)
+        assert.equals(3, env.output.attempt)
+        assert.equals(3, env.metadata.attempts)
+        assert.equals(2, #retries)
+        -- backoff = { initial = 2, factor = 3, max = 5 }: 2 ms then min(5, 6) ms, +-25%
+        assert.equals(1, retries[1].attempt)
+        assert.is_true(retries[1].wait_ms >= 1.5 and retries[1].wait_ms <= 2.5, tostring(retries[1].wait_ms))
+        assert.is_true(retries[2].wait_ms >= 3.75 and retries[2].wait_ms <= 6.25, tostring(retries[2].wait_ms))
+      end)
+
+      it("lets the caller's deadline win over the attempts left", function()
+        local env = engine:execute("never_" .. level, {}, nil, { deadline_ms = 2000 })
+        local err = fails(env, "tool_error")
+        assert.equals("always", err.message)
+        assert.equals(1, env.metadata.attempts)
+      end)
+
+      it("ends a call whose deadline passes mid-attempt in timeout", function()
+        local h = engine:submit("wait_" .. level, { ms = 20000 }, nil, { deadline_ms = 50 })
+        local env = h:wait()
+        fails(env, "timeout")
+      end)
+    end)
+  end
+
+  describe("stages", function()
+    it("cancels a call waiting for its retry", function()
+      local h = engine:submit("backing_off_relaxed", {})
+      pump(engine, function() return h:stage() == "retry_wait" or h.done end, "retry_wait")
+      assert.equals("retry_wait", h:stage())
+      assert.is_true(h:cancel())
+      fails(h:wait(), "cancelled")
+      assert.equals(1, h.envelope.metadata.attempts)
+    end)
+
+    it("is done once the envelope is there, and cancel() then says false", function()
+      local h = engine:submit("quick_relaxed", {})
+      local env = h:wait()
+      assert.equals("ok", env.status)
+      assert.equals("done", h:stage())
+      assert.is_false(h:cancel())
+    end)
+  end)
+
+  describe("concurrency", function()
+    local e2
+    before_each(function() e2 = H.open_engine(dir, { max_running = 2, max_queue = 2 }) end)
+    after_each(function() e2:close() end)
+
+    it("runs at most max_running calls, queues the next, refuses beyond the queue", function()
+      local a = submit_running(e2, "wait_relaxed", 300)
+      local b = submit_running(e2, "wait_none", 300)
+      local c = e2:submit("wait_relaxed", { ms = 1 })
+      local d = e2:submit("quick_relaxed", {})
+      assert.equals("queued", c:stage())
+      assert.equals("queued", d:stage())
+      local s = e2:stats()
+      assert.equals(2, s.running)
+      assert.equals(2, s.queued)
+      -- the queue is full: refused at once, retryable
+      local x = e2:submit("quick_relaxed", {})
+      assert.is_true(x.done)
+      local err = fails(x.envelope, "overloaded")
+      assert.truthy(err.message:find("capacity", 1, true))
+      assert.is_true(require("rubberduck.errors").retryable("overloaded"))
+      for _, h in ipairs({ a, b, c, d }) do assert.equals("ok", h:wait().status) end
+      assert.equals(0, a.envelope.metadata.queue_ms)
+      assert.is_true(c.envelope.metadata.queue_ms > 0)
+      assert.is_true(d.envelope.metadata.queue_ms > 0)
+      assert.same({ running = 0, queued = 0 }, { running = e2:stats().running, queued = e2:stats().queued })
+    end)
+
+    it("cancels a queued call; the others go on", function()
+      local a = submit_running(e2, "wait_relaxed", 50)
+      local b = submit_running(e2, "wait_none", 50)
+      local c = e2:submit("quick_relaxed", {})
+      assert.equals("queued", c:stage())
+      assert.is_true(c:cancel())
+      local env = c:wait()
+      fails(env, "cancelled")
+      assert.equals(0, env.metadata.attempts)
+      assert.equals("ok", a:wait().status)
+      assert.equals("ok", b:wait().status)
+      assert.equals(0, e2:stats().queued)
+    end)
+
+    it("ends a queued call whose deadline passes in timeout", function()
+      local a = submit_running(e2, "wait_relaxed", 300)
+      local b = submit_running(e2, "wait_none", 300)
+      local c = e2:submit("quick_relaxed", {}, nil, { deadline_ms = 20 })
+      local err = fails(c:wait(), "timeout")
+      assert.truthy(err.message:find("queued", 1, true))
+      a:cancel(); b:cancel()
+      a:wait(); b:wait()
+    end)
+
+    it("holds a tool to its execution.concurrency without holding up other tools", function()
+      local e3 = H.open_engine(dir, { max_running = 8 })
+      local a = submit_running(e3, "one_at_a_time_relaxed", 200)
+      local b = e3:submit("one_at_a_time_relaxed", { ms = 1 })
+      assert.equals("queued", b:stage())
+      local c = submit_running(e3, "wait_relaxed", 1)
+      assert.equals("ok", c:wait().status)
+      assert.equals("queued", b:stage())
+      assert.equals("ok", a:wait().status)
+      assert.equals("ok", b:wait().status)
+      assert.is_true(b.envelope.metadata.queue_ms > 0)
+      e3:close()
+    end)
+
+    it("stays flat in memory under a flood of submissions", function()
+      local ok, overloaded, other = 0, 0, 0
+      local function count(env)
+        if env.status == "ok" then ok = ok + 1
+        elseif env.error.kind == "overloaded" then overloaded = overloaded + 1
+        else other = other + 1 end
+      end
+      for _ = 1, 200 do e2:submit("quick_relaxed", {}, nil, { on_done = count }) end
+      pump(e2, function() return ok + overloaded + other == 200 end, "warm-up")
+      collectgarbage("collect")
+      local before = collectgarbage("count")
+      local N = 20000
+      for _ = 1, N do
+        e2:submit("quick_relaxed", {}, nil, { on_done = count })
+        local n = 0
+        for _ in pairs(e2.handles) do n = n + 1 end
+        assert(n <= 4, "more calls in flight than running + queued: " .. n)
+      end
+      pump(e2, function() return ok + overloaded + other == 200 + N end, "the flood")
+      collectgarbage("collect")
+      local grown = collectgarbage("count") - before
+      assert.equals(0, other)
+      assert.is_true(overloaded > 0)
+      assert.is_true(grown < 2048, string.format("heap grew by %.0f KiB", grown))
+    end)
+  end)
+
+  if workers.available() then
+    describe("supervision", function()
+      for _, level in ipairs({ "balanced", "strict" }) do
+        it("ends a call whose " .. level .. " worker is killed in crashed; the pool refills", function()
+          local h = submit_running(engine, "wait_" .. level, 20000)
+          local pid = worker_pid(h)
+          os.execute("kill -9 " .. pid)
+          local err = fails(h:wait(), "crashed")
+          assert.truthy(err.message:find("signal 9", 1, true), err.message)
+          assert.equals("ok", engine:execute("wait_" .. level, { ms = 1 }).status)
+        end)
+      end
+
+      it("leaves no worker process behind when an engine closes with calls in flight", function()
+        local me = my_pid()
+        local before = descendants(me)
+        local e4 = H.open_engine(dir)
+        local done = {}
+        local hs = {
+          submit_running(e4, "wait_strict", 20000, { on_done = function(env) done[#done + 1] = env end }),
+          submit_running(e4, "wait_balanced", 20000, { on_done = function(env) done[#done + 1] = env end }),
+        }
+        assert.is_true(#descendants(me, before) >= 2, "no worker processes seen")
+        e4:close()
+        for _, h in ipairs(hs) do assert.is_true(h.done) end
+        assert.equals(2, #done)
+        for _, env in ipairs(done) do fails(env, "cancelled") end
+        local guard = 0
+        while #descendants(me, before) > 0 and guard < 400 do
+          os.execute("sleep 0.005")
+          guard = guard + 1
+        end
+        assert.same({}, descendants(me, before))
+      end)
+
+      it("drains calls in flight on close{ drain = true }, and refuses new ones meanwhile", function()
+        local before = descendants(my_pid())
+        local e5 = H.open_engine(dir)
+        local h = submit_running(e5, "wait_balanced", 50)
+        local late
+        e5:subscribe("execution.stop", function(ev)
+          if ev.metadata.execution_id == h.id then late = e5:submit("quick_relaxed", {}) end
+        end)
+        e5:close({ drain = true, timeout_ms = 20000 })
+        assert.equals("ok", h.envelope.status)
+        assert.truthy(late)
+        fails(late.envelope, "cancelled")
+        local guard = 0
+        while #descendants(my_pid(), before) > 0 and guard < 400 do
+          os.execute("sleep 0.005")
+          guard = guard + 1
+        end
+        assert.same({}, descendants(my_pid(), before))
+      end)
+    end)
+
+    it("rduck run ends in cancelled on SIGTERM and leaves no process behind", function()
+      local tdir = H.tmpdir()
+      H.write_tool(tdir, "snooze", H.tool_source{ name = "snooze", level = "balanced",
+        execution = "timeout = 60000",
+        handler = [[function(p, ctx) ctx.log("info", "started") ctx.sleep(30000) return {} end]] })
+      local out, err = tdir .. "/out", tdir .. "/err"
+      -- setsid: the run and everything it starts share a fresh session id
+      local script = table.concat({
+        "cd " .. H.shell_quote(tdir),
+        "setsid " .. H.shell_quote(H.rduck) .. " run snooze --tools . --json >out 2>err &",
+        "pid=$!",
+        "i=0; while ! grep -q started err 2>/dev/null && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done",
+        "kill -TERM $pid",
+        "wait $pid; echo \"exit=$?\"",
+        "sleep 0.2",
+        "env -u LD_PRELOAD ps -eo sid=,pid=,comm= | awk -v s=$pid '$1 == s' | wc -l",
+      }, "\n")
+      local p = io.popen(script, "r")
+      local text = p:read("*a")
+      p:close()
+      assert.truthy(text:find("exit=1", 1, true), text .. (H.read_file(err) or ""))
+      assert.equals("0", text:match("(%d+)%s*$"), "processes left in the run's session: " .. text)
+      local env = H.decode(H.read_file(out))
+      fails(env, "cancelled")
+    end)
+  end
+
+  describe("reloading a tool", function()
+    it("lets a running call finish on the old definition; new calls get the new one", function()
+      local tdir = H.tmpdir()
+      local function version(v)
+        H.write_tool(tdir, "ver", H.tool_source{ name = "ver", execution = "timeout = 20000",
+          handler = string.format([[function(p, ctx)
+            ctx.progress(0, 1, "started") ctx.sleep(p.ms or 0) return { v = %d } end]], v) })
+      end
+      version(1)
+      local e6 = H.open_engine(tdir)
+      local started = false
+      local h = e6:submit("ver", { ms = 100 }, nil,
+        { on_progress = function() started = true end })
+      pump(e6, function() return started end, "ver started")
+      version(2)
+      assert.is_true((e6:load_tools(tdir)))
+      assert.equals(2, e6:execute("ver", {}).output.v)
+      assert.equals(1, h:wait().output.v)
+      assert.equals(2, e6:execute("ver", {}).output.v)
+      e6:close()
+    end)
+  end)
+end)
