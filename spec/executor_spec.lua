@@ -205,7 +205,13 @@ describe("the executor", function()
       it("hands every field of the caller to ctx.caller", function()
         local caller = { principal = "ana", roles = { "ops" }, capabilities = { "x.y" },
                          trace_id = "trace-42", tenant = { id = 7, name = "acme" } }
+        local traces = {}
+        local sub = engine:subscribe("execution.st", function(ev)
+          traces[#traces + 1] = ev.name .. " " .. tostring(ev.metadata.trace_id)
+        end)
         local env = engine:execute("whoami_" .. level, {}, caller)
+        engine:unsubscribe(sub)
+        assert.same({ "execution.start trace-42", "execution.stop trace-42" }, traces)
         assert.equals("ok", env.status, env.error ~= H.json().null and env.error.message or nil)
         local c = env.output.caller
         assert.equals("ana", c.principal)

@@ -287,8 +287,11 @@ function M.run(engine, h)
   local meta = { started_at = M.iso8601(core.now()), duration_ms = 0, attempts = 0,
     security_level = json.null, cached = false, format = h.opts.format or "json",
     peak_memory_bytes = 0, cpu_ms = 0, queue_ms = 0 }
+  -- a caller's trace id (a string) goes with the call's events
+  local trace = h.caller.trace_id
+  if type(trace) ~= "string" then trace = nil end
   engine:emit("execution.start", nil, { execution_id = h.id, tool = tostring(h.name),
-    principal = h.caller.principal, entry = h.opts.entry or engine.entry })
+    principal = h.caller.principal, entry = h.opts.entry or engine.entry, trace_id = trace })
   local ok, output, err = pcall(body, engine, h, meta)
   if h.held then -- the body failed (an engine bug) while it held a state
     engine.registry:checkin(h.tool, h.held, true)
@@ -312,7 +315,7 @@ function M.run(engine, h)
     env.error = { kind = err.kind, message = err.message, details = err.details or json.object({}) }
   end
   local md = { execution_id = h.id, tool = env.tool, status = env.status,
-    principal = h.caller.principal, kind = err and err.kind or nil }
+    principal = h.caller.principal, kind = err and err.kind or nil, trace_id = trace }
   local ms = { duration_ms = meta.duration_ms, attempts = meta.attempts,
     cpu_ms = meta.cpu_ms, peak_memory_bytes = meta.peak_memory_bytes }
   engine:emit("execution.stop", ms, md)
