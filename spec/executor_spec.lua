@@ -389,6 +389,19 @@ describe("the executor", function()
         end)
       end
 
+      for _, frame in ipairs({ "not json at all", '{"op":"bogus"}', "[1,2,3]" }) do
+        it("ends a call whose worker breaks the protocol (" .. frame .. ") in crashed", function()
+          local h = submit_running(engine, "wait_balanced", 20000)
+          local pid = worker_pid(h)
+          -- a frame as if the worker had sent it
+          h.state:_frame(h.state.call.worker, frame)
+          local err = fails(h:wait(), "crashed")
+          assert.truthy(err.message:find("protocol", 1, true), err.message)
+          assert.is_true(wait_gone(engine, pid), "the worker was not killed")
+          assert.equals("ok", engine:execute("wait_balanced", { ms = 1 }).status)
+        end)
+      end
+
       it("leaves no worker process behind when an engine closes with calls in flight", function()
         local me = my_pid()
         local before = descendants(me)

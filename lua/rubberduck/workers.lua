@@ -205,6 +205,10 @@ function Remote:_frame(w, text, why)
     return self:_finish(false, m.kind, m.message, stats)
   elseif m.op == "error" then
     return self:_finish(false, "internal", "worker: " .. tostring(m.message))
+  else
+    call.killed = "crashed"
+    return self:_finish(false, "crashed", "the worker broke the protocol (a frame of op " ..
+      string.format("%q", tostring(m.op)):sub(1, 80) .. ")")
   end
 end
 
