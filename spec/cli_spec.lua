@@ -142,12 +142,15 @@ return tool {
       end
     end)
 
-    it("runs as the caller --as/--caps says: files needs fs.read and fs.write", function()
+    it("runs as the caller --as/--caps says: files needs fs.read, and fs.write to change", function()
       local out, err, code = H.run_rduck({ "run", "--as", "bob", "--caps", "fs.read", "files",
-        "action=read", "path=/tmp/x" })
+        "action=write", "path=/tmp/x", "content=y" })
       assert.equals(1, code)
       assert.equals("", out)
       assert.equals("error: unauthorized: bob may not run files: missing capabilities fs.write\n", err)
+      _, err, code = H.run_rduck({ "run", "--as", "bob", "--caps", "fs.read", "files",
+        "action=stat", "path=/tmp" })
+      assert.equals(0, code, err)
       -- with both, the call goes through to the tool (whatever the file says)
       _, err, code = H.run_rduck({ "run", "--as", "bob", "--caps", "fs.read,fs.write", "files",
         "action=stat", "path=/tmp" })

@@ -8,9 +8,11 @@
 --   engine:tools(); engine:subscribe(prefix, fn); engine:close()
 --
 -- open{} options: data_dir (default "./.rduck"), tools (a directory),
--- files (a list of tool files), entry (who calls: "lua", "cli", "c", ...).
+-- files (a list of tool files), entry (who calls: "lua", "cli", "c", ...),
+-- policy (an authorization policy file, see authorizer.lua), audience (this
+-- engine's name, for tokens issued to an audience).
 -- Returns the engine, or nil and a message when `tools` is not a readable
--- directory. Tools that fail to load are reported in engine.problems and
+-- directory or the policy is refused. Tools that fail to load are reported in engine.problems and
 -- through the "tool.load_failed" event; the engine still opens.
 local core = require "rubberduck.core"
 local json = require "rubberduck.json"
@@ -80,6 +82,15 @@ function M.open(opts)
   }, Engine)
   self.registry = registry.new(self)
   self.workers = workers.new(self)
+  self.auth = authorizer.new({ data_dir = self.data_dir, audience = opts.audience,
+    emit = function(...) return self:emit(...) end })
+  if opts.policy then
+    local ok, probs = self.auth:load(self, opts.policy)
+    if not ok then
+      self:close()
+      return nil, table.concat(probs, "\n")
+    end
+  end
   if opts.tools or opts.files then
     local _, probs = self:load_tools(opts.tools, opts.files)
     self.problems = probs
@@ -136,6 +147,12 @@ function Engine:load_tools(dir, files)
   self.registry:add(good)
   for _, p in ipairs(problems) do self.problems[#self.problems + 1] = p end
   return #problems == 0, problems[1] and problems or problems, problems[1]
+end
+
+-- Load the policy file again (or `file` instead). Atomic: on failure the
+-- policy in force stays. Returns true | nil, problems.
+function Engine:reload_policy(file)
+  return self.auth:load(self, file)
 end
 
 -- C API shape: ok, first problem.
@@ -236,9 +253,11 @@ function Engine:submit(name, params, caller, opts)
     opts = opts, logs = {}, on_progress = opts.on_progress, on_done = opts.on_done,
   }, Handle)
   if opts.deadline_ms then h.deadline = core.mono_ms() + opts.deadline_ms end
-  local c, why = authorizer.caller(caller)
+  local c, why = self.auth:caller(caller)
   if not c then
-    h.caller = { principal = "anonymous", roles = json.array({}), capabilities = json.array({}) }
+    h.caller = authorizer.caller(nil)
+    self:emit("authorization.denied", nil, { execution_id = h.id, tool = tostring(name),
+      principal = "anonymous", reason = "caller refused: " .. why })
     h.co = function()
       return pipeline.error_envelope(h.id, name, "unauthorized", "caller refused: " .. why)
     end
