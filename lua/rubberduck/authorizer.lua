@@ -53,6 +53,9 @@ M.CACHE_MAX = 100000         -- entries; past it the cache starts over
 M.POLICY_CPU_MS = 250
 M.POLICY_TIMEOUT_MS = 2000
 M.POLICY_MEMORY = 32 * 1024 * 1024
+-- Callers this module made (weak): check() trusts only these, and
+-- normalizes anything else first.
+local NORMALIZED = setmetatable({}, { __mode = "k" })
 -- Fields of a caller the engine sets itself.
 local RESERVED = { token_id = true, bounds = true, anonymous = true, key = true }
 
@@ -132,7 +135,8 @@ function M.caller(c)
   for k, v in next, c do
     if type(k) ~= "string" then return nil, "caller keys must be strings, got " .. type(k) end
     if RESERVED[k] then return nil, "caller." .. k .. " is set by the engine, not by a caller" end
-    if k ~= "principal" and k ~= "roles" and k ~= "capabilities" and k ~= "token" then
+    if k == "token" then return nil, "caller.token: a token is verified by the engine (engine.auth:caller)" end
+    if k ~= "principal" and k ~= "roles" and k ~= "capabilities" then
       extra = extra + 1
       if extra > 64 then return nil, "caller has more than 64 fields" end
       local tv = type(v)
@@ -162,6 +166,7 @@ function M.caller(c)
   out.capabilities, err = name_list(rawget(c, "capabilities"), "caller.capabilities")
   if not out.capabilities then return nil, err end
   out.key = caller_key(out)
+  NORMALIZED[out] = true
   return out
 end
 
@@ -332,6 +337,7 @@ function Auth:caller(c)
     if #claims.bounds > 0 then out.bounds = claims.bounds end
     out.anonymous = nil
     out.key = caller_key(out)
+    NORMALIZED[out] = true
     return out
   end
   return M.caller(c)
@@ -595,8 +601,8 @@ local function copy_details(d)
 end
 
 function Auth:check(def, caller, params, entry)
-  if type(caller) ~= "table" or type(caller.key) ~= "string" then
-    local c, why = M.caller(caller)
+  if not NORMALIZED[caller] then
+    local c, why = self:caller(caller)
     if not c then
       return false, "caller refused: " .. why, { reason = why }
     end

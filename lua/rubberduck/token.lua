@@ -232,6 +232,7 @@ local function check_chain(t)
     if b.capabilities or b.roles then claims.bounds[#claims.bounds + 1] = b end
   end
   claims.roles = cur_roles
+  claims.bound = bound
   claims.token_id = #t.blocks == 1 and b1.id or (b1.id .. "." .. #t.blocks)
   t.claims = claims
   return t
@@ -419,6 +420,7 @@ function M.inspect(token, pk, opts)
   if ok then
     out.token_id = t.claims.token_id
     out.effective = { principal = t.claims.principal, roles = t.claims.roles,
+      capabilities = t.claims.bound or json.null,
       expires = iso(t.claims.exp), valid_from = iso(t.claims.nbf) }
   end
   if pk then
