@@ -392,7 +392,10 @@ describe("authorizer", function()
     end)
 
     it("runs the file in a restricted state under a budget, never in the host", function()
-      refused("while true do end", "(load): the policy spent its CPU budget")
+      -- the CPU budget, or the wall-clock deadline on a machine too loaded
+      -- to give the state its CPU in time
+      local err = refused("while true do end", "(load): the policy ")
+      assert.truthy(err:find("spent its CPU budget", 1, true) or err:find("ran past the load deadline", 1, true), err)
       refused("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1000) .. i end",
         "(load): the policy reached the memory cap")
       refused("return io.open('/etc/passwd')", "(load): ")
