@@ -40,7 +40,29 @@ local token = require "rubberduck.token"
 
 local type, pairs, ipairs, next, rawget, tostring = type, pairs, ipairs, next, rawget, tostring
 local format, concat, sort, floor = string.format, table.concat, table.sort, math.floor
+-- The cache's clock: through the FFI where it can be (a compiled trace
+-- calls it without leaving the JIT), else the core's C function.
 local mono_ms = core.mono_ms
+do
+  local ok, ffi = pcall(require, "ffi")
+  if ok then
+    local fine = pcall(ffi.cdef, [[
+      typedef struct { long rd_auth_sec; long rd_auth_nsec; } rd_auth_timespec;
+      int clock_gettime(int clk, rd_auth_timespec *ts);
+    ]])
+    if fine then
+      local ts = ffi.new("rd_auth_timespec")
+      local C = ffi.C
+      local CLOCK_MONOTONIC = 1
+      if C.clock_gettime(CLOCK_MONOTONIC, ts) == 0 then
+        mono_ms = function()
+          C.clock_gettime(CLOCK_MONOTONIC, ts)
+          return tonumber(ts.rd_auth_sec) * 1000 + tonumber(ts.rd_auth_nsec) / 1e6
+        end
+      end
+    end
+  end
+end
 
 local M = {}
 
@@ -50,6 +72,7 @@ M.MAX_NAME = 256             -- bytes of a principal, role or capability
 M.MAX_EXTRA = 64 * 1024      -- bytes of a caller's other fields, as JSON
 M.CACHE_TTL = 60             -- seconds, when no policy says otherwise
 M.CACHE_MAX = 100000         -- entries; past it the cache starts over
+M.TOKEN_CACHE_MAX = 10000    -- verified tokens kept (by their text)
 M.POLICY_CPU_MS = 250
 M.POLICY_TIMEOUT_MS = 2000
 M.POLICY_MEMORY = 32 * 1024 * 1024
@@ -229,6 +252,16 @@ function M.compile(pol, file)
     closure[name] = set
   end
   pol.closure = closure
+  for _, rule in ipairs(pol.rules) do
+    for _, c in ipairs({ rule.when or false, rule.require or false, rule.except or false }) do
+      if c and c.params then
+        local names = {}
+        for k in pairs(c.params) do names[#names + 1] = k end
+        sort(names)
+        c.param_names = names
+      end
+    end
+  end
   pol.file = file
   return pol
 end
@@ -249,6 +282,7 @@ function M.new(opts)
     now = core.now,          -- wall clock (seconds) for time-of-day rules and tokens
     policy = nil,
     generation = 0,
+    tokens = {}, ntokens = 0,
     hits = 0, misses = 0,
   }, Auth)
   self:clear_cache()
@@ -325,7 +359,17 @@ function Auth:caller(c)
         and ("this engine has no token key (" .. self.data_dir .. "/token.key): it issued no tokens")
         or kerr)
     end
-    local claims, why = token.verify(t, key:public(), { now = self.now(), audience = self.audience })
+    -- Signatures are checked once per token string (the claims they
+    -- yield depend on nothing else); time and audience at every use.
+    local claims, why = self.tokens[t], nil
+    if not claims then
+      claims, why = token.verify_signed(t, key:public())
+      if not claims then return nil, "token refused: " .. why end
+      if self.ntokens >= M.TOKEN_CACHE_MAX then self.tokens, self.ntokens = {}, 0 end
+      self.tokens[t] = claims
+      self.ntokens = self.ntokens + 1
+    end
+    claims, why = token.check_claims(claims, { now = self.now(), audience = self.audience })
     if not claims then return nil, "token refused: " .. why end
     local base = {}
     for k, v in next, c do if k ~= "token" then base[k] = v end end
@@ -498,10 +542,7 @@ local function holds(cond, caller, g, params, entry, now)
     return false, format("entry point %s is not %s", tostring(entry), concat(cond.entry, " or "))
   end
   if cond.params then
-    local names = {}
-    for k in pairs(cond.params) do names[#names + 1] = k end
-    sort(names)
-    for _, k in ipairs(names) do
+    for _, k in ipairs(cond.param_names) do
       local v = params[k]
       if not value_in(v, cond.params[k]) then
         local want = {}
@@ -512,7 +553,7 @@ local function holds(cond, caller, g, params, entry, now)
   end
   if cond.hours then
     local h = cond.hours
-    local m = minute_of_day(now, h.tz)
+    local m = minute_of_day(now or core.now(), h.tz)
     local inside
     if h.from < h.to then inside = m >= h.from and m < h.to else inside = m >= h.from or m < h.to end
     if not inside then
@@ -522,48 +563,78 @@ local function holds(cond, caller, g, params, entry, now)
   return true
 end
 
+-- Does the call match a `requires` entry's `when`?
+local function req_matches(req, params)
+  for k, vals in pairs(req.when) do
+    if not value_in(params[k], vals) then return false end
+  end
+  return true
+end
+
+-- The capabilities and roles the call needs, missing from `g`: two lists,
+-- or nil when nothing is missing. Allocates only on a denial.
+local function missing(def, caller, g, params)
+  local mc, mr
+  local caps, roles = def.capabilities, def.roles
+  if caps then
+    for i = 1, #caps do
+      if not holds_cap(g, caller.bounds, caps[i]) then
+        mc = mc or json.array({})
+        if not value_in(caps[i], mc) then mc[#mc + 1] = caps[i] end
+      end
+    end
+  end
+  if roles then
+    for i = 1, #roles do
+      if not g.roles[roles[i]] then
+        mr = mr or json.array({})
+        if not value_in(roles[i], mr) then mr[#mr + 1] = roles[i] end
+      end
+    end
+  end
+  local reqs = def.requires
+  if reqs then
+    for i = 1, #reqs do
+      local req = reqs[i]
+      if req_matches(req, params) then
+        for _, c in ipairs(req.capabilities) do
+          if not holds_cap(g, caller.bounds, c) then
+            mc = mc or json.array({})
+            if not value_in(c, mc) then mc[#mc + 1] = c end
+          end
+        end
+        for _, r in ipairs(req.roles) do
+          if not g.roles[r] then
+            mr = mr or json.array({})
+            if not value_in(r, mr) then mr[#mr + 1] = r end
+          end
+        end
+      end
+    end
+  end
+  if mc or mr then return mc or json.array({}), mr or json.array({}) end
+  return nil
+end
+
 -- Decide without the cache. Returns allowed, message, details.
 function Auth:decide(def, plan, caller, params, entry, now)
-  local name = def.metadata.name
   local pol = self.policy
   if pol and caller.anonymous and pol.anonymous ~= "allow" then
     return false, format("%s may not run %s: the caller has no identity (the policy refuses anonymous callers)",
-      caller.principal, name), { reason = "no identity" }
+      caller.principal, def.metadata.name), { reason = "no identity" }
   end
-  local g = self:held(caller)
-  local need_caps, need_roles = {}, {}
-  for _, c in ipairs(def.capabilities or {}) do need_caps[#need_caps + 1] = c end
-  for _, r in ipairs(def.roles or {}) do need_roles[#need_roles + 1] = r end
-  for _, req in ipairs(def.requires or {}) do
-    local match = true
-    for k, vals in pairs(req.when) do
-      if not value_in(params[k], vals) then match = false; break end
-    end
-    if match then
-      for _, c in ipairs(req.capabilities) do need_caps[#need_caps + 1] = c end
-      for _, r in ipairs(req.roles) do need_roles[#need_roles + 1] = r end
-    end
-  end
-  local missing_caps, missing_roles = json.array({}), json.array({})
-  local seen = {}
-  for _, need in ipairs(need_caps) do
-    if not seen[need] and not holds_cap(g, caller.bounds, need) then
-      missing_caps[#missing_caps + 1] = need
-    end
-    seen[need] = true
-  end
-  for _, need in ipairs(need_roles) do
-    if not seen["role:" .. need] and not g.roles[need] then missing_roles[#missing_roles + 1] = need end
-    seen["role:" .. need] = true
-  end
-  if #missing_caps > 0 or #missing_roles > 0 then
+  local g = self.grants[caller.key] or self:held(caller)
+  local missing_caps, missing_roles = missing(def, caller, g, params)
+  if missing_caps then
     local parts = {}
     if #missing_caps > 0 then parts[#parts + 1] = "capabilities " .. concat(missing_caps, ", ") end
     if #missing_roles > 0 then parts[#parts + 1] = "roles " .. concat(missing_roles, ", ") end
-    return false, format("%s may not run %s: missing %s", caller.principal, name, concat(parts, " and ")),
-      { missing_capabilities = missing_caps, missing_roles = missing_roles }
+    return false, format("%s may not run %s: missing %s", caller.principal, def.metadata.name,
+      concat(parts, " and ")), { missing_capabilities = missing_caps, missing_roles = missing_roles }
   end
-  for _, rule in ipairs(plan.rules) do
+  local rules = plan.rules
+  for i = 1, #rules do
+    local rule = rules[i]
     local applies = not rule.when or holds(rule.when, caller, g, params, entry, now)
     if applies and rule.except and holds(rule.except, caller, g, params, entry, now) then applies = false end
     if applies then
@@ -574,8 +645,8 @@ function Auth:decide(def, plan, caller, params, entry, now)
         ok, why = holds(rule.require, caller, g, params, entry, now)
       end
       if not ok then
-        return false, format("%s may not run %s: rule %q refused: %s", caller.principal, name, rule.name, why),
-          { rule = rule.name, reason = why }
+        return false, format("%s may not run %s: rule %q refused: %s", caller.principal,
+          def.metadata.name, rule.name, why), { rule = rule.name, reason = why }
       end
     end
   end
@@ -583,6 +654,12 @@ function Auth:decide(def, plan, caller, params, entry, now)
 end
 
 local NIL, NAN, TABLE = {}, {}, {}
+
+local function child(n, k)
+  local c = n[k]
+  if not c then c = {}; n[k] = c end
+  return c
+end
 
 -- Returns true | false, message, details. `params` are the validated
 -- params; `entry` the entry point (cli, repl, lua, c, http, console).
@@ -636,15 +713,11 @@ function Auth:check(def, caller, params, entry)
     return false, node.message, copy_details(node.details)
   end
   self.misses = self.misses + 1
-  local allowed, message, details = self:decide(def, plan, caller, params, entry, now or self.now())
+  if plan.time and not now then now = self.now() end
+  local allowed, message, details = self:decide(def, plan, caller, params, entry, now)
   local ttl = self:ttl_ms()
   if ttl > 0 then
     if self.entries >= M.CACHE_MAX then self:clear_cache(); plan = self:plan(def) end
-    local function child(n, k)
-      local c = n[k]
-      if not c then c = {}; n[k] = c end
-      return c
-    end
     local n = child(child(child(self.cache, caller.key), plan), entry)
     for i = 1, #ps do
       local v = params[ps[i]]

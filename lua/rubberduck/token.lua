@@ -264,11 +264,11 @@ local function check_links(t)
   return t
 end
 
--- Verify a token against the engine's public key `pk`. opts: now
--- (seconds, default the clock), audience (this engine's name, or nil).
--- Returns claims | nil, reason.
-function M.verify(token, pk, opts)
-  opts = opts or {}
+-- The signatures, the chain and the proof of a token against the engine's
+-- public key `pk`: what does not change with time. Returns claims | nil,
+-- reason. Claims are deterministic in (token, pk), so a caller may keep
+-- them; check_claims() must still run at every use.
+function M.verify_signed(token, pk)
   local t, err = M.decode(token)
   if not t then return nil, err end
   local b1 = t.blocks[1]
@@ -283,7 +283,12 @@ function M.verify(token, pk, opts)
   if not t then return nil, err end
   t, err = check_chain(t)
   if not t then return nil, err end
-  local c = t.claims
+  return t.claims
+end
+
+-- Time and audience. opts: now (seconds, default the clock), audience
+-- (this engine's name, or nil). Returns claims | nil, reason.
+function M.check_claims(c, opts)
   local now = opts.now or core.now()
   if now < c.nbf then return nil, "not yet valid: valid from " .. iso(c.nbf) end
   if now >= c.exp then return nil, "expired: at " .. iso(c.exp) end
@@ -296,6 +301,13 @@ function M.verify(token, pk, opts)
     end
   end
   return c
+end
+
+-- Verify a token: verify_signed, then check_claims. Returns claims | nil, reason.
+function M.verify(token, pk, opts)
+  local c, err = M.verify_signed(token, pk)
+  if not c then return nil, err end
+  return M.check_claims(c, opts or {})
 end
 
 local function new_block_key()
