@@ -396,7 +396,7 @@ describe("authorizer", function()
       -- to give the state its CPU in time
       local err = refused("while true do end", "(load): the policy ")
       assert.truthy(err:find("spent its CPU budget", 1, true) or err:find("ran past the load deadline", 1, true), err)
-      refused("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1000) .. i end",
+      refused("local t, s = {}, string.rep('x', 1e6) for i = 1, 1e9 do t[i] = s .. i end",
         "(load): the policy reached the memory cap")
       refused("return io.open('/etc/passwd')", "(load): ")
       refused("return os.execute('true')", "(load): ")
@@ -604,6 +604,32 @@ describe("authorizer", function()
       e:close()
     end)
 
+    it("is accepted at the C API's entry (caller JSON) as well", function()
+      local t = issue({ principal = "tess", capabilities = { "fs.read" } })
+      local out, ok = engine:execute_json("t_read", "{}", H.encode({ token = t }))
+      assert.is_true(ok, out)
+      out, ok = engine:execute_json("t_write", "{}", H.encode({ token = t }))
+      assert.is_false(ok)
+      assert.equals("unauthorized", H.decode(out).error.kind)
+    end)
+
+    it("is never handed to the tool: ctx.caller has the principal and the token id", function()
+      local e = H.open_engine(nil, { data_dir = data })
+      e.auth.now = function() return T10 end
+      local tdir = H.tmpdir()
+      local f = H.write_tool(tdir, "who", H.tool_source({ name = "who",
+        handler = "function(p, ctx) return { caller = json.encode(ctx.caller) } end" }))
+      assert.is_true((e:load_tools(nil, { f })))
+      local t = issue({ principal = "tess", capabilities = { "fs.read" } })
+      local env = e:execute("who", {}, { token = t })
+      assert.equals("ok", env.status, H.encode(env))
+      local c = H.decode(env.output.caller)
+      assert.equals("tess", c.principal)
+      assert.truthy(c.token_id)
+      assert.falsy(env.output.caller:find(t:sub(5, 40), 1, true))
+      e:close()
+    end)
+
     it("refuses every token in an engine that has no key", function()
       local t = issue({ principal = "tess" })
       local e = H.open_engine(dir)
@@ -732,6 +758,14 @@ describe("authorizer", function()
       _, err, code = run({ "run", "--tools", dir, "--policy", bad, "--as", "carol", "t_open" })
       assert.equals(2, code)
       assert.truthy(err:find(bad .. ": roles.a.inherits: inheritance cycle a -> a", 1, true), err)
+    end)
+
+    it("loads the policy into the repl", function()
+      local out, err, code = run({ "repl", "--tools", dir, "--policy", POLICY },
+        "return engine.auth:stats().policy\nreturn engine:execute('t_write', {}, { principal = 'carol' }).error.kind\n")
+      assert.equals(0, code, err)
+      assert.truthy(out:find(POLICY, 1, true), out)
+      assert.truthy(out:find('"unauthorized"', 1, true), out)
     end)
 
     it("issues, attenuates, inspects and runs with tokens", function()
