@@ -499,6 +499,11 @@ describe("authorizer", function()
       -- roles in a token expand through the policy
       local tr = issue({ principal = "tess", roles = { "user" } })
       assert.equals("ok", engine:execute("t_write", {}, { token = tr }).status)
+      -- a token grants what it states: bob's entry in the policy (user) adds nothing
+      local tb = issue({ principal = "bob", capabilities = { "fs.read" } })
+      assert.equals("ok", engine:execute("t_read", {}, { token = tb }).status)
+      fails(engine:execute("t_write", {}, { token = tb }), "unauthorized")
+      assert.equals("ok", engine:execute("t_write", {}, who("bob")).status)
     end)
 
     it("attenuates offline into a narrower token that still verifies", function()
@@ -689,7 +694,12 @@ describe("authorizer", function()
         fails(engine:execute("shell", {}, bob, { entry = "cli" }), "unauthorized")
         assert.equals("ok", engine:execute("shell", {}, bob, { entry = "console" }).status)
       end
-      -- strange param values: tables, a missing value, NaN, 1 vs "1"
+      -- an entry point the engine does not know is refused, never cached
+      for _, bad in ipairs({ "ssh", 0 / 0, {}, 7 }) do
+        local err = fails(engine:execute("t_open", {}, bob, { entry = bad }), "unauthorized")
+        assert.truthy(err.message:find("unknown entry point", 1, true), err.message)
+      end
+      -- strange param values: tables, a missing value, NaN
       local A = engine.auth
       local def = engine:tool("store")
       local cc = assert(authorizer.caller(carol))

@@ -21,7 +21,8 @@
 --      `capabilities` and `roles`, plus those of each `requires` entry
 --      whose `when` matches the params. Held = the caller's own, those of
 --      its roles and of its principal in the policy, roles expanded through
---      `inherits`; a token's attenuation blocks bound all of it;
+--      `inherits`; a token's attenuation blocks bound all of it (a token's
+--      caller gets what the token states, not its principal's entry);
 --   3. the policy's rules that apply to the tool, in order: a rule whose
 --      `when` matches (and whose `except` does not) refuses the call if it
 --      is `deny = true` or its `require` does not hold.
@@ -67,6 +68,8 @@ end
 local M = {}
 
 M.ENTRIES = { "cli", "repl", "lua", "c", "http", "console" }
+local ENTRY_SET = {}
+for _, e in ipairs(M.ENTRIES) do ENTRY_SET[e] = true end
 M.MAX_LIST = 1024            -- roles / capabilities a caller may carry
 M.MAX_NAME = 256             -- bytes of a principal, role or capability
 M.MAX_EXTRA = 64 * 1024      -- bytes of a caller's other fields, as JSON
@@ -447,7 +450,10 @@ function Auth:held(caller)
   local direct = {}
   for _, r in ipairs(caller.roles) do direct[#direct + 1] = r end
   for _, c in ipairs(caller.capabilities) do caps[#caps + 1] = c end
-  local pr = pol and not caller.anonymous and pol.principals[caller.principal]
+  -- A token states everything its holder gets: its principal's entry in
+  -- the policy adds nothing to it (its roles still expand through the
+  -- policy's roles).
+  local pr = pol and not caller.anonymous and not caller.token_id and pol.principals[caller.principal]
   if pr then
     for _, r in ipairs(pr.roles) do direct[#direct + 1] = r end
     for _, c in ipairs(pr.capabilities) do caps[#caps + 1] = c end
@@ -685,9 +691,14 @@ function Auth:check(def, caller, params, entry)
     end
     caller = c
   end
+  entry = entry or "lua"
+  if not ENTRY_SET[entry] then
+    local why = "unknown entry point " .. (type(entry) == "string" and format("%q", entry) or type(entry))
+    return false, format("%s may not run %s: %s", caller.principal, tostring(def.metadata.name), why),
+      { reason = why }
+  end
   local plan = self.plans[def] or self:plan(def)
   params = type(params) == "table" and params or {}
-  entry = entry or "lua"
   local now
   -- walk the cache without allocating
   local node = self.cache[caller.key]
