@@ -305,6 +305,7 @@ function Engine:close()
   end
   self.registry:close()
   self.workers:close()
+  if self.auth.signkey then self.auth.signkey:close(); self.auth.signkey = nil end
   -- let the zygote and the workers' sockets close
   self.loop:run("nowait")
   self.closed = true
