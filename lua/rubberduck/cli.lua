@@ -58,9 +58,10 @@ List the tools of DIR (default ./tools): name, security level, description.
 Exit status 2 if any tool failed to load (the others are still listed).]],
   },
   check = {
-    usage = "rduck check FILE|DIR...",
+    usage = "rduck check FILE|DIR... | rduck check --policy FILE",
     help = [[
 Load tool definitions and report every problem as file: field.path: reason.
+With --policy, check an authorization policy file the same way.
 Exit status 0 when all load, 2 on any problem.]],
   },
   repl = {
@@ -402,9 +403,16 @@ function handlers.tools(args)
 end
 
 function handlers.check(args)
-  local opts, pos = parse(args, {})
+  local opts, pos = parse(args, { policy = "value" })
   if not opts then return nil, pos end
   if opts.help then return "help" end
+  if opts.policy then
+    local engine, err = rd.open({ entry = "cli", policy = opts.policy })
+    if not engine then eprintf("%s\n", err); return 2 end
+    engine:close()
+    stdout:write("ok: policy ", opts.policy, "\n")
+    if #pos == 0 then return 0 end
+  end
   if #pos == 0 then return nil, "check: name at least one FILE or DIR" end
   local engine = assert(rd.open({ entry = "cli" }))
   local n, problems = 0, 0

@@ -111,7 +111,7 @@ function Checker:names(path, v, json, valid, what)
   local out = json.array({})
   if v == nil then return out end
   if type(v) ~= "table" or not is_seq(v) then
-    self:fail(path, "expected a list of %s, got %s", what, type(v) == "table" and "a map" or type(v))
+    self:fail(path, "expected a list of strings (each %s), got %s", (what:match("^[aeiou]") and "an " or "a ") .. what, type(v) == "table" and "a map" or type(v))
     return out
   end
   if #v > M.MAX_ITEMS then self:fail(path, "more than %d entries", M.MAX_ITEMS); return out end
@@ -122,7 +122,7 @@ function Checker:names(path, v, json, valid, what)
       if type(valid) == "function" then ok = valid(s) else ok = s:match(valid) ~= nil end
     end
     if not ok then
-      self:fail(path .. "[" .. i .. "]", "expected a %s, got %s", what,
+      self:fail(path .. "[" .. i .. "]", "expected %s, got %s", (what:match("^[aeiou]") and "an " or "a ") .. what,
         type(s) == "string" and quote(s) or type(s))
     else
       out[#out + 1] = s
