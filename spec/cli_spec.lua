@@ -142,12 +142,15 @@ return tool {
       end
     end)
 
-    it("runs as the caller --as/--caps says: files needs fs.read and fs.write", function()
+    it("runs as the caller --as/--caps says: files needs fs.read, and fs.write to change", function()
       local out, err, code = H.run_rduck({ "run", "--as", "bob", "--caps", "fs.read", "files",
-        "action=read", "path=/tmp/x" })
+        "action=write", "path=/tmp/x", "content=y" })
       assert.equals(1, code)
       assert.equals("", out)
       assert.equals("error: unauthorized: bob may not run files: missing capabilities fs.write\n", err)
+      _, err, code = H.run_rduck({ "run", "--as", "bob", "--caps", "fs.read", "files",
+        "action=stat", "path=/tmp" })
+      assert.equals(0, code, err)
       -- with both, the call goes through to the tool (whatever the file says)
       _, err, code = H.run_rduck({ "run", "--as", "bob", "--caps", "fs.read,fs.write", "files",
         "action=stat", "path=/tmp" })
@@ -177,8 +180,8 @@ return tool {
       it("a bad --format", function()
         usage_error({ "run", "echo", "--format", "csv", "text=x" }, "--format")
       end)
-      it("--token (not in this build)", function()
-        usage_error({ "run", "echo", "--token", "abc", "text=x" }, "--token")
+      it("--token with --as (a token states the caller alone)", function()
+        usage_error({ "run", "echo", "--token", "abc", "--as", "x", "text=x" }, "--token")
       end)
       it("--params that is not a JSON object", function()
         usage_error({ "run", "echo", "--params", "[1]" }, "expected a JSON object")

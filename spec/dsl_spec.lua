@@ -48,7 +48,7 @@ return tool {
       want, table.concat(problems, "\n  ")), 2)
   end
 
-  local FIELDS_TOP = "capabilities, constraints, execution, metadata, output, parameters, roles, security"
+  local FIELDS_TOP = "capabilities, constraints, execution, metadata, output, parameters, requires, roles, security"
 
   it("refuses an unknown top-level field", function()
     local probs, f = load(tool_with("bogus = 1"))

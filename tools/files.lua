@@ -38,7 +38,11 @@ return tool {
     function(p) return not p.path:find("\0", 1, true), "/path: contains a NUL byte" end,
     function(p) return p.action ~= "write" or p.content ~= nil, "/content: required to write" end,
   },
-  capabilities = { "fs.read", "fs.write" },
+  -- Reading needs fs.read; changing anything needs fs.write too.
+  capabilities = { "fs.read" },
+  requires = {
+    { when = { action = { "write", "remove", "mkdir" } }, capabilities = { "fs.write" } },
+  },
   security = {
     level = "relaxed",
     allowed_paths = { "/tmp" },

@@ -2,7 +2,8 @@
  * l_lstate.c — core.lstate: tool states driven from the host state.
  *
  *   local st = core.lstate.new(loop, { max_memory = bytes, jit = false,
- *                                       lua_path = "lua/?.lua;..." })
+ *                                       lua_path = "lua/?.lua;...",
+ *                                       boot = "rubberduck.toolstate" })
  *   st:call(fname, arg, limits)  -> true, r1, r2, stats
  *                                 | false, kind, message, stats
  *   st:start(fname, arg, limits, fn) -> true     (fn gets what call returns)
@@ -10,8 +11,9 @@
  *   st:on_notify(fn)   fn(kind, a, b, text) for ctx.log / ctx.progress
  *   st:set_max_memory(bytes), st:heap(), st:busy(), st:close()
  *
- * `fname` names a function of the tool state's bootstrap module
- * (lua/rubberduck/toolstate.lua, loaded when the state is made); `arg` is
+ * `fname` names a function of the tool state's bootstrap module (`boot`,
+ * by default lua/rubberduck/toolstate.lua; the policy loader uses
+ * rubberduck.policystate), loaded when the state is made; `arg` is
  * plain data copied into the state; up to two results are copied back (the
  * second one is the tool's output: a copy failure there is `invalid_output`,
  * or `output_limit` past limits.max_output). limits = { cpu_ms, timeout_ms,
@@ -285,6 +287,8 @@ static int l_new(lua_State *L) {
   int jit = lua_toboolean(L, -1);
   lua_getfield(L, 2, "lua_path");
   const char *lua_path = luaL_checkstring(L, -1);
+  lua_getfield(L, 2, "boot");
+  const char *boot = luaL_optstring(L, -1, "rubberduck.toolstate");
   lud *u = lua_newuserdata(L, sizeof *u);
   u->c = NULL;
   luaL_getmetatable(L, LSTATE_MT);
@@ -320,7 +324,7 @@ static int l_new(lua_State *L) {
   lua_pop(T, 1);
   rd__toolcore_preload(T, on_note, c);
   lua_getglobal(T, "require");
-  lua_pushliteral(T, "rubberduck.toolstate");
+  lua_pushstring(T, boot);
   if (lua_pcall(T, 1, 1, 0) != 0) {
     lua_pushfstring(L, "cannot boot a tool state: %s", lua_tostring(T, -1));
     u->c = NULL;

@@ -23,6 +23,7 @@ M.COMMANDS = {
   run = {
     usage = "rduck run NAME|FILE [--tools DIR] [--params JSON | --params-file F | key=value ...]\n" ..
             "                   [--as PRINCIPAL] [--roles r1,r2] [--caps c1,c2] [--token T]\n" ..
+            "                   [--policy FILE] [--audience NAME]\n" ..
             "                   [--format json|xml|yaml|binary|plain] [--json] [--data DIR]",
     help = [[
 Run one tool through the whole pipeline and print its output.
@@ -36,7 +37,10 @@ Run one tool through the whole pipeline and print its output.
   --as PRINCIPAL       run as this caller (default: the local operator, who
   --roles r1,r2        holds every capability); with any of these three,
   --caps c1,c2         the caller holds exactly what they say
-  --token T            a signed capability token (not available in this build)
+  --token T            run as the caller a signed capability token states
+                       (rduck token issue); T, @FILE or - (standard input)
+  --policy FILE        the authorization policy (roles, principals, rules)
+  --audience NAME      this engine's name, for tokens issued to an audience
   --format F           how to print the output (default: the tool's
                        output.format): json or plain
   --json               print the whole result envelope as JSON
@@ -54,19 +58,21 @@ List the tools of DIR (default ./tools): name, security level, description.
 Exit status 2 if any tool failed to load (the others are still listed).]],
   },
   check = {
-    usage = "rduck check FILE|DIR...",
+    usage = "rduck check FILE|DIR... | rduck check --policy FILE",
     help = [[
 Load tool definitions and report every problem as file: field.path: reason.
+With --policy, check an authorization policy file the same way.
 Exit status 0 when all load, 2 on any problem.]],
   },
   repl = {
-    usage = "rduck repl [--tools DIR] [--data DIR]",
+    usage = "rduck repl [--tools DIR] [--data DIR] [--policy FILE]",
     help = [[
 An interactive LuaJIT prompt with the engine loaded. Line editing and
 history (~/.rduck_history) on a terminal; reads statements from a pipe too.
   tools()                     list the tools
   run(name, params [, caller]) run one, print the envelope
   reload()                    load the tools again
+  engine:reload_policy()      load the --policy file again
   engine, json                the engine and the JSON codec
   help()                      this text]],
   },
@@ -77,13 +83,32 @@ Run every example of every bundled tool (metadata.examples) through the
 pipeline and compare each result with the example's expected output or
 error kind. Exit status 0 when all match, 1 otherwise.]],
   },
+  token = {
+    usage = "rduck token issue --principal P --caps a,b [--roles r] --ttl 1h [--audience X]\n" ..
+            "                   [--not-before 10m] [--data DIR]\n" ..
+            "       rduck token attenuate TOKEN [--caps a] [--roles r] [--ttl 10m] [--audience X]\n" ..
+            "       rduck token inspect TOKEN [--data DIR]",
+    help = [[
+Signed capability tokens (Ed25519).
+
+  issue       sign a token with the key of the data directory (--data DIR,
+              default ./.rduck; DIR/token.key is made on first use, mode
+              0600). Durations: 90s, 10m, 1h, 7d. Prints the token.
+  attenuate   make a narrower token from TOKEN, offline and without the
+              key: fewer capabilities or roles, a shorter life, a narrower
+              audience. Widening is refused. Prints the new token.
+  inspect     print what TOKEN says, as JSON, and whether it verifies
+              against the data directory's key.
+TOKEN may be @FILE or - (standard input). `rduck run --token T` runs as
+the token's caller. Exit status 0 ok, 1 a token refused, 2 usage.]],
+  },
   version = {
     usage = "rduck version",
     help = "Print the version of rduck and of the libraries it runs on.",
   },
 }
 
-local ORDER = { "run", "tools", "check", "repl", "demo", "version" }
+local ORDER = { "run", "tools", "check", "repl", "demo", "token", "version" }
 
 local function main_usage()
   local lines = { "usage: rduck <command> [options]", "", "commands:" }
@@ -136,18 +161,6 @@ local function split_list(s)
   return out
 end
 
-local function caller_from(opts)
-  if opts.token then
-    return nil, "--token: signed capability tokens are not available in this build yet"
-  end
-  if not (opts.as or opts.roles or opts.caps) then return M.OPERATOR end
-  return {
-    principal = opts.as or "anonymous",
-    roles = opts.roles and split_list(opts.roles) or json.array({}),
-    capabilities = opts.caps and split_list(opts.caps) or json.array({}),
-  }
-end
-
 local function read_all(path)
   local f, err
   if path == "-" then f = io.stdin else f, err = io.open(path, "rb") end
@@ -155,6 +168,33 @@ local function read_all(path)
   local s = f:read("*a")
   if f ~= io.stdin then f:close() end
   return s
+end
+
+-- A token argument: the token, @FILE or - (standard input).
+local function token_arg(v, what)
+  if v == "-" or v:sub(1, 1) == "@" then
+    local text, err = read_all(v == "-" and "-" or v:sub(2))
+    if not text then return nil, what .. ": " .. tostring(err) end
+    v = text
+  end
+  return (v:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+local function caller_from(opts)
+  if opts.token then
+    if opts.as or opts.roles or opts.caps then
+      return nil, "--token states the caller: do not add --as, --roles or --caps"
+    end
+    local t, err = token_arg(opts.token, "--token")
+    if not t then return nil, err end
+    return { token = t }
+  end
+  if not (opts.as or opts.roles or opts.caps) then return M.OPERATOR end
+  return {
+    principal = opts.as or "anonymous",
+    roles = opts.roles and split_list(opts.roles) or json.array({}),
+    capabilities = opts.caps and split_list(opts.caps) or json.array({}),
+  }
 end
 
 local function params_from(opts, kv)
@@ -253,7 +293,8 @@ local function open_engine(opts, files)
     local d = "tools"
     if core.listdir(d) then tools_dir = d end
   end
-  return rd.open({ tools = tools_dir, files = files, data_dir = opts.data, entry = "cli" })
+  return rd.open({ tools = tools_dir, files = files, data_dir = opts.data, entry = "cli",
+    policy = opts.policy, audience = opts.audience })
 end
 
 -- SIGTERM, SIGINT or SIGHUP while calls run cancels them: each ends in a
@@ -279,7 +320,7 @@ local handlers = {}
 function handlers.run(args)
   local opts, pos = parse(args, { tools = "value", params = "value", ["params-file"] = "value",
     as = "value", roles = "value", caps = "value", token = "value", format = "value",
-    json = "bool", data = "value", timeout = "value" })
+    json = "bool", data = "value", timeout = "value", policy = "value", audience = "value" })
   if not opts then return nil, pos end
   if opts.help then return "help" end
   local target = table.remove(pos, 1)
@@ -373,9 +414,16 @@ function handlers.tools(args)
 end
 
 function handlers.check(args)
-  local opts, pos = parse(args, {})
+  local opts, pos = parse(args, { policy = "value" })
   if not opts then return nil, pos end
   if opts.help then return "help" end
+  if opts.policy then
+    local engine, err = rd.open({ entry = "cli", policy = opts.policy })
+    if not engine then eprintf("%s\n", err); return 2 end
+    engine:close()
+    stdout:write("ok: policy ", opts.policy, "\n")
+    if #pos == 0 then return 0 end
+  end
   if #pos == 0 then return nil, "check: name at least one FILE or DIR" end
   local engine = assert(rd.open({ entry = "cli" }))
   local n, problems = 0, 0
@@ -468,11 +516,74 @@ function handlers.version(args)
 end
 
 function handlers.repl(args)
-  local opts, pos = parse(args, { tools = "value", data = "value" })
+  local opts, pos = parse(args, { tools = "value", data = "value", policy = "value" })
   if not opts then return nil, pos end
   if opts.help then return "help" end
   if #pos > 0 then return nil, "repl: unexpected argument " .. pos[1] end
   return require("rubberduck.repl").run(opts, M)
+end
+
+function handlers.token(args)
+  local opts, pos = parse(args, { principal = "value", caps = "value", roles = "value",
+    ttl = "value", audience = "value", ["not-before"] = "value", data = "value" })
+  if not opts then return nil, pos end
+  if opts.help then return "help" end
+  local token = require "rubberduck.token"
+  local sub = table.remove(pos, 1)
+  local data = opts.data or "./.rduck"
+  local function duration(name)
+    if not opts[name] then return nil end
+    local d, err = token.parse_duration(opts[name])
+    if not d then return false, "--" .. name .. ": " .. err end
+    return d
+  end
+  local ttl, terr = duration("ttl")
+  if ttl == false then return nil, terr end
+  local nbf, nerr = duration("not-before")
+  if nbf == false then return nil, nerr end
+  local caps = opts.caps and split_list(opts.caps) or nil
+  local roles = opts.roles and split_list(opts.roles) or nil
+  if sub == "issue" then
+    if #pos > 0 then return nil, "token issue: unexpected argument " .. pos[1] end
+    if not opts.principal then return nil, "token issue: --principal is required" end
+    if not ttl then return nil, "token issue: --ttl is required (90s, 10m, 1h, 7d)" end
+    local key, kerr = core.sign.key_load(data, true)
+    if not key then eprintf("rduck token: %s\n", kerr); return 1 end
+    local t, err = token.issue(key, { principal = opts.principal, capabilities = caps or {},
+      roles = roles or {}, ttl = ttl, not_before = nbf, audience = opts.audience })
+    key:close()
+    if not t then return nil, "token issue: " .. err end
+    stdout:write(t, "\n")
+    return 0
+  elseif sub == "attenuate" then
+    if #pos ~= 1 then return nil, "token attenuate: give one TOKEN" end
+    if opts.principal or opts["not-before"] then
+      return nil, "token attenuate: only --caps, --roles, --ttl and --audience narrow a token"
+    end
+    local t, err = token_arg(pos[1], "TOKEN")
+    if not t then return nil, err end
+    local out, aerr = token.attenuate(t, { capabilities = caps, roles = roles, ttl = ttl,
+      audience = opts.audience })
+    if not out then eprintf("rduck token: %s\n", aerr); return 1 end
+    stdout:write(out, "\n")
+    return 0
+  elseif sub == "inspect" then
+    if #pos ~= 1 then return nil, "token inspect: give one TOKEN" end
+    local t, err = token_arg(pos[1], "TOKEN")
+    if not t then return nil, err end
+    local key = core.sign.key_load(data, false)
+    local info, ierr = token.inspect(t, key and key:public(), { audience = opts.audience })
+    if not info then
+      if key then key:close() end
+      eprintf("rduck token: %s\n", ierr)
+      return 1
+    end
+    stdout:write(json.encode(info, { pretty = true, sort_keys = true }), "\n")
+    local good = info.chain == "ok" and (not key or info.verified == "ok")
+    if key then key:close() end
+    return good and 0 or 1
+  end
+  return nil, sub and ("token: unknown subcommand " .. sub) or "token: issue, attenuate or inspect?"
 end
 
 function M.main(args)

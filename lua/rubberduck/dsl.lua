@@ -180,7 +180,8 @@ end
 
 local FIELDS = {
   top = { metadata = true, parameters = true, constraints = true, capabilities = true,
-          roles = true, security = true, execution = true, output = true },
+          roles = true, requires = true, security = true, execution = true, output = true },
+  require = { when = true, capabilities = true, roles = true },
   metadata = { name = true, description = true, version = true, tags = true,
                examples = true, author = true, license = true },
   security = { level = true, allowed_paths = true, dangerous_functions = true,
@@ -198,6 +199,74 @@ local function block(c, raw, name)
   if not c:type(name, v, "table") then return {} end
   c:fields(name, v, FIELDS[name])
   return v
+end
+
+-- requires: needs that depend on the params, as data (the authorizer
+-- reads them; see authorizer.lua):
+--   requires = {
+--     { when = { action = "write" }, capabilities = { "fs.write" } },
+--     { when = { action = { "delete", "truncate" } }, capabilities = { "fs.delete" }, roles = { "admin" } },
+--   }
+-- An entry applies when every parameter it names has one of the listed
+-- values (strings, numbers, booleans); each `when` key must be a declared
+-- parameter (parameters.properties). Normalized: when values are lists.
+function M.requires(c, req, params, json)
+  local out = json.array({})
+  if req == nil then return out end
+  if not c:type("requires", req, "table") then return out end
+  if not is_seq(req) then
+    c:fail("requires", "expected a list of { when = {...}, capabilities = {...}, roles = {...} }")
+    return out
+  end
+  local props = type(params) == "table" and rawget(params, "properties") or nil
+  for i = 1, #req do
+    local p = "requires[" .. i .. "]"
+    local r = req[i]
+    if c:type(p, r, "table") then
+      c:fields(p, r, FIELDS.require)
+      local nr = { when = {},
+        capabilities = c:string_list(p .. ".capabilities", rawget(r, "capabilities"), json),
+        roles = c:string_list(p .. ".roles", rawget(r, "roles"), json) }
+      if #nr.capabilities == 0 and #nr.roles == 0 then
+        c:fail(p, "requires nothing (give capabilities or roles)")
+      end
+      local when = rawget(r, "when")
+      if when == nil then
+        c:fail(p .. ".when", "missing (the params this requirement depends on; " ..
+          "needs that hold for every call go in capabilities/roles)")
+      elseif c:type(p .. ".when", when, "table") then
+        if next(when) == nil then c:fail(p .. ".when", "empty (name at least one parameter)") end
+        for k, v in next, when do
+          local wp = p .. ".when." .. tostring(k)
+          if type(k) ~= "string" then
+            c:fail(p .. ".when", "keys are parameter names, got %s", quote(k))
+          else
+            if type(props) ~= "table" or rawget(props, k) == nil then
+              c:fail(wp, "no parameter named %s in parameters.properties", quote(k))
+            end
+            local function scalar(x)
+              local tx = type(x)
+              return tx == "string" or tx == "boolean" or (tx == "number" and x == x)
+            end
+            if scalar(v) then
+              nr.when[k] = json.array({ v })
+            elseif type(v) == "table" and is_seq(v) and #v > 0 then
+              local list = json.array({})
+              for j = 1, #v do
+                if scalar(v[j]) then list[#list + 1] = v[j]
+                else c:fail(wp .. "[" .. j .. "]", "expected a string, number or boolean, got %s", type(v[j])) end
+              end
+              nr.when[k] = list
+            else
+              c:fail(wp, "expected a value (string, number, boolean) or a non-empty list of them, got %s", type(v))
+            end
+          end
+        end
+      end
+      out[#out + 1] = nr
+    end
+  end
+  return out
 end
 
 function M.normalize(raw, file, json)
@@ -291,6 +360,7 @@ function M.normalize(raw, file, json)
 
   def.capabilities = c:string_list("capabilities", rawget(raw, "capabilities"), json)
   def.roles = c:string_list("roles", rawget(raw, "roles"), json)
+  def.requires = M.requires(c, rawget(raw, "requires"), def.parameters, json)
 
   -- security
   local sec = block(c, raw, "security")

@@ -10,9 +10,11 @@
 -- open{} options: data_dir (default "./.rduck"), tools (a directory),
 -- files (a list of tool files), entry (who calls: "lua", "cli", "c", ...),
 -- max_running (executions at once, default 32), max_queue (executions
--- waiting for a slot, default 1024; beyond it a call is `overloaded`).
+-- waiting for a slot, default 1024; beyond it a call is `overloaded`),
+-- policy (an authorization policy file, see authorizer.lua), audience (this
+-- engine's name, for tokens issued to an audience).
 -- Returns the engine, or nil and a message when `tools` is not a readable
--- directory. Tools that fail to load are reported in engine.problems and
+-- directory or the policy is refused. Tools that fail to load are reported in engine.problems and
 -- through the "tool.load_failed" event; the engine still opens.
 local core = require "rubberduck.core"
 local json = require "rubberduck.json"
@@ -90,6 +92,15 @@ function M.open(opts)
   self.executor = ex
   self.registry = registry.new(self)
   self.workers = workers.new(self)
+  self.auth = authorizer.new({ data_dir = self.data_dir, audience = opts.audience,
+    emit = function(...) return self:emit(...) end })
+  if opts.policy then
+    local ok, probs = self.auth:load(self, opts.policy)
+    if not ok then
+      self:close()
+      return nil, table.concat(probs, "\n")
+    end
+  end
   if opts.tools or opts.files then
     local _, probs = self:load_tools(opts.tools, opts.files)
     self.problems = probs
@@ -146,6 +157,12 @@ function Engine:load_tools(dir, files)
   self.registry:add(good)
   for _, p in ipairs(problems) do self.problems[#self.problems + 1] = p end
   return #problems == 0, problems[1] and problems or problems, problems[1]
+end
+
+-- Load the policy file again (or `file` instead). Atomic: on failure the
+-- policy in force stays. Returns true | nil, problems.
+function Engine:reload_policy(file)
+  return self.auth:load(self, file)
 end
 
 -- C API shape: ok, first problem.
@@ -248,14 +265,16 @@ function Engine:submit(name, params, caller, opts)
     opts = opts, logs = {}, on_progress = opts.on_progress, on_done = opts.on_done,
   }, Handle)
   if opts.deadline_ms then h.deadline = core.mono_ms() + opts.deadline_ms end
-  local c, why = authorizer.caller(caller)
+  local c, why = self.auth:caller(caller)
   if self.closing then
-    h.caller = c or { principal = "anonymous", roles = json.array({}), capabilities = json.array({}) }
+    h.caller = c or authorizer.caller(nil)
     h.co = function()
       return pipeline.error_envelope(h.id, name, "cancelled", "the engine is closing")
     end
   elseif not c then
-    h.caller = { principal = "anonymous", roles = json.array({}), capabilities = json.array({}) }
+    h.caller = authorizer.caller(nil)
+    self:emit("authorization.denied", nil, { execution_id = h.id, tool = tostring(name),
+      principal = "anonymous", reason = "caller refused: " .. why })
     h.co = function()
       return pipeline.error_envelope(h.id, name, "unauthorized", "caller refused: " .. why)
     end
@@ -386,6 +405,7 @@ function Engine:close(opts)
   self.executor:close()
   self.registry:close()
   self.workers:close()
+  if self.auth.signkey then self.auth.signkey:close(); self.auth.signkey = nil end
   -- let the zygote and the workers' sockets close
   self.loop:run("nowait")
   self.closed = true

@@ -9,7 +9,6 @@
 local core = require "rubberduck.core"
 local json = require "rubberduck.json"
 local errors = require "rubberduck.errors"
-local authorizer = require "rubberduck.authorizer"
 
 local M = {}
 
@@ -153,7 +152,7 @@ local function body(engine, h, meta)
 
   -- 2 authorize
   h.stage_name = "authorizing"
-  local allowed, why, details = authorizer.check(def, h.caller)
+  local allowed, why, details = engine.auth:check(def, h.caller, params, h.opts.entry or engine.entry)
   if not allowed then
     engine:emit("authorization.denied", nil, { execution_id = h.id, tool = t.name,
       principal = h.caller.principal, reason = why })

@@ -25,7 +25,8 @@ function M.run(opts, cli)
   local native = require "rubberduck.cli.native"
   local interactive = native.isatty(0)
   local tools_dir = opts.tools or (core.listdir("tools") and "tools") or nil
-  local engine, oerr = rd.open({ tools = tools_dir, data_dir = opts.data, entry = "repl" })
+  local engine, oerr = rd.open({ tools = tools_dir, data_dir = opts.data, entry = "repl",
+    policy = opts.policy })
   if not engine then
     io.stderr:write("rduck repl: ", oerr, "\n")
     return 2
