@@ -165,6 +165,16 @@ int rd_engine_open(rd_engine **out, const rd_engine_config *cfg, rd_error *err) 
   lua_createtable(L, 0, 3);
   if (cfg && cfg->data_dir) { lua_pushstring(L, cfg->data_dir); lua_setfield(L, -2, "data_dir"); }
   if (cfg && cfg->tools_dir) { lua_pushstring(L, cfg->tools_dir); lua_setfield(L, -2, "tools"); }
+  if (cfg && cfg->policy) { lua_pushstring(L, cfg->policy); lua_setfield(L, -2, "policy"); }
+  if (cfg && cfg->audience) { lua_pushstring(L, cfg->audience); lua_setfield(L, -2, "audience"); }
+  if (cfg && cfg->max_running > 0) {
+    lua_pushinteger(L, cfg->max_running);
+    lua_setfield(L, -2, "max_running");
+  }
+  if (cfg && cfg->max_queue != 0) {
+    lua_pushinteger(L, cfg->max_queue < 0 ? 0 : cfg->max_queue);
+    lua_setfield(L, -2, "max_queue");
+  }
   lua_pushliteral(L, "c");
   lua_setfield(L, -2, "entry");
   if (lua_pcall(L, 1, 2, 1) != 0) goto lua_fail;

@@ -119,13 +119,18 @@ typedef struct rd_engine_config {
   const char *data_dir;   /* NULL: "./.rduck" */
   const char *tools_dir;  /* NULL: no tools loaded at open */
   const char *lua_dir;    /* NULL: found next to the binary / install prefix */
+  const char *policy;     /* NULL: no policy file (callers hold what they state) */
+  const char *audience;   /* NULL: none; else tokens for another audience are refused */
+  int max_running;        /* 0: default (32) executions at once */
+  int max_queue;          /* 0: default (1024) waiting executions; < 0: no queue */
 } rd_engine_config;
 
 /* Open an engine: its event loop, host Lua state, telemetry bus; loads the
  * tools of cfg->tools_dir (a tool that fails to load is reported through
  * telemetry as "tool.load_failed" and skipped). On success *out is owned by
  * the caller; release it with rd_engine_close(). Errors: RD_EINVAL (out is
- * NULL), RD_EIO (cfg->tools_dir is not a readable directory), RD_ELUA (the
+ * NULL), RD_EIO (cfg->tools_dir is not a readable directory, or the policy
+ * file is refused: the message names file, path and reason), RD_ELUA (the
  * engine's Lua modules failed: message has the traceback), RD_ENOMEM. */
 int rd_engine_open(rd_engine **out, const rd_engine_config *cfg, rd_error *err);
 

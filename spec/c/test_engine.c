@@ -140,7 +140,7 @@ static rd_engine *open_engine(const char *dir) {
   rd_engine *e = NULL;
   rd_error err;
   rd_error_clear(&err);
-  rd_engine_config cfg = {data_dir, dir, NULL};
+  rd_engine_config cfg = {.data_dir = data_dir, .tools_dir = dir};
   int rc = rd_engine_open(&e, &cfg, &err);
   CHECK(rc == RD_OK);
   CHECK(e != NULL);
@@ -307,7 +307,7 @@ TEST(execute_params_larger_than_tool_heap) {
   CHECK(pid >= 0);
   if (pid == 0) {
     rd_engine *e = NULL;
-    rd_engine_config cfg = {data_dir, big_dir, NULL};
+    rd_engine_config cfg = {.data_dir = data_dir, .tools_dir = big_dir};
     if (rd_engine_open(&e, &cfg, NULL) != RD_OK) _exit(5);
     size_t n = 1024 * 1024;
     char *params = malloc(n + 16);
@@ -678,6 +678,38 @@ TEST(submit_deadline_drain_and_close) {
   rd_engine_close(e);
   CHECK(c.done == 1);
   CHECK(has(c.env, "\"kind\":\"cancelled\""));
+}
+
+TEST(config_limits_and_policy) {
+  rd_engine *e = NULL;
+  rd_error err;
+  /* one call at a time and no queue: a second call is overloaded */
+  rd_engine_config cfg = {.data_dir = data_dir, .tools_dir = async_dir,
+                          .max_running = 1, .max_queue = -1};
+  CHECK(rd_engine_open(&e, &cfg, &err) == RD_OK);
+  if (!e) return;
+  async_seen a, b;
+  memset(&a, 0, sizeof a);
+  memset(&b, 0, sizeof b);
+  char ida[RD_ID_SIZE], idb[RD_ID_SIZE];
+  CHECK(submit(e, "nap", "{\"ms\":30000}", &a, 0, ida) == RD_OK);
+  PUMP_UNTIL(e, a.progress == 1);
+  CHECK(submit(e, "echo", "{\"text\":\"x\"}", &b, 0, idb) == RD_OK);
+  PUMP_UNTIL(e, b.done == 1);
+  CHECK(has(b.env, "\"kind\":\"overloaded\""));
+  CHECK(rd_engine_cancel(e, ida) == RD_OK);
+  CHECK(rd_engine_drain(e, -1) == 0);
+  rd_engine_close(e);
+
+  /* a policy file that does not parse is refused, naming the file */
+  char policy[256];
+  snprintf(policy, sizeof policy, "%s/policy.lua", base);
+  put_file(base, "policy.lua", "return { roles = { ");
+  rd_engine_config bad = {.data_dir = data_dir, .tools_dir = async_dir, .policy = policy};
+  e = NULL;
+  CHECK(rd_engine_open(&e, &bad, &err) == RD_EIO);
+  CHECK(e == NULL);
+  CHECK(has(err.message, "policy.lua"));
 }
 
 int main(void) {
