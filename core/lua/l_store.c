@@ -10,6 +10,7 @@
  *   env:kv_delete(ns, key) -> true | false (absent)
  *   env:kv_list(ns, prefix, cursor, limit) -> { {key=, value=}, ... }, next_cursor | nil
  *   env:audit_append(event, data_json, time) -> seq
+ *   env:audit_append_batch({ {event, data_json, time}, ... }) -> first seq
  *   env:audit_list(from_seq, limit) -> { {seq=, time=, event=, data=, hash=, prev=}, ... }
  *   env:audit_verify() -> { ok=, entries=, bad_seq=, problem= }
  *   env:history_query{ tool=, status=, kind=, caller=, since=, until=, cursor=, limit= }
@@ -217,6 +218,40 @@ static int l_audit_append(lua_State *L) {
   rd_error err;
   if (rd_audit_append(env, ev, data, dl, t, &seq, &err) != RD_OK) return fail(L, &err);
   lua_pushnumber(L, (double)seq);
+  return 1;
+}
+
+/* env:audit_append_batch({ {event, data, time}, ... }) -> first seq */
+static int l_audit_append_batch(lua_State *L) {
+  rd_store_env *env = check_env(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  size_t n = lua_objlen(L, 2);
+  if (n == 0) { lua_pushnumber(L, 0); return 1; }
+  if (n > 4096) return luaL_error(L, "audit: at most 4096 entries a batch");
+  const char **ev = rd__malloc(n * sizeof *ev), **data = rd__malloc(n * sizeof *data);
+  size_t *dl = rd__malloc(n * sizeof *dl);
+  double *t = rd__malloc(n * sizeof *t);
+  int ok = ev && data && dl && t;
+  for (size_t i = 0; ok && i < n; i++) {
+    lua_rawgeti(L, 2, (int)i + 1);
+    if (!lua_istable(L, -1)) { ok = -1; lua_pop(L, 1); break; }
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    lua_rawgeti(L, -3, 3);
+    ev[i] = lua_tostring(L, -3);
+    data[i] = lua_tolstring(L, -2, &dl[i]);
+    t[i] = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : rd__now();
+    if (!ev[i]) ok = -1;
+    lua_pop(L, 4); /* strings stay alive in the entry tables */
+  }
+  uint64_t first = 0;
+  rd_error err;
+  int rc = ok == 1 ? rd_audit_append_batch(env, n, ev, data, dl, t, &first, &err) : RD_OK;
+  rd__freemem(ev); rd__freemem(data); rd__freemem(dl); rd__freemem(t);
+  if (ok == 0) return luaL_error(L, "out of memory");
+  if (ok < 0) return luaL_error(L, "audit: each entry must be { event, data, time }");
+  if (rc) return fail(L, &err);
+  lua_pushnumber(L, (double)first);
   return 1;
 }
 
@@ -675,7 +710,8 @@ int rd__luaopen_store(lua_State *L) {
   static const luaL_Reg env_m[] = {
     {"info", l_env_info}, {"close", l_env_close}, {"__gc", l_env_close},
     {"kv_put", l_kv_put}, {"kv_get", l_kv_get}, {"kv_delete", l_kv_delete},
-    {"kv_list", l_kv_list}, {"audit_append", l_audit_append}, {"audit_list", l_audit_list},
+    {"kv_list", l_kv_list}, {"audit_append", l_audit_append},
+    {"audit_append_batch", l_audit_append_batch}, {"audit_list", l_audit_list},
     {"audit_verify", l_audit_verify}, {"history_query", l_history_query},
     {"history_prune", l_history_prune}, {"history_count", l_history_count},
     {"raw_put", l_raw_put}, {"raw_get", l_raw_get}, {"raw_delete", l_raw_delete},

@@ -47,10 +47,11 @@ static int parse(const MDB_val *v, rd_audit_entry *e) {
 
 typedef struct app_op {
   rd_store_env *env;
-  const char *event, *data;
-  size_t elen, dlen;
-  double time;
-  uint64_t seq;
+  size_t n;
+  const char *const *events, *const *datas;
+  const size_t *dlens;
+  const double *times;
+  uint64_t first;
 } app_op;
 
 static int append_fn(MDB_txn *txn, void *ud, rd_error *err) {
@@ -68,39 +69,57 @@ static int append_fn(MDB_txn *txn, void *ud, rd_error *err) {
   } else if (rc == 0) {
     return rd_error_set(err, RD_ECORRUPT, "audit: the head record is damaged");
   }
-  unsigned char key[8];
-  rd__store_be64(key, seq);
-  MDB_val k = {8, key}, v = {VHDR + op->elen + op->dlen, NULL};
-  if ((rc = mdb_put(txn, audit, &k, &v, MDB_RESERVE))) return rc;
-  unsigned char *p = v.mv_data;
-  uint32_t el = (uint32_t)op->elen;
-  rd__store_be64(p, seq);
-  memcpy(p + 8, prev, 32);
-  entry_hash(p + 40, seq, prev, op->time, op->event, el, op->data, op->dlen);
-  memcpy(p + 72, &op->time, 8);
-  memcpy(p + 80, &el, 4);
-  memcpy(p + VHDR, op->event, op->elen);
-  if (op->dlen) memcpy(p + VHDR + op->elen, op->data, op->dlen);
+  op->first = seq;
+  for (size_t i = 0; i < op->n; i++, seq++) {
+    const char *ev = op->events[i], *data = op->datas[i] ? op->datas[i] : "";
+    size_t elen = strlen(ev), dlen = op->datas[i] ? op->dlens[i] : 0;
+    double time = op->times[i];
+    unsigned char key[8];
+    rd__store_be64(key, seq);
+    MDB_val k = {8, key}, v = {VHDR + elen + dlen, NULL};
+    if ((rc = mdb_put(txn, audit, &k, &v, MDB_RESERVE))) return rc;
+    unsigned char *p = v.mv_data;
+    uint32_t el = (uint32_t)elen;
+    rd__store_be64(p, seq);
+    memcpy(p + 8, prev, 32);
+    entry_hash(p + 40, seq, prev, time, ev, el, data, dlen);
+    memcpy(p + 72, &time, 8);
+    memcpy(p + 80, &el, 4);
+    memcpy(p + VHDR, ev, elen);
+    if (dlen) memcpy(p + VHDR + elen, data, dlen);
+    memcpy(prev, p + 40, 32);
+  }
   unsigned char head[40];
-  rd__store_be64(head, seq);
-  memcpy(head + 8, p + 40, 32);
+  rd__store_be64(head, seq - 1);
+  memcpy(head + 8, prev, 32);
   MDB_val nh = {40, head};
-  op->seq = seq;
   return mdb_put(txn, meta, &hk, &nh, 0);
+}
+
+int rd_audit_append_batch(rd_store_env *env, size_t n, const char *const *events,
+                          const char *const *datas, const size_t *dlens,
+                          const double *times, uint64_t *first_seq, rd_error *err) {
+  rd_error_clear(err);
+  for (size_t i = 0; i < n; i++) {
+    if (!events[i] || !*events[i])
+      return rd_error_set(err, RD_EINVAL, "audit: entry %zu: the event name is empty", i + 1);
+    if (strlen(events[i]) > 256)
+      return rd_error_set(err, RD_EINVAL, "audit: entry %zu: event name too long", i + 1);
+    if (datas[i] && dlens[i] > RD_AUDIT_MAX_DATA)
+      return rd_error_set(err, RD_EINVAL, "audit: entry %zu: data of %zu bytes exceeds %u",
+                          i + 1, dlens[i], RD_AUDIT_MAX_DATA);
+  }
+  if (n == 0) return RD_OK;
+  app_op op = {env, n, events, datas, dlens, times, 0};
+  int rc = rd__store_write(env, append_fn, &op, err);
+  if (rc == RD_OK && first_seq) *first_seq = op.first;
+  return rc;
 }
 
 int rd_audit_append(rd_store_env *env, const char *event, const char *data, size_t dlen,
                     double time, uint64_t *seq, rd_error *err) {
-  rd_error_clear(err);
-  if (!event || !*event) return rd_error_set(err, RD_EINVAL, "audit: the event name is empty");
-  if (strlen(event) > 256) return rd_error_set(err, RD_EINVAL, "audit: event name too long");
-  if (dlen > RD_AUDIT_MAX_DATA)
-    return rd_error_set(err, RD_EINVAL, "audit: data of %zu bytes exceeds %u", dlen,
-                        RD_AUDIT_MAX_DATA);
-  app_op op = {env, event, data ? data : "", strlen(event), data ? dlen : 0, time, 0};
-  int rc = rd__store_write(env, append_fn, &op, err);
-  if (rc == RD_OK && seq) *seq = op.seq;
-  return rc;
+  const char *d = data ? data : "";
+  return rd_audit_append_batch(env, 1, &event, &d, &dlen, &time, seq, err);
 }
 
 int rd_audit_list(rd_store_env *env, uint64_t from_seq, size_t limit, rd_audit_entry_cb cb,

@@ -300,6 +300,12 @@ typedef struct rd_audit_entry {
 int rd_audit_append(rd_store_env *env, const char *event, const char *data,
                     size_t dlen, double time, uint64_t *seq, rd_error *err);
 
+/* Append n entries in one transaction (each as rd_audit_append would);
+ * *first_seq (may be NULL) gets the number of the first. All or none. */
+int rd_audit_append_batch(rd_store_env *env, size_t n, const char *const *events,
+                          const char *const *datas, const size_t *dlens,
+                          const double *times, uint64_t *first_seq, rd_error *err);
+
 typedef int (*rd_audit_entry_cb)(const rd_audit_entry *e, void *ud);
 /* Entries from `from_seq` (0/1: the first) on, at most limit (0: all). */
 int rd_audit_list(rd_store_env *env, uint64_t from_seq, size_t limit,

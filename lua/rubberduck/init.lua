@@ -8,7 +8,9 @@
 --   engine:tools(); engine:subscribe(prefix, fn); engine:close()
 --
 -- open{} options: data_dir (default "./.rduck"), tools (a directory),
--- files (a list of tool files), entry (who calls: "lua", "cli", "c", ...).
+-- files (a list of tool files), entry (who calls: "lua", "cli", "c", ...),
+-- cache / history / storage (options of rubberduck.store; store = false:
+-- no data directory at all).
 -- Returns the engine, or nil and a message when `tools` is not a readable
 -- directory. Tools that fail to load are reported in engine.problems and
 -- through the "tool.load_failed" event; the engine still opens.
@@ -19,6 +21,7 @@ local pipeline = require "rubberduck.pipeline"
 local authorizer = require "rubberduck.authorizer"
 local validator = require "rubberduck.validator"
 local workers = require "rubberduck.workers"
+local store = require "rubberduck.store"
 
 local M = {}
 M.version = core.version
@@ -80,6 +83,7 @@ function M.open(opts)
   }, Engine)
   self.registry = registry.new(self)
   self.workers = workers.new(self)
+  if opts.store ~= false then store.attach(self, opts) end
   if opts.tools or opts.files then
     local _, probs = self:load_tools(opts.tools, opts.files)
     self.problems = probs
@@ -240,7 +244,9 @@ function Engine:submit(name, params, caller, opts)
   if not c then
     h.caller = { principal = "anonymous", roles = json.array({}), capabilities = json.array({}) }
     h.co = function()
-      return pipeline.error_envelope(h.id, name, "unauthorized", "caller refused: " .. why)
+      local env = pipeline.error_envelope(h.id, name, "unauthorized", "caller refused: " .. why)
+      store.record(self, h, env)
+      return env
     end
   else
     h.caller = c
@@ -288,6 +294,7 @@ function Engine:close()
   self.workers:close()
   -- let the zygote and the workers' sockets close
   self.loop:run("nowait")
+  store.detach(self)
   self.closed = true
   self.bus:close()
   self.loop:close()

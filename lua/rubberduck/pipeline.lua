@@ -10,6 +10,7 @@ local core = require "rubberduck.core"
 local json = require "rubberduck.json"
 local errors = require "rubberduck.errors"
 local authorizer = require "rubberduck.authorizer"
+local store = require "rubberduck.store"
 
 local M = {}
 
@@ -171,6 +172,10 @@ local function body(engine, h, meta)
     return nil, errors.new("unauthorized", why, details)
   end
 
+  -- result cache (output.cache_ttl > 0): an identical call's output
+  local cached = store.cached_output(engine, h, t, params, meta)
+  if cached ~= nil then return cached end
+
   -- 3 execute, with retries
   local sec, exe = def.security, def.execution
   local attempts = 1 + (h.opts.retries or exe.retries)
@@ -288,6 +293,7 @@ function M.run(engine, h)
     output = nil
   end
   if not err then output, err = process(engine, h, output) end
+  if not err then store.remember_output(engine, h, output, meta) end
   meta.duration_ms = core.mono_ms() - t0
   local env = {
     execution_id = h.id, tool = tostring(h.name),
@@ -305,6 +311,7 @@ function M.run(engine, h)
     cpu_ms = meta.cpu_ms, peak_memory_bytes = meta.peak_memory_bytes }
   engine:emit("execution.stop", ms, md)
   if err then engine:emit("execution.exception", ms, md) end
+  store.record(engine, h, env) -- history; returns once the record is durable
   return env
 end
 
