@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -71,8 +73,32 @@ static const char *base_name(const char *p) {
   return s ? s + 1 : p;
 }
 
+/* LMDB reports a short write (what a full disk, a quota or a file size
+ * limit usually cause) as EIO: tell those apart from a real I/O error. */
+static int out_of_space(rd_store_env *env) {
+  if (!env) return 0;
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s", env->path);
+  char *slash = strrchr(dir, '/');
+  if (slash) *slash = '\0';
+  struct statvfs vfs;
+  if (statvfs(slash ? dir : ".", &vfs) == 0 &&
+      (unsigned long long)vfs.f_bavail * vfs.f_frsize < (4ull << 20))
+    return 1;
+  struct rlimit rl;
+  struct stat st;
+  if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      stat(env->path, &st) == 0 && (unsigned long long)st.st_size + (1ull << 20) > rl.rlim_cur)
+    return 1;
+  return 0;
+}
+
 int rd__store_mdb_error(rd_store_env *env, rd_error *err, int rc, const char *what) {
   const char *file = env ? base_name(env->path) : "store";
+  if (rc == EIO && out_of_space(env))
+    return rd_error_set(err, RD_EFULL, "storage_full: %s: %s: the disk is full (a short "
+                        "write: no space left or the file size limit reached); nothing "
+                        "committed before is lost", what, file);
   switch (rc) {
   case ENOSPC: case EDQUOT: case EFBIG:
     return rd_error_set(err, RD_EFULL, "storage_full: %s: %s: the disk is full (%s); "

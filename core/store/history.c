@@ -355,7 +355,6 @@ static int matches(const rd_history_record *r, const rd_history_filter *q) {
 int rd_history_query(rd_store_env *env, const rd_history_filter *q, rd_history_row_cb cb,
                      void *ud, char *next_cursor, rd_error *err) {
   rd_error_clear(err);
-  if (next_cursor) next_cursor[0] = '\0';
   if (q->cursor && *q->cursor && rd_ulid_time_ms(q->cursor) < 0)
     return rd_error_set(err, RD_EINVAL, "history: bad cursor %.40s", q->cursor);
   size_t limit = q->limit ? q->limit : 50;
@@ -375,6 +374,7 @@ int rd_history_query(rd_store_env *env, const rd_history_filter *q, rd_history_r
     exclusive = 1;
   }
   id_bound(lower, q->since, 0);
+  if (next_cursor) next_cursor[0] = '\0'; /* after reading q->cursor: they may alias */
 
   MDB_txn *txn;
   int rc = rd__store_read_begin(env, &txn, err);

@@ -197,7 +197,6 @@ int rd_kv_list(rd_store_env *env, const char *ns, const void *prefix, size_t ple
                const char *cursor, size_t limit, rd_kv_item_cb cb, void *ud,
                char *next_cursor, rd_error *err) {
   rd_error_clear(err);
-  if (next_cursor) next_cursor[0] = '\0';
   int rc = check_ns(ns, err);
   if (rc) return rc;
   if (!limit) limit = 100;
@@ -220,6 +219,7 @@ int rd_kv_list(rd_store_env *env, const char *ns, const void *prefix, size_t ple
     fromlen = 1 + nl + cl;
     skip_equal = 1;
   }
+  if (next_cursor) next_cursor[0] = '\0'; /* after reading cursor: they may alias */
   MDB_txn *txn;
   if ((rc = rd__store_read_begin(env, &txn, err))) return rc;
   MDB_cursor *cur;
