@@ -520,6 +520,8 @@ typedef struct bridge {
   pthread_mutex_t mu;
   rd_loop *loop;          /* NULL once the loop closed */
   int refs;               /* the uv handle + the history ud */
+  int waiting;            /* appends not yet reported (loop thread only);
+                             while > 0 the handle keeps the loop alive */
 } bridge;
 
 typedef struct hist_ud {
@@ -560,6 +562,8 @@ static void noop_async(uv_async_t *h) { (void)h; }
 
 static void pending_run(rd_done *d) { /* on the loop thread */
   pending *p = (pending *)d;
+  bridge *b = p->b;
+  if (--b->waiting == 0 && !uv_is_closing((uv_handle_t *)&b->h)) uv_unref((uv_handle_t *)&b->h);
   lua_State *L = p->loop->cbL;
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->fnref);
   luaL_unref(L, LUA_REGISTRYINDEX, p->fnref);
@@ -662,6 +666,9 @@ static int l_hist_append_async(lua_State *L) {
   if (!p) return luaL_error(L, "out of memory");
   p->done.fn = pending_run;
   p->b = u->b;
+  /* The bridge (a pending's target) lives while a post can still reach
+   * it: it is freed only after the loop closed its handle, and a loop
+   * delivers its posts before closing handles. */
   lua_pushvalue(L, 4);
   p->fnref = luaL_ref(L, LUA_REGISTRYINDEX);
   rd_error err;
@@ -670,6 +677,7 @@ static int l_hist_append_async(lua_State *L) {
     rd__freemem(p);
     return fail(L, &err);
   }
+  if (u->b->waiting++ == 0) uv_ref((uv_handle_t *)&u->b->h);
   lua_pushboolean(L, 1);
   return 1;
 }
