@@ -6,7 +6,9 @@
  */
 #include "store/store.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sodium.h>
@@ -154,6 +156,31 @@ static void boot_id(char out[40]) {
   out[strcspn(out, "\n")] = '\0';
 }
 
+/* LMDB opens the data file without O_CLOEXEC: mark every descriptor of
+ * the env's files close-on-exec, so the worker zygote (exec'd by this
+ * process) and the sandboxed workers it forks never hold them. */
+static void cloexec_fds(const char *path) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return;
+  char lock[600];
+  snprintf(lock, sizeof lock, "%s-lock", path);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    int fd = atoi(e->d_name);
+    if (e->d_name[0] == '.' || fd < 0 || fd == dirfd(d)) continue;
+    char link[64], target[600];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    if (strcmp(target, path) == 0 || strcmp(target, lock) == 0) {
+      int fl = fcntl(fd, F_GETFD);
+      if (fl >= 0) fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+    }
+  }
+  closedir(d);
+}
+
 static void free_txns(rd_store_env *env) {
   pthread_mutex_lock(&env->free_mu);
   for (int i = 0; i < env->nfree; i++) mdb_txn_abort(env->free_txn[i]);
@@ -185,6 +212,8 @@ static int try_open(rd_store_env *env, size_t map_size, char *why, size_t whylen
     snprintf(why, whylen, "cannot open: %s", mdb_strerror(rc));
     return rc;
   }
+  char real[PATH_MAX];
+  cloexec_fds(realpath(env->path, real) ? real : env->path);
   int dead = 0;
   mdb_reader_check(env->mdb, &dead);
   env->stale += dead;

@@ -8,6 +8,7 @@
 #include "store/store.h"
 #include "testlib.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +63,32 @@ TEST(env_open_creates_the_directory) {
   rd_store_env *e2 = NULL;
   CHECK(rd_store_env_open(&e2, "/proc/nope/x", RD_STORE_DATA, NULL, &err) == RD_EIO);
   CHECK(strstr(err.message, "/proc/nope") != NULL);
+}
+
+/* Sandboxed workers descend from an exec'd zygote: no descriptor of the
+ * data directory may survive an exec. */
+TEST(env_descriptors_are_close_on_exec) {
+  char d[128];
+  rd_store_env *env = open_env(fresh_dir(d, sizeof d), RD_STORE_DATA, 0, 0);
+  rd_store_env *cenv = open_env(d, RD_STORE_CACHE, 0, 0);
+  int seen = 0, leaky = 0;
+  for (int fd = 0; fd < 1024; fd++) {
+    char link[64], target[512];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    if (!strstr(target, ".mdb")) continue;
+    seen++;
+    if (!(fcntl(fd, F_GETFD) & FD_CLOEXEC)) {
+      leaky++;
+      fprintf(stderr, "fd %d (%s) survives exec\n", fd, target);
+    }
+  }
+  CHECK(seen >= 4);
+  CHECK(leaky == 0);
+  rd_store_env_close(cenv);
+  rd_store_env_close(env);
 }
 
 TEST(kv_keys_of_any_bytes_and_length) {
