@@ -528,7 +528,8 @@ static int clear_fn(MDB_txn *txn, void *ud, rd_error *err) {
 int rd_cache_clear(rd_cache *c, rd_error *err) {
   rd_error_clear(err);
   size_t n;
-  free_touches(take_touches(c, &n), n);
+  touch **list = take_touches(c, &n); /* n is set by the call: not in one expression */
+  free_touches(list, n);
   return rd__store_write(c->env, clear_fn, c, err);
 }
 

@@ -229,6 +229,10 @@ TEST(cache_eviction_policies) {
   rd_cache_set_time(c, t++);
   CHECK(rd_cache_put(c, "k4", 2, "v", 1, 0, NULL) == RD_OK);
   CHECK(cache_has(c, "k1") && !cache_has(c, "k2") && cache_has(c, "k3"));
+
+  /* clear with access notes pending */
+  CHECK(rd_cache_clear(c, NULL) == RD_OK);
+  CHECK(!cache_has(c, "k1"));
   rd_cache_close(c);
 
   /* lfu: the least often read goes */
