@@ -397,9 +397,10 @@ int rd_cache_put(rd_cache *c, const void *key, size_t klen, const void *val,
   op->c = c;
   op->eklen = make_ekey(op->ek, key, klen);
   if (c->cfg.max_bytes && op->eklen + vlen > c->cfg.max_bytes) {
+    size_t size = op->eklen + vlen;
     rd__freemem(op);
     return rd_error_set(err, RD_ELIMIT, "cache: entry of %zu bytes exceeds max_bytes "
-                        "(%llu)", op->eklen + vlen, (unsigned long long)c->cfg.max_bytes);
+                        "(%llu)", size, (unsigned long long)c->cfg.max_bytes);
   }
   op->val = val;
   op->vlen = vlen;
