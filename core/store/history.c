@@ -510,7 +510,27 @@ int rd_history_prune(rd_store_env *env, double max_age, uint64_t max_count, doub
   if (op.by_age) id_bound(op.lower, now - max_age, 0);
   op.max_count = max_count;
   int rc = RD_OK;
-  if (op.by_age || max_count) rc = rd__store_write(env, prune_fn, &op, err);
+  if (!op.by_age && !max_count) return RD_OK;
+  /* Look first (a read): most calls find nothing to prune, and a write
+   * would cost a synced commit. */
+  MDB_txn *txn;
+  if ((rc = rd__store_read_begin(env, &txn, err))) return rc;
+  MDB_dbi hist = rd__store_dbi(env, RD__DB_HIST);
+  MDB_stat st;
+  int need = 0;
+  if (mdb_stat(txn, hist, &st) == 0 && max_count && st.ms_entries > max_count) need = 1;
+  if (!need && op.by_age) {
+    MDB_cursor *cur;
+    MDB_val k, v;
+    if (mdb_cursor_open(txn, hist, &cur) == 0) {
+      if (mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0 && k.mv_size == RD_ULID_LEN &&
+          memcmp(k.mv_data, op.lower, RD_ULID_LEN) < 0)
+        need = 1;
+      mdb_cursor_close(cur);
+    }
+  }
+  rd__store_read_end(env, txn);
+  if (need) rc = rd__store_write(env, prune_fn, &op, err);
   if (removed) *removed = rc == RD_OK ? op.removed : 0;
   return rc;
 }

@@ -247,6 +247,9 @@ function M.attach(engine, opts)
     end
   end)
   local cc, hc = s.config.cache, s.config.history
+  -- Retention at open too: a short-lived engine (rduck run) never sees its timer.
+  local pok, perr, pcode = s.history:prune()
+  if not pok then warn(engine, "history retention", perr, pcode) end
   s.timers = {
     every(engine, cc.sweep_ms, function()
       local ok, serr, scode = s.cache:sweep()
@@ -402,6 +405,7 @@ M.iso8601 = iso
 -- Open only what the commands read (no engine, no tools).
 local function open_for_cli(opts)
   local dir = opts.data or "./.rduck"
+  if not core.listdir(dir) then return nil, "--data " .. dir .. ": no such data directory" end
   local s, err = M.open(dir, {})
   if not s then return nil, "--data " .. dir .. ": " .. tostring(err) end
   return s
