@@ -128,6 +128,35 @@ describe("store", function()
       assert.truthy(err:find("lru, lfu, fifo", 1, true))
     end)
 
+    it("after a machine restart, rebuilds a cache written since its last sync", function()
+      local dir = H.tmpdir()
+      -- A process that wrote without syncing, as if the machine then went
+      -- down: its session record names another boot; os.exit skips close.
+      local _, err, code = H.run_lua(([[
+local S = require("rubberduck.core").store
+local env = assert(S.open(%q, "cache"))
+local c = S.cache(env, {})
+assert(env:raw_put("meta", "session", ("b"):rep(40) .. ("\0"):rep(8)))
+assert(c:put("k", "v"))
+os.exit(0)
+]]):format(dir))
+      assert.equals(0, code, err)
+      local s = assert(store.open(dir))
+      local info = s:info().cache
+      assert.is_true(info.rebuilt)
+      assert.truthy(info.rebuild_reason:find("restarted", 1, true), info.rebuild_reason)
+      assert.is_nil(s.cache:get("k"))
+      s:close()
+      -- a clean close records its sync: the next open trusts the file
+      s = assert(store.open(dir))
+      assert(s.cache:put("k", "v"))
+      s:close()
+      s = assert(store.open(dir))
+      assert.is_false(s:info().cache.rebuilt)
+      assert.equals("v", s.cache:get("k"))
+      s:close()
+    end)
+
     it("rebuilds an unusable cache file empty, and says so", function()
       local dir = H.tmpdir()
       local s = assert(store.open(dir))
