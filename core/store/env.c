@@ -162,13 +162,13 @@ static void boot_id(char out[40]) {
 static void cloexec_fds(const char *path) {
   DIR *d = opendir("/proc/self/fd");
   if (!d) return;
-  char lock[600];
+  char lock[PATH_MAX + 8];
   snprintf(lock, sizeof lock, "%s-lock", path);
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
     int fd = atoi(e->d_name);
     if (e->d_name[0] == '.' || fd < 0 || fd == dirfd(d)) continue;
-    char link[64], target[600];
+    char link[64], target[PATH_MAX + 8];
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(link, target, sizeof target - 1);
     if (n <= 0) continue;

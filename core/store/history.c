@@ -289,7 +289,7 @@ static int enqueue(rd_history *h, item *it, rd_error *err) {
 int rd_history_append_async(rd_history *h, const rd_history_record *rec,
                             rd_history_done_cb cb, void *ud, rd_error *err) {
   rd_error_clear(err);
-  item *it;
+  item *it = NULL;
   int rc = make_item(rec, &it, err);
   if (rc) return rc;
   it->cb = cb;
