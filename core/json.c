@@ -1103,7 +1103,7 @@ static int enc_object_sorted(enc *e, int idx, int nlev, int numkeys) {
     e->nkeys++;
   }
   size_t n = e->nkeys - base;
-  qsort(e->keys + base, n, sizeof *e->keys, key_cmp);
+  if (n > 1) qsort(e->keys + base, n, sizeof *e->keys, key_cmp); /* keys is NULL for {} */
   bputc(b, '{');
   for (size_t i = 0; i < n; i++) {
     enc_key *k = &e->keys[base + i];   /* re-read: children may realloc */

@@ -42,7 +42,9 @@ extern "C" {
   XX(EBUSY,    "busy",             "resource busy")                         \
   XX(ELIMIT,   "limit",            "a limit was reached")                   \
   XX(ENOSYS,   "not_supported",    "not supported on this system")          \
-  XX(EINTERNAL,"internal",         "internal error")
+  XX(EINTERNAL,"internal",         "internal error")                        \
+  XX(EFULL,    "storage_full",     "storage full")                          \
+  XX(ECORRUPT, "corrupt",          "stored data is corrupt")
 
 typedef enum {
   RD_OK = 0,

@@ -6,6 +6,7 @@
 #include "rd.h"
 #include "lua/bind.h"
 #include "engine.h"
+#include "store/store.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -105,5 +106,7 @@ int luaopen_rubberduck_core(lua_State *L) {
   lua_setfield(L, -2, "zygote");
   rd__luaopen_sign(L);
   lua_setfield(L, -2, "sign");
+  rd__luaopen_store(L);
+  lua_setfield(L, -2, "store");
   return 1;
 }

@@ -9,6 +9,7 @@
  *                                  default action); does not keep the loop
  *                                  alive on its own
  *   t:stop(), s:stop()             idempotent
+ *   t:unref()                      the timer no longer keeps the loop alive
  *   loop:now() -> ms               the loop's cached monotonic time
  *   loop:close()                   closes every handle, frees the loop
  */
@@ -226,6 +227,12 @@ static int l_timer_stop(lua_State *L) {
   return 0;
 }
 
+static int l_timer_unref(lua_State *L) {
+  timer_ud *ud = luaL_checkudata(L, 1, TIMER_MT);
+  if (ud->t && !ud->t->closing) uv_unref(&ud->t->h.any);
+  return 0;
+}
+
 static int l_timer_active(lua_State *L) {
   timer_ud *ud = luaL_checkudata(L, 1, TIMER_MT);
   lua_pushboolean(L, ud->t && !ud->t->closing);
@@ -312,7 +319,8 @@ int rd__luaopen_loop(lua_State *L) {
     {"__gc", l_close}, {"__tostring", l_tostring}, {NULL, NULL},
   };
   static const luaL_Reg timer_m[] = {
-    {"stop", l_timer_stop}, {"active", l_timer_active}, {NULL, NULL},
+    {"stop", l_timer_stop}, {"active", l_timer_active}, {"unref", l_timer_unref},
+    {NULL, NULL},
   };
   rd__lua_class(L, TIMER_MT, timer_m, l_new);
   lua_pop(L, 1); /* timers are made by loop:timer(), not by a constructor */

@@ -102,13 +102,38 @@ Signed capability tokens (Ed25519).
 TOKEN may be @FILE or - (standard input). `rduck run --token T` runs as
 the token's caller. Exit status 0 ok, 1 a token refused, 2 usage.]],
   },
+  history = {
+    usage = "rduck history [--tool T] [--status ok|error] [--kind K] [--caller P] [--since T]\n" ..
+            "                   [--until T] [--limit N] [--cursor C] [--json] [--data DIR]",
+    help = [[
+Print the execution history of the data directory, newest first.
+
+  --tool T, --status S, --kind K, --caller P   only records that match
+  --since T, --until T   a time range: epoch seconds, YYYY-MM-DD,
+                         YYYY-MM-DDTHH:MM:SSZ, or an age (15m, 2h, 7d)
+  --limit N              records per page (default 50)
+  --cursor C             the next page (the last line of a page names it)
+  --json                 { records = [...], cursor = ... }
+  --data DIR             data directory (default ./.rduck)]],
+  },
+  audit = {
+    usage = "rduck audit verify|list [--from N] [--limit N] [--json] [--data DIR]",
+    help = [[
+The audit trail of the data directory: a hash chain of security-relevant
+events (authorization denials, sandbox violations, tool loads and reloads,
+policy and config changes).
+
+  verify    check the chain; exit 0 when intact, 1 naming the first bad
+            entry (edited, removed or reordered)
+  list      print the entries (--from N: from entry N; --limit N)]],
+  },
   version = {
     usage = "rduck version",
     help = "Print the version of rduck and of the libraries it runs on.",
   },
 }
 
-local ORDER = { "run", "tools", "check", "repl", "demo", "token", "version" }
+local ORDER = { "run", "tools", "check", "repl", "demo", "token", "history", "audit", "version" }
 
 local function main_usage()
   local lines = { "usage: rduck <command> [options]", "", "commands:" }
@@ -505,6 +530,22 @@ function handlers.demo(args)
   local code = (fail > 0 or #engine.problems > 0) and 1 or 0
   engine:close()
   return code
+end
+
+function handlers.history(args)
+  local opts, pos = parse(args, { tool = "value", status = "value", kind = "value",
+    caller = "value", since = "value", ["until"] = "value", limit = "value", cursor = "value",
+    json = "bool", data = "value" })
+  if not opts then return nil, pos end
+  if opts.help then return "help" end
+  return require("rubberduck.store").cli_history(opts, pos)
+end
+
+function handlers.audit(args)
+  local opts, pos = parse(args, { from = "value", limit = "value", json = "bool", data = "value" })
+  if not opts then return nil, pos end
+  if opts.help then return "help" end
+  return require("rubberduck.store").cli_audit(opts, pos)
 end
 
 function handlers.version(args)

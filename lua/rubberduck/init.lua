@@ -12,7 +12,9 @@
 -- max_running (executions at once, default 32), max_queue (executions
 -- waiting for a slot, default 1024; beyond it a call is `overloaded`),
 -- policy (an authorization policy file, see authorizer.lua), audience (this
--- engine's name, for tokens issued to an audience).
+-- engine's name, for tokens issued to an audience),
+-- cache / history / storage (options of rubberduck.store; store = false:
+-- no data directory at all).
 -- Returns the engine, or nil and a message when `tools` is not a readable
 -- directory or the policy is refused. Tools that fail to load are reported in engine.problems and
 -- through the "tool.load_failed" event; the engine still opens.
@@ -24,6 +26,7 @@ local authorizer = require "rubberduck.authorizer"
 local validator = require "rubberduck.validator"
 local workers = require "rubberduck.workers"
 local executor = require "rubberduck.executor"
+local store = require "rubberduck.store"
 
 local M = {}
 M.version = core.version
@@ -94,6 +97,8 @@ function M.open(opts)
   self.workers = workers.new(self)
   self.auth = authorizer.new({ data_dir = self.data_dir, audience = opts.audience,
     emit = function(...) return self:emit(...) end })
+  -- the store first: its audit trail records the policy's load
+  if opts.store ~= false then store.attach(self, opts) end
   if opts.policy then
     local ok, probs = self.auth:load(self, opts.policy)
     if not ok then
@@ -276,7 +281,9 @@ function Engine:submit(name, params, caller, opts)
     self:emit("authorization.denied", nil, { execution_id = h.id, tool = tostring(name),
       principal = "anonymous", reason = "caller refused: " .. why })
     h.co = function()
-      return pipeline.error_envelope(h.id, name, "unauthorized", "caller refused: " .. why)
+      local env = pipeline.error_envelope(h.id, name, "unauthorized", "caller refused: " .. why)
+      store.record(self, h, env)
+      return env
     end
   else
     h.caller = c
@@ -408,6 +415,7 @@ function Engine:close(opts)
   if self.auth.signkey then self.auth.signkey:close(); self.auth.signkey = nil end
   -- let the zygote and the workers' sockets close
   self.loop:run("nowait")
+  store.detach(self)
   self.closed = true
   self.bus:close()
   self.loop:close()

@@ -9,6 +9,7 @@
 local core = require "rubberduck.core"
 local json = require "rubberduck.json"
 local errors = require "rubberduck.errors"
+local store = require "rubberduck.store"
 
 local M = {}
 
@@ -159,6 +160,10 @@ local function body(engine, h, meta)
     return nil, errors.new("unauthorized", why, details)
   end
 
+  -- result cache (output.cache_ttl > 0): an identical call's output
+  local cached = store.cached_output(engine, h, t, params, meta)
+  if cached ~= nil then return cached end
+
   -- 3 execute, with retries, in a slot of the executor
   local sec, exe = def.security, def.execution
   local admitted, qkind, qmsg = engine.executor:admit(h, t.name, exe.concurrency)
@@ -302,6 +307,7 @@ function M.run(engine, h)
     output = nil
   end
   if not err then output, err = process(engine, h, output) end
+  if not err then store.remember_output(engine, h, output, meta) end
   meta.duration_ms = core.mono_ms() - t0
   local env = {
     execution_id = h.id, tool = tostring(h.name),
@@ -319,6 +325,10 @@ function M.run(engine, h)
     cpu_ms = meta.cpu_ms, peak_memory_bytes = meta.peak_memory_bytes }
   engine:emit("execution.stop", ms, md)
   if err then engine:emit("execution.exception", ms, md) end
+  -- history; returns once the record is durable, except for a call refused
+  -- as overloaded: backpressure answers at once (its record is written
+  -- with the next group commit all the same)
+  store.record(engine, h, env, err and err.kind == "overloaded")
   return env
 end
 

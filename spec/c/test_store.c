@@ -1,0 +1,713 @@
+/*
+ * test_store.c — the storage layer (core/store/): environments, cache, kv,
+ * history, audit; map growth and full storage, a full disk (RLIMIT_FSIZE in
+ * a child), crash recovery (a child SIGKILLed inside a write transaction
+ * while it holds a reader slot), an unusable cache file, a concurrent
+ * reader process.
+ */
+#include "store/store.h"
+#include "testlib.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+#include <sys/time.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char base[64];
+static int dirn;
+
+static const char *fresh_dir(char *buf, size_t n) {
+  snprintf(buf, n, "%s/d%d", base, ++dirn);
+  return buf;
+}
+
+static rd_store_env *open_env(const char *dir, rd_store_kind kind, size_t map, size_t max) {
+  rd_store_env_config cfg = {map, max};
+  rd_store_env *env = NULL;
+  rd_error err;
+  int rc = rd_store_env_open(&env, dir, kind, &cfg, &err);
+  if (rc) fprintf(stderr, "open %s: %s\n", dir, err.message);
+  CHECK(rc == RD_OK);
+  return env;
+}
+
+static int kv_is(rd_store_env *env, const char *ns, const void *k, size_t kl, const char *want) {
+  rd_store_view v;
+  int rc = rd_kv_get(env, ns, k, kl, &v, NULL);
+  if (rc) return 0;
+  int same = v.len == strlen(want) && memcmp(v.data, want, v.len) == 0;
+  rd_store_view_release(&v);
+  return same;
+}
+
+TEST(env_open_creates_the_directory) {
+  char d[128], sub[160];
+  fresh_dir(d, sizeof d);
+  snprintf(sub, sizeof sub, "%s/a/b", d);
+  rd_store_env *env = open_env(sub, RD_STORE_DATA, 0, 0);
+  rd_store_env_info info;
+  rd_store_env_info_get(env, &info);
+  CHECK(strstr(info.path, "/a/b/data.mdb") != NULL);
+  CHECK(info.map_size == 16u << 20);
+  struct stat st;
+  CHECK(stat(sub, &st) == 0 && (st.st_mode & 0777) == 0700);
+  rd_store_env_close(env);
+  rd_error err;
+  rd_store_env *e2 = NULL;
+  CHECK(rd_store_env_open(&e2, "/proc/nope/x", RD_STORE_DATA, NULL, &err) == RD_EIO);
+  CHECK(strstr(err.message, "/proc/nope") != NULL);
+}
+
+/* Sandboxed workers descend from an exec'd zygote: no descriptor of the
+ * data directory may survive an exec. */
+TEST(env_descriptors_are_close_on_exec) {
+  char d[128];
+  rd_store_env *env = open_env(fresh_dir(d, sizeof d), RD_STORE_DATA, 0, 0);
+  rd_store_env *cenv = open_env(d, RD_STORE_CACHE, 0, 0);
+  int seen = 0, leaky = 0;
+  for (int fd = 0; fd < 1024; fd++) {
+    char link[64], target[512];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    if (!strstr(target, ".mdb")) continue;
+    seen++;
+    if (!(fcntl(fd, F_GETFD) & FD_CLOEXEC)) {
+      leaky++;
+      fprintf(stderr, "fd %d (%s) survives exec\n", fd, target);
+    }
+  }
+  CHECK(seen >= 4);
+  CHECK(leaky == 0);
+  rd_store_env_close(cenv);
+  rd_store_env_close(env);
+}
+
+TEST(kv_keys_of_any_bytes_and_length) {
+  char d[128];
+  rd_store_env *env = open_env(fresh_dir(d, sizeof d), RD_STORE_DATA, 0, 0);
+  char bin[3] = {'\0', '\xff', 'x'};
+  char *long1 = malloc(5000), *long2 = malloc(5000);
+  memset(long1, 'L', 5000);
+  memset(long2, 'L', 5000);
+  long2[4999] = 'M'; /* same first 400 bytes, different key */
+  CHECK(rd_kv_put(env, "t", bin, 3, "bin", 3, NULL) == RD_OK);
+  CHECK(rd_kv_put(env, "t", long1, 5000, "one", 3, NULL) == RD_OK);
+  CHECK(rd_kv_put(env, "t", long2, 5000, "two", 3, NULL) == RD_OK);
+  CHECK(rd_kv_put(env, "u", bin, 3, "other ns", 8, NULL) == RD_OK);
+  CHECK(kv_is(env, "t", bin, 3, "bin"));
+  CHECK(kv_is(env, "t", long1, 5000, "one"));
+  CHECK(kv_is(env, "t", long2, 5000, "two"));
+  CHECK(kv_is(env, "u", bin, 3, "other ns"));
+  rd_store_view v;
+  CHECK(rd_kv_get(env, "t", "nope", 4, &v, NULL) == RD_ENOENT);
+  CHECK(rd_kv_delete(env, "t", long1, 5000, NULL) == RD_OK);
+  CHECK(rd_kv_delete(env, "t", long1, 5000, NULL) == RD_ENOENT);
+  CHECK(kv_is(env, "t", long2, 5000, "two"));
+  rd_error err;
+  CHECK(rd_kv_put(env, "bad ns", "k", 1, "v", 1, &err) == RD_EINVAL);
+  CHECK(strstr(err.message, "namespace") != NULL);
+  CHECK(rd_kv_put(env, "t", "", 0, "v", 1, &err) == RD_EINVAL);
+  char *big = calloc(1, RD_KV_MAX_VALUE + 1);
+  CHECK(rd_kv_put(env, "t", "big", 3, big, RD_KV_MAX_VALUE + 1, &err) == RD_ELIMIT);
+  CHECK(strstr(err.message, "exceeds the maximum") != NULL);
+  CHECK(kv_is(env, "t", bin, 3, "bin")); /* nothing lost */
+  free(big);
+  free(long1);
+  free(long2);
+  rd_store_env_close(env);
+}
+
+typedef struct collect { int n; char keys[16][16]; } collect;
+
+static int collect_cb(const void *k, size_t kl, const void *v, size_t vl, void *ud) {
+  collect *c = ud;
+  (void)v; (void)vl;
+  if (c->n < 16) { snprintf(c->keys[c->n], 16, "%.*s", (int)kl, (const char *)k); }
+  c->n++;
+  return 0;
+}
+
+TEST(kv_prefix_listing_with_a_cursor) {
+  char d[128];
+  rd_store_env *env = open_env(fresh_dir(d, sizeof d), RD_STORE_DATA, 0, 0);
+  const char *keys[] = {"a1", "a2", "a3", "b1", "a4", "a5"};
+  for (int i = 0; i < 6; i++) CHECK(rd_kv_put(env, "ns", keys[i], 2, "v", 1, NULL) == RD_OK);
+  char cur[RD_KV_CURSOR_MAX];
+  collect c = {0};
+  CHECK(rd_kv_list(env, "ns", "a", 1, NULL, 2, collect_cb, &c, cur, NULL) == RD_OK);
+  CHECK(c.n == 2 && strcmp(c.keys[0], "a1") == 0 && strcmp(c.keys[1], "a2") == 0);
+  CHECK(cur[0] != '\0');
+  char cur2[RD_KV_CURSOR_MAX];
+  memset(&c, 0, sizeof c);
+  CHECK(rd_kv_list(env, "ns", "a", 1, cur, 2, collect_cb, &c, cur2, NULL) == RD_OK);
+  CHECK(c.n == 2 && strcmp(c.keys[0], "a3") == 0 && strcmp(c.keys[1], "a4") == 0);
+  memset(&c, 0, sizeof c);
+  CHECK(rd_kv_list(env, "ns", "a", 1, cur2, 2, collect_cb, &c, cur, NULL) == RD_OK);
+  CHECK(c.n == 1 && strcmp(c.keys[0], "a5") == 0);
+  CHECK(cur[0] == '\0');
+  rd_error err;
+  CHECK(rd_kv_list(env, "ns", "", 0, "zz-not-hex", 2, collect_cb, &c, cur, &err) == RD_EINVAL);
+  rd_store_env_close(env);
+}
+
+TEST(cache_ttl_and_sweep) {
+  char d[128];
+  rd_store_env *env = open_env(fresh_dir(d, sizeof d), RD_STORE_CACHE, 0, 0);
+  rd_cache *c;
+  rd_cache_config cfg = {0, 0, RD_CACHE_LRU};
+  CHECK(rd_cache_open(&c, env, &cfg, NULL) == RD_OK);
+  rd_store_env_close(env); /* the cache keeps it open */
+  rd_cache_set_time(c, 1000.0);
+  CHECK(rd_cache_put(c, "a", 1, "va", 2, 10, NULL) == RD_OK);
+  CHECK(rd_cache_put(c, "b", 1, "vb", 2, 0, NULL) == RD_OK);
+  rd_store_view v;
+  CHECK(rd_cache_get(c, "a", 1, &v, NULL) == RD_OK);
+  CHECK(v.len == 2 && memcmp(v.data, "va", 2) == 0 && v.expires_at == 1010.0);
+  rd_store_view_release(&v);
+  rd_cache_set_time(c, 1011.0);
+  CHECK(rd_cache_get(c, "a", 1, &v, NULL) == RD_ENOENT);
+  CHECK(rd_cache_get(c, "b", 1, &v, NULL) == RD_OK);
+  rd_store_view_release(&v);
+  size_t removed = 0;
+  CHECK(rd_cache_sweep(c, 0, &removed, NULL) == RD_OK && removed == 1);
+  rd_cache_stats s;
+  CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK);
+  CHECK(s.hits == 2 && s.misses == 1 && s.expirations == 1 && s.entries == 1);
+  CHECK(s.bytes == 2 + 2); /* "kb" + "vb" */
+  CHECK(rd_cache_delete(c, "b", 1, NULL) == RD_OK);
+  CHECK(rd_cache_delete(c, "b", 1, NULL) == RD_ENOENT);
+  rd_cache_close(c);
+}
+
+static int cache_has(rd_cache *c, const char *k) {
+  rd_store_view v;
+  int rc = rd_cache_get(c, k, strlen(k), &v, NULL);
+  rd_store_view_release(&v);
+  return rc == RD_OK;
+}
+
+static rd_cache *policy_cache(rd_cache_policy p, uint64_t max_entries, uint64_t max_bytes) {
+  char d[128];
+  rd_store_env *env = open_env(fresh_dir(d, sizeof d), RD_STORE_CACHE, 0, 0);
+  rd_cache *c = NULL;
+  rd_cache_config cfg = {max_bytes, max_entries, p};
+  CHECK(rd_cache_open(&c, env, &cfg, NULL) == RD_OK);
+  rd_store_env_close(env);
+  return c;
+}
+
+TEST(cache_eviction_policies) {
+  /* fifo: the oldest insertion goes, reads do not matter */
+  rd_cache *c = policy_cache(RD_CACHE_FIFO, 3, 0);
+  double t = 2000;
+  const char *k[] = {"k1", "k2", "k3", "k4"};
+  for (int i = 0; i < 3; i++) { rd_cache_set_time(c, t++); rd_cache_put(c, k[i], 2, "v", 1, 0, NULL); }
+  rd_cache_set_time(c, t++);
+  CHECK(cache_has(c, "k1"));
+  rd_cache_set_time(c, t++);
+  CHECK(rd_cache_put(c, "k4", 2, "v", 1, 0, NULL) == RD_OK);
+  CHECK(!cache_has(c, "k1") && cache_has(c, "k2") && cache_has(c, "k4"));
+  rd_cache_stats s;
+  rd_cache_stats_get(c, &s, NULL);
+  CHECK(s.evictions == 1 && s.entries == 3);
+  rd_cache_close(c);
+
+  /* lru: the least recently read goes */
+  c = policy_cache(RD_CACHE_LRU, 3, 0);
+  for (int i = 0; i < 3; i++) { rd_cache_set_time(c, t++); rd_cache_put(c, k[i], 2, "v", 1, 0, NULL); }
+  rd_cache_set_time(c, t++);
+  CHECK(cache_has(c, "k1"));
+  rd_cache_set_time(c, t++);
+  CHECK(rd_cache_put(c, "k4", 2, "v", 1, 0, NULL) == RD_OK);
+  CHECK(cache_has(c, "k1") && !cache_has(c, "k2") && cache_has(c, "k3"));
+
+  /* clear with access notes pending */
+  CHECK(rd_cache_clear(c, NULL) == RD_OK);
+  CHECK(!cache_has(c, "k1"));
+  rd_cache_close(c);
+
+  /* lfu: the least often read goes */
+  c = policy_cache(RD_CACHE_LFU, 3, 0);
+  for (int i = 0; i < 3; i++) { rd_cache_set_time(c, t++); rd_cache_put(c, k[i], 2, "v", 1, 0, NULL); }
+  rd_cache_set_time(c, t++);
+  CHECK(cache_has(c, "k1") && cache_has(c, "k1") && cache_has(c, "k3"));
+  rd_cache_set_time(c, t++);
+  CHECK(rd_cache_put(c, "k4", 2, "v", 1, 0, NULL) == RD_OK);
+  CHECK(cache_has(c, "k1") && !cache_has(c, "k2") && cache_has(c, "k3"));
+  rd_cache_close(c);
+
+  /* a byte cap: entries of 3 + 10 bytes, 40 allowed: three fit */
+  c = policy_cache(RD_CACHE_FIFO, 0, 40);
+  const char *bk[] = {"b1", "b2", "b3", "b4"};
+  for (int i = 0; i < 4; i++) { rd_cache_set_time(c, t++); CHECK(rd_cache_put(c, bk[i], 2, "0123456789", 10, 0, NULL) == RD_OK); }
+  rd_cache_stats_get(c, &s, NULL);
+  CHECK(s.entries == 3 && s.bytes == 39 && !cache_has(c, "b1"));
+  rd_error err;
+  char big[64] = {0};
+  CHECK(rd_cache_put(c, "huge", 4, big, sizeof big, 0, &err) == RD_ELIMIT);
+  CHECK(strstr(err.message, "max_bytes") != NULL);
+  CHECK(cache_has(c, "b4"));
+  CHECK(rd_cache_clear(c, NULL) == RD_OK);
+  rd_cache_stats_get(c, &s, NULL);
+  CHECK(s.entries == 0 && s.bytes == 0);
+  rd_cache_close(c);
+}
+
+TEST(unusable_cache_file_is_rebuilt_and_data_file_refused) {
+  char d[128], path[200];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_CACHE, 0, 0);
+  rd_cache *c;
+  CHECK(rd_cache_open(&c, env, NULL, NULL) == RD_OK);
+  CHECK(rd_cache_put(c, "k", 1, "v", 1, 0, NULL) == RD_OK);
+  rd_cache_close(c);
+  rd_store_env_close(env);
+  snprintf(path, sizeof path, "%s/cache.mdb", d);
+  FILE *f = fopen(path, "r+b");
+  CHECK(f != NULL);
+  char junk[8192];
+  memset(junk, 0x5a, sizeof junk);
+  fwrite(junk, 1, sizeof junk, f);
+  fclose(f);
+  env = open_env(d, RD_STORE_CACHE, 0, 0);
+  rd_store_env_info info;
+  rd_store_env_info_get(env, &info);
+  CHECK(info.rebuilt == 1 && info.rebuild_reason[0] != '\0');
+  CHECK(rd_cache_open(&c, env, NULL, NULL) == RD_OK);
+  CHECK(!cache_has(c, "k"));
+  CHECK(rd_cache_put(c, "k2", 2, "v", 1, 0, NULL) == RD_OK && cache_has(c, "k2"));
+  rd_cache_close(c);
+  rd_store_env_close(env);
+
+  /* The data file is never thrown away: a clear error instead. */
+  snprintf(path, sizeof path, "%s/data.mdb", d);
+  tl_put_file(path, "this is not an LMDB file, but someone's data..........................");
+  rd_store_env *de = NULL;
+  rd_error err;
+  int rc = rd_store_env_open(&de, d, RD_STORE_DATA, NULL, &err);
+  CHECK(rc == RD_ECORRUPT);
+  CHECK(strstr(err.message, "data.mdb") != NULL);
+  struct stat st;
+  CHECK(stat(path, &st) == 0 && st.st_size > 0);
+}
+
+TEST(map_grows_then_storage_full_loses_nothing) {
+  char d[128];
+  rd_store_env *env = open_env(fresh_dir(d, sizeof d), RD_STORE_DATA, 64 << 10, 256 << 10);
+  char val[2000];
+  memset(val, 'v', sizeof val);
+  int i, rc = RD_OK;
+  rd_error err;
+  char key[32];
+  for (i = 0; i < 1000 && rc == RD_OK; i++) {
+    snprintf(key, sizeof key, "key%04d", i);
+    rc = rd_kv_put(env, "fill", key, strlen(key), val, sizeof val, &err);
+  }
+  CHECK(rc == RD_EFULL);
+  CHECK(strstr(err.message, "storage_full") != NULL);
+  CHECK(strstr(err.message, "maximum map size") != NULL);
+  int stored = i - 1;
+  CHECK(stored > 40); /* more than 64 KiB's worth: the map grew */
+  rd_store_env_info info;
+  rd_store_env_info_get(env, &info);
+  CHECK(info.map_size == 256 << 10);
+  /* reads go on; every committed value is there */
+  for (int j = 0; j < stored; j++) {
+    snprintf(key, sizeof key, "key%04d", j);
+    rd_store_view v;
+    CHECK(rd_kv_get(env, "fill", key, strlen(key), &v, NULL) == RD_OK && v.len == sizeof val);
+    rd_store_view_release(&v);
+  }
+  /* and deleting makes room again */
+  for (int j = 0; j < 10; j++) {
+    snprintf(key, sizeof key, "key%04d", j);
+    CHECK(rd_kv_delete(env, "fill", key, strlen(key), NULL) == RD_OK);
+  }
+  CHECK(rd_kv_put(env, "fill", "again", 5, "small", 5, NULL) == RD_OK);
+  rd_store_env_close(env);
+  /* reopened: still all there */
+  env = open_env(d, RD_STORE_DATA, 64 << 10, 256 << 10);
+  snprintf(key, sizeof key, "key%04d", stored - 1);
+  CHECK(kv_is(env, "fill", "again", 5, "small"));
+  rd_store_view v;
+  CHECK(rd_kv_get(env, "fill", key, strlen(key), &v, NULL) == RD_OK);
+  rd_store_view_release(&v);
+  rd_store_env_close(env);
+}
+
+TEST(full_disk_is_a_clear_error) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_DATA, 0, 0);
+  CHECK(rd_kv_put(env, "ns", "before", 6, "kept", 4, NULL) == RD_OK);
+  rd_store_env_close(env);
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* A file size limit stands in for a full disk: writes past it fail
+     * with EFBIG, as they would with ENOSPC. */
+    signal(SIGXFSZ, SIG_IGN);
+    rd_store_env *ce = NULL;
+    rd_store_env_config cfg = {0, 0};
+    if (rd_store_env_open(&ce, d, RD_STORE_DATA, &cfg, NULL)) _exit(10);
+    struct stat st;
+    char path[200];
+    snprintf(path, sizeof path, "%s/data.mdb", d);
+    stat(path, &st);
+    struct rlimit rl = {(rlim_t)st.st_size + 8192, (rlim_t)st.st_size + 8192};
+    setrlimit(RLIMIT_FSIZE, &rl);
+    char val[4096];
+    memset(val, 'x', sizeof val);
+    rd_error err;
+    int rc = RD_OK;
+    for (int i = 0; i < 200 && rc == RD_OK; i++) {
+      char key[16];
+      snprintf(key, sizeof key, "k%d", i);
+      rc = rd_kv_put(ce, "ns", key, strlen(key), val, sizeof val, &err);
+    }
+    if (rc != RD_EFULL) { fprintf(stderr, "full disk: rc %d: %s\n", rc, err.message); _exit(11); }
+    if (!strstr(err.message, "disk is full")) _exit(12);
+    /* reads go on */
+    rd_store_view v;
+    if (rd_kv_get(ce, "ns", "before", 6, &v, NULL) != RD_OK) _exit(13);
+    rd_store_view_release(&v);
+    rd_store_env_close(ce);
+    _exit(0);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status)) fprintf(stderr, "child status %d\n", status);
+  env = open_env(d, RD_STORE_DATA, 0, 0);
+  CHECK(kv_is(env, "ns", "before", 6, "kept"));
+  CHECK(rd_kv_put(env, "ns", "after", 5, "ok", 2, NULL) == RD_OK);
+  rd_store_env_close(env);
+}
+
+static int die_in_txn(MDB_txn *txn, void *ud, rd_error *err) {
+  (void)err;
+  rd_store_env *env = ud;
+  MDB_val k = {3, "ns\x01"}, v = {9, "uncommitted"};
+  mdb_put(txn, rd__store_dbi(env, RD__DB_META), &k, &v, 0);
+  raise(SIGKILL);
+  return 0;
+}
+
+TEST(crash_in_a_write_txn_recovers) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_DATA, 0, 0);
+  CHECK(rd_kv_put(env, "ns", "acked", 5, "yes", 3, NULL) == RD_OK);
+  rd_store_env_close(env);
+  /* A holder process keeps the env open (as a second engine would), so
+   * the lock table outlives the crash and the dead reader stays in it. */
+  int ready[2], quit[2];
+  CHECK(pipe(ready) == 0 && pipe(quit) == 0);
+  pid_t holder = fork();
+  if (holder == 0) {
+    close(ready[0]);
+    close(quit[1]);
+    rd_store_env *he = NULL;
+    if (rd_store_env_open(&he, d, RD_STORE_DATA, NULL, NULL)) _exit(10);
+    char c = 'r';
+    if (write(ready[1], &c, 1) != 1) _exit(11);
+    if (read(quit[0], &c, 1) < 0) _exit(12);
+    rd_store_env_close(he);
+    _exit(0);
+  }
+  close(ready[1]);
+  close(quit[0]);
+  char c;
+  CHECK(read(ready[0], &c, 1) == 1);
+  pid_t pid = fork();
+  if (pid == 0) {
+    rd_store_env *ce = NULL;
+    if (rd_store_env_open(&ce, d, RD_STORE_DATA, NULL, NULL)) _exit(10);
+    rd_store_view v; /* a reader slot left behind */
+    if (rd_kv_get(ce, "ns", "acked", 5, &v, NULL)) _exit(11);
+    rd__store_write(ce, die_in_txn, ce, NULL); /* dies holding the writer lock */
+    _exit(13);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  env = open_env(d, RD_STORE_DATA, 0, 0);
+  rd_store_env_info info;
+  rd_store_env_info_get(env, &info);
+  CHECK(info.stale_readers >= 1);
+  CHECK(kv_is(env, "ns", "acked", 5, "yes"));
+  rd_store_view v;
+  CHECK(rd_store_raw_get(env, "meta", "ns\x01", 3, &v, NULL) == RD_ENOENT);
+  /* the dead writer's lock was recovered: writes work */
+  CHECK(rd_kv_put(env, "ns", "after", 5, "ok", 2, NULL) == RD_OK);
+  CHECK(kv_is(env, "ns", "after", 5, "ok"));
+  rd_store_env_close(env);
+  close(quit[1]);
+  waitpid(holder, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  close(ready[0]);
+}
+
+static void rec_fill(rd_history_record *r, char *id, const char *tool, const char *status,
+                     const char *kind, const char *caller) {
+  rd_ulid_new(id);
+  memset(r, 0, sizeof *r);
+  r->id = id;
+  r->tool = tool;
+  r->version = "1.0.0";
+  r->status = status;
+  r->kind = kind;
+  r->caller = caller;
+  r->params_hash = "00";
+  r->started_at = (double)rd_ulid_time_ms(id) / 1000.0;
+  r->duration_ms = 1.5;
+  r->attempts = 1;
+}
+
+typedef struct rows { int n; char ids[64][RD_ULID_LEN + 1]; char tools[64][16]; } rows;
+
+static int row_cb(const rd_history_record *r, void *ud) {
+  rows *rs = ud;
+  if (rs->n < 64) {
+    memcpy(rs->ids[rs->n], r->id, RD_ULID_LEN + 1);
+    snprintf(rs->tools[rs->n], 16, "%s", r->tool);
+  }
+  rs->n++;
+  return 0;
+}
+
+static int async_done;
+static void on_committed(void *ud, int rc, const char *msg) {
+  (void)ud; (void)msg;
+  if (rc == RD_OK) __atomic_add_fetch(&async_done, 1, __ATOMIC_SEQ_CST);
+}
+
+TEST(history_append_query_prune) {
+  char d[128];
+  rd_store_env *env = open_env(fresh_dir(d, sizeof d), RD_STORE_DATA, 0, 0);
+  rd_history *h;
+  rd_history_config cfg = {1, 8};
+  CHECK(rd_history_open(&h, env, &cfg, NULL) == RD_OK);
+  char ids[30][RD_ULID_LEN + 1];
+  rd_history_record r;
+  for (int i = 0; i < 20; i++) {
+    rec_fill(&r, ids[i], i % 2 ? "odd" : "even", i % 5 == 0 ? "error" : "ok",
+             i % 5 == 0 ? "timeout" : "", i < 10 ? "alice" : "bob");
+    CHECK(rd_history_append(h, &r, NULL) == RD_OK);
+  }
+  for (int i = 20; i < 30; i++) {
+    rec_fill(&r, ids[i], "async", "ok", "", "carol");
+    CHECK(rd_history_append_async(h, &r, on_committed, NULL, NULL) == RD_OK);
+  }
+  rd_history_close(h); /* commits what is queued */
+  CHECK(async_done == 10);
+  rd_error err;
+  rec_fill(&r, ids[0], "x", "ok", "", "");
+  r.id = "short";
+  CHECK(rd_history_open(&h, env, NULL, NULL) == RD_OK);
+  CHECK(rd_history_append(h, &r, &err) == RD_EINVAL);
+  rd_history_close(h);
+
+  uint64_t n;
+  CHECK(rd_history_count(env, &n, NULL) == RD_OK && n == 30);
+  rows rs = {0};
+  char cur[RD_ULID_LEN + 1];
+  rd_history_filter q = {0};
+  q.limit = 4;
+  CHECK(rd_history_query(env, &q, row_cb, &rs, cur, NULL) == RD_OK);
+  CHECK(rs.n == 4 && strcmp(rs.ids[0], ids[29]) == 0 && strcmp(rs.ids[3], ids[26]) == 0);
+  CHECK(strcmp(cur, ids[26]) == 0);
+  memset(&rs, 0, sizeof rs);
+  q.cursor = cur;
+  CHECK(rd_history_query(env, &q, row_cb, &rs, cur, NULL) == RD_OK);
+  CHECK(rs.n == 4 && strcmp(rs.ids[0], ids[25]) == 0);
+
+  memset(&rs, 0, sizeof rs);
+  rd_history_filter q2 = {0};
+  q2.tool = "odd";
+  q2.caller = "bob";
+  CHECK(rd_history_query(env, &q2, row_cb, &rs, cur, NULL) == RD_OK);
+  CHECK(rs.n == 5 && strcmp(rs.ids[0], ids[19]) == 0 && cur[0] == '\0');
+  memset(&rs, 0, sizeof rs);
+  rd_history_filter q3 = {0};
+  q3.kind = "timeout";
+  CHECK(rd_history_query(env, &q3, row_cb, &rs, cur, NULL) == RD_OK);
+  CHECK(rs.n == 4); /* 0 5 10 15 */
+  memset(&rs, 0, sizeof rs);
+  rd_history_filter q4 = {0};
+  q4.status = "error";
+  q4.since = (double)rd_ulid_time_ms(ids[5]) / 1000.0;
+  q4.until = (double)rd_ulid_time_ms(ids[10]) / 1000.0;
+  CHECK(rd_history_query(env, &q4, row_cb, &rs, cur, NULL) == RD_OK);
+  int has5 = 0, has10 = 0, has15 = 0;
+  for (int i = 0; i < rs.n; i++) {
+    if (!strcmp(rs.ids[i], ids[5])) has5 = 1;
+    if (!strcmp(rs.ids[i], ids[10])) has10 = 1;
+    if (!strcmp(rs.ids[i], ids[15])) has15 = 1;
+  }
+  CHECK(has5 && has10 && !has15);
+  rd_history_filter bad = {0};
+  bad.cursor = "not a cursor";
+  CHECK(rd_history_query(env, &bad, row_cb, &rs, cur, &err) == RD_EINVAL);
+
+  size_t removed;
+  CHECK(rd_history_prune(env, 0, 25, 0, &removed, NULL) == RD_OK && removed == 5);
+  CHECK(rd_history_count(env, &n, NULL) == RD_OK && n == 25);
+  memset(&rs, 0, sizeof rs);
+  CHECK(rd_history_query(env, &q3, row_cb, &rs, cur, NULL) == RD_OK);
+  CHECK(rs.n == 3); /* record 0 went with its index keys */
+  /* by age: everything is older than "now + 1 day - 1 s" minus 1 day... */
+  CHECK(rd_history_prune(env, 1, 0, rd__now() + 3600, &removed, NULL) == RD_OK && removed == 25);
+  CHECK(rd_history_count(env, &n, NULL) == RD_OK && n == 0);
+  rd_store_env_close(env);
+}
+
+static void swap_values(rd_store_env *env, uint64_t a, uint64_t b) {
+  unsigned char ka[8], kb[8];
+  rd__store_be64(ka, a);
+  rd__store_be64(kb, b);
+  rd_store_view va, vb;
+  CHECK(rd_store_raw_get(env, "audit", ka, 8, &va, NULL) == RD_OK);
+  char *ca = malloc(va.len);
+  size_t la = va.len;
+  memcpy(ca, va.data, la);
+  rd_store_view_release(&va);
+  CHECK(rd_store_raw_get(env, "audit", kb, 8, &vb, NULL) == RD_OK);
+  char *cb = malloc(vb.len);
+  size_t lb = vb.len;
+  memcpy(cb, vb.data, lb);
+  rd_store_view_release(&vb);
+  CHECK(rd_store_raw_put(env, "audit", ka, 8, cb, lb, NULL) == RD_OK);
+  CHECK(rd_store_raw_put(env, "audit", kb, 8, ca, la, NULL) == RD_OK);
+  free(ca);
+  free(cb);
+}
+
+static rd_store_env *audit_env(int n) {
+  char d[128];
+  rd_store_env *env = open_env(fresh_dir(d, sizeof d), RD_STORE_DATA, 0, 0);
+  for (int i = 1; i <= n; i++) {
+    char data[64];
+    snprintf(data, sizeof data, "{\"i\":%d}", i);
+    uint64_t seq;
+    CHECK(rd_audit_append(env, "tool.loaded", data, strlen(data), 1000.0 + i, &seq, NULL) == RD_OK);
+    CHECK(seq == (uint64_t)i);
+  }
+  return env;
+}
+
+TEST(audit_chain_detects_tampering) {
+  rd_audit_report rep;
+  rd_store_env *env = audit_env(6);
+  CHECK(rd_audit_verify(env, &rep, NULL) == RD_OK && rep.ok && rep.entries == 6);
+
+  /* edited: one byte of entry 3's data */
+  unsigned char k[8];
+  rd__store_be64(k, 3);
+  rd_store_view v;
+  CHECK(rd_store_raw_get(env, "audit", k, 8, &v, NULL) == RD_OK);
+  char *copy = malloc(v.len);
+  size_t len = v.len;
+  memcpy(copy, v.data, len);
+  rd_store_view_release(&v);
+  copy[len - 2] = '9';
+  CHECK(rd_store_raw_put(env, "audit", k, 8, copy, len, NULL) == RD_OK);
+  free(copy);
+  CHECK(rd_audit_verify(env, &rep, NULL) == RD_OK);
+  CHECK(!rep.ok && rep.bad_seq == 3 && strstr(rep.problem, "edited") != NULL);
+  rd_store_env_close(env);
+
+  /* removed from the middle */
+  env = audit_env(6);
+  rd__store_be64(k, 4);
+  CHECK(rd_store_raw_delete(env, "audit", k, 8, NULL) == RD_OK);
+  CHECK(rd_audit_verify(env, &rep, NULL) == RD_OK);
+  CHECK(!rep.ok && rep.bad_seq == 4 && strstr(rep.problem, "removed") != NULL);
+  rd_store_env_close(env);
+
+  /* removed at the end */
+  env = audit_env(6);
+  rd__store_be64(k, 6);
+  CHECK(rd_store_raw_delete(env, "audit", k, 8, NULL) == RD_OK);
+  CHECK(rd_audit_verify(env, &rep, NULL) == RD_OK);
+  CHECK(!rep.ok && rep.bad_seq == 6 && strstr(rep.problem, "removed") != NULL);
+  rd_store_env_close(env);
+
+  /* reordered */
+  env = audit_env(6);
+  swap_values(env, 2, 5);
+  CHECK(rd_audit_verify(env, &rep, NULL) == RD_OK);
+  CHECK(!rep.ok && rep.bad_seq == 2 && strstr(rep.problem, "reordered") != NULL);
+  /* the chain goes on after a verify failure: appends still work */
+  CHECK(rd_audit_append(env, "x", "{}", 2, 1.0, NULL, NULL) == RD_OK);
+  rd_store_env_close(env);
+}
+
+TEST(a_second_process_reads_while_this_one_writes) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_DATA, 0, 0);
+  rd_history *h;
+  CHECK(rd_history_open(&h, env, NULL, NULL) == RD_OK);
+  int pipefd[2];
+  CHECK(pipe(pipefd) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(pipefd[1]);
+    rd_store_env *re = NULL;
+    if (rd_store_env_open(&re, d, RD_STORE_DATA, NULL, NULL)) _exit(10);
+    uint64_t last = 0, n = 0;
+    char c;
+    int reads = 0;
+    /* read until the parent closes the pipe; counts never go back */
+    for (;;) {
+      if (rd_history_count(re, &n, NULL)) _exit(11);
+      if (n < last) _exit(12);
+      last = n;
+      reads++;
+      struct timeval tv = {0, 1000};
+      fd_set fds;
+      FD_ZERO(&fds);
+      FD_SET(pipefd[0], &fds);
+      if (select(pipefd[0] + 1, &fds, NULL, NULL, &tv) > 0 && read(pipefd[0], &c, 1) <= 0) break;
+    }
+    if (rd_history_count(re, &n, NULL) || n != 50) _exit(13);
+    rd_store_env_close(re);
+    _exit(0);
+  }
+  close(pipefd[0]);
+  char id[RD_ULID_LEN + 1];
+  rd_history_record r;
+  for (int i = 0; i < 50; i++) {
+    rec_fill(&r, id, "t", "ok", "", "p");
+    CHECK(rd_history_append(h, &r, NULL) == RD_OK);
+  }
+  close(pipefd[1]);
+  int status;
+  waitpid(pid, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status)) fprintf(stderr, "reader status %d\n", status);
+  rd_history_close(h);
+  rd_store_env_close(env);
+}
+
+static void cleanup(void) {
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", base);
+  if (system(cmd) != 0) fprintf(stderr, "cleanup failed: %s\n", cmd);
+}
+
+int main(void) {
+  snprintf(base, sizeof base, "/tmp/rd_test_store.XXXXXX");
+  if (!mkdtemp(base)) { perror("mkdtemp"); return 1; }
+  atexit(cleanup);
+  RUN_TESTS();
+}
