@@ -103,5 +103,7 @@ int luaopen_rubberduck_core(lua_State *L) {
   lua_setfield(L, -2, "telemetry");
   rd__luaopen_worker(L);
   lua_setfield(L, -2, "zygote");
+  rd__luaopen_results(L);
+  lua_setfield(L, -2, "results");
   return 1;
 }
