@@ -340,6 +340,7 @@ function M.process(engine, h, output, err, meta)
   -- 1 normalize
   local raw, bins = R.normalize(output)
   if type(bins) == "string" then return nil, M.encode_error(bins) end
+  table.sort(bins)   -- the order of a table walk is not the same everywhere
   -- 2 output schema, on what consumers see
   local ok, serr = validate(t, #bins > 0 and M.view(raw, bins) or raw)
   if not ok then return nil, serr end
@@ -355,7 +356,10 @@ function M.process(engine, h, output, err, meta)
     raw, list, n = M.truncate(raw, o.truncate, o.redact and o.redact.replacement)
     if n > 0 then meta.truncated = list; changed = true end
   end
-  if changed then raw, bins = R.normalize(raw) end
+  if changed then
+    raw, bins = R.normalize(raw)
+    table.sort(bins)
+  end
   -- 4 format
   local fok, ferr = formats.check(raw, o.format)
   if not fok then return nil, errors.new("invalid_output", ferr) end
