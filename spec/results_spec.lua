@@ -247,6 +247,7 @@ describe("results", function()
         string.rep("large ✓ ", 131072),   -- 1 MiB
         big,
         { bin = "\128\129", key = { "\255" } },
+        { [string.rep("k", 300)] = "a key longer than YAML's simple keys", del = "\127\194\133" },
       }
     end
 
@@ -554,6 +555,12 @@ return tool {
       assert.equals("ok", env2.status)
       env2 = e:execute("missing", {}, CALLER)
       assert.equals("not_found", got[#got].metadata.kind)
+      -- the cache's hit event carries the same metadata
+      local n = #got
+      results.emit(e, env, "tool.result.cached")
+      assert.equals(n + 1, #got)
+      assert.equals("tool.result.cached", got[#got].name)
+      assert.equals(env.metadata.output_digest, got[#got].metadata.output_digest)
       e:close()
     end)
   end)

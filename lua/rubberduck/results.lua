@@ -412,8 +412,9 @@ end
 
 -- "tool.result.processed": the envelope's metadata to telemetry and every
 -- subscriber (a subscriber that raises is reported by the bus and counted
--- in engine.bus:errors(); the pipeline goes on).
-function M.emit(engine, env)
+-- in engine.bus:errors(); the pipeline goes on). The result cache, when it
+-- answers a call, emits the same with name "tool.result.cached".
+function M.emit(engine, env, name)
   local m = env.metadata
   local md = { execution_id = env.execution_id, tool = env.tool, status = env.status,
     format = m.format, principal = m.principal, tool_version = m.tool_version,
@@ -425,7 +426,7 @@ function M.emit(engine, env)
     attempts = m.attempts, redacted = m.redacted or 0,
     truncated = m.truncated and #m.truncated or 0,
     binary_values = m.binary_paths and #m.binary_paths or 0 }
-  return engine:emit("tool.result.processed", ms, md)
+  return engine:emit(name or "tool.result.processed", ms, md)
 end
 
 -- ---- reading an envelope back ------------------------------------------------------------------
