@@ -465,6 +465,10 @@ return tool {
       assert.truthy(bad.error.message:find("redact.patterns[1]", 1, true), bad.error.message)
       bad = engine:execute("free", {}, CALLER, { truncate = 0 })
       assert.equals("invalid_params", bad.error.kind)
+      bad = engine:execute("free", {}, CALLER, { format = "toml" })
+      assert.equals("invalid_params", bad.error.kind)
+      assert.equals("json", bad.metadata.format)
+      assert.equals(0, bad.metadata.attempts)   -- refused before the tool ran
     end)
 
     it("truncates at a character boundary with a marker and the original size", function()

@@ -134,6 +134,8 @@ local function body(engine, h, meta)
   meta.security_level = def.security.level
   meta.tool_version = def.metadata.version
   meta.format = h.opts.format or def.output.format
+  local operr = results.check_options(t, h.opts)
+  if operr then meta.format = def.output.format; return nil, errors.new("invalid_params", operr) end
 
   -- 1 validate
   h.stage_name = "validating"

@@ -226,6 +226,13 @@ function M.options(tool_opts, def_output, opts)
   return { format = fmt, redact = red, truncate = trunc }
 end
 
+-- The caller's options checked before the tool runs (a call that could
+-- not be shown as asked does not run). Returns nil | message.
+function M.check_options(t, opts)
+  local _, err = M.options(t.output_opts, t.def.output, opts or {})
+  return err and ("options: " .. err) or nil
+end
+
 -- ---- transformations ------------------------------------------------------------------
 
 local function key_matches(red, k)
@@ -334,7 +341,10 @@ function M.process(engine, h, output, err, meta)
   end
   local def_output = t and t.def.output or {}
   local o, oerr = M.options(t and t.output_opts, def_output, h.opts or {})
-  if not o then return nil, errors.new("invalid_params", "options: " .. oerr) end
+  if not o then
+    meta.format = def_output.format or "json"   -- the envelope names a real format
+    return nil, errors.new("invalid_params", "options: " .. oerr)
+  end
   meta.format = o.format
 
   -- 1 normalize
