@@ -59,81 +59,82 @@ local function is_name(k)
 end
 M.is_name = is_name
 
--- Opening of an element for `key` (nil: an array item), plus attributes.
-local function open(out, indent, key, attrs)
-  out[#out + 1] = indent
-  if key == nil then
-    out[#out + 1] = "<item"
-  elseif is_name(key) then
-    out[#out + 1] = "<" .. key
+-- Opening "<name" and closing "</name>\n" of the element for a key (nil:
+-- an array item), memoized: keys repeat across a result.
+local opens, closes, ncache = {}, {}, 0
+local function tags(key)
+  if key == nil then return "<item", "</item>\n" end
+  local o = opens[key]
+  if o then return o, closes[key] end
+  if is_name(key) then
+    o = "<" .. key
   elseif utf8_valid(key) and not unrepresentable(key) then
-    out[#out + 1] = '<item key="' .. attr(key) .. '"'
+    o = '<item key="' .. attr(key) .. '"'
   else
-    out[#out + 1] = '<item key="' .. b64(key) .. '" key-encoding="base64"'
+    o = '<item key="' .. b64(key) .. '" key-encoding="base64"'
   end
-  if attrs then out[#out + 1] = attrs end
+  local c = is_name(key) and ("</" .. key .. ">\n") or "</item>\n"
+  if ncache > 10000 then opens, closes, ncache = {}, {}, 0 end
+  opens[key], closes[key], ncache = o, c, ncache + 1
+  return o, c
 end
 
-local function close_name(key)
-  if key ~= nil and is_name(key) then return key end
-  return "item"
+local floor, sformat, encode = math.floor, string.format, json.encode
+
+local function number(v)
+  if floor(v) == v and v > -9007199254740992 and v < 9007199254740992 then
+    return sformat("%d", v)
+  end
+  return encode(v)
 end
 
 local function node(v, key, indent, out)
+  local n = #out
+  local o, c = tags(key)
   local tv = type(v)
-  if tv == "table" then
-    local isarr = getmetatable(v) == array_mt
-    open(out, indent, key, isarr and ' type="array"' or ' type="object"')
-    local inner = indent .. "  "
-    local n = 0
-    if isarr then
-      if #v > 0 then out[#out + 1] = ">\n" end
-      for i = 1, #v do
-        node(v[i], nil, inner, out)
-        n = n + 1
-      end
-    else
-      local keys = {}
-      for k in pairs(v) do keys[#keys + 1] = k end
-      sort(keys)
-      if #keys > 0 then out[#out + 1] = ">\n" end
-      for _, k in ipairs(keys) do node(v[k], k, inner, out) end
-      n = #keys
-    end
-    if n == 0 then
-      out[#out + 1] = "/>\n"
-    else
-      out[#out + 1] = indent .. "</" .. close_name(key) .. ">\n"
-    end
-    return
-  end
   if tv == "string" then
     if v == "" then
-      open(out, indent, key)
-      out[#out + 1] = "/>\n"
-      return
-    end
-    if not utf8_valid(v) or unrepresentable(v) then
-      open(out, indent, key, ' encoding="base64"')
-      out[#out + 1] = ">" .. b64(v)
+      out[n + 1], out[n + 2], out[n + 3] = indent, o, "/>\n"
+    elseif not find(v, "[%c&<>\128-\255]") then         -- printable ASCII, nothing to escape
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = indent, o, ">", v, c
+    elseif not utf8_valid(v) or unrepresentable(v) then
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = indent, o, ' encoding="base64">', b64(v), c
     else
-      open(out, indent, key)
-      out[#out + 1] = ">" .. text(v)
+      out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = indent, o, ">", text(v), c
     end
   elseif tv == "number" then
-    open(out, indent, key, ' type="number"')
-    out[#out + 1] = ">" .. json.encode(v)
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = indent, o, ' type="number">', number(v), c
   elseif tv == "boolean" then
-    open(out, indent, key, ' type="boolean"')
-    out[#out + 1] = ">" .. tostring(v)
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5] = indent, o, ' type="boolean">',
+      v and "true" or "false", c
+  elseif tv == "table" then
+    local isarr = getmetatable(v) == array_mt
+    local inner = indent .. "  "
+    if isarr then
+      if #v == 0 then
+        out[n + 1], out[n + 2], out[n + 3] = indent, o, ' type="array"/>\n'
+        return
+      end
+      out[n + 1], out[n + 2], out[n + 3] = indent, o, ' type="array">\n'
+      for i = 1, #v do node(v[i], nil, inner, out) end
+    else
+      local keys, k = {}, 0
+      for key2 in pairs(v) do k = k + 1; keys[k] = key2 end
+      if k == 0 then
+        out[n + 1], out[n + 2], out[n + 3] = indent, o, ' type="object"/>\n'
+        return
+      end
+      sort(keys)
+      out[n + 1], out[n + 2], out[n + 3] = indent, o, ' type="object">\n'
+      for i = 1, k do node(v[keys[i]], keys[i], inner, out) end
+    end
+    n = #out
+    out[n + 1], out[n + 2] = indent, c
   elseif v == nil or v == null then
-    open(out, indent, key, ' type="null"')
-    out[#out + 1] = "/>\n"
-    return
+    out[n + 1], out[n + 2], out[n + 3] = indent, o, ' type="null"/>\n'
   else
     error("xml: a value of type " .. tv .. " (normalize the result first)")
   end
-  out[#out + 1] = "</" .. close_name(key) .. ">\n"
 end
 
 function M.render(value)
