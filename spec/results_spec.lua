@@ -382,6 +382,17 @@ return tool {
       assert.truthy(err:find("expected one of json, xml, yaml, binary, plain", 1, true), err)
     end)
 
+    it("takes --redact and --truncate from the command line", function()
+      local out, err, code = H.run_rduck({ "run", "shape", "--tools", dir, "--format", "json",
+        "--canonical", "--redact", "NAME,none", "--truncate", "1" })
+      assert.equals(0, code, err)
+      assert.equals('{"n":3,"name":"[REDACTED]","none":"[REDACTED]","tags":["a",' ..
+        '"y [truncated: 3 bytes in all]"]}\n', out)
+      _, err, code = H.run_rduck({ "run", "shape", "--tools", dir, "--truncate", "x" })
+      assert.equals(2, code)
+      assert.truthy(err:find("--truncate: expected a whole number", 1, true), err)
+    end)
+
     it("--json prints the envelope: output the JSON value, metadata.format the format", function()
       local out, err, code = H.run_rduck({ "run", "blob", "--tools", dir, "--json" })
       assert.equals(0, code, err)
