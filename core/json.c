@@ -37,6 +37,7 @@
 #include "json.h"
 
 #include <lauxlib.h>
+#include <sodium.h>
 
 #include <locale.h>
 #include <math.h>
@@ -108,6 +109,14 @@ int rd__utf8_valid(const char *s, size_t len, size_t *bad_at) {
 }
 
 /* ---- marker metatables ----------------------------------------------------- */
+
+void rd__utf8_clean(char *s, size_t len) {
+  size_t i = 0, bad;
+  while (i < len && !rd__utf8_valid(s + i, len - i, &bad)) {
+    s[i + bad] = '?';
+    i += bad + 1;
+  }
+}
 
 static int decode_protected(lua_State *L);
 static int encode_protected(lua_State *L);
@@ -699,7 +708,7 @@ typedef struct enc_key {
 typedef struct enc {
   lua_State *L;
   rd_buf *out;
-  int max_depth, sort_keys, pretty;
+  int max_depth, sort_keys, pretty, binary;
   rd_error *err;
   int rc;
   const void *array_mt, *object_mt;
@@ -833,6 +842,8 @@ static size_t fmt_number(char *buf, double x) {
   return o;
 }
 
+size_t rd__json_fmt_number(char *buf, double x) { return fmt_number(buf, x); }
+
 /* Write the JSON pointer of the value being encoded (nlev open tables). */
 static void fmt_pointer(const enc *e, int nlev, char *out, size_t n) {
   size_t o = 0;
@@ -944,6 +955,20 @@ static int put_string(rd_buf *b, const char *str, size_t len, size_t *bad) {
 }
 
 static int enc_value(enc *e, int idx, int nlev);
+
+/* A binary string (opts->binary): its base64, quoted. put_string may have
+ * written part of the string: the caller's buffer is cut back first. */
+static int put_base64(enc *e, const char *s, size_t len) {
+  rd_buf *b = e->out;
+  size_t n = sodium_base64_encoded_len(len, sodium_base64_VARIANT_ORIGINAL);
+  if (b->len + n + 3 > b->cap && rd__buf_reserve(b, n + 2) != RD_OK) return enomem(e);
+  b->data[b->len++] = '"';
+  sodium_bin2base64(b->data + b->len, n, (const unsigned char *)s, len,
+                    sodium_base64_VARIANT_ORIGINAL);
+  b->len += n - 1;   /* n counts the NUL */
+  b->data[b->len++] = '"';
+  return 1;
+}
 
 /* Marker of the table at idx: 'a' array, 'o' object, 0 none. */
 static int table_marker(enc *e, int idx) {
@@ -1207,8 +1232,13 @@ static int enc_value(enc *e, int idx, int nlev) {
     case LUA_TSTRING: {
       size_t len, bad;
       const char *s = lua_tolstring(L, idx, &len);
-      if (!put_string(e->out, s, len, &bad))
-        return efail(e, nlev, "invalid UTF-8 in string at byte %zu", bad);
+      size_t at = e->out->len;
+      if (!put_string(e->out, s, len, &bad)) {
+        e->out->len = at;
+        if (!e->binary)
+          return efail(e, nlev, "invalid UTF-8 in string at byte %zu", bad);
+        return put_base64(e, s, len);
+      }
       return 1;
     }
     case LUA_TLIGHTUSERDATA:
@@ -1256,6 +1286,11 @@ int rd__json_encode(lua_State *L, int idx, rd_buf *out,
   c.e.max_depth = effective_depth(opts);
   c.e.sort_keys = opts ? opts->sort_keys : 0;
   c.e.pretty = opts ? opts->pretty : 0;
+  c.e.binary = opts ? opts->binary : 0;
+  if (opts && opts->canonical) {
+    c.e.sort_keys = 1;
+    c.e.pretty = 0;
+  }
   c.e.err = err;
   c.e.rc = RD_OK;
   if (c.e.max_depth <= RD_JSON_MAX_DEPTH) {

@@ -45,6 +45,18 @@ typedef struct rd_json_opts {
   int max_depth;    /* 0: RD_JSON_MAX_DEPTH; values above 1000 are clamped */
   int sort_keys;    /* encode: object keys in byte order (canonical form) */
   int pretty;       /* encode: two-space indentation, one member a line */
+  int canonical;    /* encode: the canonical form: keys sorted in byte order
+                     * of their UTF-8, no insignificant whitespace (implies
+                     * sort_keys, overrides pretty). Numbers as always
+                     * (integers to 2^53 in full, else the shortest of
+                     * %.15g/%.16g/%.17g that reads back); \u2028, \u2029 and
+                     * C0 controls escaped. Not RFC 8785 (key order is UTF-8
+                     * byte order, not UTF-16 code units). */
+  int binary;       /* encode: a string value that is not valid UTF-8 is
+                     * written as the standard base64 (RFC 4648, padded) of
+                     * its bytes instead of failing. Keys must still be valid
+                     * UTF-8. The caller records which values were binary
+                     * (rd__result_normalize lists their pointers). */
 } rd_json_opts;
 
 /* Ensure both marker metatables exist in L's registry (idempotent). */
@@ -67,9 +79,18 @@ int rd__json_encode(lua_State *L, int idx, rd_buf *out,
  * Runs no metamethods. */
 int rd__json_is_array(lua_State *L, int idx);
 
+/* The encoder's text for a finite number x (integers up to 2^53 in full,
+ * others the shortest of %.15g/%.16g/%.17g that reads back). Writes at most
+ * 31 bytes plus a NUL to buf; returns the length. */
+size_t rd__json_fmt_number(char *buf, double x);
+
 /* 1 if `len` bytes of `s` are valid UTF-8, else 0 and *bad_at (if not NULL)
  * gets the offset of the first invalid byte. */
 int rd__utf8_valid(const char *s, size_t len, size_t *bad_at);
+
+/* Replace, in place, every byte of `s` that is not part of a well-formed
+ * UTF-8 sequence with '?', so the text can go into JSON. */
+void rd__utf8_clean(char *s, size_t len);
 
 /* Lua binding: pushes the table of json functions (decode, encode, null,
  * array_mt, object_mt, array, object, is_array, utf8_valid). See

@@ -128,8 +128,9 @@ return tool {
       -- pipeline.lua process(), refuse an output json.encode cannot encode
       -- (invalid_output, with the encoder's message), so every envelope
       -- encodes; see pipeline_spec "cannot be encoded".
+      -- (invalid UTF-8 is carried as binary now: a sparse array instead)
       local path = H.write_tool(tmp, "badutf", H.tool_source{ name = "badutf",
-        handler = [[function(p) return { s = "\255" } end]] })
+        handler = [[function(p) return { s = { [1] = 1, [3] = 3 } } end]] })
       for _, args in ipairs({ { "run", path }, { "run", path, "--json" } }) do
         local out, err, code = H.run_rduck(args)
         assert.equals(1, code, "exit " .. tostring(code) .. ": " .. err)

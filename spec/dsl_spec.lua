@@ -68,7 +68,7 @@ return tool {
     has_line(probs, f .. ": security.foo: unknown field (expected one of allowed_paths, " ..
       "dangerous_functions, level, max_cpu, max_file_size, max_memory, max_output)")
     has_line(probs, f .. ": execution.tiemout: unknown field (expected one of backoff, concurrency, handler, retries, timeout)")
-    has_line(probs, f .. ": output.fromat: unknown field (expected one of cache_ttl, format, schema)")
+    has_line(probs, f .. ": output.fromat: unknown field (expected one of cache_ttl, format, redact, schema, truncate)")
     assert.equals(4, #probs)
     assert.is_nil(engine:tool("nested"))
   end)

@@ -693,10 +693,13 @@ group("hostile results", {
     check = function(r) assert.equal("raw message", r.env.error.message) end },
 
   { id = "invalid_utf8_output",
-    -- BUG: accepted as ok; the envelope then cannot be encoded and
-    -- `rduck run` dies with "internal error" (exit 3).
+    -- Bytes that are not UTF-8 are carried as binary (issue 8): base64 in
+    -- the envelope, their pointer in metadata.binary_paths, never corrupted.
     handler = [[function() return { s = "\255\254 not UTF-8" } end]],
-    expect = all("invalid_output") },
+    expect = all("ok"), check = function(r)
+      assert.equal("//4gbm90IFVURi04", r.env.output.s)
+      assert.equal("/s", r.env.metadata.binary_paths[1])
+    end },
 
   { id = "invalid_utf8_error",
     -- BUG: same, through the error message (the runner checks that every

@@ -16,6 +16,7 @@ int rd__luaopen_loop(lua_State *L);       /* l_loop.c: core.loop */
 int rd__luaopen_worker(lua_State *L);     /* l_worker.c: core.zygote */
 int rd__luaopen_sign(lua_State *L);       /* l_sign.c: core.sign */
 int rd__luaopen_store(lua_State *L);      /* l_store.c: core.store */
+int rd__luaopen_results(lua_State *L);    /* l_results.c: core.results */
 
 /* Make the metatable `mt_name` (methods `m`, __index = itself) if it does
  * not exist yet, then push a new table { new = ctor }. Returns 1 (the

@@ -108,5 +108,7 @@ int luaopen_rubberduck_core(lua_State *L) {
   lua_setfield(L, -2, "sign");
   rd__luaopen_store(L);
   lua_setfield(L, -2, "store");
+  rd__luaopen_results(L);
+  lua_setfield(L, -2, "results");
   return 1;
 }

@@ -4,7 +4,10 @@
  *   json.decode(text [, opts])  -> value | nil, message
  *   json.encode(value [, opts]) -> string | nil, message
  *       opts: { max_depth = 1..1000 (default 128), sort_keys = bool,
- *               pretty = bool }   (sort_keys/pretty only matter to encode)
+ *               pretty = bool, canonical = bool, binary = bool }
+ *               (all but max_depth only matter to encode; canonical: sorted
+ *               keys, no whitespace; binary: strings that are not valid
+ *               UTF-8 written as base64 instead of failing; see json.h)
  *   json.null                   the light userdata that null decodes to
  *   json.array_mt, json.object_mt
  *                               the marker metatables (decoded arrays carry
@@ -42,16 +45,16 @@ static void check_opts(lua_State *L, int i, rd_json_opts *o) {
     o->max_depth = (int)d;
   }
   lua_pop(L, 1);
-  static const char *const flags[] = {"sort_keys", "pretty"};
-  for (int k = 0; k < 2; k++) {
+  static const char *const flags[] = {"sort_keys", "pretty", "canonical", "binary"};
+  int *dst[] = {&o->sort_keys, &o->pretty, &o->canonical, &o->binary};
+  for (int k = 0; k < 4; k++) {
     lua_getfield(L, i, flags[k]);
     int t = lua_type(L, -1);
     if (t != LUA_TNIL && t != LUA_TBOOLEAN) {
       lua_pushfstring(L, "%s must be a boolean", flags[k]);
       luaL_argerror(L, i, lua_tostring(L, -1));
     }
-    if (k == 0) o->sort_keys = lua_toboolean(L, -1);
-    else o->pretty = lua_toboolean(L, -1);
+    *dst[k] = lua_toboolean(L, -1);
     lua_pop(L, 1);
   }
 }

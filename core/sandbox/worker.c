@@ -3,6 +3,7 @@
  */
 #include "rd.h"
 #include "json.h"
+#include "results.h"
 #include "sandbox/limits.h"
 #include "sandbox/lstate.h"
 #include "sandbox/proto.h"
@@ -423,7 +424,16 @@ static int serve_call(worker *w, int cidx, rd_lstate *s) {
       lua_setfield(C, ans, "status");
       rd_xcopy_opts oo = {0, (size_t)max_output, 0};
       rc = rd__xcopy(T, -1, C, &oo, NULL, &err);
-      if (rc == RD_OK) lua_setfield(C, ans, "output");
+      if (rc == RD_OK) {
+        /* The same normalization as in-process levels (results.h); binary
+         * strings travel as base64, their pointers beside them. */
+        rc = rd__result_normalize(C, -1, NULL, &err);
+        if (rc == RD_OK) {
+          lua_setfield(C, ans, "binary_paths");
+          lua_setfield(C, ans, "output");
+        }
+        lua_pop(C, 1);   /* the raw copy */
+      }
     }
     if (rc == RD_OK) {
       lua_pushboolean(C, 1);
@@ -452,9 +462,11 @@ static int serve_call(worker *w, int cidx, rd_lstate *s) {
     lua_setfield(C, ans, "last");
   }
   rd__lstate_free(s);
-  /* The output must still encode as JSON (mixed tables, sparse arrays). */
+  /* The output is normalized: it encodes (one level below the answer;
+   * binary strings as base64). */
   rd_buf b = RD_BUF_INIT;
-  if (rd__json_encode(C, ans, &b, NULL, &err) != RD_OK) {
+  rd_json_opts jo = {.max_depth = RD_JSON_MAX_DEPTH + 1, .binary = 1};
+  if (rd__json_encode(C, ans, &b, &jo, &err) != RD_OK) {
     rd__buf_free(&b);
     lua_pushnil(C);
     lua_setfield(C, ans, "output");

@@ -20,8 +20,10 @@ typedef struct ctx {
   rd_error *err;
 } ctx;
 
+/* "POINTER: WHAT", the root being "" (results.h lists the WHATs). */
 static int fail(ctx *c, int code, const char *what) {
-  rd_error_set(c->err, code, "%s: %s", c->plen ? c->path : "/", what);
+  rd_error_set(c->err, code, "%s: %s", c->plen ? c->path : "", what);
+  rd__utf8_clean(c->err->message, strlen(c->err->message));
   return code;
 }
 

@@ -7,6 +7,8 @@
 local rd = require "rubberduck"
 local json = require "rubberduck.json"
 local core = require "rubberduck.core"
+local results = require "rubberduck.results"
+local formats = require "rubberduck.formats"
 
 local M = {}
 
@@ -24,7 +26,8 @@ M.COMMANDS = {
     usage = "rduck run NAME|FILE [--tools DIR] [--params JSON | --params-file F | key=value ...]\n" ..
             "                   [--as PRINCIPAL] [--roles r1,r2] [--caps c1,c2] [--token T]\n" ..
             "                   [--policy FILE] [--audience NAME]\n" ..
-            "                   [--format json|xml|yaml|binary|plain] [--json] [--data DIR]",
+            "                   [--format json|xml|yaml|binary|plain] [--canonical] [--json] [--data DIR]\n" ..
+            "                   [--redact k1,k2] [--truncate BYTES]",
     help = [[
 Run one tool through the whole pipeline and print its output.
 
@@ -42,8 +45,16 @@ Run one tool through the whole pipeline and print its output.
   --policy FILE        the authorization policy (roles, principals, rules)
   --audience NAME      this engine's name, for tokens issued to an audience
   --format F           how to print the output (default: the tool's
-                       output.format): json or plain
-  --json               print the whole result envelope as JSON
+                       output.format): json, xml, yaml, binary (the raw
+                       bytes of a string output) or plain
+  --canonical          with json: sorted keys, no whitespace (the bytes
+                       metadata.output_digest is taken over)
+  --redact k1,k2       also redact the values of these keys (case-insensitive,
+                       * is a wildcard), on top of the tool's output.redact
+  --truncate BYTES     cut strings longer than BYTES (marker + original size)
+  --json               print the whole result envelope as JSON: its output
+                       is the JSON value (binary strings as base64, listed
+                       in metadata.binary_paths), metadata.format the format
   --data DIR           data directory (default ./.rduck)
   --timeout MS         an overall deadline for the call, over all attempts
 
@@ -267,46 +278,11 @@ end
 
 -- ---- output -----------------------------------------------------------------------------
 
-local function plain(v, indent, out)
-  indent = indent or ""
-  out = out or {}
-  if type(v) ~= "table" then
-    out[#out + 1] = indent .. (v == json.null and "null" or tostring(v))
-    return out
-  end
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b)
-    if type(a) == type(b) then return a < b end
-    return type(a) == "number"
-  end)
-  local width = 0
-  for _, k in ipairs(keys) do
-    if #tostring(k) > width then width = #tostring(k) end
-  end
-  for _, k in ipairs(keys) do
-    local val = v[k]
-    local label = tostring(k) .. string.rep(" ", width - #tostring(k))
-    if type(val) == "table" then
-      out[#out + 1] = indent .. label .. ":"
-      plain(val, indent .. "  ", out)
-    else
-      out[#out + 1] = indent .. label .. "  " .. (val == json.null and "null" or tostring(val))
-    end
-  end
-  return out
+-- The output of an ok envelope as text in its format (metadata.format),
+-- or in `format` when given (rubberduck.results.render).
+function M.render(env, format, canonical)
+  return results.render(env, { format = format, canonical = canonical })
 end
-
-function M.render(value, format)
-  if format == "plain" then
-    if type(value) == "string" then return value end
-    if value == nil or value == json.null then return "" end
-    return table.concat(plain(value), "\n")
-  end
-  return assert(json.encode(value == nil and json.null or value, { pretty = true, sort_keys = true }))
-end
-
-local SUPPORTED_FORMATS = { json = true, plain = true }
 
 local function print_problems(problems)
   for _, p in ipairs(problems) do eprintf("%s\n", p) end
@@ -345,15 +321,13 @@ local handlers = {}
 function handlers.run(args)
   local opts, pos = parse(args, { tools = "value", params = "value", ["params-file"] = "value",
     as = "value", roles = "value", caps = "value", token = "value", format = "value",
-    json = "bool", data = "value", timeout = "value", policy = "value", audience = "value" })
+    json = "bool", data = "value", timeout = "value", policy = "value", audience = "value",
+    canonical = "bool", redact = "value", truncate = "value" })
   if not opts then return nil, pos end
   if opts.help then return "help" end
   local target = table.remove(pos, 1)
   if not target then return nil, "run: name the tool (NAME or FILE)" end
-  if opts.format and not SUPPORTED_FORMATS[opts.format] then
-    if ({ xml = true, yaml = true, binary = true })[opts.format] then
-      return nil, "--format " .. opts.format .. ": not available in this build yet (json, plain)"
-    end
+  if opts.format and not formats.known[opts.format] then
     return nil, "--format: expected one of json, xml, yaml, binary, plain, got " .. opts.format
   end
   local caller, cerr = caller_from(opts)
@@ -389,17 +363,30 @@ function handlers.run(args)
     print_problems(engine.problems)
   end
   print_logs(engine)
+  local redact, truncate
+  if opts.redact then redact = split_list(opts.redact) end
+  if opts.truncate then
+    truncate = tonumber(opts.truncate)
+    if not truncate or truncate < 1 or truncate % 1 ~= 0 then
+      engine:close()
+      return nil, "--truncate: expected a whole number of bytes > 0"
+    end
+  end
   cancel_on_signals(engine)
   local env = engine:execute(name, params, caller, { format = opts.format, entry = "cli",
-    deadline_ms = timeout })
+    deadline_ms = timeout, redact = redact, truncate = truncate })
   if opts.json then
     stdout:write(json.encode(env, { pretty = true, sort_keys = true }), "\n")
   elseif env.status == "ok" then
-    local fmt = env.metadata.format
-    if not SUPPORTED_FORMATS[fmt] then fmt = "json" end
-    local text = M.render(env.output, fmt)
+    local text, rerr = M.render(env, nil, opts.canonical)
+    if not text then
+      eprintf("error: %s\n", rerr)
+      engine:close()
+      return 1
+    end
     stdout:write(text)
-    if text:sub(-1) ~= "\n" then stdout:write("\n") end
+    -- a newline after text, never after raw bytes
+    if env.metadata.format ~= "binary" and text:sub(-1) ~= "\n" then stdout:write("\n") end
   else
     eprintf("error: %s: %s\n", env.error.kind, env.error.message)
     local details = env.error.details

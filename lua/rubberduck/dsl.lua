@@ -16,6 +16,15 @@ local M = {}
 M.LEVELS = { "strict", "balanced", "relaxed", "none" }
 M.FORMATS = { "json", "xml", "yaml", "binary", "plain" }
 M.NAME_PATTERN = "^[a-z][a-z0-9_]*$"
+-- output.redact = true: these keys (case-insensitive; * matches any run of
+-- characters) and these patterns (PCRE2, on string values) are redacted.
+M.REDACT_DEFAULTS = {
+  keys = { "*password*", "*passwd*", "*secret*", "*token*", "*api_key*", "*apikey*",
+           "*private_key*", "authorization", "cookie", "set-cookie" },
+  patterns = { "[Bb]earer\\s+[A-Za-z0-9._~+/=-]+",
+               "eyJ[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+" },
+  replacement = "[REDACTED]",
+}
 M.MAX_NAME = 64
 
 M.DEFAULTS = {
@@ -189,7 +198,8 @@ local FIELDS = {
   execution = { timeout = true, retries = true, concurrency = true, backoff = true,
                 handler = true },
   backoff = { initial = true, max = true, factor = true },
-  output = { format = true, schema = true, cache_ttl = true },
+  output = { format = true, schema = true, cache_ttl = true, redact = true, truncate = true },
+  redact = { keys = true, patterns = true, replacement = true },
   example = { params = true, output = true, error = true, description = true },
 }
 
@@ -268,6 +278,35 @@ function M.requires(c, req, params, json)
   end
   return out
 end
+
+-- output.redact (and a caller's redact option) in normalized form
+-- { keys = [...], patterns = [...], replacement = "..." }. Accepts true (the
+-- defaults), a list of key names, or a table with keys/patterns/replacement.
+-- c is a checker (problems go into it); patterns are compiled on the host.
+function M.redact_spec(c, path, v, json)
+  local D = M.REDACT_DEFAULTS
+  if v == true then
+    return { keys = json.array({ unpack(D.keys) }), patterns = json.array({ unpack(D.patterns) }),
+             replacement = D.replacement }
+  end
+  if type(v) ~= "table" then
+    c:fail(path, "expected true, a list of key names or { keys =, patterns =, replacement = }, got %s",
+      quote(v))
+    return nil
+  end
+  if next(v) ~= nil and is_seq(v) then
+    return { keys = c:string_list(path, v, json), patterns = json.array({}), replacement = D.replacement }
+  end
+  c:fields(path, v, FIELDS.redact)
+  local r = { keys = c:string_list(path .. ".keys", rawget(v, "keys"), json),
+              patterns = c:string_list(path .. ".patterns", rawget(v, "patterns"), json),
+              replacement = D.replacement }
+  local rep = rawget(v, "replacement")
+  if rep ~= nil and c:type(path .. ".replacement", rep, "string") then r.replacement = rep end
+  return r
+end
+
+M.checker = checker
 
 function M.normalize(raw, file, json)
   local c = checker(file or "?")
@@ -419,6 +458,9 @@ function M.normalize(raw, file, json)
   local os_ = rawget(out, "schema")
   if os_ ~= nil then o.schema = c:schema("output.schema", os_, json) end
   o.cache_ttl = c:number("output.cache_ttl", rawget(out, "cache_ttl"), D.cache_ttl, { min = 0 })
+  local red = rawget(out, "redact")
+  if red ~= nil then o.redact = M.redact_spec(c, "output.redact", red, json) end
+  o.truncate = c:number("output.truncate", rawget(out, "truncate"), nil, { integer = true, positive = true })
   def.output = o
 
   if #c.problems > 0 then return nil, c.problems end

@@ -27,10 +27,12 @@ local validator = require "rubberduck.validator"
 local workers = require "rubberduck.workers"
 local executor = require "rubberduck.executor"
 local store = require "rubberduck.store"
+local results = require "rubberduck.results"
 
 local M = {}
 M.version = core.version
 M.json = json
+M.results = results   -- results.render(env), results.raw(env)
 
 local Engine = {}
 Engine.__index = Engine
@@ -142,6 +144,9 @@ local function compile_schemas(t)
     if not ov then return nil, t.file .. ": output.schema: " .. tostring(oerr) end
     t.output_validator = ov
   end
+  local oo, rerr = results.compile_tool(t.def.output)
+  if not oo then return nil, t.file .. ": " .. rerr end
+  t.output_opts = oo
   return true
 end
 

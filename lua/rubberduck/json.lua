@@ -7,7 +7,8 @@
 --
 --   json.decode(text [, opts]) -> value | nil, message
 --   json.encode(value [, opts]) -> text | nil, message
---       opts = { sort_keys = bool, pretty = bool, max_depth = n }
+--       opts = { sort_keys = bool, pretty = bool, max_depth = n,
+--                canonical = bool, binary = bool }
 --   json.null                  the null sentinel (a light userdata)
 --   json.array([t]), json.object([t])   mark a table's JSON type
 --   json.is_array(v)           the encoder's rule for tables
@@ -29,7 +30,7 @@ M.max_depth = 128
 
 -- Canonical form: sorted keys, no insignificant whitespace.
 function M.canonical(v)
-  return J.encode(v, { sort_keys = true })
+  return J.encode(v, { canonical = true })
 end
 
 function M.pretty(v)

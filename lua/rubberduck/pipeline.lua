@@ -10,6 +10,7 @@ local core = require "rubberduck.core"
 local json = require "rubberduck.json"
 local errors = require "rubberduck.errors"
 local store = require "rubberduck.store"
+local results = require "rubberduck.results"
 
 local M = {}
 
@@ -122,6 +123,8 @@ local function body(engine, h, meta)
   meta.security_level = def.security.level
   meta.tool_version = def.metadata.version
   meta.format = h.opts.format or def.output.format
+  local operr = results.check_options(t, h.opts)
+  if operr then meta.format = def.output.format; return nil, errors.new("invalid_params", operr) end
 
   -- 1 validate
   h.stage_name = "validating"
@@ -255,28 +258,6 @@ local function body(engine, h, meta)
   return nil, last
 end
 
--- 4 process: the output must be JSON (every envelope is), then the
--- output schema.
-local function process(engine, h, output)
-  if type(output) == "table" or type(output) == "string" then
-    local ok, err = json.encode(output)
-    if not ok then
-      return nil, errors.new("invalid_output", "output cannot be encoded as JSON: " .. tostring(err))
-    end
-  end
-  local t = engine.registry:get(h.name)
-  if t and t.output_validator then
-    local ok, errs = t.output_validator(output == nil and json.null or output)
-    if not ok then
-      local msgs = {}
-      for i, e in ipairs(errs) do if i <= 5 then msgs[#msgs + 1] = e.message end end
-      return nil, errors.new("invalid_output", "output fails output.schema: " .. table.concat(msgs, "; "),
-        { errors = json.array(errs) })
-    end
-  end
-  return output
-end
-
 -- An envelope for a call that ended before the pipeline could run.
 function M.error_envelope(id, tool, kind, message)
   return { execution_id = id, tool = tostring(tool), status = "error", output = json.null,
@@ -306,7 +287,10 @@ function M.run(engine, h)
     err = errors.new("internal", "engine error: " .. tostring(output))
     output = nil
   end
-  if not err then output, err = process(engine, h, output) end
+  -- 4 process (rubberduck.results), then the result cache keeps what was shown
+  local pok, pout, perr = pcall(results.process, engine, h, output, err, meta)
+  if pok then output, err = pout, perr
+  else output, err = nil, errors.new("internal", "result processor: " .. tostring(pout)) end
   if not err then store.remember_output(engine, h, output, meta) end
   meta.duration_ms = core.mono_ms() - t0
   local env = {
@@ -323,6 +307,8 @@ function M.run(engine, h)
     principal = h.caller.principal, kind = err and err.kind or nil, trace_id = trace }
   local ms = { duration_ms = meta.duration_ms, attempts = meta.attempts,
     cpu_ms = meta.cpu_ms, peak_memory_bytes = meta.peak_memory_bytes }
+  results.emit(engine, env)
+  if meta.cached then results.emit(engine, env, "tool.result.cached") end
   engine:emit("execution.stop", ms, md)
   if err then engine:emit("execution.exception", ms, md) end
   -- history; returns once the record is durable, except for a call refused

@@ -292,7 +292,7 @@ function M.result_key(name, version, params)
 end
 
 -- Before execution: the cached output of an identical call, or nil. Sets
--- metadata.cached and emits "tool.result.cached" on a hit.
+-- metadata.cached on a hit (the pipeline then emits "tool.result.cached").
 function M.cached_output(engine, h, t, params, meta)
   local ttl = t.def.output and t.def.output.cache_ttl or 0
   if not engine.cache or type(ttl) ~= "number" or ttl <= 0 then return nil end
@@ -303,8 +303,7 @@ function M.cached_output(engine, h, t, params, meta)
   if not text then return nil end
   local out = json.decode(text)
   if out == nil and text ~= "null" then return nil end
-  meta.cached = true
-  engine:emit("tool.result.cached", nil, { execution_id = h.id, tool = t.name })
+  meta.cached = true -- pipeline.run emits "tool.result.cached" with the envelope's metadata
   return out == nil and json.null or out
 end
 

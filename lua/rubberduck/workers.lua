@@ -13,6 +13,7 @@
 -- does not care where a tool runs.
 local core = require "rubberduck.core"
 local json = require "rubberduck.json"
+local results = require "rubberduck.results"
 
 local M = {}
 
@@ -188,7 +189,7 @@ function Remote:_frame(w, text, why)
     return
   end
   if not call or call.worker ~= w then return end
-  local m = json.decode(text)
+  local m = json.decode(text, { max_depth = json.max_depth + 2 })
   if type(m) ~= "table" then
     call.killed = "crashed"
     return self:_finish(false, "crashed", "the worker broke the protocol")
@@ -201,7 +202,12 @@ function Remote:_frame(w, text, why)
     call.last = m.last
     local stats = m.stats
     if type(stats) == "table" then self.last_cpu = stats.proc_cpu_ms end
-    if m.ok then return self:_finish(true, m.status, m.output, stats) end
+    if m.ok then
+      -- binary strings travel as base64 (rubberduck.results)
+      local okb, out = pcall(results.unview, m.output, m.binary_paths)
+      if not okb then return self:_finish(false, "internal", "worker answer: " .. tostring(out), stats) end
+      return self:_finish(true, m.status, out, stats)
+    end
     return self:_finish(false, m.kind, m.message, stats)
   elseif m.op == "error" then
     return self:_finish(false, "internal", "worker: " .. tostring(m.message))

@@ -147,7 +147,7 @@ TEST(roundtrip_every_type) {
 
 TEST(empty_array_and_object_stay_apart) {
   lua_State *L = new_state();
-  rd_json_opts o = {0, 1, 0};
+  rd_json_opts o = {0, 1, 0, 0, 0};
   CHECK_STR(rt_opts(L, "{\"a\":[],\"b\":{}}", &o), "{\"a\":[],\"b\":{}}");
   CHECK_STR(rt_opts(L, "[[],{},[[]],[{}],{\"x\":{\"y\":[]}}]", &o),
             "[[],{},[[]],[{}],{\"x\":{\"y\":[]}}]");
@@ -561,12 +561,12 @@ TEST(depth_limit) {
   memset(deep, '[', 100000);
   deep[100000] = '\0';
   CHECK_HAS(dec_err(L, deep), "(byte 128): nesting deeper than 128 levels");
-  rd_json_opts big = {100000, 0, 0};       /* clamped to 1000 */
+  rd_json_opts big = {100000, 0, 0, 0, 0};       /* clamped to 1000 */
   CHECK_HAS(dec_err_n(L, deep, 100000, &big), "(byte 1000): nesting deeper than 1000 levels");
   free(deep);
 
   /* a custom limit, both ways */
-  rd_json_opts o = {3, 0, 0};
+  rd_json_opts o = {3, 0, 0, 0, 0};
   CHECK_STR(dec_err_n(L, "[[[1]]]", 7, &o), "OK");
   CHECK_HAS(dec_err_n(L, "[[[[1]]]]", 9, &o), "nesting deeper than 3 levels");
   CHECK_STR(dec_err_n(L, "[{\"a\":[]}]", 10, &o), "OK");
@@ -575,7 +575,7 @@ TEST(depth_limit) {
             "cannot encode value at /0/0/0: table nested deeper than 3 levels");
 
   /* a deep but allowed value works through the whole Lua stack */
-  rd_json_opts deep_ok = {1000, 0, 0};
+  rd_json_opts deep_ok = {1000, 0, 0, 0, 0};
   char *d1000 = nested(1000, "{\"k\":[", "]}");
   CHECK_HAS(dec_err_n(L, d1000, strlen(d1000), &deep_ok), "nesting deeper than 1000");
   free(d1000);
@@ -661,7 +661,7 @@ TEST(cycles) {
   CHECK_STR(enc(L, "(function() local t = json.array() t[1] = t return t end)()"),
             "cannot encode value at /0: cycle");
   /* the same table twice is not a cycle */
-  rd_json_opts o = {0, 1, 0};
+  rd_json_opts o = {0, 1, 0, 0, 0};
   CHECK_STR(enc_expr(L, "(function() local s = {1} return {a = s, b = s, c = {s, s}} end)()",
                      &o, NULL), "{\"a\":[1],\"b\":[1],\"c\":[[1],[1]]}");
   lua_close(L);
@@ -671,7 +671,7 @@ TEST(cycles) {
 
 TEST(table_rules) {
   lua_State *L = new_state();
-  rd_json_opts o = {0, 1, 0};
+  rd_json_opts o = {0, 1, 0, 0, 0};
   CHECK_STR(enc(L, "{}"), "{}");
   CHECK_STR(enc(L, "json.array()"), "[]");
   CHECK_STR(enc(L, "json.object()"), "{}");
@@ -701,7 +701,7 @@ TEST(table_rules) {
 
 TEST(sort_keys_and_pretty) {
   lua_State *L = new_state();
-  rd_json_opts sorted = {0, 1, 0}, pretty = {0, 1, 1}, pretty_only = {0, 0, 1};
+  rd_json_opts sorted = {0, 1, 0, 0, 0}, pretty = {0, 1, 1, 0, 0}, pretty_only = {0, 0, 1, 0, 0};
   CHECK_STR(enc_expr(L, "{b = 1, a = 2, B = 3, ['a\\0'] = 4, aa = 5, [''] = 6}",
                      &sorted, NULL),
             "{\"\":6,\"B\":3,\"a\":2,\"a\\u0000\":4,\"aa\":5,\"b\":1}");
@@ -859,7 +859,7 @@ TEST(allocation_failures) {
   seen_nomem = seen_ok = 0;
   CHECK(luaL_dostring(L, "local t = {} for i = 1, 50 do t['k' .. i] = {i, 'v\\n'} end "
                          "return t") == 0);
-  rd_json_opts sorted = {0, 1, 1};
+  rd_json_opts sorted = {0, 1, 1, 0, 0};
   for (long n = 0; n < 40; n++) {
     rd_error err;
     rd_buf b = RD_BUF_INIT;
@@ -919,7 +919,7 @@ TEST(lua_memory_errors) {
   lua_gc(L, LUA_GCCOLLECT, 0);
   lua_limit = lua_used;
   rd_buf out = RD_BUF_INIT;
-  rd_json_opts o = {0, 1, 0};
+  rd_json_opts o = {0, 1, 0, 0, 0};
   rc = rd__json_encode(L, 1, &out, &o, &err);
   CHECK(rc == RD_OK || rc == RD_ENOMEM);
   CHECK(lua_gettop(L) == 1);

@@ -1,0 +1,152 @@
+/*
+ * l_results.c — core.results, the binding of results.c.
+ *
+ *   results.normalize(v [, max_depth]) -> normalized, binary_paths
+ *                                      | nil, "POINTER: REASON"
+ *   results.yaml(v) -> text | nil, message        (v normalized)
+ *   results.digest(s) -> 64 hex digits            BLAKE2b-256 of s
+ *   results.base64(s) -> text                     RFC 4648, padded
+ *   results.unbase64(text) -> bytes | nil, message
+ *   results.compress(s [, level]) -> frame        zstd, level 1..19 (3)
+ *   results.decompress(frame [, max_bytes]) -> bytes | nil, message
+ *   results.reasons                               the fixed REASON texts
+ *
+ * Failures are values (nil, message); a wrong argument type raises.
+ */
+#include "results.h"
+#include "json.h"
+#include "lua/bind.h"
+
+#include <sodium.h>
+#include <string.h>
+
+static int l_normalize(lua_State *L) {
+  luaL_checkany(L, 1);
+  rd_result_opts o = {(int)luaL_optinteger(L, 2, 0)};
+  rd_error err;
+  lua_settop(L, 1);
+  int rc = rd__result_normalize(L, 1, &o, &err);
+  if (rc == RD_OK) return 2;
+  if (rc == RD_ENOMEM) return luaL_error(L, "not enough memory");
+  lua_pushnil(L);
+  lua_pushstring(L, err.message);
+  return 2;
+}
+
+static int push_buf(lua_State *L, rd_buf *b) {
+  lua_pushlstring(L, b->data ? b->data : "", b->len);
+  rd__buf_free(b);
+  return 1;
+}
+
+static int l_yaml(lua_State *L) {
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  rd_buf b = RD_BUF_INIT;
+  rd_error err;
+  int rc = rd__result_yaml(L, 1, &b, &err);
+  if (rc != RD_OK) {
+    rd__buf_free(&b);
+    if (rc == RD_ENOMEM) return luaL_error(L, "not enough memory");
+    lua_pushnil(L);
+    lua_pushstring(L, err.message);
+    return 2;
+  }
+  return push_buf(L, &b);
+}
+
+static int l_digest(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  char hex[65];
+  rd__result_digest(s, n, hex);
+  lua_pushlstring(L, hex, 64);
+  return 1;
+}
+
+static int l_base64(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  size_t bl = sodium_base64_encoded_len(n, sodium_base64_VARIANT_ORIGINAL);
+  char *b = rd__malloc(bl);
+  if (!b) return luaL_error(L, "not enough memory");
+  sodium_bin2base64(b, bl, (const unsigned char *)s, n, sodium_base64_VARIANT_ORIGINAL);
+  lua_pushlstring(L, b, bl - 1);
+  rd__freemem(b);
+  return 1;
+}
+
+static int l_unbase64(lua_State *L) {
+  size_t n, out_len = 0;
+  const char *s = luaL_checklstring(L, 1, &n);
+  size_t cap = n / 4 * 3 + 3;
+  unsigned char *b = rd__malloc(cap ? cap : 1);
+  if (!b) return luaL_error(L, "not enough memory");
+  const char *end = NULL;
+  if (sodium_base642bin(b, cap, s, n, NULL, &out_len, &end,
+                        sodium_base64_VARIANT_ORIGINAL) != 0 || end != s + n) {
+    rd__freemem(b);
+    lua_pushnil(L);
+    lua_pushliteral(L, "not valid base64 (RFC 4648, padded)");
+    return 2;
+  }
+  lua_pushlstring(L, (const char *)b, out_len);
+  rd__freemem(b);
+  return 1;
+}
+
+static int l_compress(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  int level = (int)luaL_optinteger(L, 2, 3);
+  rd_buf b = RD_BUF_INIT;
+  rd_error err;
+  int rc = rd__result_compress(s, n, level, &b, &err);
+  if (rc != RD_OK) {
+    rd__buf_free(&b);
+    if (rc == RD_EINVAL) return luaL_argerror(L, 2, err.message);
+    return luaL_error(L, "%s", err.message);
+  }
+  return push_buf(L, &b);
+}
+
+static int l_decompress(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_Number max = luaL_optnumber(L, 2, 1024.0 * 1024 * 1024);
+  if (max < 0) return luaL_argerror(L, 2, "max_bytes must be >= 0");
+  rd_buf b = RD_BUF_INIT;
+  rd_error err;
+  int rc = rd__result_decompress(s, n, (size_t)max, &b, &err);
+  if (rc != RD_OK) {
+    rd__buf_free(&b);
+    if (rc == RD_ENOMEM) return luaL_error(L, "not enough memory");
+    lua_pushnil(L);
+    lua_pushstring(L, err.message);
+    return 2;
+  }
+  return push_buf(L, &b);
+}
+
+int rd__luaopen_results(lua_State *L) {
+  static const luaL_Reg fns[] = {
+    {"normalize", l_normalize}, {"yaml", l_yaml}, {"digest", l_digest},
+    {"base64", l_base64}, {"unbase64", l_unbase64}, {"compress", l_compress},
+    {"decompress", l_decompress}, {NULL, NULL},
+  };
+  static const char *const reasons[] = {
+#define RD__REASON(s) s,
+    RD_RESULT_REASONS(RD__REASON)
+#undef RD__REASON
+  };
+  if (sodium_init() < 0) return luaL_error(L, "libsodium failed to initialize");
+  lua_newtable(L);
+  luaL_register(L, NULL, fns);
+  lua_createtable(L, (int)RD_COUNTOF(reasons), 0);
+  for (size_t i = 0; i < RD_COUNTOF(reasons); i++) {
+    lua_pushstring(L, reasons[i]);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+  lua_setfield(L, -2, "reasons");
+  return 1;
+}
