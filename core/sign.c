@@ -40,7 +40,7 @@ int rd__sign_verify(const unsigned char sig[RD_SIGN_BYTES], const unsigned char 
 static int read_key(const char *path, unsigned char seed[RD_SIGN_SEEDBYTES], rd_error *err) {
   int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {
-    if (errno == ENOENT) return rd_error_set(err, RD_ENOENT, "%s: no signing key", path);
+    if (errno == ENOENT) return rd_error_set(err, RD_ENOENT, "%s: no key", path);
     if (errno == ELOOP)
       return rd_error_set(err, RD_EIO, "%s: refused: the key file is a symbolic link", path);
     return rd_error_set(err, RD_EIO, "%s: %s", path, strerror(errno));
@@ -77,9 +77,9 @@ static int read_key(const char *path, unsigned char seed[RD_SIGN_SEEDBYTES], rd_
 
 /* Write a fresh seed to a temporary file beside `path`, then link it into
  * place: a racing creator's key wins if it got there first. */
-static int create_key(const char *dir, const char *path, rd_error *err) {
+static int create_key(const char *dir, const char *name, const char *path, rd_error *err) {
   char tmp[4096];
-  if (snprintf(tmp, sizeof tmp, "%s/.token.key.XXXXXX", dir) >= (int)sizeof tmp)
+  if (snprintf(tmp, sizeof tmp, "%s/.%s.XXXXXX", dir, name) >= (int)sizeof tmp)
     return rd_error_set(err, RD_EINVAL, "%s: path too long", dir);
   mode_t old = umask(077);
   int fd = mkstemp(tmp);
@@ -112,27 +112,35 @@ static int create_key(const char *dir, const char *path, rd_error *err) {
   return rc;
 }
 
-int rd__sign_key_load(const char *dir, int create, unsigned char pk[RD_SIGN_PKBYTES],
-                      unsigned char sk[RD_SIGN_SKBYTES], rd_error *err) {
-  if (!dir || !pk || !sk) return rd_error_set(err, RD_EINVAL, "sign: NULL argument");
+int rd__secret_file(const char *dir, const char *name, int create,
+                    unsigned char secret[RD_SECRET_BYTES], rd_error *err) {
+  if (!dir || !name || !secret) return rd_error_set(err, RD_EINVAL, "secret file: NULL argument");
   int rc = sodium_ready(err);
   if (rc != RD_OK) return rc;
   char path[4096];
-  if (snprintf(path, sizeof path, "%s/%s", dir, RD_SIGN_KEYFILE) >= (int)sizeof path)
+  if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
     return rd_error_set(err, RD_EINVAL, "%s: path too long", dir);
-  unsigned char seed[RD_SIGN_SEEDBYTES];
-  rc = read_key(path, seed, err);
+  rc = read_key(path, secret, err);
   if (rc == RD_ENOENT && create) {
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
       return rd_error_set(err, RD_EIO, "%s: cannot create the data directory: %s", dir,
                           strerror(errno));
-    rc = create_key(dir, path, err);
-    if (rc == RD_OK) rc = read_key(path, seed, err);
+    rc = create_key(dir, name, path, err);
+    if (rc == RD_OK) rc = read_key(path, secret, err);
   }
+  if (rc != RD_OK) return rc;
+  rd_error_clear(err);
+  return RD_OK;
+}
+
+int rd__sign_key_load(const char *dir, int create, unsigned char pk[RD_SIGN_PKBYTES],
+                      unsigned char sk[RD_SIGN_SKBYTES], rd_error *err) {
+  if (!dir || !pk || !sk) return rd_error_set(err, RD_EINVAL, "sign: NULL argument");
+  unsigned char seed[RD_SIGN_SEEDBYTES];
+  int rc = rd__secret_file(dir, RD_SIGN_KEYFILE, create, seed, err);
   if (rc != RD_OK) return rc;
   rc = rd__sign_seed_keypair(seed, pk, sk);
   sodium_memzero(seed, sizeof seed);
-  if (rc != RD_OK) return rd_error_set(err, rc, "%s: cannot derive the key pair", path);
-  rd_error_clear(err);
+  if (rc != RD_OK) return rd_error_set(err, rc, "%s/%s: cannot derive the key pair", dir, RD_SIGN_KEYFILE);
   return RD_OK;
 }

@@ -24,6 +24,18 @@
 #define RD_SIGN_BYTES 64
 #define RD_SIGN_KEYFILE "token.key"
 
+/* The 32 secret bytes of the key file DIR/NAME, with the rules above
+ * (created on first use when `create` is set, with random bytes; refused
+ * when others can reach it). `secret` is the caller's buffer: wipe it with
+ * sodium_memzero when done. Returns RD_OK; RD_ENOENT (no such file and
+ * create is 0), RD_EIO (file system error or a refused file: err names the
+ * path and the reason), RD_EINVAL, RD_EINTERNAL (libsodium failed to
+ * initialize). The signing key (token.key) and the key that encrypts
+ * persisted results (results.key) are such files. */
+#define RD_SECRET_BYTES 32
+int rd__secret_file(const char *dir, const char *name, int create,
+                    unsigned char secret[RD_SECRET_BYTES], rd_error *err);
+
 /* Load the key of `dir` into pk/sk (caller-provided buffers; sk is
  * libsodium's 64-byte secret key, wipe it with sodium_memzero when done).
  * With `create` set, a missing key (and a missing `dir`) is made. Returns

@@ -530,8 +530,8 @@ return tool {
     end)
 
     it("hands large outputs, compressed, to engine.persist (the store's hook)", function()
-      local old = results.PERSIST_THRESHOLD
-      results.PERSIST_THRESHOLD = 50
+      local old = engine.persist_threshold
+      engine.persist_threshold = 50
       local seen
       engine.persist = function(id, bytes, meta) seen = { id = id, bytes = bytes, meta = meta }; return true end
       local env = engine:execute("free", {}, CALLER)
@@ -546,7 +546,7 @@ return tool {
       assert.equals("ok", env.status)
       assert.truthy(env.metadata.persisted.error:find("disk full", 1, true))
       engine.persist = nil
-      results.PERSIST_THRESHOLD = old
+      engine.persist_threshold = old
     end)
   end)
 
@@ -584,6 +584,125 @@ return tool {
       assert.equals(n + 1, #got)
       assert.equals("tool.result.cached", got[#got].name)
       assert.equals(env.metadata.output_digest, got[#got].metadata.output_digest)
+      e:close()
+    end)
+  end)
+
+  describe("persistence in the store", function()
+    local dir, data
+    local persist = require "rubberduck.persist"
+    lazy_setup(function()
+      dir = H.tmpdir()
+      H.write_tool(dir, "rows", H.tool_source{ name = "rows", level = "balanced",
+        parameters = [[{ type = "object", properties = { n = { type = "integer" } } }]],
+        handler = [[function(p)
+          local t = {}
+          for i = 1, p.n do t[i] = { i = i, s = "row " .. i } end
+          return { rows = t, raw = "\255\254\0" }
+        end]] })
+      H.write_tool(dir, "memo", H.tool_source{ name = "memo", output = "{ cache_ttl = 60 }",
+        parameters = [[{ type = "object", properties = { x = { type = "integer" } } }]],
+        handler = "function(p) return { x = p.x, s = 'memo' } end" })
+    end)
+    before_each(function() data = H.tmpdir() end)
+
+    it("keeps outputs above the threshold by execution id; reading back checks the digest", function()
+      local e = H.open_engine(dir, { data_dir = data, results = { threshold = 2000 } })
+      local small = e:execute("rows", { n = 2 }, CALLER)
+      assert.equals("ok", small.status)
+      assert.is_nil(small.metadata.persisted)
+      local env = e:execute("rows", { n = 500 }, CALLER)
+      assert.equals("ok", env.status)
+      local p = env.metadata.persisted
+      assert.equals("results/" .. env.execution_id, p.ref)
+      assert.equals("zstd", p.encoding)
+      assert.is_false(p.encrypted)
+      assert.is_true(p.stored_bytes < env.metadata.output_bytes)
+      local text, head = persist.get(e.store, env.execution_id, data)
+      assert.truthy(text, head)
+      assert.equals(assert(json.encode(env.output, { canonical = true })), text)
+      assert.equals(env.metadata.output_digest, R.digest(text))
+      assert.same({ "/raw" }, head.binary_paths)
+      -- a damaged record is an error, never a wrong answer
+      local raw = e.store:get("results", env.execution_id)
+      local bad = raw:sub(1, #raw - 40) .. string.char((raw:byte(#raw - 39) + 1) % 256) .. raw:sub(#raw - 38)
+      assert.is_true(e.store:put("results", env.execution_id, bad))
+      local none, why = persist.get(e.store, env.execution_id, data)
+      assert.is_nil(none)
+      assert.truthy(why:find("damaged", 1, true), why)
+      e:close()
+    end)
+
+    it("encrypts at rest with a 0600 key; a record moved to another id or edited does not open", function()
+      local e = H.open_engine(dir, { data_dir = data, results = { threshold = 100, encrypt = true } })
+      local env = e:execute("rows", { n = 50 }, CALLER)
+      assert.equals("ok", env.status)
+      assert.is_true(env.metadata.persisted.encrypted)
+      local out = H.run_command("stat", { "-c", "%a", data .. "/results.key" })
+      assert.equals("600", out:match("%d+"))
+      local raw = e.store:get("results", env.execution_id)
+      assert.is_nil(raw:find("row 49", 1, true))
+      local text = assert(persist.get(e.store, env.execution_id, data))
+      assert.truthy(text:find("row 49", 1, true))
+      -- the same bytes under another id: the id is authenticated
+      assert.is_true(e.store:put("results", "01ARZ3NDEKTSV4RRFFQ69G5FAV", raw))
+      local none, why = persist.get(e.store, "01ARZ3NDEKTSV4RRFFQ69G5FAV", data)
+      assert.is_nil(none)
+      assert.truthy(why:find("does not verify", 1, true), why)
+      e:close()
+      -- without the key, a clear error
+      os.remove(data .. "/results.key")
+      local e2 = H.open_engine(dir, { data_dir = data })
+      none, why = persist.get(e2.store, env.execution_id, data)
+      assert.is_nil(none)
+      assert.truthy(why:find("key is unavailable", 1, true), why)
+      e2:close()
+    end)
+
+    it("refuses to open with a results key others can read", function()
+      H.write_file(data .. "/results.key", string.rep("k", 32))
+      os.execute("chmod 644 " .. H.shell_quote(data .. "/results.key"))
+      local rd = require "rubberduck"
+      local e, err = rd.open({ tools = dir, data_dir = data, results = { encrypt = true } })
+      assert.is_nil(e)
+      assert.truthy(err:find("0644", 1, true), err)
+    end)
+
+    it("rduck result get prints a persisted result in any format, and refuses an unknown id", function()
+      local e = H.open_engine(dir, { data_dir = data, results = { threshold = 1000 } })
+      local env = e:execute("rows", { n = 100 }, CALLER)
+      e:close()
+      local out, err, code = H.run_rduck({ "result", "get", env.execution_id, "--data", data,
+        "--canonical" })
+      assert.equals(0, code, err)
+      assert.equals(assert(json.encode(env.output, { canonical = true })) .. "\n", out)
+      out, err, code = H.run_rduck({ "result", "get", env.execution_id, "--data", data,
+        "--format", "yaml" })
+      assert.equals(0, code, err)
+      assert.truthy(out:find("s: row 100", 1, true), out)
+      out, err, code = H.run_rduck({ "result", "get", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "--data", data })
+      assert.equals(1, code)
+      assert.truthy(err:find("no persisted result", 1, true), err)
+      out, err, code = H.run_rduck({ "result", "get", env.execution_id, "--data", data,
+        "--format", "toml" })
+      assert.equals(2, code)
+      assert.truthy(err:find("--format", 1, true), err)
+    end)
+
+    it("serves a cache hit with tool.result.cached carrying the envelope's metadata", function()
+      local e = H.open_engine(dir, { data_dir = data })
+      local got = {}
+      e:subscribe("tool.result.", function(ev) got[#got + 1] = ev end)
+      local a = e:execute("memo", { x = 1 }, CALLER)
+      local b = e:execute("memo", { x = 1 }, CALLER)
+      assert.is_false(a.metadata.cached)
+      assert.is_true(b.metadata.cached)
+      assert.equals(a.metadata.output_digest, b.metadata.output_digest)
+      local names = {}
+      for _, ev in ipairs(got) do names[#names + 1] = ev.name end
+      assert.same({ "tool.result.processed", "tool.result.processed", "tool.result.cached" }, names)
+      assert.equals(b.execution_id, got[3].metadata.execution_id)
+      assert.equals(b.metadata.output_digest, got[3].metadata.output_digest)
       e:close()
     end)
   end)

@@ -10,11 +10,21 @@
  *   results.compress(s [, level]) -> frame        zstd, level 1..19 (3)
  *   results.decompress(frame [, max_bytes]) -> bytes | nil, message
  *   results.reasons                               the fixed REASON texts
+ *   results.box_key(dir, create) -> key | nil, message, code
+ *       the key that encrypts persisted results: DIR/results.key (32
+ *       bytes, mode 0600, made on first use when create is true; the
+ *       rules of sign.h's rd__secret_file); code "not_found" or "io"
+ *   key:seal(plain, ad) -> box     XChaCha20-Poly1305 (IETF AEAD), a fresh
+ *                                  random 24-byte nonce in front; `ad` (the
+ *                                  execution id) is authenticated, not stored
+ *   key:open(box, ad) -> plain | nil, message   (tampered, wrong key or ad)
+ *   key:close()                    wipes the key (also on collection)
  *
  * Failures are values (nil, message); a wrong argument type raises.
  */
 #include "results.h"
 #include "json.h"
+#include "sign.h"
 #include "lua/bind.h"
 
 #include <sodium.h>
@@ -128,11 +138,102 @@ static int l_decompress(lua_State *L) {
   return push_buf(L, &b);
 }
 
+/* ---- encryption at rest ------------------------------------------------------------ */
+
+#define BOXKEY_MT "rubberduck.boxkey"
+#define BOX_NONCE crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define BOX_TAG crypto_aead_xchacha20poly1305_ietf_ABYTES
+
+typedef struct boxkey {
+  int open;
+  unsigned char k[RD_SECRET_BYTES];
+} boxkey;
+
+static boxkey *check_boxkey(lua_State *L) {
+  boxkey *k = luaL_checkudata(L, 1, BOXKEY_MT);
+  if (!k->open) luaL_argerror(L, 1, "key is closed");
+  return k;
+}
+
+static int l_box_key(lua_State *L) {
+  const char *dir = luaL_checkstring(L, 1);
+  int create = lua_toboolean(L, 2);
+  boxkey *k = lua_newuserdata(L, sizeof *k);
+  memset(k, 0, sizeof *k);
+  luaL_getmetatable(L, BOXKEY_MT);
+  lua_setmetatable(L, -2);
+  rd_error err;
+  int rc = rd__secret_file(dir, "results.key", create, k->k, &err);
+  if (rc != RD_OK) {
+    lua_pushnil(L);
+    lua_pushstring(L, err.message);
+    lua_pushstring(L, rd_err_name(rc));
+    return 3;
+  }
+  k->open = 1;
+  return 1;
+}
+
+static int l_box_seal(lua_State *L) {
+  boxkey *k = check_boxkey(L);
+  size_t n, adn;
+  const char *plain = luaL_checklstring(L, 2, &n);
+  const char *ad = luaL_checklstring(L, 3, &adn);
+  size_t total = BOX_NONCE + n + BOX_TAG;
+  unsigned char *out = rd__malloc(total);
+  if (!out) return luaL_error(L, "not enough memory");
+  randombytes_buf(out, BOX_NONCE);
+  unsigned long long clen = 0;
+  crypto_aead_xchacha20poly1305_ietf_encrypt(out + BOX_NONCE, &clen, (const unsigned char *)plain,
+                                             n, (const unsigned char *)ad, adn, NULL, out, k->k);
+  lua_pushlstring(L, (const char *)out, BOX_NONCE + (size_t)clen);
+  rd__freemem(out);
+  return 1;
+}
+
+static int l_box_open(lua_State *L) {
+  boxkey *k = check_boxkey(L);
+  size_t n, adn;
+  const unsigned char *box = (const unsigned char *)luaL_checklstring(L, 2, &n);
+  const char *ad = luaL_checklstring(L, 3, &adn);
+  if (n < BOX_NONCE + BOX_TAG) {
+    lua_pushnil(L);
+    lua_pushstring(L, "encrypted result too short");
+    return 2;
+  }
+  unsigned char *out = rd__malloc(n - BOX_NONCE - BOX_TAG + 1);
+  if (!out) return luaL_error(L, "not enough memory");
+  unsigned long long plen = 0;
+  if (crypto_aead_xchacha20poly1305_ietf_decrypt(out, &plen, NULL, box + BOX_NONCE, n - BOX_NONCE,
+                                                 (const unsigned char *)ad, adn, box, k->k) != 0) {
+    rd__freemem(out);
+    lua_pushnil(L);
+    lua_pushstring(L, "encrypted result does not verify (tampered, another key, or another "
+                      "execution's record)");
+    return 2;
+  }
+  lua_pushlstring(L, (const char *)out, (size_t)plen);
+  sodium_memzero(out, (size_t)plen);
+  rd__freemem(out);
+  return 1;
+}
+
+static int l_box_close(lua_State *L) {
+  boxkey *k = luaL_checkudata(L, 1, BOXKEY_MT);
+  sodium_memzero(k->k, sizeof k->k);
+  k->open = 0;
+  return 0;
+}
+
 int rd__luaopen_results(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"normalize", l_normalize}, {"yaml", l_yaml}, {"digest", l_digest},
     {"base64", l_base64}, {"unbase64", l_unbase64}, {"compress", l_compress},
-    {"decompress", l_decompress}, {NULL, NULL},
+    {"decompress", l_decompress}, {"box_key", l_box_key}, {NULL, NULL},
+  };
+  static const luaL_Reg box_m[] = {
+    {"seal", l_box_seal}, {"open", l_box_open}, {"close", l_box_close},
+    {"__gc", l_box_close}, {NULL, NULL},
   };
   static const char *const reasons[] = {
 #define RD__REASON(s) s,
@@ -140,6 +241,8 @@ int rd__luaopen_results(lua_State *L) {
 #undef RD__REASON
   };
   if (sodium_init() < 0) return luaL_error(L, "libsodium failed to initialize");
+  rd__lua_class(L, BOXKEY_MT, box_m, l_box_key);
+  lua_pop(L, 1); /* keys come from results.box_key */
   lua_newtable(L);
   luaL_register(L, NULL, fns);
   lua_createtable(L, (int)RD_COUNTOF(reasons), 0);

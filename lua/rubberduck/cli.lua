@@ -138,13 +138,28 @@ policy and config changes).
             entry (edited, removed or reordered)
   list      print the entries (--from N: from entry N; --limit N)]],
   },
+  result = {
+    usage = "rduck result get ID [--format json|xml|yaml|binary|plain] [--canonical] [--json] [--data DIR]",
+    help = [[
+Print a result the engine persisted: outputs whose canonical JSON is larger
+than the threshold (1 MiB by default) are kept in the data directory by
+execution id (the envelope's metadata.persisted.ref), compressed with zstd
+and, when the engine runs with results = { encrypt = true }, encrypted.
+
+  --format F   render in F (default: the format the call used)
+  --canonical  with json: sorted keys, no whitespace (the bytes of
+               metadata.output_digest)
+  --json       { execution_id, output, metadata } with the output as JSON
+  --data DIR   data directory (default ./.rduck)
+Exit status 0, 1 when there is no such result or it fails its digest, 2 usage.]],
+  },
   version = {
     usage = "rduck version",
     help = "Print the version of rduck and of the libraries it runs on.",
   },
 }
 
-local ORDER = { "run", "tools", "check", "repl", "demo", "token", "history", "audit", "version" }
+local ORDER = { "run", "tools", "check", "repl", "demo", "token", "history", "audit", "result", "version" }
 
 local function main_usage()
   local lines = { "usage: rduck <command> [options]", "", "commands:" }
@@ -526,6 +541,48 @@ function handlers.history(args)
   if not opts then return nil, pos end
   if opts.help then return "help" end
   return require("rubberduck.store").cli_history(opts, pos)
+end
+
+function handlers.result(args)
+  local opts, pos = parse(args, { format = "value", canonical = "bool", json = "bool", data = "value" })
+  if not opts then return nil, pos end
+  if opts.help then return "help" end
+  if pos[1] ~= "get" or not pos[2] or pos[3] then return nil, "result: expected `get ID`" end
+  if opts.format and not formats.known[opts.format] then
+    return nil, "--format: expected one of " .. table.concat(formats.list, ", ") .. ", got " .. opts.format
+  end
+  local store = require "rubberduck.store"
+  local persist = require "rubberduck.persist"
+  local dir = opts.data or "./.rduck"
+  if not core.listdir(dir) then return nil, "--data " .. dir .. ": no such data directory" end
+  local s, serr = store.open(dir, {})
+  if not s then
+    eprintf("error: --data %s: %s\n", dir, tostring(serr))
+    return 1
+  end
+  local text, head = persist.get(s.kv, pos[2], dir)
+  s:close()
+  if not text then
+    eprintf("error: %s\n", head)
+    return 1
+  end
+  local view = json.decode(text)
+  local meta = { format = opts.format or head.format or "json", binary_paths = head.binary_paths,
+    encoding = (#(head.binary_paths or {}) > 0) and "base64" or nil,
+    output_bytes = head.output_bytes, output_digest = head.output_digest }
+  local env = { execution_id = pos[2], status = "ok", output = view, metadata = meta }
+  if opts.json then
+    stdout:write(json.encode(env, { pretty = true, sort_keys = true }), "\n")
+    return 0
+  end
+  local out, rerr = M.render(env, meta.format, opts.canonical)
+  if not out then
+    eprintf("error: %s\n", rerr)
+    return 1
+  end
+  stdout:write(out)
+  if meta.format ~= "binary" and out:sub(-1) ~= "\n" then stdout:write("\n") end
+  return 0
 end
 
 function handlers.audit(args)

@@ -14,7 +14,8 @@
 -- policy (an authorization policy file, see authorizer.lua), audience (this
 -- engine's name, for tokens issued to an audience),
 -- cache / history / storage (options of rubberduck.store; store = false:
--- no data directory at all).
+-- no data directory at all), results = { persist = false, threshold = N,
+-- encrypt = true } (large results kept in the store: rubberduck.persist).
 -- Returns the engine, or nil and a message when `tools` is not a readable
 -- directory or the policy is refused. Tools that fail to load are reported in engine.problems and
 -- through the "tool.load_failed" event; the engine still opens.
@@ -27,6 +28,7 @@ local validator = require "rubberduck.validator"
 local workers = require "rubberduck.workers"
 local executor = require "rubberduck.executor"
 local store = require "rubberduck.store"
+local persist = require "rubberduck.persist"
 local results = require "rubberduck.results"
 
 local M = {}
@@ -101,6 +103,11 @@ function M.open(opts)
     emit = function(...) return self:emit(...) end })
   -- the store first: its audit trail records the policy's load
   if opts.store ~= false then store.attach(self, opts) end
+  local pok, perr = persist.attach(self, opts.results)
+  if not pok then
+    self:close()
+    return nil, perr
+  end
   if opts.policy then
     local ok, probs = self.auth:load(self, opts.policy)
     if not ok then
@@ -420,6 +427,7 @@ function Engine:close(opts)
   if self.auth.signkey then self.auth.signkey:close(); self.auth.signkey = nil end
   -- let the zygote and the workers' sockets close
   self.loop:run("nowait")
+  persist.detach(self)
   store.detach(self)
   self.closed = true
   self.bus:close()

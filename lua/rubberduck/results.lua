@@ -390,7 +390,7 @@ function M.process(engine, h, output, err, meta)
   meta.output_bytes = #canonical
   meta.output_digest = R.digest(canonical)
   -- 6 persist (item 6 of issue 8: the store provides engine.persist)
-  if engine.persist and #canonical > M.PERSIST_THRESHOLD then
+  if engine.persist and #canonical > (engine.persist_threshold or M.PERSIST_THRESHOLD) then
     M.persist(engine, h, canonical, meta)
   end
   return view, nil
@@ -409,7 +409,7 @@ function M.persist(engine, h, canonical, meta)
   local ok, res, msg = pcall(engine.persist, h.id, frame, pmeta)
   if ok and res then
     meta.persisted = { ref = type(res) == "string" and res or h.id, stored_bytes = #frame,
-      encoding = "zstd" }
+      encoding = "zstd", encrypted = engine.persist_key ~= nil }
   else
     meta.persisted = { error = tostring(ok and msg or res) }
   end
