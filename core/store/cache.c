@@ -34,10 +34,10 @@ struct rd_cache {
   rd_store_env *env;
   rd_cache_config cfg;
   atomic_uint_fast64_t hits, misses, evictions, expirations, puts;
-  pthread_mutex_t mu;          /* guards the touch table and fixed_now */
+  pthread_mutex_t mu;          /* guards the touch table */
   touch **touches;             /* open addressing, RD_CACHE_TOUCH_SLOTS */
   size_t ntouch;
-  double fixed_now;
+  _Atomic double fixed_now;    /* tests: 0 = the real clock */
 };
 
 typedef struct hdr {
@@ -69,17 +69,12 @@ static int hdr_read(const MDB_val *v, hdr *h) {
 }
 
 static double now_of(rd_cache *c) {
-  double f;
-  pthread_mutex_lock(&c->mu);
-  f = c->fixed_now;
-  pthread_mutex_unlock(&c->mu);
+  double f = atomic_load_explicit(&c->fixed_now, memory_order_relaxed);
   return f > 0 ? f : rd__now();
 }
 
 void rd_cache_set_time(rd_cache *c, double now) {
-  pthread_mutex_lock(&c->mu);
-  c->fixed_now = now;
-  pthread_mutex_unlock(&c->mu);
+  atomic_store(&c->fixed_now, now);
 }
 
 static size_t make_ekey(unsigned char *out, const void *key, size_t klen) {
@@ -113,6 +108,7 @@ int rd_cache_open(rd_cache **out, rd_store_env *env, const rd_cache_config *cfg,
     return rd_error_set(err, RD_ENOMEM, "cache: out of memory");
   }
   if (cfg) c->cfg = *cfg;
+  atomic_init(&c->fixed_now, 0.0);
   pthread_mutex_init(&c->mu, NULL);
   rd__store_ref(env);
   c->env = env;

@@ -45,7 +45,16 @@ struct rd_store_env {
   char reason[160];
   char path[512];
   atomic_int refs;
+  /* The process-wide list of open envs: LMDB forbids opening one env twice
+   * in a process (its fcntl locks are per process), so a second open of
+   * the same file shares the first. */
+  struct rd_store_env *next;
+  char key[PATH_MAX + 16];
+  pid_t pid;
 };
+
+static pthread_mutex_t open_mu = PTHREAD_MUTEX_INITIALIZER;
+static rd_store_env *open_list;
 
 void rd__store_be64(unsigned char *p, uint64_t v) {
   for (int i = 7; i >= 0; i--) { p[i] = (unsigned char)(v & 0xff); v >>= 8; }
@@ -287,6 +296,9 @@ static int unusable(int rc) {
          rc == MDB_BAD_DBI || rc == EINVAL;
 }
 
+static int env_open(rd_store_env **out, const char *dir, rd_store_kind kind,
+                    const rd_store_env_config *cfg, rd_error *err);
+
 int rd_store_env_open(rd_store_env **out, const char *dir, rd_store_kind kind,
                       const rd_store_env_config *cfg, rd_error *err) {
   rd_error_clear(err);
@@ -295,6 +307,32 @@ int rd_store_env_open(rd_store_env **out, const char *dir, rd_store_kind kind,
   *out = NULL;
   int rc = mkdir_p(dir, err);
   if (rc) return rc;
+  char key[PATH_MAX + 16], real[PATH_MAX];
+  snprintf(key, sizeof key, "%s/%s", realpath(dir, real) ? real : dir,
+           kind == RD_STORE_DATA ? "data.mdb" : "cache.mdb");
+  pthread_mutex_lock(&open_mu);
+  for (rd_store_env *o = open_list; o; o = o->next) {
+    if (o->pid == getpid() && strcmp(o->key, key) == 0) { /* (a forked child's are not) */
+      atomic_fetch_add(&o->refs, 1);
+      pthread_mutex_unlock(&open_mu);
+      *out = o;
+      return RD_OK;
+    }
+  }
+  rc = env_open(out, dir, kind, cfg, err);
+  if (rc == RD_OK) {
+    snprintf((*out)->key, sizeof (*out)->key, "%s", key);
+    (*out)->pid = getpid();
+    (*out)->next = open_list;
+    open_list = *out;
+  }
+  pthread_mutex_unlock(&open_mu);
+  return rc;
+}
+
+static int env_open(rd_store_env **out, const char *dir, rd_store_kind kind,
+                    const rd_store_env_config *cfg, rd_error *err) {
+  int rc;
   rd_store_env *env = rd__calloc(1, sizeof *env);
   if (!env) return rd_error_set(err, RD_ENOMEM, "store: out of memory");
   env->kind = kind;
@@ -357,10 +395,18 @@ static void cache_mark_synced(rd_store_env *env) {
 
 void rd_store_env_close(rd_store_env *env) {
   if (!env) return;
-  if (atomic_fetch_sub(&env->refs, 1) != 1) return;
+  pthread_mutex_lock(&open_mu);
+  if (atomic_fetch_sub(&env->refs, 1) != 1) {
+    pthread_mutex_unlock(&open_mu);
+    return;
+  }
+  for (rd_store_env **p = &open_list; *p; p = &(*p)->next)
+    if (*p == env) { *p = env->next; break; }
   free_txns(env);
   if (env->kind == RD_STORE_CACHE) cache_mark_synced(env);
   env_shut(env);
+  /* Only now may this process open the file again (a new env of its own). */
+  pthread_mutex_unlock(&open_mu);
   pthread_rwlock_destroy(&env->resize);
   pthread_mutex_destroy(&env->free_mu);
   rd__freemem(env);

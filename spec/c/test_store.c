@@ -91,6 +91,26 @@ TEST(env_descriptors_are_close_on_exec) {
   rd_store_env_close(env);
 }
 
+/* LMDB forbids two envs of one file in a process: a second open shares. */
+TEST(second_open_in_a_process_shares_the_env) {
+  char d[128];
+  rd_store_env *a = open_env(fresh_dir(d, sizeof d), RD_STORE_DATA, 0, 0);
+  char d2[200];
+  snprintf(d2, sizeof d2, "%s/../d%d", d, dirn); /* the same directory, spelt otherwise */
+  rd_store_env *b = open_env(d2, RD_STORE_DATA, 0, 0);
+  CHECK(a == b);
+  rd_store_env *c = open_env(d, RD_STORE_CACHE, 0, 0);
+  CHECK(c != a);
+  CHECK(rd_kv_put(a, "ns", "k", 1, "v", 1, NULL) == RD_OK);
+  rd_store_env_close(a);
+  CHECK(kv_is(b, "ns", "k", 1, "v")); /* still open through b */
+  rd_store_env_close(b);
+  rd_store_env_close(c);
+  a = open_env(d, RD_STORE_DATA, 0, 0); /* and opens anew after the last close */
+  CHECK(kv_is(a, "ns", "k", 1, "v"));
+  rd_store_env_close(a);
+}
+
 TEST(kv_keys_of_any_bytes_and_length) {
   char d[128];
   rd_store_env *env = open_env(fresh_dir(d, sizeof d), RD_STORE_DATA, 0, 0);
