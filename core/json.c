@@ -970,15 +970,13 @@ static int put_base64(enc *e, const char *s, size_t len) {
   return 1;
 }
 
-/* Marker of the table at idx: 'a' array, 'o' object, 0 none. */
-static int table_marker(enc *e, int idx) {
-  lua_State *L = e->L;
+int rd__json_marker(lua_State *L, int idx, const void *array_mt, const void *object_mt) {
   int kind = 0;
   if (!lua_getmetatable(L, idx)) return 0;
   const void *mt = lua_topointer(L, -1);
-  if (mt == e->array_mt) {
+  if (mt == array_mt) {
     kind = 'a';
-  } else if (mt == e->object_mt) {
+  } else if (mt == object_mt) {
     kind = 'o';
   } else {
     lua_pushliteral(L, "__jsontype");
@@ -992,6 +990,11 @@ static int table_marker(enc *e, int idx) {
   }
   lua_pop(L, 1);
   return kind;
+}
+
+/* Marker of the table at idx: 'a' array, 'o' object, 0 none. */
+static int table_marker(enc *e, int idx) {
+  return rd__json_marker(e->L, idx, e->array_mt, e->object_mt);
 }
 
 static int is_index(double k) {

@@ -79,6 +79,11 @@ int rd__json_encode(lua_State *L, int idx, rd_buf *out,
  * Runs no metamethods. */
 int rd__json_is_array(lua_State *L, int idx);
 
+/* The marker of the table at idx: 'a' when its metatable is `array_mt` or
+ * says __jsontype = "array", 'o' for `object_mt` or "object", 0 when it has
+ * none (pointers as from lua_topointer). Leaves the stack as it was. */
+int rd__json_marker(lua_State *L, int idx, const void *array_mt, const void *object_mt);
+
 /* The encoder's text for a finite number x (integers up to 2^53 in full,
  * others the shortest of %.15g/%.16g/%.17g that reads back). Writes at most
  * 31 bytes plus a NUL to buf; returns the length. */

@@ -60,25 +60,8 @@ static void path_cut(nctx *c, size_t len) {
 
 /* 'a' array, 'o' object, 0 none: the encoder's rule (json.c). */
 static int nmarker(nctx *c, int idx) {
-  lua_State *L = c->L;
-  if (!lua_getmetatable(L, idx)) return 0;
-  int kind = 0;
-  if (lua_rawequal(L, -1, c->array_mt)) {
-    kind = 'a';
-  } else if (lua_rawequal(L, -1, c->object_mt)) {
-    kind = 'o';
-  } else {
-    lua_pushliteral(L, "__jsontype");
-    lua_rawget(L, -2);
-    if (lua_type(L, -1) == LUA_TSTRING) {
-      const char *t = lua_tostring(L, -1);
-      if (!strcmp(t, "array")) kind = 'a';
-      else if (!strcmp(t, "object")) kind = 'o';
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  return kind;
+  return rd__json_marker(c->L, idx, lua_topointer(c->L, c->array_mt),
+                         lua_topointer(c->L, c->object_mt));
 }
 
 static int norm(nctx *c, int idx, int depth);

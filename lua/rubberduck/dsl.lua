@@ -76,6 +76,9 @@ local function checker(file)
   return setmetatable({ file = file, problems = {} }, Checker)
 end
 
+-- For other definition languages checked the same way (policydef.lua).
+M.Checker, M.quote, M.is_seq = Checker, quote, is_seq
+
 function Checker:fail(path, fmt, ...)
   self.problems[#self.problems + 1] =
     string.format("%s: %s: " .. fmt, self.file, path, ...)

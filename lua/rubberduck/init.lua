@@ -329,19 +329,27 @@ function Engine:execute(name, params, caller, opts)
   return self:submit(name, params, caller, opts):wait()
 end
 
--- For the C API: JSON in, JSON out. Returns envelope_json, ok | nil, message.
-function Engine:execute_json(name, params_json, caller_json)
-  local params, caller = nil, nil
+-- The params and caller of a C API call, from their JSON (either may be
+-- nil). Returns params, caller | nil, nil, message.
+local function decode_request(params_json, caller_json)
+  local params, caller
   if params_json then
     local p, err = json.decode(params_json)
-    if p == nil then return nil, "params: " .. err end
+    if p == nil then return nil, nil, "params: " .. err end
     params = p
   end
   if caller_json then
     local c, err = json.decode(caller_json)
-    if c == nil then return nil, "caller: " .. err end
+    if c == nil then return nil, nil, "caller: " .. err end
     caller = c
   end
+  return params, caller
+end
+
+-- For the C API: JSON in, JSON out. Returns envelope_json, ok | nil, message.
+function Engine:execute_json(name, params_json, caller_json)
+  local params, caller, err = decode_request(params_json, caller_json)
+  if err then return nil, err end
   local env = self:execute(name, params, caller, { entry = "c" })
   return assert(json.encode(env)), env.status == "ok"
 end
@@ -351,17 +359,8 @@ end
 -- Returns id | nil, message ("closed: ..." when the engine is closed).
 function Engine:submit_json(name, params_json, caller_json, opts, on_done, on_progress)
   if self.closed then return nil, "closed: the engine is closed" end
-  local params, caller
-  if params_json then
-    local p, err = json.decode(params_json)
-    if p == nil then return nil, "params: " .. err end
-    params = p
-  end
-  if caller_json then
-    local c, err = json.decode(caller_json)
-    if c == nil then return nil, "caller: " .. err end
-    caller = c
-  end
+  local params, caller, err = decode_request(params_json, caller_json)
+  if err then return nil, err end
   local h
   opts.entry = "c"
   opts.on_done = function(env)

@@ -48,23 +48,9 @@ local FIELDS = {
   hours = { from = true, to = true, tz = true },
 }
 
-local function quote(v)
-  if type(v) == "string" then return string.format("%q", v) end
-  return tostring(v)
-end
+local dsl = require "rubberduck.dsl"
+local quote, is_seq = dsl.quote, dsl.is_seq
 
-local function is_seq(t)
-  local n = 0
-  for k in next, t do
-    if type(k) ~= "number" or k < 1 or k % 1 ~= 0 then return false end
-    n = n + 1
-  end
-  return n == #t
-end
-
-local function sorted_names(set)
-  local names = {}
-  for n in next, set do names[#names + 1] = n end
   table.sort(names)
   return table.concat(names, ", ")
 end
@@ -80,23 +66,9 @@ function M.valid_capability(s)
   return true
 end
 
-local Checker = {}
+-- The tool DSL's checker (fail, type, fields, string_list) and more.
+local Checker = setmetatable({}, { __index = dsl.Checker })
 Checker.__index = Checker
-
-function Checker:fail(path, fmt, ...)
-  self.problems[#self.problems + 1] = string.format("%s: %s: " .. fmt, self.file, path, ...)
-end
-
-function Checker:fields(path, t, allowed)
-  for k in next, t do
-    if type(k) ~= "string" then
-      self:fail(path, "unexpected key %s (keys are field names)", quote(k))
-    elseif not allowed[k] then
-      self:fail(path == "" and k or path .. "." .. k, "unknown field (expected one of %s)",
-        sorted_names(allowed))
-    end
-  end
-end
 
 function Checker:table(path, v)
   if type(v) ~= "table" then
