@@ -33,6 +33,8 @@ struct rd_lstate {
   rd_breach breach;      /* recorded on the thread running the state */
   char breach_msg[256];  /* what the first breach since arm said */
   const char *stack_base; /* a frame address of the thread when armed */
+  uint64_t arm_ns;       /* rd__mono_ns() when armed */
+  int hooked;            /* the hook ran since arm */
 };
 
 const char *rd__breach_kind(rd_breach b) {
@@ -89,6 +91,7 @@ static void hook(lua_State *L, lua_Debug *ar) {
   RD_UNUSED(ar);
   rd_lstate *s = rd__lstate_from(L);
   if (!s || !s->armed) return;
+  s->hooked = 1;
   if (s->breach == RD_BREACH_NONE) {
     int req = atomic_load(&s->stop_req);
     if (req != RD_BREACH_NONE)
@@ -165,13 +168,20 @@ void rd__lstate_clear_stop(rd_lstate *s) {
 }
 
 void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns) {
+  rd__lstate_arm_at(s, cpu_ms, deadline_ns, rd__thread_cpu_ms());
+}
+
+void rd__lstate_arm_at(rd_lstate *s, double cpu_ms, uint64_t deadline_ns,
+                       double cpu_start_ms) {
   /* stop_req is not cleared here: a stop asked for between the caller's
    * rd__lstate_clear_stop and now (a cancel racing the thread pool) must
    * still stop this run. */
   s->breach = RD_BREACH_NONE;
   s->breach_msg[0] = '\0';
   s->cpu_limit_ms = cpu_ms;
-  s->cpu_start_ms = rd__thread_cpu_ms();
+  s->cpu_start_ms = cpu_start_ms;
+  s->arm_ns = rd__mono_ns();
+  s->hooked = 0;
   s->deadline_ns = deadline_ns;
   s->peak = s->heap;
   s->stack_base = __builtin_frame_address(0);
@@ -182,7 +192,12 @@ void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns) {
 rd_breach rd__lstate_disarm(rd_lstate *s, double *cpu_ms, size_t *peak_bytes) {
   s->armed = 0;
   lua_sethook(s->L, hook, LUA_MASKCOUNT, HOOK_COUNT);
-  if (cpu_ms) *cpu_ms = rd__thread_cpu_ms() - s->cpu_start_ms;
+  if (cpu_ms) {
+    /* CPU time never exceeds wall time on one thread: a run too short for
+     * the hook to have run reports its wall time (no clock system call). */
+    if (s->hooked) *cpu_ms = rd__thread_cpu_ms() - s->cpu_start_ms;
+    else *cpu_ms = (double)(rd__mono_ns() - s->arm_ns) / 1e6;
+  }
   if (peak_bytes) *peak_bytes = s->peak;
   rd_breach b = s->breach;
   if (b == RD_BREACH_NONE) {

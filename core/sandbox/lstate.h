@@ -58,11 +58,21 @@ rd_lstate *rd__lstate_from(lua_State *L);
 void rd__lstate_clear_stop(rd_lstate *s);
 
 /* Limits of the next run. cpu_ms 0: none; deadline_ns 0: none (monotonic,
- * rd__mono_ns() clock). */
+ * rd__mono_ns() clock). Reads the thread's CPU clock (a system call). */
 void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns);
+/* The same, with the thread's CPU time (rd__thread_cpu_ms) read by the
+ * caller beforehand, at a moment after which the thread did nothing that
+ * should not count (e.g. just before it waited for the call): spares the
+ * clock's system call on the way into a call. A stale reading only makes
+ * the run's CPU count larger, never smaller. */
+void rd__lstate_arm_at(rd_lstate *s, double cpu_ms, uint64_t deadline_ns,
+                       double cpu_start_ms);
 /* Remove the limits; returns the breach recorded while armed (and clears it).
  * *cpu_ms and *peak_bytes (may be NULL) get the CPU time used since arm and
- * the heap high-water mark since arm. */
+ * the heap high-water mark since arm. A run that ended before the hook's
+ * first check (under HOOK_COUNT instructions, see lstate.c) reports its
+ * wall time as *cpu_ms, an upper bound of its CPU time, without a read of
+ * the CPU clock (a system call, microseconds on a VM). */
 rd_breach rd__lstate_disarm(rd_lstate *s, double *cpu_ms, size_t *peak_bytes);
 
 /* What the breach returned by the last rd__lstate_disarm said ("fs.read:
