@@ -2,7 +2,10 @@
  * l_loop.c — core.loop: the libuv loop that drives the pipeline.
  *
  *   local loop = core.loop.new()
- *   loop:run("once" | "nowait" | "default") -> alive (boolean)
+ *   loop:run("once" | "nowait" | "default" [, spin_us]) -> alive (boolean)
+ *       with spin_us, "once" first spins up to that long (CPU busy, no
+ *       sleep) for a callback, and blocks only if none came: for a
+ *       synchronous caller that expects an answer within microseconds
  *   local t = loop:timer(ms, fn)   one-shot; fn() runs on the loop
  *   t:stop()                       idempotent
  *   loop:now() -> ms               the loop's cached monotonic time
@@ -15,6 +18,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <time.h>
 
 #define LOOP_MT "rubberduck.loop"
@@ -35,6 +39,7 @@ static int traceback(lua_State *L) {
 
 void rd__loop_pcall(rd_loop *l, int nargs) {
   lua_State *L = l->cbL;
+  l->ncalls++;
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, traceback);
   lua_insert(L, base);
@@ -96,11 +101,37 @@ static int l_new(lua_State *L) {
   return 1;
 }
 
+/* Spin for up to `us` microseconds before a blocking "once": watch the
+ * done channel (no system call) and poll the loop without blocking now
+ * and then, until a callback has run. Returns 1 if one ran. */
+static int spin_once(rd_loop *l, double us) {
+  unsigned long before = l->ncalls;
+  uint64_t until = rd__mono_ns() + (uint64_t)(us * 1e3);
+  for (unsigned i = 1;; i++) {
+    if (atomic_load(&l->done_head)) {
+      on_done(&l->done_async);
+      if (l->ncalls != before) return 1;
+    }
+    /* a worker's socket or a timer: ask epoll now and then */
+    if ((i & 7) == 0) {
+      uv_run(&l->uv, UV_RUN_NOWAIT);
+      if (l->ncalls != before) return 1;
+      if (rd__mono_ns() >= until) return 0;
+    }
+    sched_yield(); /* a thread we wait for may need this CPU */
+  }
+}
+
 static int l_run(lua_State *L) {
   rd_loop *l = rd__loop_check(L, 1);
   static const char *const modes[] = {"default", "once", "nowait", NULL};
   static const uv_run_mode m[] = {UV_RUN_DEFAULT, UV_RUN_ONCE, UV_RUN_NOWAIT};
   int i = luaL_checkoption(L, 2, "once", modes);
+  double spin = luaL_optnumber(L, 3, 0);
+  if (i == 1 && spin > 0 && spin_once(l, spin)) {
+    lua_pushboolean(L, uv_loop_alive(&l->uv));
+    return 1;
+  }
   int alive = uv_run(&l->uv, m[i]);
   lua_pushboolean(L, alive != 0);
   return 1;

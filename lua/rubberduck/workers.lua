@@ -20,6 +20,11 @@ M.READY = 2            -- workers the zygote keeps ready
 M.MAX_CALLS = 100      -- calls a balanced worker serves before it is replaced
 M.GRACE_MS = 250       -- after the deadline, before the worker is killed
 M.EXIT_WAIT_MS = 200   -- after a worker's socket closes, wait for its exit status
+-- A synchronous caller (Handle:wait) spins this long for the answer before
+-- it sleeps in the loop: a quick call then costs no wake-up. The call
+-- threads (l_lstate.c) and the balanced workers (worker.c) spin likewise
+-- for their next call.
+M.SPIN_US = 300
 
 local SIGKILL, SIGXCPU, SIGSYS, SIGXFSZ = 9, 24, 31, 25
 
