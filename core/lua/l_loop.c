@@ -103,23 +103,44 @@ static int l_new(lua_State *L) {
 
 /* Spin for up to `us` microseconds before a blocking "once": watch the
  * done channel (no system call) and poll the loop without blocking now
- * and then, until a callback has run. Returns 1 if one ran. */
+ * and then, until a callback has run. Returns 1 if one ran. The first
+ * PAUSE_NS only pause the CPU (an answer from another core comes within
+ * that); after that each look yields the CPU, since the thread or process
+ * we wait for may be waiting for this very core on a busy machine. */
+#define PAUSE_NS 20000u
+
 static int spin_once(rd_loop *l, double us) {
   unsigned long before = l->ncalls;
-  uint64_t until = rd__mono_ns() + (uint64_t)(us * 1e3);
+  uint64_t start = rd__mono_ns(), now = start;
+  uint64_t until = start + (uint64_t)(us * 1e3);
+  int got = 0;
   for (unsigned i = 1;; i++) {
     if (atomic_load(&l->done_head)) {
       on_done(&l->done_async);
-      if (l->ncalls != before) return 1;
+      if (l->ncalls != before) { got = 1; break; }
     }
+    /* Pausing only pays when what we wait for runs on another core: after
+     * a spin that needed the yielding phase, the next 32 skip the pause. */
+    int pausing = now - start < PAUSE_NS && !l->skip_pause;
     /* a worker's socket or a timer: ask epoll now and then */
-    if ((i & 7) == 0) {
+    if (!pausing || (i & 63) == 0) {
       uv_run(&l->uv, UV_RUN_NOWAIT);
-      if (l->ncalls != before) return 1;
-      if (rd__mono_ns() >= until) return 0;
+      if (l->ncalls != before) { got = 1; break; }
+      now = rd__mono_ns();
+      if (now >= until) break;
     }
-    sched_yield(); /* a thread we wait for may need this CPU */
+    if (pausing) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    } else {
+      sched_yield();
+    }
   }
+  now = rd__mono_ns();
+  if (now - start >= PAUSE_NS) l->skip_pause = 32;
+  else if (l->skip_pause) l->skip_pause--;
+  return got;
 }
 
 static int l_run(lua_State *L) {

@@ -184,9 +184,26 @@ static void run(lcore *c, double cpu_start_ms);
  * futex wake-up (tens of µs on a busy VM) is saved on both sides. */
 #define SPIN_NS 200000u
 
-/* Give the CPU to any other runnable thread (the loop thread, on a busy
- * machine with fewer free cores than spinning threads), else go on. */
-static inline void cpu_relax(void) { sched_yield(); }
+/* The first PAUSE_NS of a spin only pause the CPU (the loop thread on
+ * another core answers within that, with no system call at all); after
+ * that each look gives the CPU to any other runnable thread (the loop
+ * thread may be waiting for this very core on a busy machine). */
+#define PAUSE_NS 20000u
+
+/* Pausing only pays when the loop thread runs on another core: when the
+ * last wait needed the yielding phase, the next 32 waits skip the pause
+ * (both threads are likely on one core, where a pause only delays). */
+static __thread unsigned skip_pause;
+
+static inline void cpu_relax(uint64_t spun_ns) {
+  if (spun_ns < PAUSE_NS && !skip_pause) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  } else {
+    sched_yield();
+  }
+}
 
 /* A call may be charged CPU time the thread spun before it, up to this
  * much: the thread's CPU clock is a system call (microseconds on a VM), so
@@ -208,9 +225,11 @@ static double wait_for_work(int spin) {
     uint64_t read_at = rd__mono_ns(), now = read_at;
     uint64_t until = read_at + SPIN_NS;
     while (!__atomic_load_n(&q_head, __ATOMIC_ACQUIRE) && now < until) {
-      cpu_relax();
+      cpu_relax(now - read_at);
       now = rd__mono_ns();
     }
+    if (now - read_at >= PAUSE_NS) skip_pause = 32;
+    else if (skip_pause) skip_pause--;
     if (now - read_at > CPU_STALE_NS) cpu = rd__thread_cpu_ms();
     pthread_mutex_lock(&q_lock);
     q_spinning--;
@@ -352,7 +371,7 @@ static int l_new(lua_State *L) {
   lcore *c = rd__calloc(1, sizeof *c);
   if (!c) return luaL_error(L, "out of memory");
   rd_error err;
-  rd_lstate_opts o = {0, jit};
+  rd_lstate_opts o = {0, jit, 0};
   if (rd__lstate_new(&c->s, &o, &err) != RD_OK) {
     rd__freemem(c);
     return luaL_error(L, "%s", err.message);

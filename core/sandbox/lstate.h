@@ -39,12 +39,27 @@ typedef struct rd_lstate rd_lstate;
 typedef struct rd_lstate_opts {
   size_t max_memory;     /* Lua heap cap in bytes; 0: unlimited */
   int jit;               /* 0: JIT off (count hooks fire everywhere) */
+  size_t arena;          /* bytes of address space to reserve for the heap
+                          * (0: plain malloc); see rd__lstate_snapshot */
 } rd_lstate_opts;
 
 /* Create a tool state with the standard libraries opened. *out is owned by
  * the caller: rd__lstate_free(). Errors: RD_ENOMEM. */
 int rd__lstate_new(rd_lstate **out, const rd_lstate_opts *opts, rd_error *err);
 void rd__lstate_free(rd_lstate *s);
+
+/* A state made with opts.arena keeps its whole Lua heap in one reserved
+ * region (power-of-two size classes, free lists inside the region; what
+ * does not fit comes from malloc). rd__lstate_snapshot copies the region
+ * and the accounting aside; rd__lstate_restore puts the copy back, byte
+ * for byte: the state is then exactly what it was at the snapshot, with
+ * nothing a later run did left in it. Restore refuses (RD_EINVAL) when the
+ * state holds memory from outside the region, or heap objects whose
+ * finalizers hold outside resources could be involved: use it only for
+ * states whose snapshot holds no userdata with __gc (no fs roots). Errors:
+ * RD_EINVAL (no arena, or outside memory live), RD_ENOMEM. */
+int rd__lstate_snapshot(rd_lstate *s, rd_error *err);
+int rd__lstate_restore(rd_lstate *s, rd_error *err);
 
 /* The Lua state inside (borrowed, valid until rd__lstate_free). */
 lua_State *rd__lstate_L(rd_lstate *s);

@@ -159,7 +159,7 @@ end
 
 function Pool:remote(t)
   return setmetatable({ pool = self, tool = t, once = t.def.security.level == "strict",
-                        closed = false, stock = {}, stock_pending = 0 }, Remote)
+                        closed = false, stock = {}, stock_pending = 0, stock_gen = 0 }, Remote)
 end
 
 -- ---- a strict tool's stock -------------------------------------------------------
@@ -188,13 +188,17 @@ end
 
 function Remote:_fill_stock()
   if not self.once or self.closed then return end
+  -- a tool replaced (reloaded) or recycled during its call keeps none
+  local reg = self.pool.engine.registry
+  if self.tool.state ~= self or (reg and reg:get(self.tool.name) ~= self.tool) then return end
   self.pool:touch(self)
+  local gen = self.stock_gen
   for _ = 1, M.STOCK - #self.stock - self.stock_pending do
     self.stock_pending = self.stock_pending + 1
     self.pool:take_for_stock(function(w)
-      self.stock_pending = self.stock_pending - 1
+      if self.stock_gen == gen then self.stock_pending = self.stock_pending - 1 end
       if not w then return end
-      if self.closed or #self.stock >= M.STOCK then
+      if self.closed or self.stock_gen ~= gen or #self.stock >= M.STOCK then
         w:kill(SIGKILL)
         w:close()
         return
@@ -210,6 +214,9 @@ end
 function Remote:_drop_stock()
   local stock = self.stock
   self.stock = {}
+  -- processes still on their way are not stocked when they come
+  self.stock_gen = self.stock_gen + 1
+  self.stock_pending = 0
   for _, e in ipairs(stock) do
     self.pool.by_pid[e.pid] = nil
     e.worker:kill(SIGKILL)
