@@ -192,10 +192,10 @@ static void run(lcore *c, double cpu_start_ms);
 
 /* Pausing only pays when the loop thread runs on another core: when the
  * last wait needed the yielding phase, the next 32 waits skip the pause
- * (both threads are likely on one core, where a pause only delays). */
-static __thread unsigned skip_pause;
-
-static inline void cpu_relax(uint64_t spun_ns) {
+ * (both threads are likely on one core, where a pause only delays).
+ * skip_pause is per call thread (on its stack: no thread-local storage in
+ * this dlopen'ed module, which LeakSanitizer's tracer trips over). */
+static inline void cpu_relax(uint64_t spun_ns, unsigned skip_pause) {
   if (spun_ns < PAUSE_NS && !skip_pause) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -215,7 +215,7 @@ static inline void cpu_relax(uint64_t spun_ns) {
  * released) for up to SPIN_NS after the thread's last call, then sleeps;
  * submit() signals only when no thread spins. Returns the thread's CPU
  * time (ms) at a moment after which it only waited. */
-static double wait_for_work(int spin) {
+static double wait_for_work(int spin, unsigned *skip_pause) {
   if (q_head) return rd__thread_cpu_ms();
   q_idle++;
   if (spin) {
@@ -225,11 +225,11 @@ static double wait_for_work(int spin) {
     uint64_t read_at = rd__mono_ns(), now = read_at;
     uint64_t until = read_at + SPIN_NS;
     while (!__atomic_load_n(&q_head, __ATOMIC_ACQUIRE) && now < until) {
-      cpu_relax(now - read_at);
+      cpu_relax(now - read_at, *skip_pause);
       now = rd__mono_ns();
     }
-    if (now - read_at >= PAUSE_NS) skip_pause = 32;
-    else if (skip_pause) skip_pause--;
+    if (now - read_at >= PAUSE_NS) *skip_pause = 32;
+    else if (*skip_pause) (*skip_pause)--;
     if (now - read_at > CPU_STALE_NS) cpu = rd__thread_cpu_ms();
     pthread_mutex_lock(&q_lock);
     q_spinning--;
@@ -246,9 +246,10 @@ static double wait_for_work(int spin) {
 static void *call_thread(void *arg) {
   RD_UNUSED(arg);
   int spin = 0; /* a new thread has its call queued already */
+  unsigned skip_pause = 0;
   pthread_mutex_lock(&q_lock);
   for (;;) {
-    double cpu_start = wait_for_work(spin);
+    double cpu_start = wait_for_work(spin, &skip_pause);
     spin = 1;
     lcore *c = q_head;
     __atomic_store_n(&q_head, c->qnext, __ATOMIC_RELEASE);

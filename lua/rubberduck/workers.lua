@@ -238,7 +238,8 @@ function Remote:_finish(ok, a, b, stats)
   if w and (self.once or not ok or call.eof or call.last) then
     -- a strict worker is single-use; a balanced one retires after a breach
     if self.worker == w then self.worker = nil end
-    if not call.eof then w:kill(SIGKILL) end
+    -- a worker that answered with "last" exits by itself
+    if not call.eof and not (ok and call.last) then w:kill(SIGKILL) end
     w:close()
   end
   call.cb(ok, a, b, stats or {})
