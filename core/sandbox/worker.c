@@ -696,6 +696,16 @@ int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
   ctrl = ctrl_fd;
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   tzset(); /* os.date needs the zone; Landlock hides /etc/localtime later */
+  /* SCHED_BATCH (inherited by every worker): a worker woken by a message
+   * from the engine does not preempt the engine's thread on its core (a
+   * stocked strict worker defining its tool would otherwise run first,
+   * for milliseconds, while the engine is still answering its caller).
+   * Same priority otherwise. A speed hint, not a protection: where it is
+   * refused the workers keep the default policy, without a warning. */
+  {
+    struct sched_param sp = {0};
+    (void)sched_setscheduler(0, SCHED_BATCH, &sp);
+  }
   signal(SIGPIPE, SIG_IGN);
   if (load_boot(lua_dir) != 0) return 3;
   W.fd = -1;
