@@ -2,7 +2,10 @@
  * l_loop.c — core.loop: the libuv loop that drives the pipeline.
  *
  *   local loop = core.loop.new()
- *   loop:run("once" | "nowait" | "default") -> alive (boolean)
+ *   loop:run("once" | "nowait" | "default" [, spin_us]) -> alive (boolean)
+ *       with spin_us, "once" first spins up to that long (CPU busy, no
+ *       sleep) for a callback, and blocks only if none came: for a
+ *       synchronous caller that expects an answer within microseconds
  *   local t = loop:timer(ms, fn)   one-shot; fn() runs on the loop
  *   local s = loop:signal(signo, fn) fn(signo) on the loop each time the
  *                                  process gets the signal (instead of its
@@ -20,6 +23,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <time.h>
 
 #define LOOP_MT "rubberduck.loop"
@@ -40,6 +44,7 @@ static int traceback(lua_State *L) {
 
 void rd__loop_pcall(rd_loop *l, int nargs) {
   lua_State *L = l->cbL;
+  l->ncalls++;
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, traceback);
   lua_insert(L, base);
@@ -101,11 +106,58 @@ static int l_new(lua_State *L) {
   return 1;
 }
 
+/* Spin for up to `us` microseconds before a blocking "once": watch the
+ * done channel (no system call) and poll the loop without blocking now
+ * and then, until a callback has run. Returns 1 if one ran. The first
+ * PAUSE_NS only pause the CPU (an answer from another core comes within
+ * that); after that each look yields the CPU, since the thread or process
+ * we wait for may be waiting for this very core on a busy machine. */
+#define PAUSE_NS 20000u
+
+static int spin_once(rd_loop *l, double us) {
+  unsigned long before = l->ncalls;
+  uint64_t start = rd__mono_ns(), now = start;
+  uint64_t until = start + (uint64_t)(us * 1e3);
+  int got = 0;
+  for (unsigned i = 1;; i++) {
+    if (atomic_load(&l->done_head)) {
+      on_done(&l->done_async);
+      if (l->ncalls != before) { got = 1; break; }
+    }
+    /* Pausing only pays when what we wait for runs on another core: after
+     * a spin that needed the yielding phase, the next 32 skip the pause. */
+    int pausing = now - start < PAUSE_NS && !l->skip_pause;
+    /* a worker's socket or a timer: ask epoll now and then */
+    if (!pausing || (i & 63) == 0) {
+      uv_run(&l->uv, UV_RUN_NOWAIT);
+      if (l->ncalls != before) { got = 1; break; }
+      now = rd__mono_ns();
+      if (now >= until) break;
+    }
+    if (pausing) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    } else {
+      sched_yield();
+    }
+  }
+  now = rd__mono_ns();
+  if (now - start >= PAUSE_NS) l->skip_pause = 32;
+  else if (l->skip_pause) l->skip_pause--;
+  return got;
+}
+
 static int l_run(lua_State *L) {
   rd_loop *l = rd__loop_check(L, 1);
   static const char *const modes[] = {"default", "once", "nowait", NULL};
   static const uv_run_mode m[] = {UV_RUN_DEFAULT, UV_RUN_ONCE, UV_RUN_NOWAIT};
   int i = luaL_checkoption(L, 2, "once", modes);
+  double spin = luaL_optnumber(L, 3, 0);
+  if (i == 1 && spin > 0 && spin_once(l, spin)) {
+    lua_pushboolean(L, uv_loop_alive(&l->uv));
+    return 1;
+  }
   int alive = uv_run(&l->uv, m[i]);
   lua_pushboolean(L, alive != 0);
   return 1;

@@ -37,6 +37,7 @@
 
 #include <lualib.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -168,27 +169,96 @@ static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t q_cond = PTHREAD_COND_INITIALIZER;
 static lcore *q_head, *q_tail;
 static int q_threads;   /* call threads alive */
-static int q_idle;      /* of those, waiting for work */
+static int q_idle;      /* of those, waiting for work (or spinning) */
+static int q_spinning;  /* of the idle ones, spinning rather than asleep */
 static int q_queued;    /* calls in the queue, not yet taken by a thread */
 static pid_t q_pid;     /* the process the threads belong to */
+static volatile int q_forked = 1; /* set in a fork child: check q_pid */
+static pthread_once_t q_once = PTHREAD_ONCE_INIT;
 
-static void run(lcore *c);
+static void q_atfork_child(void) { q_forked = 1; }
+static void q_register(void) { pthread_atfork(NULL, NULL, q_atfork_child); }
+
+static void run(lcore *c, double cpu_start_ms);
+
+/* After a call, a thread watches the queue this long before it sleeps:
+ * a caller issuing calls one after another then finds it awake, and the
+ * futex wake-up (tens of µs on a busy VM) is saved on both sides. */
+#define SPIN_NS 200000u
+
+/* The first PAUSE_NS of a spin only pause the CPU (the loop thread on
+ * another core answers within that, with no system call at all); after
+ * that each look gives the CPU to any other runnable thread (the loop
+ * thread may be waiting for this very core on a busy machine). */
+#define PAUSE_NS 20000u
+
+/* Pausing only pays when the loop thread runs on another core: when the
+ * last wait needed the yielding phase, the next 32 waits skip the pause
+ * (both threads are likely on one core, where a pause only delays).
+ * skip_pause is per call thread (on its stack: no thread-local storage in
+ * this dlopen'ed module, which LeakSanitizer's tracer trips over). */
+static inline void cpu_relax(uint64_t spun_ns, unsigned skip_pause) {
+  if (spun_ns < PAUSE_NS && !skip_pause) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  } else {
+    sched_yield();
+  }
+}
+
+/* A call may be charged CPU time the thread spun before it, up to this
+ * much: the thread's CPU clock is a system call (microseconds on a VM), so
+ * the spin reads it only this often and the call starts from the last
+ * reading. */
+#define CPU_STALE_NS 20000u
+
+/* With q_lock held: wait until the queue has a call. Spins (lock
+ * released) for up to SPIN_NS after the thread's last call, then sleeps;
+ * submit() signals only when no thread spins. Returns the thread's CPU
+ * time (ms) at a moment after which it only waited. */
+static double wait_for_work(int spin, unsigned *skip_pause) {
+  if (q_head) return rd__thread_cpu_ms();
+  q_idle++;
+  if (spin) {
+    q_spinning++;
+    pthread_mutex_unlock(&q_lock);
+    double cpu = rd__thread_cpu_ms();
+    uint64_t read_at = rd__mono_ns(), now = read_at;
+    uint64_t until = read_at + SPIN_NS;
+    while (!__atomic_load_n(&q_head, __ATOMIC_ACQUIRE) && now < until) {
+      cpu_relax(now - read_at, *skip_pause);
+      now = rd__mono_ns();
+    }
+    if (now - read_at >= PAUSE_NS) *skip_pause = 32;
+    else if (*skip_pause) (*skip_pause)--;
+    if (now - read_at > CPU_STALE_NS) cpu = rd__thread_cpu_ms();
+    pthread_mutex_lock(&q_lock);
+    q_spinning--;
+    if (q_head) {
+      q_idle--;
+      return cpu;
+    }
+  }
+  while (!q_head) pthread_cond_wait(&q_cond, &q_lock);
+  q_idle--;
+  return rd__thread_cpu_ms();
+}
 
 static void *call_thread(void *arg) {
   RD_UNUSED(arg);
+  int spin = 0; /* a new thread has its call queued already */
+  unsigned skip_pause = 0;
   pthread_mutex_lock(&q_lock);
   for (;;) {
-    while (!q_head) {
-      q_idle++;
-      pthread_cond_wait(&q_cond, &q_lock);
-      q_idle--;
-    }
+    double cpu_start = wait_for_work(spin, &skip_pause);
+    spin = 1;
     lcore *c = q_head;
-    q_head = c->qnext;
+    __atomic_store_n(&q_head, c->qnext, __ATOMIC_RELEASE);
     if (!q_head) q_tail = NULL;
     q_queued--;
     pthread_mutex_unlock(&q_lock);
-    run(c);
+    run(c, cpu_start);
     /* The only message back: after this the loop may free c at any time. */
     rd__loop_post(c->loop, &c->done);
     pthread_mutex_lock(&q_lock);
@@ -205,15 +275,21 @@ static int submit(lcore *c) {
   c->qnext = NULL;
   /* submit() is only called on loop threads. In a forked child (which has
    * none of the parent's threads, and may have inherited the lock held or
-   * the condition with waiters) everything starts again; checked here
-   * rather than in an atfork handler, which a vfork-style spawn would run
-   * in the parent's memory. */
-  if (q_pid != getpid()) {
-    q_pid = getpid();
-    pthread_mutex_init(&q_lock, NULL);
-    pthread_cond_init(&q_cond, NULL);
-    q_head = q_tail = NULL;
-    q_threads = q_idle = q_queued = 0;
+   * the condition with waiters) everything starts again. The atfork
+   * handler only raises a flag (getpid() is a system call, microseconds on
+   * a VM, too dear for every call); the pid decides, so a handler run in
+   * the parent's memory (a vfork-style spawn; glibc runs none there) would
+   * reset nothing. */
+  pthread_once(&q_once, q_register);
+  if (q_forked) {
+    q_forked = 0;
+    if (q_pid != getpid()) {
+      q_pid = getpid();
+      pthread_mutex_init(&q_lock, NULL);
+      pthread_cond_init(&q_cond, NULL);
+      q_head = q_tail = NULL;
+      q_threads = q_idle = q_queued = q_spinning = 0;
+    }
   }
   pthread_mutex_lock(&q_lock);
   if (q_queued + 1 > q_idle && q_threads < MAX_THREADS) {
@@ -228,10 +304,13 @@ static int submit(lcore *c) {
     else if (q_threads > 0) rc = 0; /* an existing thread will get to it */
   }
   if (rc == 0) {
-    if (q_tail) q_tail->qnext = c; else q_head = c;
+    if (q_tail) q_tail->qnext = c;
+    else __atomic_store_n(&q_head, c, __ATOMIC_RELEASE);
     q_tail = c;
     q_queued++;
-    pthread_cond_signal(&q_cond);
+    /* A spinning thread sees the call; wake a sleeping one only if the
+     * queue holds more calls than threads spin. */
+    if (q_queued > q_spinning) pthread_cond_signal(&q_cond);
   }
   pthread_mutex_unlock(&q_lock);
   return rc;
@@ -297,7 +376,7 @@ static int l_new(lua_State *L) {
   lcore *c = rd__calloc(1, sizeof *c);
   if (!c) return luaL_error(L, "out of memory");
   rd_error err;
-  rd_lstate_opts o = {0, jit};
+  rd_lstate_opts o = {0, jit, 0};
   if (rd__lstate_new(&c->s, &o, &err) != RD_OK) {
     rd__freemem(c);
     return luaL_error(L, "%s", err.message);
@@ -393,10 +472,10 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
 }
 
 /* On the thread that runs the call (loop thread for call(), pool for start()). */
-static void run(lcore *c) {
+static void run(lcore *c, double cpu_start_ms) {
   lua_State *T = rd__lstate_L(c->s);
   c->thread = pthread_self();
-  rd__lstate_arm(c->s, c->cpu_ms, c->deadline_ns);
+  rd__lstate_arm_at(c->s, c->cpu_ms, c->deadline_ns, cpu_start_ms);
   c->status = lua_pcall(T, 1, 2, 0);
   c->breach = rd__lstate_disarm(c->s, &c->used_cpu, &c->peak);
 }
@@ -475,7 +554,7 @@ static int l_call(lua_State *L) {
   if (c->running) return luaL_error(L, "tool state is busy");
   prepare(L, c, fname, 3, &lim);
   c->running = 1;
-  run(c);
+  run(c, rd__thread_cpu_ms());
   c->running = 0;
   push_results(L, c);
   return 4;

@@ -25,6 +25,8 @@ typedef struct rd_loop {
   uv_async_t done_async;              /* wakes the loop for `done` items */
   _Atomic(rd_done *) done_head;       /* lock-free stack of posted items */
   atomic_int posting;                 /* posters still inside rd__loop_post */
+  unsigned long ncalls;               /* callbacks run (rd__loop_pcall) */
+  unsigned skip_pause;                /* spins left that skip pausing */
 } rd_loop;
 
 /* From any thread: queue `d` so that d->fn(d) runs on the loop thread

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 /* Instructions between two hook checks. Small enough that a breach is seen
@@ -23,6 +24,9 @@
  * (a plain error, like Lua's own "stack overflow"). */
 #define CSTACK_LIMIT ((size_t)4 << 20)
 
+/* Arena size classes: 16 << k bytes, k < ARENA_CLASSES. */
+#define ARENA_CLASSES 40
+
 struct rd_lstate {
   lua_State *L;
   size_t heap, peak, max_memory;
@@ -33,6 +37,16 @@ struct rd_lstate {
   rd_breach breach;      /* recorded on the thread running the state */
   char breach_msg[256];  /* what the first breach since arm said */
   const char *stack_base; /* a frame address of the thread when armed */
+  uint64_t arm_ns;       /* rd__mono_ns() when armed */
+  int hooked;            /* the hook ran since arm */
+  /* the arena (opts.arena): base and cap fixed, the rest is restored */
+  char *a_base;
+  size_t a_cap, a_top;
+  void *a_free[ARENA_CLASSES];
+  size_t a_outside;      /* live allocations from malloc */
+  /* the snapshot: a copy of this struct and of a_base[0, a_top) */
+  struct rd_lstate *snap;
+  char *snap_mem;
 };
 
 const char *rd__breach_kind(rd_breach b) {
@@ -59,10 +73,67 @@ static const char *breach_text(rd_breach b) {
   }
 }
 
+/* ---- the arena ---------------------------------------------------------------- */
+
+static unsigned a_class(size_t n) {
+  unsigned k = 0;
+  while (((size_t)16 << k) < n) k++;
+  return k;
+}
+
+static int in_arena(rd_lstate *s, void *p) {
+  return s->a_base && (char *)p >= s->a_base && (char *)p < s->a_base + s->a_cap;
+}
+
+static void *a_alloc(rd_lstate *s, size_t n) {
+  unsigned k = a_class(n);
+  if (k < ARENA_CLASSES) {
+    void *p = s->a_free[k];
+    if (p) {
+      s->a_free[k] = *(void **)p;
+      return p;
+    }
+    size_t sz = (size_t)16 << k;
+    if (sz <= s->a_cap - s->a_top) {
+      p = s->a_base + s->a_top;
+      s->a_top += sz;
+      return p;
+    }
+  }
+  void *p = rd__malloc(n);
+  if (p) s->a_outside++;
+  return p;
+}
+
+static void a_free(rd_lstate *s, void *p, size_t osize) {
+  if (!in_arena(s, p)) {
+    rd__freemem(p);
+    s->a_outside--;
+    return;
+  }
+  unsigned k = a_class(osize);
+  *(void **)p = s->a_free[k];
+  s->a_free[k] = p;
+}
+
+static void *a_realloc(rd_lstate *s, void *p, size_t osize, size_t nsize) {
+  if (!p) return a_alloc(s, nsize);
+  if (in_arena(s, p) && a_class(osize) == a_class(nsize)) return p;
+  void *q = a_alloc(s, nsize);
+  if (!q) return NULL;
+  memcpy(q, p, osize < nsize ? osize : nsize);
+  a_free(s, p, osize);
+  return q;
+}
+
 static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   rd_lstate *s = ud;
   if (nsize == 0) {
-    rd__freemem(ptr);
+    if (s->a_base) {
+      if (ptr) a_free(s, ptr, osize);
+    } else {
+      rd__freemem(ptr);
+    }
     s->heap -= osize;
     return NULL;
   }
@@ -72,7 +143,7 @@ static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     if (s->breach == RD_BREACH_NONE) s->breach = RD_BREACH_MEMORY;
     return NULL; /* Lua raises "not enough memory" */
   }
-  void *p = rd__realloc(ptr, nsize);
+  void *p = s->a_base ? a_realloc(s, ptr, osize, nsize) : rd__realloc(ptr, nsize);
   if (!p) return NULL; /* a shrink never fails with glibc; a grow may */
   s->heap = s->heap - osize + nsize;
   if (s->heap > s->peak) s->peak = s->heap;
@@ -89,6 +160,7 @@ static void hook(lua_State *L, lua_Debug *ar) {
   RD_UNUSED(ar);
   rd_lstate *s = rd__lstate_from(L);
   if (!s || !s->armed) return;
+  s->hooked = 1;
   if (s->breach == RD_BREACH_NONE) {
     int req = atomic_load(&s->stop_req);
     if (req != RD_BREACH_NONE)
@@ -119,8 +191,17 @@ int rd__lstate_new(rd_lstate **out, const rd_lstate_opts *opts, rd_error *err) {
   rd_lstate *s = rd__calloc(1, sizeof *s);
   if (!s) return rd_error_set(err, RD_ENOMEM, "cannot allocate a tool state");
   atomic_init(&s->stop_req, RD_BREACH_NONE);
+  if (opts && opts->arena) {
+    void *m = mmap(NULL, opts->arena, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m != MAP_FAILED) { /* else: plain malloc, no snapshots */
+      s->a_base = m;
+      s->a_cap = opts->arena;
+    }
+  }
   s->L = lua_newstate(lalloc, s);
   if (!s->L) {
+    if (s->a_base) munmap(s->a_base, s->a_cap);
     rd__freemem(s);
     return rd_error_set(err, RD_ENOMEM, "cannot create a Lua state");
   }
@@ -140,7 +221,43 @@ void rd__lstate_free(rd_lstate *s) {
   s->max_memory = 0;
   s->armed = 0;
   lua_close(s->L);
+  if (s->a_base) munmap(s->a_base, s->a_cap);
+  rd__freemem(s->snap);
+  rd__freemem(s->snap_mem);
   rd__freemem(s);
+}
+
+int rd__lstate_snapshot(rd_lstate *s, rd_error *err) {
+  if (!s->a_base || s->a_outside)
+    return rd_error_set(err, RD_EINVAL, "tool state: no snapshot without an arena holding all of it");
+  rd__freemem(s->snap_mem);
+  rd__freemem(s->snap);
+  s->snap_mem = NULL;
+  s->snap = rd__malloc(sizeof *s);
+  char *mem = rd__malloc(s->a_top ? s->a_top : 1);
+  if (!s->snap || !mem) {
+    rd__freemem(mem);
+    rd__freemem(s->snap);
+    s->snap = NULL;
+    return rd_error_set(err, RD_ENOMEM, "tool state: no memory for a snapshot");
+  }
+  memcpy(mem, s->a_base, s->a_top);
+  memcpy(s->snap, s, sizeof *s);
+  s->snap_mem = mem;
+  return RD_OK;
+}
+
+int rd__lstate_restore(rd_lstate *s, rd_error *err) {
+  if (!s->snap || s->a_outside)
+    return rd_error_set(err, RD_EINVAL, "tool state: cannot restore (no snapshot, or memory outside the arena)");
+  rd_lstate *snap = s->snap;
+  char *mem = s->snap_mem;
+  memcpy(s->a_base, mem, snap->a_top);
+  memcpy(s, snap, sizeof *s);
+  s->snap = snap;
+  s->snap_mem = mem;
+  atomic_store(&s->stop_req, RD_BREACH_NONE);
+  return RD_OK;
 }
 
 lua_State *rd__lstate_L(rd_lstate *s) { return s->L; }
@@ -165,13 +282,20 @@ void rd__lstate_clear_stop(rd_lstate *s) {
 }
 
 void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns) {
+  rd__lstate_arm_at(s, cpu_ms, deadline_ns, rd__thread_cpu_ms());
+}
+
+void rd__lstate_arm_at(rd_lstate *s, double cpu_ms, uint64_t deadline_ns,
+                       double cpu_start_ms) {
   /* stop_req is not cleared here: a stop asked for between the caller's
    * rd__lstate_clear_stop and now (a cancel racing the thread pool) must
    * still stop this run. */
   s->breach = RD_BREACH_NONE;
   s->breach_msg[0] = '\0';
   s->cpu_limit_ms = cpu_ms;
-  s->cpu_start_ms = rd__thread_cpu_ms();
+  s->cpu_start_ms = cpu_start_ms;
+  s->arm_ns = rd__mono_ns();
+  s->hooked = 0;
   s->deadline_ns = deadline_ns;
   s->peak = s->heap;
   s->stack_base = __builtin_frame_address(0);
@@ -182,7 +306,12 @@ void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns) {
 rd_breach rd__lstate_disarm(rd_lstate *s, double *cpu_ms, size_t *peak_bytes) {
   s->armed = 0;
   lua_sethook(s->L, hook, LUA_MASKCOUNT, HOOK_COUNT);
-  if (cpu_ms) *cpu_ms = rd__thread_cpu_ms() - s->cpu_start_ms;
+  if (cpu_ms) {
+    /* CPU time never exceeds wall time on one thread: a run too short for
+     * the hook to have run reports its wall time (no clock system call). */
+    if (s->hooked) *cpu_ms = rd__thread_cpu_ms() - s->cpu_start_ms;
+    else *cpu_ms = (double)(rd__mono_ns() - s->arm_ns) / 1e6;
+  }
   if (peak_bytes) *peak_bytes = s->peak;
   rd_breach b = s->breach;
   if (b == RD_BREACH_NONE) {

@@ -39,12 +39,27 @@ typedef struct rd_lstate rd_lstate;
 typedef struct rd_lstate_opts {
   size_t max_memory;     /* Lua heap cap in bytes; 0: unlimited */
   int jit;               /* 0: JIT off (count hooks fire everywhere) */
+  size_t arena;          /* bytes of address space to reserve for the heap
+                          * (0: plain malloc); see rd__lstate_snapshot */
 } rd_lstate_opts;
 
 /* Create a tool state with the standard libraries opened. *out is owned by
  * the caller: rd__lstate_free(). Errors: RD_ENOMEM. */
 int rd__lstate_new(rd_lstate **out, const rd_lstate_opts *opts, rd_error *err);
 void rd__lstate_free(rd_lstate *s);
+
+/* A state made with opts.arena keeps its whole Lua heap in one reserved
+ * region (power-of-two size classes, free lists inside the region; what
+ * does not fit comes from malloc). rd__lstate_snapshot copies the region
+ * and the accounting aside; rd__lstate_restore puts the copy back, byte
+ * for byte: the state is then exactly what it was at the snapshot, with
+ * nothing a later run did left in it. Restore refuses (RD_EINVAL) when the
+ * state holds memory from outside the region, or heap objects whose
+ * finalizers hold outside resources could be involved: use it only for
+ * states whose snapshot holds no userdata with __gc (no fs roots). Errors:
+ * RD_EINVAL (no arena, or outside memory live), RD_ENOMEM. */
+int rd__lstate_snapshot(rd_lstate *s, rd_error *err);
+int rd__lstate_restore(rd_lstate *s, rd_error *err);
 
 /* The Lua state inside (borrowed, valid until rd__lstate_free). */
 lua_State *rd__lstate_L(rd_lstate *s);
@@ -58,11 +73,21 @@ rd_lstate *rd__lstate_from(lua_State *L);
 void rd__lstate_clear_stop(rd_lstate *s);
 
 /* Limits of the next run. cpu_ms 0: none; deadline_ns 0: none (monotonic,
- * rd__mono_ns() clock). */
+ * rd__mono_ns() clock). Reads the thread's CPU clock (a system call). */
 void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns);
+/* The same, with the thread's CPU time (rd__thread_cpu_ms) read by the
+ * caller beforehand, at a moment after which the thread did nothing that
+ * should not count (e.g. just before it waited for the call): spares the
+ * clock's system call on the way into a call. A stale reading only makes
+ * the run's CPU count larger, never smaller. */
+void rd__lstate_arm_at(rd_lstate *s, double cpu_ms, uint64_t deadline_ns,
+                       double cpu_start_ms);
 /* Remove the limits; returns the breach recorded while armed (and clears it).
  * *cpu_ms and *peak_bytes (may be NULL) get the CPU time used since arm and
- * the heap high-water mark since arm. */
+ * the heap high-water mark since arm. A run that ended before the hook's
+ * first check (under HOOK_COUNT instructions, see lstate.c) reports its
+ * wall time as *cpu_ms, an upper bound of its CPU time, without a read of
+ * the CPU clock (a system call, microseconds on a VM). */
 rd_breach rd__lstate_disarm(rd_lstate *s, double *cpu_ms, size_t *peak_bytes);
 
 /* What the breach returned by the last rd__lstate_disarm said ("fs.read:

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 int rd__write_full(int fd, const void *p, size_t n) {
@@ -43,8 +44,16 @@ int rd__frame_send(int fd, const char *p, size_t n) {
   }
   unsigned char h[4] = {(unsigned char)n, (unsigned char)(n >> 8),
                         (unsigned char)(n >> 16), (unsigned char)(n >> 24)};
-  if (rd__write_full(fd, h, 4) != 0) return -1;
-  return rd__write_full(fd, p, n);
+  /* One system call for a frame that fits the socket buffer. */
+  struct iovec iov[2] = {{h, 4}, {(void *)p, n}};
+  ssize_t w;
+  do w = writev(fd, iov, 2); while (w < 0 && errno == EINTR);
+  if (w < 0) return -1;
+  if ((size_t)w < 4) {
+    if (rd__write_full(fd, h + w, 4 - (size_t)w) != 0) return -1;
+    w = 4;
+  }
+  return rd__write_full(fd, p + (w - 4), n - (size_t)(w - 4));
 }
 
 int rd__frame_recv(int fd, rd_buf *b) {

@@ -268,7 +268,13 @@ function Handle:wait(timeout_ms)
   local timed_out = false
   local timer
   if timeout_ms then timer = loop:timer(timeout_ms, function() timed_out = true end) end
-  while not self.done and not timed_out do loop:run("once") end
+  -- A caller that waits expects a quick tool's answer within microseconds:
+  -- spin briefly before sleeping in the loop (workers.SPIN_US).
+  local spin_until = core.mono_ms() + workers.SPIN_US / 1000
+  while not self.done and not timed_out do
+    local left = (spin_until - core.mono_ms()) * 1000
+    loop:run("once", left > 0 and left or nil)
+  end
   if timer then timer:stop() end
   if not self.done then return nil, "timeout" end
   return self.envelope

@@ -6,7 +6,8 @@
 -- and evaluates the untrusted tool file in a restricted environment built
 -- from rubberduck.env. The engine then calls its functions by name:
 --
---   define{ source =, chunkname =, file = } -> result, nil
+--   define{ source =, chunkname =, file =, scanned = } -> result, nil
+--       (scanned: the engine already ran the dangerous-function scan)
 --       result = { ok = true, def = <normalized> } | { ok = false, problems = {...} }
 --   execute{ params =, ctx = } -> status, output
 --       status = { status = "ok" } | { status = "error", kind =, message =,
@@ -269,7 +270,9 @@ function M.define(arg)
   local def, fns = dsl.normalize(raw, file, json)
   if not def then return { ok = false, problems = json.array(fns) } end
 
-  local uses = dangerous_uses(arg.source, file, def.security.dangerous_functions)
+  -- A worker process gets sources the engine has scanned when it loaded
+  -- them (arg.scanned): a scan per call would cost more than the call.
+  local uses = arg.scanned and {} or dangerous_uses(arg.source, file, def.security.dangerous_functions)
   if #uses > 0 then
     if def.security.level ~= "none" then
       return { ok = false, problems = json.array(uses) }

@@ -19,8 +19,15 @@ local M = {}
 
 M.READY = 2            -- workers the zygote keeps ready
 M.MAX_CALLS = 100      -- calls a balanced worker serves before it is replaced
+M.STOCK = 2            -- processes a strict tool keeps ready, its tool defined
+M.STOCK_TOOLS = 8      -- strict tools that keep a stock (most recently used)
 M.GRACE_MS = 250       -- after the deadline, before the worker is killed
 M.EXIT_WAIT_MS = 200   -- after a worker's socket closes, wait for its exit status
+-- A synchronous caller (Handle:wait) spins this long for the answer before
+-- it sleeps in the loop: a quick call then costs no wake-up. The call
+-- threads (l_lstate.c) and the balanced workers (worker.c) spin likewise
+-- for their next call.
+M.SPIN_US = 300
 
 local SIGKILL, SIGXCPU, SIGSYS, SIGXFSZ = 9, 24, 31, 25
 
@@ -31,7 +38,7 @@ Pool.__index = Pool
 
 function M.new(engine)
   return setmetatable({ engine = engine, ready = {}, waiting = {}, by_pid = {},
-                        warned = {} }, Pool)
+                        warned = {}, stocking = {}, stocked = {} }, Pool)
 end
 
 function M.available()
@@ -40,7 +47,8 @@ end
 
 function Pool:_event(ev, a, b, c)
   if ev == "worker" then
-    local cb = table.remove(self.waiting, 1)
+    -- a waiting call first, then a strict tool's stock, then the pool
+    local cb = table.remove(self.waiting, 1) or table.remove(self.stocking, 1)
     if cb then cb(a) else self.ready[#self.ready + 1] = a end
   elseif ev == "exit" then
     local r = self.by_pid[a]
@@ -57,6 +65,9 @@ function Pool:_event(ev, a, b, c)
     local waiting = self.waiting
     self.waiting = {}
     for _, cb in ipairs(waiting) do cb(nil, "the worker zygote exited (code " .. tostring(a) .. ")") end
+    local stocking = self.stocking
+    self.stocking = {}
+    for _, cb in ipairs(stocking) do cb(nil) end
   end
 end
 
@@ -87,6 +98,37 @@ function Pool:take(cb)
   self.waiting[#self.waiting + 1] = cb
 end
 
+-- A worker for a strict tool's stock: cb(worker) when one is free, after
+-- any call that waits for one (cb(nil) if the zygote is gone).
+function Pool:take_for_stock(cb)
+  local ok = self:_start()
+  if not ok then return cb(nil) end
+  local w = table.remove(self.ready, 1)
+  if w then
+    self.owed = (self.owed or 0) + 1
+    return cb(w)
+  end
+  self.zygote:spawn(1)
+  self.stocking[#self.stocking + 1] = cb
+end
+
+-- Keep `r` among the strict tools that hold a stock (most recent last);
+-- past M.STOCK_TOOLS, the least recently used one gives its stock up.
+function Pool:touch(r)
+  local list = self.stocked
+  for i = #list, 1, -1 do
+    if list[i] == r then table.remove(list, i); break end
+  end
+  list[#list + 1] = r
+  while #list > M.STOCK_TOOLS do table.remove(list, 1):_drop_stock() end
+end
+
+function Pool:forget(r)
+  for i = #self.stocked, 1, -1 do
+    if self.stocked[i] == r then table.remove(self.stocked, i) end
+  end
+end
+
 -- Ask the zygote for the workers taken since the last refill.
 function Pool:refill()
   local n = self.owed or 0
@@ -108,15 +150,6 @@ end
 local Remote = {}
 Remote.__index = Remote
 
-function Pool:remote(t)
-  return setmetatable({ pool = self, tool = t, once = t.def.security.level == "strict",
-                        closed = false }, Remote)
-end
-
-function Remote:busy() return self.call ~= nil end
-function Remote:usable() return not self.closed end
-function Remote:on_notify(fn) self.notify = fn end
-
 local function tool_message(self)
   local t, sec = self.tool, self.tool.def.security
   return json.encode({ op = "tool", mode = self.once and "once" or "pool",
@@ -124,6 +157,77 @@ local function tool_message(self)
     security = { max_memory = sec.max_memory, max_cpu = sec.max_cpu,
                  max_file_size = sec.max_file_size, allowed_paths = sec.allowed_paths } })
 end
+
+function Pool:remote(t)
+  return setmetatable({ pool = self, tool = t, once = t.def.security.level == "strict",
+                        closed = false, stock = {}, stock_pending = 0, stock_gen = 0 }, Remote)
+end
+
+-- ---- a strict tool's stock -------------------------------------------------------
+-- A strict call takes a process that has its tool message already: limits
+-- in force and the tool defined in a fresh state, waiting for the call.
+-- Each one still serves one call only. The stock is filled after a call
+-- (never before the tool's first call) and given up when the tool is
+-- closed or is no longer among the M.STOCK_TOOLS most recently used.
+
+function Remote:_stock_frame(e, text)
+  if text ~= nil then
+    local m = json.decode(text)
+    if type(m) == "table" and m.op == "ready" then
+      e.base_cpu = m.proc_cpu_ms
+      return
+    end
+  end
+  -- the process died, or could not sandbox itself (an "error" message)
+  for i, x in ipairs(self.stock) do
+    if x == e then table.remove(self.stock, i); break end
+  end
+  self.pool.by_pid[e.pid] = nil
+  e.worker:kill(SIGKILL)
+  e.worker:close()
+end
+
+function Remote:_fill_stock()
+  if not self.once or self.closed then return end
+  -- a tool replaced (reloaded) or recycled during its call keeps none
+  local reg = self.pool.engine.registry
+  if self.tool.retired or (reg and reg:get(self.tool.name) ~= self.tool) then return end
+  self.pool:touch(self)
+  local gen = self.stock_gen
+  for _ = 1, M.STOCK - #self.stock - self.stock_pending do
+    self.stock_pending = self.stock_pending + 1
+    self.pool:take_for_stock(function(w)
+      if self.stock_gen == gen then self.stock_pending = self.stock_pending - 1 end
+      if not w then return end
+      if self.closed or self.stock_gen ~= gen or #self.stock >= M.STOCK then
+        w:kill(SIGKILL)
+        w:close()
+        return
+      end
+      local e = { worker = w, pid = w:pid() }
+      self.stock[#self.stock + 1] = e
+      w:on_frame(function(text) self:_stock_frame(e, text) end)
+      assert(w:send(tool_message(self)))
+    end)
+  end
+end
+
+function Remote:_drop_stock()
+  local stock = self.stock
+  self.stock = {}
+  -- processes still on their way are not stocked when they come
+  self.stock_gen = self.stock_gen + 1
+  self.stock_pending = 0
+  for _, e in ipairs(stock) do
+    self.pool.by_pid[e.pid] = nil
+    e.worker:kill(SIGKILL)
+    e.worker:close()
+  end
+end
+
+function Remote:busy() return self.call ~= nil end
+function Remote:usable() return not self.closed end
+function Remote:on_notify(fn) self.notify = fn end
 
 function Remote:_finish(ok, a, b, stats)
   local call = self.call
@@ -135,10 +239,12 @@ function Remote:_finish(ok, a, b, stats)
   if w and (self.once or not ok or call.eof or call.last) then
     -- a strict worker is single-use; a balanced one retires after a breach
     if self.worker == w then self.worker = nil end
-    if not call.eof then w:kill(SIGKILL) end
+    -- a worker that answered with "last" exits by itself
+    if not call.eof and not (ok and call.last) then w:kill(SIGKILL) end
     w:close()
   end
   call.cb(ok, a, b, stats or {})
+  self:_fill_stock()
   self.pool:refill()
 end
 
@@ -224,14 +330,16 @@ function Remote:start(fname, arg, limits, cb)
   if self.call then return nil, "tool state is busy" end
   local call = { cb = cb, max_cpu = limits.cpu_ms or math.huge }
   self.call = call
-  local function go(w, err)
+  local function go(w, err, stocked)
     if self.call ~= call then if w then w:close() end return end
     if not w then return self:_finish(false, "internal", err) end
     call.worker = w
-    call.base_cpu = self.last_cpu -- a pooled worker's CPU after its last call
+    -- a pooled worker's CPU after its last call, a stocked one's after
+    -- its definition (nil until its "ready" comes)
+    call.base_cpu = stocked and stocked.base_cpu or self.last_cpu
     self.pool.by_pid[w:pid()] = self
     w:on_frame(function(text, why) self:_frame(w, text, why) end)
-    if self.worker ~= w then
+    if self.worker ~= w and not stocked then
       assert(w:send(tool_message(self)))
       if not self.once then self.worker = w end
     end
@@ -244,7 +352,14 @@ function Remote:start(fname, arg, limits, cb)
       self:_kill("timeout")
     end)
   end
-  if self.worker then go(self.worker) else self.pool:take(go) end
+  local e = self.once and table.remove(self.stock, 1)
+  if e then
+    go(e.worker, nil, e)
+  elseif self.worker then
+    go(self.worker)
+  else
+    self.pool:take(go)
+  end
   return true
 end
 
@@ -270,6 +385,8 @@ end
 function Remote:close()
   if self.closed then return end
   self.closed = true
+  self:_drop_stock()
+  self.pool:forget(self)
   if self.call then self:_kill("cancelled") end
   if self.worker then
     self.worker:kill(SIGKILL)

@@ -657,7 +657,7 @@ TEST(violation_is_recorded_and_survives_pcall) {
   up();
   rd_lstate *s = NULL;
   rd_error err;
-  rd_lstate_opts opts = {0, 0};
+  rd_lstate_opts opts = {0, 0, 0};
   CHECK(rd__lstate_new(&s, &opts, &err) == RD_OK);
   if (!s) return;
   lua_State *L = rd__lstate_L(s);
@@ -693,7 +693,7 @@ TEST(memory_cap_during_read_leaks_no_descriptor) {
   int before = count_fds();
   rd_lstate *s = NULL;
   rd_error err;
-  rd_lstate_opts opts = {0, 0};
+  rd_lstate_opts opts = {0, 0, 0};
   CHECK(rd__lstate_new(&s, &opts, &err) == RD_OK);
   if (!s) return;
   lua_State *L = rd__lstate_L(s);

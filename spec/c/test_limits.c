@@ -977,7 +977,7 @@ static int child_everything(void *arg, int msg) {
   if (apply_or_fail(the_prog()) != RD_OK) return 1;
 
   rd_lstate *s = NULL;
-  rd_lstate_opts o = {64u * 1024 * 1024, 0};   /* JIT off, as tools run */
+  rd_lstate_opts o = {64u * 1024 * 1024, 0, 0}; /* JIT off, as tools run */
   CC(rd__lstate_new(&s, &o, &err) == RD_OK);
   if (!s) return 1;
   lua_State *L = rd__lstate_L(s);

@@ -33,7 +33,7 @@
 static rd_lstate *new_state(size_t max_memory) {
   rd_lstate *s = NULL;
   rd_error err;
-  rd_lstate_opts o = {max_memory, 0};
+  rd_lstate_opts o = {max_memory, 0, 0};
   int rc = rd__lstate_new(&s, &o, &err);
   CHECK(rc == RD_OK);
   if (rc != RD_OK) fprintf(stderr, "  rd__lstate_new: %s\n", err.message);
@@ -256,12 +256,85 @@ TEST(cpu_jit_state) {
   /* jit = 1: the budget still ends a plain loop (the engine uses jit = 0;
    * this only checks that a JIT state is made and freed cleanly). */
   rd_lstate *s = NULL;
-  rd_lstate_opts o = {0, 1};
+  rd_lstate_opts o = {0, 1, 0};
   CHECK(rd__lstate_new(&s, &o, NULL) == RD_OK && s);
   if (!s) return;
   rd__lstate_arm(s, 0, 0);
   CHECK(run_code(s, "local x = 0 for i = 1, 1000 do x = x + i end assert(x == 500500)", NULL, 0) == 0);
   CHECK(rd__lstate_disarm(s, NULL, NULL) == RD_BREACH_NONE);
+  rd__lstate_free(s);
+}
+
+/* ---- arena snapshots ---------------------------------------------------------------- */
+
+static rd_lstate *arena_state(size_t max_memory, size_t arena) {
+  rd_lstate *s = NULL;
+  rd_lstate_opts o = {max_memory, 0, arena};
+  CHECK(rd__lstate_new(&s, &o, NULL) == RD_OK && s);
+  return s;
+}
+
+TEST(snapshot_restore_undoes_everything) {
+  rd_lstate *s = arena_state(0, 64u << 20);
+  if (!s) return;
+  rd_error err;
+  CHECK(run_code(s, "kept = { 1, 2, 3 }", NULL, 0) == 0);
+  size_t heap = rd__lstate_heap(s);
+  CHECK(rd__lstate_snapshot(s, &err) == RD_OK);
+  for (int round = 0; round < 3; round++) {
+    /* poison everything a tool could: globals, library tables, the string
+     * metatable, and a heap much larger than the snapshot's */
+    rd__lstate_arm(s, 0, rd__mono_ns() + NET_NS);
+    CHECK(run_code(s,
+      "kept[1] = 'x'; leaked = 1; string.upper = nil; getmetatable('').__index = {}\n"
+      "local t = {} for i = 1, 20000 do t[i] = tostring(i) .. 'abc' end big = t", NULL, 0) == 0);
+    CHECK(rd__lstate_disarm(s, NULL, NULL) == RD_BREACH_NONE);
+    CHECK(rd__lstate_heap(s) > heap);
+    CHECK(rd__lstate_restore(s, &err) == RD_OK);
+    CHECK(rd__lstate_heap(s) == heap);
+    CHECK(run_code(s,
+      "assert(kept[1] == 1 and #kept == 3 and leaked == nil and big == nil)\n"
+      "assert(string.upper('a') == 'A' and ('a'):upper() == 'A')", NULL, 0) == 0);
+  }
+  rd__lstate_free(s);
+}
+
+TEST(snapshot_refused_without_arena_or_with_outside_memory) {
+  rd_error err;
+  rd_lstate *s = new_state(0);
+  if (!s) return;
+  CHECK(rd__lstate_snapshot(s, &err) == RD_EINVAL);
+  CHECK(rd__lstate_restore(s, &err) == RD_EINVAL);
+  rd__lstate_free(s);
+
+  /* an arena too small for the state: the rest comes from malloc, and a
+   * state holding outside memory is neither snapshotted nor restored */
+  s = arena_state(0, 4096);
+  if (!s) return;
+  CHECK(run_code(s, "x = string.rep('a', 100000)", NULL, 0) == 0);
+  CHECK(rd__lstate_snapshot(s, &err) == RD_EINVAL);
+  CHECK(rd__lstate_restore(s, &err) == RD_EINVAL);
+  rd__lstate_free(s);
+
+  /* memory taken from outside the arena after the snapshot: no restore */
+  s = arena_state(0, 1u << 20);
+  if (!s) return;
+  CHECK(rd__lstate_snapshot(s, &err) == RD_OK);
+  CHECK(run_code(s, "x = string.rep('a', 2000000)", NULL, 0) == 0);
+  CHECK(rd__lstate_restore(s, &err) == RD_EINVAL);
+  CHECK(run_code(s, "x = nil collectgarbage() collectgarbage()", NULL, 0) == 0);
+  CHECK(rd__lstate_restore(s, &err) == RD_OK);
+  CHECK(run_code(s, "assert(x == nil)", NULL, 0) == 0);
+  rd__lstate_free(s);
+}
+
+TEST(arena_keeps_the_memory_cap) {
+  rd_lstate *s = arena_state(0, 64u << 20);
+  if (!s) return;
+  rd__lstate_set_max_memory(s, rd__lstate_heap(s) + (1u << 20));
+  rd__lstate_arm(s, 0, rd__mono_ns() + NET_NS);
+  CHECK(run_code(s, "local t = {} for i = 1, 1e6 do t[i] = i end", NULL, 0) != 0);
+  CHECK(rd__lstate_disarm(s, NULL, NULL) == RD_BREACH_MEMORY);
   rd__lstate_free(s);
 }
 
@@ -799,7 +872,7 @@ TEST(xcopy_into_a_capped_tool_state_too_big) {
   if (pid == 0) {
     lua_State *F = plain_state();
     rd_lstate *s = NULL;
-    rd_lstate_opts o = {0, 0};
+    rd_lstate_opts o = {0, 0, 0};
     if (rd__lstate_new(&s, &o, NULL) != RD_OK) _exit(5);
     lua_State *T = rd__lstate_L(s);
     rd__json_init(T);

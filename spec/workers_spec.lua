@@ -1,0 +1,162 @@
+-- workers_spec.lua — how strict and balanced calls reach their worker
+-- processes (lua/rubberduck/workers.lua, core/sandbox/worker.c): the strict
+-- stock of processes with the tool defined, and the balanced worker whose
+-- states are restored from a snapshot after each call. What they must not
+-- change: a strict call runs in a process of its own, every call starts
+-- from a pristine state, and no process outlives its tool.
+
+local H = require "helpers"
+local workers = require "rubberduck.workers"
+local registry = require "rubberduck.registry"
+
+local OP = { principal = "op", capabilities = { "*" } }
+
+-- A tool that poisons everything it can reach and reports what it found
+-- from the previous call.
+local POISON = [[function(p)
+  local seen = { count = counter, upper = string.upper ~= nil, meta = ("x"):upper() == "X",
+                 lib = table.concat ~= nil }
+  counter = (counter or 0) + 1
+  string.upper = nil
+  table.concat = nil
+  hog = {} for i = 1, 5000 do hog[i] = tostring(i) end
+  return seen
+end]]
+
+local function alive(pid)
+  return os.execute("kill -0 " .. pid .. " 2>/dev/null") == 0
+end
+
+-- Run the engine's loop until ok() or `ms` pass.
+local function run_until(engine, ms, ok)
+  local done = false
+  local tm = engine.loop:timer(ms, function() done = true end)
+  while not done and not ok() do engine.loop:run("once") end
+  tm:stop()
+  return ok()
+end
+
+-- The state of tool `name` that served its last call (the registry keeps
+-- idle states in a pool; the last one given back is reused first).
+local function last_state(engine, name)
+  local t = engine.registry:get(name)
+  return t.idle[#t.idle]
+end
+
+local function skip_unless_runnable(level)
+  if not registry.RUNNABLE[level] then
+    pending("level " .. level .. " needs rduck-worker")
+    return true
+  end
+end
+
+describe("workers", function()
+  teardown(function() H.cleanup() end)
+
+  it("balanced: every call starts from a pristine state, in the same worker", function()
+    if skip_unless_runnable("balanced") then return end
+    local dir = H.tmpdir()
+    H.write_tool(dir, "poison", H.tool_source({ name = "poison", level = "balanced", handler = POISON }))
+    local engine = H.open_engine(dir)
+    local pids = {}
+    for i = 1, 6 do
+      local env = engine:execute("poison", {}, OP)
+      assert.equal("ok", env.status, i .. ": " .. H.encode(env.error))
+      -- nothing from the previous call: no counter, the string library whole
+      assert.is_nil(env.output.count, "call " .. i)
+      assert.is_true(env.output.upper, "call " .. i)
+      assert.is_true(env.output.meta, "call " .. i)
+      assert.is_true(env.output.lib, "call " .. i)
+      local st = last_state(engine, "poison")
+      pids[i] = st.worker and st.worker:pid()
+    end
+    -- one pooled worker served them all (the later ones from a snapshot)
+    for i = 2, 6 do assert.equal(pids[1], pids[i]) end
+    engine:close()
+  end)
+
+  it("balanced with allowed_paths: pristine states too (rebuilt, no snapshot)", function()
+    if skip_unless_runnable("balanced") then return end
+    local dir = H.tmpdir()
+    local root = H.tmpdir()
+    H.write_tool(dir, "poison", H.tool_source({ name = "poison", level = "balanced", handler = POISON,
+      security = ("allowed_paths = { %q }"):format(root) }))
+    local engine = H.open_engine(dir)
+    for i = 1, 4 do
+      local env = engine:execute("poison", {}, OP)
+      assert.equal("ok", env.status)
+      assert.is_nil(env.output.count, "call " .. i)
+      assert.is_true(env.output.upper, "call " .. i)
+    end
+    engine:close()
+  end)
+
+  it("strict: a stock of defined processes, each used once, gone with the tool", function()
+    if skip_unless_runnable("strict") then return end
+    local dir = H.tmpdir()
+    H.write_tool(dir, "poison", H.tool_source({ name = "poison", level = "strict", handler = POISON }))
+    local engine = H.open_engine(dir)
+    local function stock() return last_state(engine, "poison").stock end
+    -- no stock before the first call
+    assert.equal(0, #stock())
+    assert.equal("ok", engine:execute("poison", {}, OP).status)
+    assert.is_true(run_until(engine, 10000, function()
+      local s = stock()
+      if #s < workers.STOCK then return false end
+      for _, e in ipairs(s) do if not e.base_cpu then return false end end
+      return true
+    end), "the stock did not fill")
+
+    -- a call takes the oldest stocked process; it exits after the call
+    local used = stock()[1].pid
+    local env = engine:execute("poison", {}, OP)
+    assert.equal("ok", env.status)
+    assert.is_nil(env.output.count)
+    assert.is_true(env.output.upper)
+    assert.is_true(run_until(engine, 5000, function() return not alive(used) end),
+      "a strict process served a second call's turn")
+    for _, e in ipairs(stock()) do assert.are_not.equal(used, e.pid) end
+
+    -- a stocked process that dies is dropped; calls go on
+    assert.is_true(run_until(engine, 10000, function() return #stock() == workers.STOCK end))
+    local victim = stock()[1].pid
+    os.execute("kill -9 " .. victim)
+    assert.is_true(run_until(engine, 5000, function()
+      for _, e in ipairs(stock()) do if e.pid == victim then return false end end
+      return true
+    end), "a dead process stayed in the stock")
+    for _ = 1, 3 do assert.equal("ok", engine:execute("poison", {}, OP).status) end
+
+    -- reloading the tool gives the old stock up (its processes are killed)
+    assert.is_true(run_until(engine, 10000, function() return #stock() == workers.STOCK end))
+    local old = {}
+    for _, e in ipairs(stock()) do old[#old + 1] = e.pid end
+    assert.is_true((engine:load_tools(nil, { dir .. "/poison.lua" })))
+    assert.is_true(run_until(engine, 5000, function()
+      for _, pid in ipairs(old) do if alive(pid) then return false end end
+      return true
+    end), "the replaced tool's stock outlived it")
+    assert.equal("ok", engine:execute("poison", {}, OP).status)
+    engine:close()
+  end)
+
+  it("strict: only the most recently used tools keep a stock", function()
+    if skip_unless_runnable("strict") then return end
+    local dir = H.tmpdir()
+    local n = workers.STOCK_TOOLS + 2
+    for i = 1, n do
+      H.write_tool(dir, "s" .. i, H.tool_source({ name = "s" .. i, level = "strict" }))
+    end
+    local engine = H.open_engine(dir)
+    for i = 1, n do assert.equal("ok", engine:execute("s" .. i, {}, OP).status) end
+    run_until(engine, 200, function() return false end)
+    local with = 0
+    for i = 1, n do
+      local st = last_state(engine, "s" .. i)
+      if #st.stock + st.stock_pending > 0 then with = with + 1 end
+    end
+    assert.is_true(with <= workers.STOCK_TOOLS, with .. " tools keep a stock")
+    assert.equal(0, #last_state(engine, "s1").stock)
+    engine:close()
+  end)
+end)
