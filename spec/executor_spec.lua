@@ -219,6 +219,17 @@ describe("the executor", function()
         assert.same({ "x.y" }, c.capabilities)
         assert.equals("trace-42", c.trace_id)
         assert.same({ id = 7, name = "acme" }, c.tenant)
+        -- ... and to the recorded history
+        local rows = engine.history:query({ caller = "ana", limit = 20 })
+        local rec
+        for _, r in ipairs(rows) do if r.id == env.execution_id then rec = r end end
+        assert.truthy(rec, "no history record")
+        local hc = H.decode(rec.context)
+        assert.equals("ana", hc.principal)
+        assert.same({ "ops" }, hc.roles)
+        assert.same({ "x.y" }, hc.capabilities)
+        assert.equals("trace-42", hc.trace_id)
+        assert.same({ id = 7, name = "acme" }, hc.tenant)
       end)
 
       it("cancels a running call and the tool serves the next one", function()

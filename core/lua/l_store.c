@@ -305,6 +305,7 @@ static void push_record(lua_State *L, const rd_history_record *r) {
 #undef S
 #undef N
   if (r->params && *r->params) { lua_pushstring(L, r->params); lua_setfield(L, -2, "params"); }
+  if (r->context && *r->context) { lua_pushstring(L, r->context); lua_setfield(L, -2, "context"); }
   lua_pushboolean(L, r->cached);
   lua_setfield(L, -2, "cached");
 }
@@ -619,6 +620,7 @@ static void to_record(lua_State *L, int t, rd_history_record *r) {
   r->caller = opt_str(L, t, "caller", NULL);
   r->params_hash = opt_str(L, t, "params_hash", NULL);
   r->params = opt_str(L, t, "params", NULL);
+  r->context = opt_str(L, t, "context", NULL);
   r->started_at = opt_num(L, t, "started_at");
   r->duration_ms = opt_num(L, t, "duration_ms");
   r->cpu_ms = opt_num(L, t, "cpu_ms");

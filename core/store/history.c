@@ -22,8 +22,10 @@
 #include <string.h>
 #include <time.h>
 
-#define MAGIC 0x52444831u /* "RDH1" */
-#define NSTR 7            /* tool version status kind caller params_hash params */
+#define MAGIC 0x52444832u    /* "RDH2": NSTR strings */
+#define MAGIC_V1 0x52444831u /* "RDH1": the first seven (no context) */
+#define NSTR 8 /* tool version status kind caller params_hash params context */
+#define NSTR_V1 7
 #define FIXED (4 + 8 * 4 + 4 * 2)
 #define IDX_MAX (1 + 2 + RD_HISTORY_MAX_FIELD + RD_ULID_LEN)
 
@@ -83,7 +85,10 @@ static void encode(unsigned char *p, const item *it) {
 static int decode(const MDB_val *k, const MDB_val *v, rd_history_record *rec, char *buf,
                   char *id) {
   const unsigned char *p = v->mv_data, *end = p + v->mv_size;
-  if (v->mv_size < FIXED || get32(p) != MAGIC || k->mv_size != RD_ULID_LEN) return -1;
+  if (v->mv_size < FIXED || k->mv_size != RD_ULID_LEN) return -1;
+  uint32_t magic = get32(p);
+  if (magic != MAGIC && magic != MAGIC_V1) return -1;
+  int nstr = magic == MAGIC ? NSTR : NSTR_V1;
   memset(rec, 0, sizeof *rec);
   memcpy(id, k->mv_data, RD_ULID_LEN);
   id[RD_ULID_LEN] = '\0';
@@ -101,8 +106,8 @@ static int decode(const MDB_val *k, const MDB_val *v, rd_history_record *rec, ch
   rec->cached = c;
   p += FIXED;
   const char **fields[NSTR] = {&rec->tool, &rec->version, &rec->status, &rec->kind,
-                               &rec->caller, &rec->params_hash, &rec->params};
-  for (int i = 0; i < NSTR; i++) {
+                               &rec->caller, &rec->params_hash, &rec->params, &rec->context};
+  for (int i = 0; i < nstr; i++) {
     if (end - p < 4) return -1;
     uint32_t n = get32(p);
     if ((size_t)(end - p - 4) < n) return -1;
@@ -232,13 +237,16 @@ static int make_item(const rd_history_record *rec, item **out, rd_error *err) {
                         RD_ULID_LEN);
   if (!rec->tool || !*rec->tool) return rd_error_set(err, RD_EINVAL, "history: the record needs a tool");
   const char *s[NSTR] = {rec->tool, rec->version, rec->status, rec->kind, rec->caller,
-                         rec->params_hash, rec->params};
+                         rec->params_hash, rec->params, rec->context};
   static const char *const names[NSTR] = {"tool", "version", "status", "kind", "caller",
-                                          "params_hash", "params"};
+                                          "params_hash", "params", "context"};
+  static const size_t maxes[NSTR] = {
+      RD_HISTORY_MAX_FIELD, RD_HISTORY_MAX_FIELD, RD_HISTORY_MAX_FIELD, RD_HISTORY_MAX_FIELD,
+      RD_HISTORY_MAX_FIELD, RD_HISTORY_MAX_FIELD, RD_HISTORY_MAX_PARAMS, RD_HISTORY_MAX_CONTEXT};
   size_t len[NSTR], total = 0;
   for (int i = 0; i < NSTR; i++) {
     len[i] = s[i] ? strlen(s[i]) : 0;
-    size_t max = i == NSTR - 1 ? RD_HISTORY_MAX_PARAMS : RD_HISTORY_MAX_FIELD;
+    size_t max = maxes[i];
     if (len[i] > max)
       return rd_error_set(err, RD_EINVAL, "history: %s of %zu bytes exceeds %zu", names[i],
                           len[i], max);

@@ -218,6 +218,9 @@ typedef struct rd_history_record {
   const char *caller;      /* caller principal */
   const char *params_hash; /* hex BLAKE2b of the canonical params */
   const char *params;      /* canonical params JSON, only when configured */
+  const char *context;     /* the caller's context as JSON: every field the
+                              caller passed (roles, capabilities, trace ids,
+                              custom fields), up to RD_HISTORY_MAX_CONTEXT */
   double started_at;       /* epoch seconds */
   double duration_ms, cpu_ms, peak_memory_bytes;
   int attempts, cached;
@@ -225,6 +228,7 @@ typedef struct rd_history_record {
 
 #define RD_HISTORY_MAX_FIELD 4096     /* bytes of each string but params */
 #define RD_HISTORY_MAX_PARAMS (1u << 20)
+#define RD_HISTORY_MAX_CONTEXT (1u << 20)
 
 typedef struct rd_history_config {
   unsigned group_ms;    /* commit at most this long after the first pending

@@ -333,6 +333,18 @@ function M.history_record(engine, h, env)
   if engine.storage and engine.storage.config.history.params and #ptext <= 2 ^ 20 then
     rec.params = ptext
   end
+  -- everything the caller passed (the authorizer's internal cache key aside)
+  if h.caller then
+    local ctx = {}
+    for k, v in pairs(h.caller) do if k ~= "key" then ctx[k] = v end end
+    local text = canonical(ctx)
+    if text and #text <= 2 ^ 20 then
+      rec.context = text
+    else
+      rec.context = text and '{"dropped":"caller context larger than 1 MiB"}'
+        or '{"dropped":"caller context cannot be encoded as JSON"}'
+    end
+  end
   if type(rec.version) ~= "string" then rec.version = nil end
   return rec
 end
