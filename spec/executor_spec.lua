@@ -49,6 +49,19 @@ local TOOLS = {
     handler = [[function(p, ctx) ctx.progress(0, 1, "started") ctx.sleep(p.ms) return { ok = true } end]],
   },
   quick = { handler = "function() return { ok = true } end" },
+  square = {
+    parameters = [[{ type = "object", properties = { n = { type = "integer" } } }]],
+    handler = "function(p, ctx) ctx.sleep(5) return { n = p.n, sq = p.n * p.n, id = ctx.execution_id } end",
+  },
+  dies = {
+    -- its process is killed (by the spec) in every attempt
+    execution = "retries = 2, timeout = 20000, backoff = { initial = 1, max = 2 }",
+    handler = [[function(p, ctx) ctx.progress(0, 1, "started") ctx.sleep(20000) return {} end]],
+  },
+  nap100 = {
+    execution = "timeout = 100",
+    handler = [[function(p, ctx) ctx.sleep(30000) return { woke = true } end]],
+  },
 }
 
 local function write_tools(dir, levels)
@@ -275,6 +288,79 @@ describe("the executor", function()
     end)
   end
 
+  describe("scenarios", function()
+    for _, level in ipairs(LEVELS) do
+      it("runs five concurrent calls with distinct results at " .. level, function()
+        local hs = {}
+        for i = 1, 5 do hs[i] = engine:submit("square_" .. level, { n = i }) end
+        local ids = {}
+        for i = 1, 5 do
+          local env = hs[i]:wait()
+          assert.equals("ok", env.status)
+          assert.same(i * i, env.output.sq)
+          assert.equals(hs[i].id, env.output.id)
+          ids[env.execution_id] = true
+        end
+        local n = 0
+        for _ in pairs(ids) do n = n + 1 end
+        assert.equals(5, n)
+      end)
+
+      it("cancels three long calls at " .. level .. "; the tool serves on", function()
+        local hs = {}
+        for i = 1, 3 do hs[i] = engine:submit("wait_" .. level, { ms = 30000 }) end
+        pump(engine, function()
+          for _, h in ipairs(hs) do if h:stage() ~= "running" and h:stage() ~= "queued" then return false end end
+          return true
+        end, "three calls under way")
+        for _, h in ipairs(hs) do assert.is_true(h:cancel()) end
+        for _, h in ipairs(hs) do fails(h:wait(), "cancelled") end
+        assert.equals("ok", engine:execute("wait_" .. level, { ms = 1 }).status)
+      end)
+
+      it("ends a 30 s sleep with timeout = 100 ms in timeout, long before it would wake, at " .. level, function()
+        local env = engine:execute("nap100_" .. level, {})
+        local err = fails(env, "timeout")
+        assert.truthy(err.message:find("100 ms", 1, true), err.message)
+        assert.is_true(env.metadata.duration_ms < 15000, tostring(env.metadata.duration_ms))
+      end)
+    end
+
+    if workers.available() then
+      for _, level in ipairs({ "balanced", "strict" }) do
+        it("reports three attempts for a tool whose process dies each time (retries = 2) at " .. level, function()
+          local killed = 0
+          local h
+          h = engine:submit("dies_" .. level, {}, nil, {
+            on_progress = function()
+              local pid = worker_pid(h)
+              if pid then killed = killed + 1; os.execute("kill -9 " .. pid) end
+            end,
+          })
+          local env = h:wait()
+          fails(env, "crashed")
+          assert.equals(3, env.metadata.attempts)
+          assert.equals(3, killed)
+        end)
+      end
+    end
+
+    it("runs 50 concurrent calls across levels, every one ok", function()
+      local e = H.open_engine(dir, { max_running = 64 })
+      local hs = {}
+      for i = 1, 50 do
+        local level = LEVELS[(i - 1) % #LEVELS + 1]
+        hs[i] = e:submit("square_" .. level, { n = i })
+      end
+      for i = 1, 50 do
+        local env = hs[i]:wait()
+        assert.equals("ok", env.status, env.error ~= H.json().null and env.error.message or nil)
+        assert.equals(i * i, env.output.sq)
+      end
+      e:close()
+    end)
+  end)
+
   describe("stages", function()
     it("cancels a call waiting for its retry", function()
       local h = engine:submit("backing_off_relaxed", {})
@@ -454,6 +540,45 @@ describe("the executor", function()
         end
         assert.same({}, descendants(my_pid(), before))
       end)
+    end)
+
+    it("an embedding process killed by SIGTERM under load leaves no worker behind", function()
+      -- a child luajit runs an engine with calls in flight at every level,
+      -- and is killed by SIGTERM's default action (no handler): the
+      -- zygote and workers die with it (PR_SET_PDEATHSIG)
+      local tdir = H.tmpdir()
+      write_tools(tdir, LEVELS)
+      local script = tdir .. "/load.lua"
+      H.write_file(script, string.format([[
+        local rd = require "rubberduck"
+        local e = assert(rd.open{ tools = %q, data_dir = %q })
+        local started = 0
+        for i = 1, 12 do
+          local level = ({ "strict", "balanced", "relaxed", "none" })[i %% 4 + 1]
+          e:submit("wait_" .. level, { ms = 60000 }, nil,
+            { on_progress = function() started = started + 1 end })
+        end
+        while started < 8 do e.loop:run("once") end
+        io.stdout:write("loaded\n"); io.stdout:flush()
+        while true do e.loop:run("once") end
+      ]], tdir, tdir .. "/data"))
+      local sh = table.concat({
+        "cd " .. H.shell_quote(H.source_dir),
+        "setsid luajit " .. H.shell_quote(script) .. " >" .. H.shell_quote(tdir .. "/out") .. " 2>&1 &",
+        "pid=$!",
+        "i=0; while ! grep -q loaded " .. H.shell_quote(tdir .. "/out") .. " && [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done",
+        "n=$(env -u LD_PRELOAD ps -eo sid=,pid= | awk -v s=$pid '$1 == s' | wc -l)",
+        "echo \"before=$n\"",
+        "kill -TERM $pid; wait $pid",
+        "i=0; while [ $i -lt 200 ]; do n=$(env -u LD_PRELOAD ps -eo sid=,pid=,stat= | awk -v s=$pid '$1 == s && $3 !~ /^Z/' | wc -l); [ $n -eq 0 ] && break; sleep 0.01; i=$((i+1)); done",
+        "echo \"after=$n\"",
+      }, "\n")
+      local p = io.popen(sh, "r")
+      local text = p:read("*a")
+      p:close()
+      local before = tonumber(text:match("before=(%d+)"))
+      assert.truthy(before and before >= 3, text .. (H.read_file(tdir .. "/out") or ""))
+      assert.equals("0", text:match("after=(%d+)"), text)
     end)
 
     it("rduck run ends in cancelled on SIGTERM and leaves no process behind", function()
