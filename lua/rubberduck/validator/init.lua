@@ -186,13 +186,27 @@ end
 -- the generated Lua source
 function V:source() return self._src end
 
--- partial(instance): validate what is present; missing required properties
--- are pending, not errors. Returns { valid, complete, errors, pending }.
+-- partial(instance): validate what is present, for input that arrives
+-- piece by piece. What more input may still satisfy is pending, not an
+-- error: missing required properties (required, dependentRequired), and
+-- minItems, minProperties, minContains not reached yet. Inside anyOf and
+-- oneOf, a branch that holds but for pendings is still possible: the
+-- pendings of the branch the instance aims at are reported; an "if" that
+-- holds only with pendings applies neither then nor else, and a "not" is
+-- not failed by them. Returns { valid, complete, errors, pending }:
+-- valid = no error in what is present, complete = the instance as it
+-- stands passes v(instance).
 function V:partial(instance)
-  local ok, errs, pend = self._run(instance, self._all, self._max, true)
+  local ok, errs, pend, met = self._run(instance, self._all, self._max, true)
+  local complete = ok and pend == nil
+  if complete and met > 0 then
+    -- pendings inside branches that did not decide the outcome (a complete
+    -- anyOf branch beside an incomplete one): the full check decides
+    complete = self._run(instance, self._all, self._max, false) and true or false
+  end
   return {
     valid = ok,
-    complete = ok and pend == nil,
+    complete = complete,
     errors = errs or {},
     pending = pend or {},
   }
