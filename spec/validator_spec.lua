@@ -298,6 +298,83 @@ describe("rubberduck.validator", function()
     end)
   end)
 
+  describe("unknown keywords", function()
+    local typos = {
+      type = "object",
+      requried = { "age" },
+      properties = {
+        age = { type = "integer", minimun = 0, maxlength = 3 },
+        tags = { type = "array", items = { type = "string", patern = "^a" } },
+        ["x-y"] = { type = "string", enum = { { minimun = 1 } }, default = { requried = 1 } },
+      },
+      ["x-internal"] = true,
+      whatever = 1,
+    }
+
+    it("are ignored by default, as the standard says (annotations)", function()
+      local v = compile(typos)
+      assert.are.same({}, v.warnings)
+      assert.is_true(v { age = -5 })       -- "minimun" checks nothing
+    end)
+
+    it("are listed with warn: schema path, keyword, the keyword probably meant", function()
+      local v = compile(typos, { unknown_keywords = "warn" })
+      local got = {}
+      for i, w in ipairs(v.warnings) do got[i] = w.message end
+      assert.are.same({
+        '/properties/age: unknown keyword "maxlength" (did you mean "maxLength"?)',
+        '/properties/age: unknown keyword "minimun" (did you mean "minimum"?)',
+        '/properties/tags/items: unknown keyword "patern" (did you mean "pattern"?)',
+        '/: unknown keyword "requried" (did you mean "required"?)',
+        '/: unknown keyword "whatever" (ignored: unknown keywords are annotations)',
+      }, got)
+      assert.are.same({ path = "/properties/age", keyword = "minimun", suggestion = "minimum",
+        message = got[2] }, v.warnings[2])
+      assert.is_nil(v.warnings[5].suggestion)
+      assert.is_true(v { age = 1 })        -- the validator works as with ignore
+    end)
+
+    it("refuse the schema with error, naming the first", function()
+      local v, err = validator.compile(typos, { unknown_keywords = "error" })
+      assert.is_nil(v)
+      assert.are.equal('/properties/age: unknown keyword "maxlength" (did you mean "maxLength"?)', err)
+      assert.truthy(validator.compile({ type = "string" }, { unknown_keywords = "error" }))
+      local _, oerr = validator.compile({}, { unknown_keywords = "loud" })
+      assert.are.equal('opts.unknown_keywords must be "ignore", "warn" or "error"', oerr)
+    end)
+
+    it("know each draft's own keywords", function()
+      local w = compile({ ["$schema"] = "http://json-schema.org/draft-07/schema#", prefixItems = {},
+                          dependencies = { a = { "b" }, c = { minimun = 1 } }, additionalItems = false },
+                        { unknown_keywords = "warn" }).warnings
+      assert.are.same({
+        '/dependencies/c: unknown keyword "minimun" (did you mean "minimum"?)',
+        '/: unknown keyword "prefixItems" in draft-07 (it is a draft 2020-12 keyword)',
+      }, { w[1].message, w[2].message })
+      w = compile({ dependencies = { a = { "b" } }, unevaluatedProperties = false, ["$defs"] = { x = { tpye = "string" } } },
+                  { unknown_keywords = "warn" }).warnings
+      assert.are.same({
+        '/$defs/x: unknown keyword "tpye" (did you mean "type"?)',
+        '/: unknown keyword "dependencies" in draft 2020-12 (use "dependentRequired" for lists of names, "dependentSchemas" for schemas)',
+      }, { w[1].message, w[2].message })
+    end)
+
+    it("point at a property schema written outside properties", function()
+      local w = compile({ type = "object", name = { type = "string" } }, { unknown_keywords = "warn" }).warnings
+      assert.are.equal('/: unknown keyword "name" (a property? property schemas go under "properties")', w[1].message)
+    end)
+
+    it("suggest by edit distance, a transposition counting one", function()
+      local kw = require "rubberduck.validator.keywords"
+      assert.are.equal(1, kw.distance("requried", "required"))
+      assert.are.equal(3, kw.distance("additionalProperty", "additionalProperties"))
+      assert.are.equal("additionalProperties", kw.suggest("additionalProperty", "2020-12"))
+      assert.are.equal("enum", kw.suggest("enun", "2020-12"))
+      assert.is_nil(kw.suggest("colour", "2020-12"))
+      assert.is_nil(kw.suggest("ab", "2020-12"))
+    end)
+  end)
+
   describe("schema store", function()
     it("resolves refs to registered schemas by $id", function()
       local store = validator.new_store()

@@ -57,7 +57,10 @@ Exit status 2 if any tool failed to load (the others are still listed).]],
     usage = "rduck check FILE|DIR...",
     help = [[
 Load tool definitions and report every problem as file: field.path: reason.
-Exit status 0 when all load, 2 on any problem.]],
+A keyword that the parameters or output schema's draft does not define
+("minimun", "requried") is a warning, with its schema path and the keyword
+probably meant: the tool still loads (JSON Schema ignores such keywords).
+Exit status 0 when all load, 2 on any problem (warnings do not count).]],
   },
   repl = {
     usage = "rduck repl [--tools DIR] [--data DIR]",
@@ -380,6 +383,7 @@ function handlers.check(args)
     print_problems(probs)
     problems = problems + #probs
   end
+  for _, w in ipairs(engine.warnings) do eprintf("warning: %s\n", w) end
   n = #engine.registry:list()
   engine:close()
   if problems > 0 then
