@@ -134,7 +134,8 @@ void rd__json_init(lua_State *L) {
 }
 
 /* Push the cached closure of `fn` (registry[key]), creating it if needed;
- * with_mt: its upvalue 1 is the array metatable (which must exist). */
+ * with_mt: its upvalue 1 is the array metatable (which must exist), 2 and 3
+ * the key cache (see keycache). */
 static void push_entry(lua_State *L, char *key, lua_CFunction fn, int with_mt) {
   lua_pushlightuserdata(L, key);
   lua_rawget(L, LUA_REGISTRYINDEX);
@@ -142,7 +143,9 @@ static void push_entry(lua_State *L, char *key, lua_CFunction fn, int with_mt) {
   lua_pop(L, 1);
   if (with_mt) {
     luaL_getmetatable(L, RD_JSON_ARRAY_MT);
-    lua_pushcclosure(L, fn, 1);
+    lua_pushboolean(L, 0);            /* the key cache, made on first use */
+    lua_pushboolean(L, 0);
+    lua_pushcclosure(L, fn, 3);
   } else {
     lua_pushcfunction(L, fn);
   }
@@ -189,6 +192,22 @@ typedef struct frame {
   uint32_t n;      /* members so far (an array's length) */
 } frame;
 
+/* Object keys repeat from one document to the next (a tool's parameter
+ * names), and making a Lua string means hashing it and walking a chain of
+ * the string table, whose strings are spread over the heap. The key cache
+ * remembers up to KC_SLOTS short keys (1..16 bytes of plain ASCII) by their
+ * bytes, and the Lua string at the same index of a table: a key seen before
+ * costs two word compares and a lua_rawgeti. One cache per Lua state
+ * (upvalues 2 and 3 of the decode closure), made on the first key; it keeps
+ * at most KC_SLOTS short strings alive. */
+#define KC_SLOTS 512
+typedef struct keycache {
+  struct {
+    uint64_t w0, w1;               /* the bytes, zero-padded to 16 */
+    uint32_t len;                  /* 0: empty */
+  } e[KC_SLOTS];
+} keycache;
+
 typedef struct dec {
   lua_State *L;
   const unsigned char *start, *p, *end;
@@ -201,6 +220,8 @@ typedef struct dec {
   int budget;      /* top index beyond which containers are built early */
   rd_buf sb;       /* scratch: strings with escapes, long numbers */
   frame *frames;   /* the open containers, outermost first */
+  keycache *kc;    /* NULL until the first key */
+  int kt;          /* stack index of the key cache's table (or false) */
 } dec;
 
 typedef struct dec_call {
@@ -590,6 +611,71 @@ static int dec_open(dec *d, int depth, int is_obj) {
   return 1;
 }
 
+static inline uint64_t load8(const unsigned char *p) {
+  uint64_t w;
+  memcpy(&w, p, 8);
+  return w;
+}
+
+/* The key cache of this state: made on first use. */
+static keycache *kc_get(dec *d) {
+  lua_State *L = d->L;
+  keycache *kc = lua_touserdata(L, lua_upvalueindex(2));
+  if (!kc) {
+    kc = lua_newuserdata(L, sizeof *kc);
+    memset(kc, 0, sizeof *kc);
+    lua_replace(L, lua_upvalueindex(2));
+    lua_createtable(L, KC_SLOTS, 0);
+    lua_pushvalue(L, -1);
+    lua_replace(L, lua_upvalueindex(3));
+    lua_replace(L, d->kt);
+  }
+  return kc;
+}
+
+/* d->p is just past a key's opening quote. Pushes the key: from the key
+ * cache when it is 1..16 bytes of plain ASCII (16 bytes of input readable
+ * from its start), else as any string. */
+static int dec_key_string(dec *d) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  const unsigned char *s = d->p;
+  if (d->end - s >= 16) {
+    uint64_t w0 = load8(s), w1 = load8(s + 8), m = word_stops(w0);
+    size_t n;
+    if (m) {
+      n = (size_t)__builtin_ctzll(m) >> 3;
+      if (n == 0 || s[n] != '"') return dec_string(d);
+      w0 &= ~UINT64_C(0) >> (64 - 8 * n);
+      w1 = 0;
+    } else {
+      m = word_stops(w1);
+      if (!m) return dec_string(d);
+      n = 8 + ((size_t)__builtin_ctzll(m) >> 3);
+      if (s[n] != '"') return dec_string(d);
+      w1 = n == 8 ? 0 : w1 & (~UINT64_C(0) >> (64 - 8 * (n - 8)));
+    }
+    keycache *kc = d->kc;
+    if (!kc) kc = d->kc = kc_get(d);
+    uint64_t h = (w0 ^ (w1 * UINT64_C(0x9E3779B97F4A7C15)) ^ n) * UINT64_C(0xC2B2AE3D27D4EB4F);
+    uint32_t i = (uint32_t)(h >> 52) & (KC_SLOTS - 1);
+    if (kc->e[i].w0 == w0 && kc->e[i].w1 == w1 && kc->e[i].len == n) {
+      lua_rawgeti(d->L, d->kt, (int)i + 1);
+    } else {
+      lua_pushlstring(d->L, (const char *)s, n);
+      lua_pushvalue(d->L, -1);
+      lua_rawseti(d->L, d->kt, (int)i + 1);
+      kc->e[i].w0 = w0;
+      kc->e[i].w1 = w1;
+      kc->e[i].len = (uint32_t)n;
+    }
+    d->top++;
+    d->p = s + n + 1;
+    return 1;
+  }
+#endif
+  return dec_string(d);
+}
+
 /* After '{' or ',' in an object: parse `"key" :` and leave the key pushed. */
 static int dec_key(dec *d, int after_comma) {
   d->p = skip_ws(d->p, d->end);
@@ -599,7 +685,7 @@ static int dec_key(dec *d, int after_comma) {
                                         "commas)"
                                       : "a string key or '}'");
   d->p++;
-  if (!dec_string(d)) return 0;
+  if (!dec_key_string(d)) return 0;
   d->p = skip_ws(d->p, d->end);
   if (d->p == d->end || *d->p != ':')
     return fail_expected(d, d->p, "':' after an object key");
@@ -715,6 +801,8 @@ static int decode_protected(lua_State *L) {
   dec_call *c = lua_touserdata(L, 1);
   dec *d = &c->d;
   d->mt = lua_upvalueindex(1);
+  lua_pushvalue(L, lua_upvalueindex(3));   /* the key cache's table */
+  d->kt = lua_gettop(L);
   d->top = d->room = lua_gettop(L);
   /* Room for every level's own slots (at most three each) above the
    * pending members, within what LuaJIT allows a C function. */

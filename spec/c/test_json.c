@@ -871,6 +871,59 @@ TEST(containers_built_at_close_and_early) {
   lua_close(L);
 }
 
+/* Short keys come from a per-state cache after their first sight: every
+ * length, keys alike but for one byte, more keys than the cache holds,
+ * and keys that do not qualify (escapes, UTF-8, 17 bytes and more). */
+TEST(key_cache_keeps_keys_apart) {
+  lua_State *L = new_state();
+  rd_error err;
+  for (int round = 0; round < 3; round++) {
+    rd_buf t = RD_BUF_INIT;
+    rd__buf_putc(&t, '[');
+    for (int i = 0; i < 2000; i++) {
+      char key[40];
+      int len = 1 + i % 20;                 /* 1..20 bytes */
+      for (int j = 0; j < len; j++) key[j] = (char)('a' + (i / 20 + j) % 26);
+      key[len - 1] = (char)('A' + i % 26);  /* alike but for the last byte */
+      key[len] = '\0';
+      rd__buf_printf(&t, "%s{\"%s\":%d,\"k\\u00e9%d\":1,\"\xc3\xa9%d\":2}", i ? "," : "", key, i, i, i);
+    }
+    rd__buf_putc(&t, ']');
+    CHECK(rd__json_decode(L, t.data, t.len, NULL, &err) == RD_OK);
+    for (int i = 0; i < 2000; i += 7) {
+      char key[40];
+      int len = 1 + i % 20;
+      for (int j = 0; j < len; j++) key[j] = (char)('a' + (i / 20 + j) % 26);
+      key[len - 1] = (char)('A' + i % 26);
+      key[len] = '\0';
+      lua_rawgeti(L, -1, i + 1);
+      lua_getfield(L, -1, key);
+      CHECK(lua_tonumber(L, -1) == i);
+      lua_pop(L, 1);
+      int count = 0;
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {
+        count++;
+        lua_pop(L, 1);
+      }
+      CHECK(count == 3);
+      snprintf(key, sizeof key, "k\xc3\xa9%d", i);
+      lua_getfield(L, -1, key);
+      CHECK(lua_tonumber(L, -1) == 1);
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    rd__buf_free(&t);
+  }
+  /* a key at the very end of the input, shorter than a word away */
+  CHECK_STR(rt(L, "{\"ab\":1}"), "{\"ab\":1}");
+  CHECK_STR(rt(L, "{\"abcdefgh\":{\"abcdefgh\":1}}"), "{\"abcdefgh\":{\"abcdefgh\":1}}");
+  rd_json_opts sorted = {0, 1, 0};
+  CHECK_STR(rt_opts(L, "{\"abcdefghijklmnop\":1,\"abcdefghijklmnoq\":2,\"abcdefghijklmnopq\":3}", &sorted),
+            "{\"abcdefghijklmnop\":1,\"abcdefghijklmnopq\":3,\"abcdefghijklmnoq\":2}");
+  lua_close(L);
+}
+
 /* The string scanner reads eight bytes at a time: a quote, a backslash, a
  * control byte or a non-ASCII byte must be seen at every offset of a word,
  * and at the end of the input. */
