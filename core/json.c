@@ -193,19 +193,24 @@ typedef struct frame {
 } frame;
 
 /* Object keys repeat from one document to the next (a tool's parameter
- * names), and making a Lua string means hashing it and walking a chain of
- * the string table, whose strings are spread over the heap. The key cache
- * remembers up to KC_SLOTS short keys (1..16 bytes of plain ASCII) by their
- * bytes, and the Lua string at the same index of a table: a key seen before
- * costs two word compares and a lua_rawgeti. One cache per Lua state
- * (upvalues 2 and 3 of the decode closure), made on the first key; it keeps
- * at most KC_SLOTS short strings alive. */
+ * names), and so do short values (enums, names, flags); making a Lua string
+ * means hashing it and walking a chain of the string table, whose strings
+ * are spread over the heap. The string cache remembers up to KC_SLOTS short
+ * keys and as many short values (1..16 bytes of plain ASCII, in two halves
+ * so that values never evict keys) by their bytes, and the Lua string at
+ * the same index of a table: a string seen before costs two word compares
+ * and a lua_rawgeti. (V8's JSON.parse likewise internalizes keys and short
+ * values.) One cache per Lua state (upvalues 2 and 3 of the decode
+ * closure), made on first use; it keeps at most 2 * KC_SLOTS short strings
+ * alive. */
 #define KC_SLOTS 512
+#define KC_KEYS 0
+#define KC_VALUES KC_SLOTS
 typedef struct keycache {
   struct {
     uint64_t w0, w1;               /* the bytes, zero-padded to 16 */
     uint32_t len;                  /* 0: empty */
-  } e[KC_SLOTS];
+  } e[2 * KC_SLOTS];
 } keycache;
 
 typedef struct dec {
@@ -625,7 +630,7 @@ static keycache *kc_get(dec *d) {
     kc = lua_newuserdata(L, sizeof *kc);
     memset(kc, 0, sizeof *kc);
     lua_replace(L, lua_upvalueindex(2));
-    lua_createtable(L, KC_SLOTS, 0);
+    lua_createtable(L, 2 * KC_SLOTS, 0);
     lua_pushvalue(L, -1);
     lua_replace(L, lua_upvalueindex(3));
     lua_replace(L, d->kt);
@@ -633,10 +638,11 @@ static keycache *kc_get(dec *d) {
   return kc;
 }
 
-/* d->p is just past a key's opening quote. Pushes the key: from the key
- * cache when it is 1..16 bytes of plain ASCII (16 bytes of input readable
- * from its start), else as any string. */
-static int dec_key_string(dec *d) {
+/* d->p is just past a string's opening quote. Pushes the string: from the
+ * half `half` (KC_KEYS or KC_VALUES) of the string cache when it is 1..16
+ * bytes of plain ASCII (16 bytes of input readable from its start), else as
+ * any string. */
+static int dec_cached_string(dec *d, uint32_t half) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   const unsigned char *s = d->p;
   if (d->end - s >= 16) {
@@ -657,7 +663,7 @@ static int dec_key_string(dec *d) {
     keycache *kc = d->kc;
     if (!kc) kc = d->kc = kc_get(d);
     uint64_t h = (w0 ^ (w1 * UINT64_C(0x9E3779B97F4A7C15)) ^ n) * UINT64_C(0xC2B2AE3D27D4EB4F);
-    uint32_t i = (uint32_t)(h >> 52) & (KC_SLOTS - 1);
+    uint32_t i = half + ((uint32_t)(h >> 52) & (KC_SLOTS - 1));
     if (kc->e[i].w0 == w0 && kc->e[i].w1 == w1 && kc->e[i].len == n) {
       lua_rawgeti(d->L, d->kt, (int)i + 1);
     } else {
@@ -685,7 +691,7 @@ static int dec_key(dec *d, int after_comma) {
                                         "commas)"
                                       : "a string key or '}'");
   d->p++;
-  if (!dec_key_string(d)) return 0;
+  if (!dec_cached_string(d, KC_KEYS)) return 0;
   d->p = skip_ws(d->p, d->end);
   if (d->p == d->end || *d->p != ':')
     return fail_expected(d, d->p, "':' after an object key");
@@ -706,7 +712,7 @@ value:
   switch (*d->p) {
     case '"':
       d->p++;
-      if (!dec_string(d)) return 0;
+      if (!dec_cached_string(d, KC_VALUES)) return 0;
       break;
     case '-': case '0': case '1': case '2': case '3': case '4':
     case '5': case '6': case '7': case '8': case '9':

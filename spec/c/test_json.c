@@ -871,7 +871,7 @@ TEST(containers_built_at_close_and_early) {
   lua_close(L);
 }
 
-/* Short keys come from a per-state cache after their first sight: every
+/* Short keys (and values) come from a per-state cache after their first sight: every
  * length, keys alike but for one byte, more keys than the cache holds,
  * and keys that do not qualify (escapes, UTF-8, 17 bytes and more). */
 TEST(key_cache_keeps_keys_apart) {
@@ -915,6 +915,36 @@ TEST(key_cache_keeps_keys_apart) {
     lua_pop(L, 1);
     rd__buf_free(&t);
   }
+  /* short values share the cache (their own half): alike values stay apart */
+  for (int round = 0; round < 2; round++) {
+    rd_buf t = RD_BUF_INIT;
+    rd__buf_putc(&t, '[');
+    for (int i = 0; i < 1500; i++) {
+      char v[40];
+      int len = 1 + i % 20;
+      for (int j = 0; j < len; j++) v[j] = (char)('a' + (i / 20 + j) % 26);
+      v[len - 1] = (char)('A' + i % 26);
+      v[len] = '\0';
+      rd__buf_printf(&t, "%s\"%s\",\"%s\"", i ? "," : "", v, v);
+    }
+    rd__buf_putc(&t, ']');
+    CHECK(rd__json_decode(L, t.data, t.len, NULL, &err) == RD_OK);
+    for (int i = 0; i < 1500; i += 3) {
+      char v[40];
+      int len = 1 + i % 20;
+      for (int j = 0; j < len; j++) v[j] = (char)('a' + (i / 20 + j) % 26);
+      v[len - 1] = (char)('A' + i % 26);
+      v[len] = '\0';
+      lua_rawgeti(L, -1, 2 * i + 1);
+      lua_rawgeti(L, -2, 2 * i + 2);
+      CHECK_STR(lua_tostring(L, -2), v);
+      CHECK(lua_rawequal(L, -1, -2));
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    rd__buf_free(&t);
+  }
+  CHECK_STR(rt(L, "[\"\",\"a\",\"\",\"a\\u0000\",\"a\"]"), "[\"\",\"a\",\"\",\"a\\u0000\",\"a\"]");
   /* a key at the very end of the input, shorter than a word away */
   CHECK_STR(rt(L, "{\"ab\":1}"), "{\"ab\":1}");
   CHECK_STR(rt(L, "{\"abcdefgh\":{\"abcdefgh\":1}}"), "{\"abcdefgh\":{\"abcdefgh\":1}}");
