@@ -202,7 +202,8 @@ typedef struct frame {
  * and a lua_rawgeti. (V8's JSON.parse likewise internalizes keys and short
  * values.) One cache per Lua state (upvalues 2 and 3 of the decode
  * closure), made on first use; it keeps at most 2 * KC_SLOTS short strings
- * alive. */
+ * alive. A state with a debug hook set (a tool's state in the sandbox, whose
+ * memory is capped and counted) decodes without it. */
 #define KC_SLOTS 512
 #define KC_KEYS 0
 #define KC_VALUES KC_SLOTS
@@ -226,6 +227,7 @@ typedef struct dec {
   rd_buf sb;       /* scratch: strings with escapes, long numbers */
   frame *frames;   /* the open containers, outermost first */
   keycache *kc;    /* NULL until the first key */
+  int kc_off;      /* no string cache (a hook is set) */
   int kt;          /* stack index of the key cache's table (or false) */
 } dec;
 
@@ -645,7 +647,7 @@ static keycache *kc_get(dec *d) {
 static int dec_cached_string(dec *d, uint32_t half) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   const unsigned char *s = d->p;
-  if (d->end - s >= 16) {
+  if (d->end - s >= 16 && !d->kc_off) {
     uint64_t w0 = load8(s), w1 = load8(s + 8), m = word_stops(w0);
     size_t n;
     if (m) {
@@ -809,6 +811,7 @@ static int decode_protected(lua_State *L) {
   d->mt = lua_upvalueindex(1);
   lua_pushvalue(L, lua_upvalueindex(3));   /* the key cache's table */
   d->kt = lua_gettop(L);
+  d->kc_off = lua_gethook(L) != NULL;
   d->top = d->room = lua_gettop(L);
   /* Room for every level's own slots (at most three each) above the
    * pending members, within what LuaJIT allows a C function. */

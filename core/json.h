@@ -55,8 +55,8 @@ void rd__json_init(lua_State *L);
  * message in err). Does not raise Lua errors except on Lua memory errors.
  * The first decode with a string gives L a string cache (about 32 KB, plus
  * up to 1024 short strings kept alive), held by the decoder's closure in
- * L's registry and freed with L. Not thread-safe for one L (as Lua
- * itself). */
+ * L's registry and freed with L; not while L has a debug hook set (the
+ * sandbox's tool states). Not thread-safe for one L (as Lua itself). */
 int rd__json_decode(lua_State *L, const char *text, size_t len,
                     const rd_json_opts *opts, rd_error *err);
 

@@ -954,6 +954,33 @@ TEST(key_cache_keeps_keys_apart) {
   lua_close(L);
 }
 
+static void noop_hook(lua_State *L, lua_Debug *ar) {
+  (void)L;
+  (void)ar;
+}
+
+/* A state with a debug hook (the sandbox's tool states, whose memory is
+ * capped) gets no string cache; the same input decodes the same. */
+TEST(no_string_cache_under_a_hook) {
+  const char *t = "{\"alpha\":\"one\",\"beta\":[\"two\",\"three\"],\"gamma\":{\"alpha\":1}}";
+  for (int hooked = 0; hooked < 2; hooked++) {
+    lua_State *L = new_state();
+    if (hooked) lua_sethook(L, noop_hook, LUA_MASKCOUNT, 1000);
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    int before = lua_gc(L, LUA_GCCOUNT, 0);
+    rd_json_opts sorted = {0, 1, 0};
+    CHECK_STR(rt_opts(L, t, &sorted),
+              "{\"alpha\":\"one\",\"beta\":[\"two\",\"three\"],\"gamma\":{\"alpha\":1}}");
+    CHECK_STR(rt_opts(L, t, &sorted),
+              "{\"alpha\":\"one\",\"beta\":[\"two\",\"three\"],\"gamma\":{\"alpha\":1}}");
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    int grew = lua_gc(L, LUA_GCCOUNT, 0) - before;   /* KB */
+    if (hooked) CHECK(grew < 8);
+    else CHECK(grew >= 24);                            /* the cache: about 32 KB */
+    lua_close(L);
+  }
+}
+
 /* The string scanner reads eight bytes at a time: a quote, a backslash, a
  * control byte or a non-ASCII byte must be seen at every offset of a word,
  * and at the end of the input. */
