@@ -39,6 +39,7 @@
 #include <lauxlib.h>
 #include <sodium.h>
 
+#include <assert.h>
 #include <locale.h>
 #include <math.h>
 #include <stdarg.h>
@@ -120,7 +121,7 @@ void rd__utf8_clean(char *s, size_t len) {
 
 static int decode_protected(lua_State *L);
 static int encode_protected(lua_State *L);
-static void push_entry(lua_State *L, char *key, lua_CFunction fn);
+static void push_entry(lua_State *L, char *key, lua_CFunction fn, int with_mt);
 
 /* Also caches the closures of the protected entry points, so that a decode
  * or encode on a state at its memory cap allocates nothing before its
@@ -136,18 +137,27 @@ void rd__json_init(lua_State *L) {
     lua_setfield(L, -2, "__jsontype");
   }
   lua_pop(L, 1);
-  push_entry(L, &decode_fn_key, decode_protected);
-  push_entry(L, &encode_fn_key, encode_protected);
+  push_entry(L, &decode_fn_key, decode_protected, 1);
+  push_entry(L, &encode_fn_key, encode_protected, 0);
   lua_pop(L, 2);
 }
 
-/* Push the cached closure of `fn` (registry[key]), creating it if needed. */
-static void push_entry(lua_State *L, char *key, lua_CFunction fn) {
+/* Push the cached closure of `fn` (registry[key]), creating it if needed;
+ * with_mt: its upvalue 1 is the array metatable (which must exist), 2 and 3
+ * the key cache (see keycache). */
+static void push_entry(lua_State *L, char *key, lua_CFunction fn, int with_mt) {
   lua_pushlightuserdata(L, key);
   lua_rawget(L, LUA_REGISTRYINDEX);
   if (lua_isfunction(L, -1)) return;
   lua_pop(L, 1);
-  lua_pushcfunction(L, fn);
+  if (with_mt) {
+    luaL_getmetatable(L, RD_JSON_ARRAY_MT);
+    lua_pushboolean(L, 0);            /* the key cache, made on first use */
+    lua_pushboolean(L, 0);
+    lua_pushcclosure(L, fn, 3);
+  } else {
+    lua_pushcfunction(L, fn);
+  }
   lua_pushlightuserdata(L, key);
   lua_pushvalue(L, -2);
   lua_rawset(L, LUA_REGISTRYINDEX);
@@ -179,15 +189,55 @@ static const double pow10_exact[23] = {
   1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 };
 
+/* One open container. Until it closes, its members wait on the Lua stack
+ * above `slot` (a placeholder), so that its table is created once with
+ * its exact size: no rehash while it fills, one allocation for a small
+ * array (LuaJIT colocates it). A container whose pending members would
+ * take the stack beyond dec.budget is built early and filled directly. */
+typedef struct frame {
+  int slot;        /* stack index of the placeholder, or of the table */
+  int built;       /* the table exists at `slot` and takes members itself */
+  int obj;         /* object (key/value pairs) or array */
+  uint32_t n;      /* members so far (an array's length) */
+} frame;
+
+/* Object keys repeat from one document to the next (a tool's parameter
+ * names), and so do short values (enums, names, flags); making a Lua string
+ * means hashing it and walking a chain of the string table, whose strings
+ * are spread over the heap. The string cache remembers up to KC_SLOTS short
+ * keys and as many short values (1..16 bytes of plain ASCII, in two halves
+ * so that values never evict keys) by their bytes, and the Lua string at
+ * the same index of a table: a string seen before costs two word compares
+ * and a lua_rawgeti. (V8's JSON.parse likewise internalizes keys and short
+ * values.) One cache per Lua state (upvalues 2 and 3 of the decode
+ * closure), made on first use; it keeps at most 2 * KC_SLOTS short strings
+ * alive. A state with a debug hook set (a tool's state in the sandbox, whose
+ * memory is capped and counted) decodes without it. */
+#define KC_SLOTS 512
+#define KC_KEYS 0
+#define KC_VALUES KC_SLOTS
+typedef struct keycache {
+  struct {
+    uint64_t w0, w1;               /* the bytes, zero-padded to 16 */
+    uint32_t len;                  /* 0: empty */
+  } e[2 * KC_SLOTS];
+} keycache;
+
 typedef struct dec {
   lua_State *L;
   const unsigned char *start, *p, *end;
   int max_depth;
   rd_error *err;
   int rc;
-  int mt;          /* stack index of the array metatable */
+  int mt;          /* index of the array metatable (an upvalue) */
+  int top;         /* lua_gettop(L), kept here (it changes with each push) */
+  int room;        /* stack slots up to this index are guaranteed */
+  int budget;      /* top index beyond which containers are built early */
   rd_buf sb;       /* scratch: strings with escapes, long numbers */
-  size_t *frames;  /* per open container: array length << 1 | is_object */
+  frame *frames;   /* the open containers, outermost first */
+  keycache *kc;    /* NULL until the first key */
+  int kc_off;      /* no string cache (a hook is set) */
+  int kt;          /* stack index of the key cache's table (or false) */
 } dec;
 
 typedef struct dec_call {
@@ -253,9 +303,16 @@ static int fail_nomem(dec *d) {
   return 0;
 }
 
+/* JSON whitespace: ' ', '\t', '\n', '\r'. */
+static const unsigned char is_ws[256] = {
+  0,0,0,0,0,0,0,0,0,1,1,0,0,1,0,0, 0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+  1,
+};
+
 static inline const unsigned char *skip_ws(const unsigned char *p,
                                            const unsigned char *e) {
-  while (p < e && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+  if (p < e && *p > ' ') return p;        /* the usual case: no whitespace */
+  while (p < e && is_ws[*p]) p++;
   return p;
 }
 
@@ -299,13 +356,41 @@ static void put_utf8(rd_buf *b, unsigned cp) {
   rd__buf_append(b, u, n);
 }
 
+/* The high bit of each byte of w that is a str_stop byte ('"', '\\', a
+ * control below 0x20, or non-ASCII), plus possibly bits above the first
+ * such byte: a borrow between bytes only starts at a stop byte, so the
+ * lowest set bit is exact and 0 means none. */
+static inline uint64_t word_stops(uint64_t w) {
+  const uint64_t ones = UINT64_C(0x0101010101010101);
+  uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+  uint64_t t = ((q - ones) & ~q) | ((b - ones) & ~b) | (w - ones * 0x20) | w;
+  return t & UINT64_C(0x8080808080808080);
+}
+
+/* First stop byte at or after p, or e. Eight bytes at a time while eight
+ * remain (byte order: little-endian loads, so the first byte is lowest). */
+static inline const unsigned char *scan_plain(const unsigned char *p,
+                                              const unsigned char *e) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  while ((size_t)(e - p) >= 8) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    uint64_t m = word_stops(w);
+    if (m) return p + (__builtin_ctzll(m) >> 3);
+    p += 8;
+  }
+#endif
+  while (p < e && !str_stop[*p]) p++;
+  return p;
+}
+
 /* d->p is just past the opening quote. Pushes the string. */
 static int dec_string(dec *d) {
   const unsigned char *p = d->p, *e = d->end, *run = p;
   const unsigned char *open = p - 1;
   int buffered = 0;
   for (;;) {
-    while (p < e && !str_stop[*p]) p++;
+    p = scan_plain(p, e);
     if (p == e)
       return fail(d, open, "unterminated string (expected '\"' before the "
                            "end of input)");
@@ -371,6 +456,7 @@ static int dec_string(dec *d) {
     if (d->sb.oom) return fail_nomem(d);
     lua_pushlstring(d->L, d->sb.data, d->sb.len);
   }
+  d->top++;
   d->p = p + 1;
   return 1;
 }
@@ -462,6 +548,7 @@ static int dec_number(dec *d) {
     neg = 0;                           /* the sign was in the text */
   }
   lua_pushnumber(d->L, neg ? -v : v);
+  d->top++;
   return 1;
 }
 
@@ -480,27 +567,130 @@ static int dec_literal(dec *d) {
   } else {
     return fail_expected(d, p, "a value");
   }
+  d->top++;
   return 1;
 }
 
-/* Open a container at d->p ('[' or '{'); depth is the number already open. */
+/* Make sure the stack has room for a few more slots (a key, a value, a
+ * nested placeholder and what the API calls need). */
+static inline int dec_room(dec *d) {
+  int top = d->top;
+  if (top + 4 <= d->room) return 1;
+  if (!lua_checkstack(d->L, 64))
+    return fail(d, d->p, "nesting too deep for the Lua stack");
+  d->room = top + 64;
+  return 1;
+}
+
+/* Create the table of `f` from its pending members (everything above its
+ * slot), with room for `extra` more, and put it in the slot. */
+static void dec_build(dec *d, frame *f, int extra) {
+  lua_State *L = d->L;
+  int slot = f->slot, top = d->top;
+  assert(top == lua_gettop(L));
+  if (f->obj) {
+    lua_createtable(L, 0, (top - slot) / 2 + extra);
+    lua_replace(L, slot);
+    /* in document order, so that the last of duplicate keys wins */
+    for (int i = slot + 1; i < top; i += 2) {
+      lua_pushvalue(L, i);
+      lua_pushvalue(L, i + 1);
+      lua_rawset(L, slot);
+    }
+  } else {
+    int n = top - slot;
+    lua_createtable(L, n + extra, 0);
+    lua_pushvalue(L, d->mt);
+    lua_setmetatable(L, -2);
+    lua_replace(L, slot);
+    for (int i = n; i >= 1; i--) lua_rawseti(L, slot, i);   /* pops each */
+  }
+  lua_settop(L, slot);
+  d->top = slot;
+  f->built = 1;
+}
+
+/* Open a container at d->p ('[' or '{'); depth is the number already open.
+ * Pushes its placeholder. */
 static int dec_open(dec *d, int depth, int is_obj) {
   lua_State *L = d->L;
   if (depth >= d->max_depth)
     return fail(d, d->p, "nesting deeper than %d levels", d->max_depth);
-  if (!lua_checkstack(L, 4))
-    return fail(d, d->p, "nesting too deep for the Lua stack");
-  /* Room for a few entries up front: most containers in tool parameters
-   * are small, and it spares the first rehashes of a growing table. */
-  if (is_obj) lua_createtable(L, 0, 4);
-  else lua_createtable(L, 4, 0);
-  if (!is_obj) {
-    lua_pushvalue(L, d->mt);
-    lua_setmetatable(L, -2);
-  }
-  d->frames[depth] = is_obj;
+  frame *f = &d->frames[depth];
+  lua_pushnil(L);
+  f->slot = ++d->top;
+  f->built = 0;
+  f->obj = is_obj;
+  f->n = 0;
+  if (f->slot > d->budget) dec_build(d, f, 4);
   d->p++;
   return 1;
+}
+
+static inline uint64_t load8(const unsigned char *p) {
+  uint64_t w;
+  memcpy(&w, p, 8);
+  return w;
+}
+
+/* The key cache of this state: made on first use. */
+static keycache *kc_get(dec *d) {
+  lua_State *L = d->L;
+  keycache *kc = lua_touserdata(L, lua_upvalueindex(2));
+  if (!kc) {
+    kc = lua_newuserdata(L, sizeof *kc);
+    memset(kc, 0, sizeof *kc);
+    lua_replace(L, lua_upvalueindex(2));
+    lua_createtable(L, 2 * KC_SLOTS, 0);
+    lua_pushvalue(L, -1);
+    lua_replace(L, lua_upvalueindex(3));
+    lua_replace(L, d->kt);
+  }
+  return kc;
+}
+
+/* d->p is just past a string's opening quote. Pushes the string: from the
+ * half `half` (KC_KEYS or KC_VALUES) of the string cache when it is 1..16
+ * bytes of plain ASCII (16 bytes of input readable from its start), else as
+ * any string. */
+static int dec_cached_string(dec *d, uint32_t half) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  const unsigned char *s = d->p;
+  if (d->end - s >= 16 && !d->kc_off) {
+    uint64_t w0 = load8(s), w1 = load8(s + 8), m = word_stops(w0);
+    size_t n;
+    if (m) {
+      n = (size_t)__builtin_ctzll(m) >> 3;
+      if (n == 0 || s[n] != '"') return dec_string(d);
+      w0 &= ~UINT64_C(0) >> (64 - 8 * n);
+      w1 = 0;
+    } else {
+      m = word_stops(w1);
+      if (!m) return dec_string(d);
+      n = 8 + ((size_t)__builtin_ctzll(m) >> 3);
+      if (s[n] != '"') return dec_string(d);
+      w1 = n == 8 ? 0 : w1 & (~UINT64_C(0) >> (64 - 8 * (n - 8)));
+    }
+    keycache *kc = d->kc;
+    if (!kc) kc = d->kc = kc_get(d);
+    uint64_t h = (w0 ^ (w1 * UINT64_C(0x9E3779B97F4A7C15)) ^ n) * UINT64_C(0xC2B2AE3D27D4EB4F);
+    uint32_t i = half + ((uint32_t)(h >> 52) & (KC_SLOTS - 1));
+    if (kc->e[i].w0 == w0 && kc->e[i].w1 == w1 && kc->e[i].len == n) {
+      lua_rawgeti(d->L, d->kt, (int)i + 1);
+    } else {
+      lua_pushlstring(d->L, (const char *)s, n);
+      lua_pushvalue(d->L, -1);
+      lua_rawseti(d->L, d->kt, (int)i + 1);
+      kc->e[i].w0 = w0;
+      kc->e[i].w1 = w1;
+      kc->e[i].len = (uint32_t)n;
+    }
+    d->top++;
+    d->p = s + n + 1;
+    return 1;
+  }
+#endif
+  return dec_string(d);
 }
 
 /* After '{' or ',' in an object: parse `"key" :` and leave the key pushed. */
@@ -512,7 +702,7 @@ static int dec_key(dec *d, int after_comma) {
                                         "commas)"
                                       : "a string key or '}'");
   d->p++;
-  if (!dec_string(d)) return 0;
+  if (!dec_cached_string(d, KC_KEYS)) return 0;
   d->p = skip_ws(d->p, d->end);
   if (d->p == d->end || *d->p != ':')
     return fail_expected(d, d->p, "':' after an object key");
@@ -527,12 +717,13 @@ static int dec_run(dec *d) {
   int after_comma = 0;   /* a value is expected after ',' in an array */
 
 value:
+  if (!dec_room(d)) return 0;
   d->p = skip_ws(d->p, e);
   if (d->p == e) return fail_expected(d, d->p, "a value");
   switch (*d->p) {
     case '"':
       d->p++;
-      if (!dec_string(d)) return 0;
+      if (!dec_cached_string(d, KC_VALUES)) return 0;
       break;
     case '-': case '0': case '1': case '2': case '3': case '4':
     case '5': case '6': case '7': case '8': case '9':
@@ -544,8 +735,7 @@ value:
       d->p = skip_ws(d->p, e);
       if (d->p < e && *d->p == ']') {
         d->p++;
-        depth--;
-        break;
+        goto close;
       }
       after_comma = 0;
       goto value;
@@ -555,8 +745,7 @@ value:
       d->p = skip_ws(d->p, e);
       if (d->p < e && *d->p == '}') {
         d->p++;
-        depth--;
-        break;
+        goto close;
       }
       if (!dec_key(d, 0)) return 0;
       after_comma = 0;
@@ -571,29 +760,37 @@ value:
   }
   after_comma = 0;
 
-  /* A value is on top of the stack; store it into the open container. */
+  /* A value is on top of the stack; add it to the open container. */
   while (depth > 0) {
-    size_t *f = &d->frames[depth - 1];
+    frame *f = &d->frames[depth - 1];
     d->p = skip_ws(d->p, e);
-    if (*f & 1) {
-      lua_rawset(L, -3);
+    if (f->obj) {
+      f->n++;
+      if (f->built) {
+        lua_rawset(L, f->slot);
+        d->top -= 2;
+      } else if (d->top > d->budget) {
+        dec_build(d, f, (int)f->n);
+      }
       if (d->p < e && *d->p == ',') {
         d->p++;
-        if (!dec_key(d, 1)) return 0;
-        after_comma = 0;
+        if (!dec_room(d) || !dec_key(d, 1)) return 0;
         goto value;
       }
       if (d->p < e && *d->p == '}') {
         d->p++;
-        depth--;
-        continue;
+        goto close;
       }
       return fail_expected(d, d->p, "',' or '}' after an object member");
     } else {
-      size_t n = (*f >> 1) + 1;
-      if (n > 0x7FFFFFFF) return fail(d, d->p, "array longer than 2^31-1");
-      lua_rawseti(L, -2, (int)n);
-      *f = n << 1;
+      if (f->n >= 0x7FFFFFFF) return fail(d, d->p, "array longer than 2^31-1");
+      f->n++;
+      if (f->built) {
+        lua_rawseti(L, f->slot, (int)f->n);
+        d->top--;
+      } else if (d->top > d->budget) {
+        dec_build(d, f, (int)f->n);
+      }
       if (d->p < e && *d->p == ',') {
         d->p++;
         after_comma = 1;
@@ -601,34 +798,40 @@ value:
       }
       if (d->p < e && *d->p == ']') {
         d->p++;
-        depth--;
-        continue;
+        goto close;
       }
       return fail_expected(d, d->p, "',' or ']' after an array element");
     }
+  close:
+    /* the container at depth-1 is complete: its table becomes the value */
+    if (!d->frames[depth - 1].built) dec_build(d, &d->frames[depth - 1], 0);
+    depth--;
+    after_comma = 0;
   }
   d->p = skip_ws(d->p, e);
   if (d->p != e) return fail_expected(d, d->p, "the end of input after the value");
   return 1;
 }
 
+/* The protected body of a decode: upvalue 1 is the array metatable. */
 static int decode_protected(lua_State *L) {
   dec_call *c = lua_touserdata(L, 1);
   dec *d = &c->d;
-  luaL_getmetatable(L, RD_JSON_ARRAY_MT);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    rd__json_init(L);
-    luaL_getmetatable(L, RD_JSON_ARRAY_MT);
-  }
-  d->mt = lua_gettop(L);
+  d->mt = lua_upvalueindex(1);
+  lua_pushvalue(L, lua_upvalueindex(3));   /* the key cache's table */
+  d->kt = lua_gettop(L);
+  d->kc_off = lua_gethook(L) != NULL;
+  d->top = d->room = lua_gettop(L);
+  /* Room for every level's own slots (at most three each) above the
+   * pending members, within what LuaJIT allows a C function. */
+  d->budget = LUAI_MAXCSTACK - 3 * d->max_depth - 80;
   if (!dec_run(d)) return 0;
   return 1;
 }
 
 int rd__json_decode(lua_State *L, const char *text, size_t len,
                     const rd_json_opts *opts, rd_error *err) {
-  size_t frames_small[RD_JSON_MAX_DEPTH];
+  frame frames_small[RD_JSON_MAX_DEPTH];
   dec_call c;
   memset(&c, 0, sizeof c);
   if (!text && len) return rd_error_set(err, RD_EINVAL, "decode: NULL text");
@@ -644,7 +847,7 @@ int rd__json_decode(lua_State *L, const char *text, size_t len,
   if (c.d.max_depth <= RD_JSON_MAX_DEPTH) {
     c.d.frames = frames_small;
   } else {
-    c.d.frames = rd__malloc(sizeof(size_t) * (size_t)c.d.max_depth);
+    c.d.frames = rd__malloc(sizeof(frame) * (size_t)c.d.max_depth);
     if (!c.d.frames)
       return rd_error_set(err, RD_ENOMEM, "out of memory while decoding JSON");
   }
@@ -652,7 +855,13 @@ int rd__json_decode(lua_State *L, const char *text, size_t len,
     if (c.d.frames != frames_small) rd__freemem(c.d.frames);
     return rd_error_set(err, RD_ENOMEM, "decode: Lua stack full");
   }
-  push_entry(L, &decode_fn_key, decode_protected);
+  lua_pushlightuserdata(L, &decode_fn_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (!lua_isfunction(L, -1)) {       /* rd__json_init was never called */
+    lua_pop(L, 1);
+    rd__json_init(L);
+    push_entry(L, &decode_fn_key, decode_protected, 1);
+  }
   lua_pushlightuserdata(L, &c);
   int st = lua_pcall(L, 1, 1, 0);
   rd__buf_free(&c.d.sb);
@@ -1307,7 +1516,7 @@ int rd__json_encode(lua_State *L, int idx, rd_buf *out,
   if (!lua_checkstack(L, 4)) {
     rc = rd_error_set(err, RD_ENOMEM, "encode: Lua stack full");
   } else {
-    push_entry(L, &encode_fn_key, encode_protected);
+    push_entry(L, &encode_fn_key, encode_protected, 0);
     lua_pushlightuserdata(L, &c);
     lua_pushvalue(L, idx);
     int st = lua_pcall(L, 2, 0, 0);

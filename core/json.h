@@ -64,7 +64,11 @@ void rd__json_init(lua_State *L);
 
 /* Decode `len` bytes of `text` and push the value onto L's stack.
  * Returns RD_OK (one value pushed) or RD_EJSON / RD_ENOMEM (nothing pushed,
- * message in err). Does not raise Lua errors except on Lua memory errors. */
+ * message in err). Does not raise Lua errors except on Lua memory errors.
+ * The first decode with a string gives L a string cache (about 32 KB, plus
+ * up to 1024 short strings kept alive), held by the decoder's closure in
+ * L's registry and freed with L; not while L has a debug hook set (the
+ * sandbox's tool states). Not thread-safe for one L (as Lua itself). */
 int rd__json_decode(lua_State *L, const char *text, size_t len,
                     const rd_json_opts *opts, rd_error *err);
 

@@ -228,6 +228,22 @@ return tool {
       has(err, "broken.lua: security.level")
     end)
 
+    it("warns about unknown schema keywords, with the path and the keyword meant", function()
+      local dir = H.tmpdir()
+      local file = H.write_tool(dir, "typo", H.tool_source{ name = "typo",
+        parameters = [[{ type = "object", properties = { age = { type = "integer", minimun = 0 } },
+                         requried = { "age" } }]],
+        output = [[{ schema = { type = "object", additionalProperty = false } }]] })
+      local out, err, code = H.run_rduck({ "check", file })
+      assert.equals(0, code, err)                  -- warnings do not fail the check
+      assert.equals("ok: 1 tool\n", out)
+      has(err, "warning: " .. file .. ': parameters: /properties/age: unknown keyword "minimun" (did you mean "minimum"?)')
+      has(err, "warning: " .. file .. ': parameters: /: unknown keyword "requried" (did you mean "required"?)')
+      has(err, "warning: " .. file .. ': output.schema: /: unknown keyword "additionalProperty" (did you mean "additionalProperties"?)')
+      local _, err2 = H.run_rduck({ "check", ECHO })
+      assert.equals("", err2)                      -- a clean tool: no warning
+    end)
+
     it("exits 2 for a missing file, and without arguments", function()
       local _, err, code = H.run_rduck({ "check", tmp .. "/missing.lua" })
       assert.equals(2, code)

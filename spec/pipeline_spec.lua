@@ -687,6 +687,28 @@ io.write("closed\n")
     end)
   end)
 
+  describe("unknown schema keywords", function()
+    it("load the tool with a tool.warning event and engine.warnings", function()
+      local d = H.tmpdir()
+      H.write_tool(d, "typo", H.tool_source{ name = "typo",
+        parameters = [[{ type = "object", properties = { n = { type = "integer", maximun = 3 } } }]] })
+      local e = H.open_engine(nil)
+      local evs = {}
+      e:subscribe("tool.warning", function(ev) evs[#evs + 1] = ev end)
+      local ok, problems = e:load_tools(d)
+      assert.is_true(ok)
+      assert.are.same({}, problems)
+      local want = d .. '/typo.lua: parameters: /properties/n: unknown keyword "maximun" (did you mean "maximum"?)'
+      assert.are.same({ want }, e.warnings)
+      assert.equals(1, #evs)
+      assert.equals("typo", evs[1].metadata.tool)
+      assert.equals(want, evs[1].metadata.message)
+      -- the tool runs; the misspelt bound checks nothing, as the standard says
+      assert.equals("ok", e:execute("typo", { n = 9 }).status)
+      e:close()
+    end)
+  end)
+
   describe("concurrency", function()
     it("completes five concurrent submits with distinct ids", function()
       local hs, ids = {}, {}

@@ -298,6 +298,83 @@ describe("rubberduck.validator", function()
     end)
   end)
 
+  describe("unknown keywords", function()
+    local typos = {
+      type = "object",
+      requried = { "age" },
+      properties = {
+        age = { type = "integer", minimun = 0, maxlength = 3 },
+        tags = { type = "array", items = { type = "string", patern = "^a" } },
+        ["x-y"] = { type = "string", enum = { { minimun = 1 } }, default = { requried = 1 } },
+      },
+      ["x-internal"] = true,
+      whatever = 1,
+    }
+
+    it("are ignored by default, as the standard says (annotations)", function()
+      local v = compile(typos)
+      assert.are.same({}, v.warnings)
+      assert.is_true(v { age = -5 })       -- "minimun" checks nothing
+    end)
+
+    it("are listed with warn: schema path, keyword, the keyword probably meant", function()
+      local v = compile(typos, { unknown_keywords = "warn" })
+      local got = {}
+      for i, w in ipairs(v.warnings) do got[i] = w.message end
+      assert.are.same({
+        '/properties/age: unknown keyword "maxlength" (did you mean "maxLength"?)',
+        '/properties/age: unknown keyword "minimun" (did you mean "minimum"?)',
+        '/properties/tags/items: unknown keyword "patern" (did you mean "pattern"?)',
+        '/: unknown keyword "requried" (did you mean "required"?)',
+        '/: unknown keyword "whatever" (ignored: unknown keywords are annotations)',
+      }, got)
+      assert.are.same({ path = "/properties/age", keyword = "minimun", suggestion = "minimum",
+        message = got[2] }, v.warnings[2])
+      assert.is_nil(v.warnings[5].suggestion)
+      assert.is_true(v { age = 1 })        -- the validator works as with ignore
+    end)
+
+    it("refuse the schema with error, naming the first", function()
+      local v, err = validator.compile(typos, { unknown_keywords = "error" })
+      assert.is_nil(v)
+      assert.are.equal('/properties/age: unknown keyword "maxlength" (did you mean "maxLength"?)', err)
+      assert.truthy(validator.compile({ type = "string" }, { unknown_keywords = "error" }))
+      local _, oerr = validator.compile({}, { unknown_keywords = "loud" })
+      assert.are.equal('opts.unknown_keywords must be "ignore", "warn" or "error"', oerr)
+    end)
+
+    it("know each draft's own keywords", function()
+      local w = compile({ ["$schema"] = "http://json-schema.org/draft-07/schema#", prefixItems = {},
+                          dependencies = { a = { "b" }, c = { minimun = 1 } }, additionalItems = false },
+                        { unknown_keywords = "warn" }).warnings
+      assert.are.same({
+        '/dependencies/c: unknown keyword "minimun" (did you mean "minimum"?)',
+        '/: unknown keyword "prefixItems" in draft-07 (it is a draft 2020-12 keyword)',
+      }, { w[1].message, w[2].message })
+      w = compile({ dependencies = { a = { "b" } }, unevaluatedProperties = false, ["$defs"] = { x = { tpye = "string" } } },
+                  { unknown_keywords = "warn" }).warnings
+      assert.are.same({
+        '/$defs/x: unknown keyword "tpye" (did you mean "type"?)',
+        '/: unknown keyword "dependencies" in draft 2020-12 (use "dependentRequired" for lists of names, "dependentSchemas" for schemas)',
+      }, { w[1].message, w[2].message })
+    end)
+
+    it("point at a property schema written outside properties", function()
+      local w = compile({ type = "object", name = { type = "string" } }, { unknown_keywords = "warn" }).warnings
+      assert.are.equal('/: unknown keyword "name" (a property? property schemas go under "properties")', w[1].message)
+    end)
+
+    it("suggest by edit distance, a transposition counting one", function()
+      local kw = require "rubberduck.validator.keywords"
+      assert.are.equal(1, kw.distance("requried", "required"))
+      assert.are.equal(3, kw.distance("additionalProperty", "additionalProperties"))
+      assert.are.equal("additionalProperties", kw.suggest("additionalProperty", "2020-12"))
+      assert.are.equal("enum", kw.suggest("enun", "2020-12"))
+      assert.is_nil(kw.suggest("colour", "2020-12"))
+      assert.is_nil(kw.suggest("ab", "2020-12"))
+    end)
+  end)
+
   describe("schema store", function()
     it("resolves refs to registered schemas by $id", function()
       local store = validator.new_store()
@@ -355,6 +432,123 @@ describe("rubberduck.validator", function()
     it("tells when the instance is complete", function()
       local r = v:partial { path = "/x", n = 1 }
       assert.is_true(r.valid and r.complete)
+    end)
+
+    local function msgs(list)
+      local out = {}
+      for i, e in ipairs(list) do out[i] = e.message end
+      return out
+    end
+
+    local channel = compile {
+      type = "object",
+      properties = {
+        channel = { oneOf = {
+          { type = "object", properties = { kind = { const = "email" }, to = { type = "string" } },
+            required = { "kind", "to" } },
+          { type = "object", properties = { kind = { const = "sms" }, phone = { type = "string" } },
+            required = { "kind", "phone" } },
+        } },
+        body = { anyOf = {
+          { type = "string" },
+          { type = "object", properties = { template = { type = "string" } }, required = { "template", "vars" } },
+        } },
+      },
+      required = { "channel" },
+    }
+
+    it("keeps a oneOf branch possible while only required properties are missing", function()
+      -- both branches lack required properties: not "matched more than one"
+      local r = channel:partial { channel = {} }
+      assert.is_true(r.valid)
+      assert.is_false(r.complete)
+      assert.are.same({}, r.errors)
+      assert.are.same({ '/channel: missing required property "kind"', '/channel: missing required property "to"' },
+        msgs(r.pending))
+      assert.are.equal("/properties/channel/oneOf/0/required", r.pending[1].schema_path)
+    end)
+
+    it("reports the pendings of the branch the instance aims at", function()
+      local r = channel:partial { channel = { kind = "sms" } }
+      assert.is_true(r.valid)
+      assert.are.same({ '/channel: missing required property "phone"' }, msgs(r.pending))
+      r = channel:partial { channel = { kind = "sms", phone = "+4412" } }
+      assert.is_true(r.valid and r.complete)
+      assert.are.same({}, r.pending)
+    end)
+
+    it("still fails a union no branch of which can hold", function()
+      local r = channel:partial { channel = { kind = "fax" } }
+      assert.is_false(r.valid)
+      assert.are.equal("oneOf", r.errors[1].keyword)
+      r = channel:partial { channel = { kind = "sms", phone = 7 } }
+      assert.is_false(r.valid)
+      assert.are.same({ "/channel/phone: must be string, got integer" }, msgs(r.errors))
+    end)
+
+    it("settles anyOf with a complete branch and ignores the pendings of the others", function()
+      local r = channel:partial { channel = { kind = "email", to = "a@b.c" }, body = "hello" }
+      assert.is_true(r.valid and r.complete)
+      assert.are.same({}, r.pending)
+      r = channel:partial { channel = { kind = "email", to = "a@b.c" }, body = { template = "t" } }
+      assert.is_true(r.valid)
+      assert.is_false(r.complete)
+      assert.are.same({ '/body: missing required property "vars"' }, msgs(r.pending))
+    end)
+
+    it("fails oneOf when more than one branch is complete", function()
+      local both = compile { oneOf = { { type = "object" }, { required = { "a" } } } }
+      local r = both:partial { a = 1 }
+      assert.is_false(r.valid)
+      assert.are.equal("oneOf", r.errors[1].keyword)
+      r = both:partial {}
+      assert.is_true(r.valid and r.complete)   -- only the first holds now
+    end)
+
+    it("reports minItems, minProperties and minContains as pending", function()
+      local lists = compile {
+        type = "object",
+        properties = {
+          tags = { type = "array", minItems = 2, maxItems = 3 },
+          meta = { type = "object", minProperties = 1 },
+          ids = { type = "array", contains = { type = "integer" }, minContains = 2 },
+        },
+      }
+      local r = lists:partial { tags = { "a" }, meta = {}, ids = validator.array { "x" } }
+      assert.is_true(r.valid)
+      assert.is_false(r.complete)
+      table.sort(r.pending, function(a, b) return a.pointer < b.pointer end)
+      assert.are.same({
+        "/ids: must contain at least 2 items matching \"contains\", got 0",
+        "/meta: must have at least 1 property, got 0",
+        "/tags: must have at least 2 items, got 1",
+      }, msgs(r.pending))
+      assert.are.same({ "minContains", "minProperties", "minItems" },
+        { r.pending[1].keyword, r.pending[2].keyword, r.pending[3].keyword })
+      -- upper bounds are errors at once; the full check is unchanged
+      r = lists:partial { tags = { "a", "b", "c", "d" } }
+      assert.is_false(r.valid)
+      local ok, errs = lists { tags = { "a" } }
+      assert.is_false(ok)
+      assert.are.same({ "/tags: must have at least 2 items, got 1" }, msgs(errs))
+    end)
+
+    it("decides neither if/then/else nor not on pendings", function()
+      local cond = compile {
+        ["if"] = { required = { "card" } },
+        ["then"] = { required = { "cvc" } },
+        ["else"] = { properties = { card = false } },
+        ["not"] = { required = { "banned" } },
+      }
+      local r = cond:partial {}
+      assert.is_true(r.valid)
+      assert.is_true(r.complete)            -- as it stands, {} passes
+      r = cond:partial { card = "4111" }
+      assert.is_true(r.valid)
+      assert.are.same({ '/: missing required property "cvc"' }, msgs(r.pending))
+      r = cond:partial { card = "4111", cvc = "123", banned = true }
+      assert.is_false(r.valid)
+      assert.are.equal("not", r.errors[1].keyword)
     end)
   end)
 

@@ -72,8 +72,11 @@ Exit status 2 if any tool failed to load (the others are still listed).]],
     usage = "rduck check FILE|DIR... | rduck check --policy FILE",
     help = [[
 Load tool definitions and report every problem as file: field.path: reason.
+A keyword that the parameters or output schema's draft does not define
+("minimun", "requried") is a warning, with its schema path and the keyword
+probably meant: the tool still loads (JSON Schema ignores such keywords).
 With --policy, check an authorization policy file the same way.
-Exit status 0 when all load, 2 on any problem.]],
+Exit status 0 when all load, 2 on any problem (warnings do not count).]],
   },
   repl = {
     usage = "rduck repl [--tools DIR] [--data DIR] [--policy FILE]",
@@ -466,6 +469,7 @@ function handlers.check(args)
     print_problems(probs)
     problems = problems + #probs
   end
+  for _, w in ipairs(engine.warnings) do eprintf("warning: %s\n", w) end
   n = #engine.registry:list()
   engine:close()
   if problems > 0 then

@@ -88,6 +88,7 @@ function M.open(opts)
     bus = core.telemetry.new(),
     handles = {},
     problems = {},
+    warnings = {},    -- "file: field: /path: why" for tools that load anyway
     closed = false,
   }, Engine)
   local ok, ex = pcall(executor.new, self, opts)
@@ -143,14 +144,9 @@ end
 -- ---- tools -----------------------------------------------------------------------
 
 local function compile_schemas(t)
-  local v, err = validator.compile(t.def.parameters, { defaults = true })
-  if not v then return nil, t.file .. ": parameters: " .. tostring(err) end
-  t.validator = v
-  if t.def.output.schema ~= nil then
-    local ov, oerr = validator.compile(t.def.output.schema, {})
-    if not ov then return nil, t.file .. ": output.schema: " .. tostring(oerr) end
-    t.output_validator = ov
-  end
+  local v, ov, warnings = validator.compile_tool(t.def, t.file)
+  if not v then return nil, ov end
+  t.validator, t.output_validator, t.warnings = v, ov, warnings
   local oo, rerr = results.compile_tool(t.def.output)
   if not oo then return nil, t.file .. ": " .. rerr end
   t.output_opts = oo
@@ -166,6 +162,11 @@ function Engine:load_tools(dir, files)
     local ok, err = compile_schemas(t)
     if ok then
       good[#good + 1] = t
+      -- unknown schema keywords: the tool loads, with a warning
+      for _, w in ipairs(t.warnings) do
+        self.warnings[#self.warnings + 1] = w
+        self:emit("tool.warning", nil, { file = t.file, tool = t.name, message = w })
+      end
     else
       problems[#problems + 1] = err
       registry.close_tool(t)

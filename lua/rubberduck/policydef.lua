@@ -51,10 +51,6 @@ local FIELDS = {
 local dsl = require "rubberduck.dsl"
 local quote, is_seq = dsl.quote, dsl.is_seq
 
-  table.sort(names)
-  return table.concat(names, ", ")
-end
-
 -- A capability: "*", or dot-separated names, optionally ending in ".*".
 function M.valid_capability(s)
   if s == "*" then return true end

@@ -776,6 +776,261 @@ TEST(large_input) {
   lua_close(L);
 }
 
+/* ---- how containers are built ------------------------------------------------- */
+
+/* Members wait on the Lua stack until their container closes; a container
+ * that would take the stack too far is built early and filled in place.
+ * Both ways must give the same tables. */
+TEST(containers_built_at_close_and_early) {
+  lua_State *L = new_state();
+  rd_error err;
+  int sizes[] = {0, 1, 4, 5, 16, 17, 100, 3000, 7700, 20000};
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    int n = sizes[k];
+    rd_buf a = RD_BUF_INIT, o = RD_BUF_INIT;
+    rd__buf_putc(&a, '[');
+    rd__buf_putc(&o, '{');
+    for (int i = 0; i < n; i++) {
+      rd__buf_printf(&a, "%s%d", i ? "," : "", i);
+      rd__buf_printf(&o, "%s\"k%d\":%d", i ? "," : "", i, i);
+    }
+    rd__buf_putc(&a, ']');
+    rd__buf_putc(&o, '}');
+    CHECK(rd__json_decode(L, a.data, a.len, NULL, &err) == RD_OK);
+    CHECK((int)lua_objlen(L, -1) == n);
+    for (int i = 1; i <= n; i += (n / 7 + 1)) {
+      lua_rawgeti(L, -1, i);
+      CHECK(lua_tonumber(L, -1) == i - 1);
+      lua_pop(L, 1);
+    }
+    CHECK(lua_getmetatable(L, -1));       /* every array carries the marker */
+    lua_pop(L, 2);
+    CHECK(rd__json_decode(L, o.data, o.len, NULL, &err) == RD_OK);
+    int count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      const char *key = lua_tostring(L, -2);
+      CHECK(key && key[0] == 'k' && atoi(key + 1) == (int)lua_tonumber(L, -1));
+      count++;
+      lua_pop(L, 1);
+    }
+    CHECK(count == n);
+    CHECK(!lua_getmetatable(L, -1));      /* objects carry none */
+    lua_pop(L, 1);
+    rd_buf out = RD_BUF_INIT;             /* round trip, byte for byte */
+    CHECK(rd__json_decode(L, a.data, a.len, NULL, &err) == RD_OK);
+    CHECK(rd__json_encode(L, -1, &out, NULL, &err) == RD_OK);
+    CHECK(out.len == a.len && memcmp(out.data, a.data, a.len) == 0);
+    lua_pop(L, 1);
+    CHECK(lua_gettop(L) == 0);
+    rd__buf_free(&out);
+    rd__buf_free(&a);
+    rd__buf_free(&o);
+  }
+  /* the last duplicate wins on both sides of an early build */
+  rd_buf d = RD_BUF_INIT;
+  rd__buf_puts(&d, "{\"dup\":\"first\"");
+  for (int i = 0; i < 9000; i++) rd__buf_printf(&d, ",\"k%d\":%d", i, i);
+  rd__buf_puts(&d, ",\"dup\":\"last\"}");
+  CHECK(rd__json_decode(L, d.data, d.len, NULL, &err) == RD_OK);
+  lua_getfield(L, -1, "dup");
+  CHECK_STR(lua_tostring(L, -1), "last");
+  lua_pop(L, 2);
+  d.len = 0;
+  rd__buf_puts(&d, "{\"a\":1,\"b\":2,\"a\":3,\"c\":[],\"b\":{},\"a\":null}");
+  CHECK(rd__json_decode(L, d.data, d.len, NULL, &err) == RD_OK);
+  lua_getfield(L, -1, "a");
+  CHECK(lua_islightuserdata(L, -1) && lua_touserdata(L, -1) == RD_JSON_NULL);
+  lua_getfield(L, -2, "b");
+  CHECK(lua_istable(L, -1) && !lua_getmetatable(L, -1));
+  lua_pop(L, 3);
+  rd__buf_free(&d);
+  /* big containers open at every level: the stack budget holds at 128 and
+   * at 1000 levels (each level has thousands of members waiting) */
+  int depths[] = {128, 1000};
+  for (int k = 0; k < 2; k++) {
+    int depth = depths[k];
+    rd_buf t = RD_BUF_INIT;
+    for (int i = 0; i < depth; i++) {
+      rd__buf_putc(&t, '[');
+      for (int j = 0; j < 3000; j++) rd__buf_puts(&t, j < 2999 || i < depth - 1 ? "1," : "1");
+    }
+    for (int i = 0; i < depth; i++) rd__buf_putc(&t, ']');
+    rd_json_opts opt = {.max_depth = depth};
+    CHECK(rd__json_decode(L, t.data, t.len, &opt, &err) == RD_OK);
+    int level = 0;
+    while (lua_istable(L, -1)) {
+      CHECK(lua_objlen(L, -1) == (level < depth - 1 ? 3001 : 3000));
+      level++;
+      lua_rawgeti(L, -1, 3001);
+    }
+    CHECK(level == depth);
+    lua_settop(L, 0);
+    rd__buf_free(&t);
+  }
+  lua_close(L);
+}
+
+/* Short keys (and values) come from a per-state cache after their first sight: every
+ * length, keys alike but for one byte, more keys than the cache holds,
+ * and keys that do not qualify (escapes, UTF-8, 17 bytes and more). */
+TEST(key_cache_keeps_keys_apart) {
+  lua_State *L = new_state();
+  rd_error err;
+  for (int round = 0; round < 3; round++) {
+    rd_buf t = RD_BUF_INIT;
+    rd__buf_putc(&t, '[');
+    for (int i = 0; i < 2000; i++) {
+      char key[40];
+      int len = 1 + i % 20;                 /* 1..20 bytes */
+      for (int j = 0; j < len; j++) key[j] = (char)('a' + (i / 20 + j) % 26);
+      key[len - 1] = (char)('A' + i % 26);  /* alike but for the last byte */
+      key[len] = '\0';
+      rd__buf_printf(&t, "%s{\"%s\":%d,\"k\\u00e9%d\":1,\"\xc3\xa9%d\":2}", i ? "," : "", key, i, i, i);
+    }
+    rd__buf_putc(&t, ']');
+    CHECK(rd__json_decode(L, t.data, t.len, NULL, &err) == RD_OK);
+    for (int i = 0; i < 2000; i += 7) {
+      char key[40];
+      int len = 1 + i % 20;
+      for (int j = 0; j < len; j++) key[j] = (char)('a' + (i / 20 + j) % 26);
+      key[len - 1] = (char)('A' + i % 26);
+      key[len] = '\0';
+      lua_rawgeti(L, -1, i + 1);
+      lua_getfield(L, -1, key);
+      CHECK(lua_tonumber(L, -1) == i);
+      lua_pop(L, 1);
+      int count = 0;
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {
+        count++;
+        lua_pop(L, 1);
+      }
+      CHECK(count == 3);
+      snprintf(key, sizeof key, "k\xc3\xa9%d", i);
+      lua_getfield(L, -1, key);
+      CHECK(lua_tonumber(L, -1) == 1);
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    rd__buf_free(&t);
+  }
+  /* short values share the cache (their own half): alike values stay apart */
+  for (int round = 0; round < 2; round++) {
+    rd_buf t = RD_BUF_INIT;
+    rd__buf_putc(&t, '[');
+    for (int i = 0; i < 1500; i++) {
+      char v[40];
+      int len = 1 + i % 20;
+      for (int j = 0; j < len; j++) v[j] = (char)('a' + (i / 20 + j) % 26);
+      v[len - 1] = (char)('A' + i % 26);
+      v[len] = '\0';
+      rd__buf_printf(&t, "%s\"%s\",\"%s\"", i ? "," : "", v, v);
+    }
+    rd__buf_putc(&t, ']');
+    CHECK(rd__json_decode(L, t.data, t.len, NULL, &err) == RD_OK);
+    for (int i = 0; i < 1500; i += 3) {
+      char v[40];
+      int len = 1 + i % 20;
+      for (int j = 0; j < len; j++) v[j] = (char)('a' + (i / 20 + j) % 26);
+      v[len - 1] = (char)('A' + i % 26);
+      v[len] = '\0';
+      lua_rawgeti(L, -1, 2 * i + 1);
+      lua_rawgeti(L, -2, 2 * i + 2);
+      CHECK_STR(lua_tostring(L, -2), v);
+      CHECK(lua_rawequal(L, -1, -2));
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    rd__buf_free(&t);
+  }
+  CHECK_STR(rt(L, "[\"\",\"a\",\"\",\"a\\u0000\",\"a\"]"), "[\"\",\"a\",\"\",\"a\\u0000\",\"a\"]");
+  /* a key at the very end of the input, shorter than a word away */
+  CHECK_STR(rt(L, "{\"ab\":1}"), "{\"ab\":1}");
+  CHECK_STR(rt(L, "{\"abcdefgh\":{\"abcdefgh\":1}}"), "{\"abcdefgh\":{\"abcdefgh\":1}}");
+  rd_json_opts sorted = {.sort_keys = 1};
+  CHECK_STR(rt_opts(L, "{\"abcdefghijklmnop\":1,\"abcdefghijklmnoq\":2,\"abcdefghijklmnopq\":3}", &sorted),
+            "{\"abcdefghijklmnop\":1,\"abcdefghijklmnopq\":3,\"abcdefghijklmnoq\":2}");
+  lua_close(L);
+}
+
+static void noop_hook(lua_State *L, lua_Debug *ar) {
+  (void)L;
+  (void)ar;
+}
+
+/* A state with a debug hook (the sandbox's tool states, whose memory is
+ * capped) gets no string cache; the same input decodes the same. */
+TEST(no_string_cache_under_a_hook) {
+  const char *t = "{\"alpha\":\"one\",\"beta\":[\"two\",\"three\"],\"gamma\":{\"alpha\":1}}";
+  for (int hooked = 0; hooked < 2; hooked++) {
+    lua_State *L = new_state();
+    if (hooked) lua_sethook(L, noop_hook, LUA_MASKCOUNT, 1000);
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    int before = lua_gc(L, LUA_GCCOUNT, 0);
+    rd_json_opts sorted = {.sort_keys = 1};
+    CHECK_STR(rt_opts(L, t, &sorted),
+              "{\"alpha\":\"one\",\"beta\":[\"two\",\"three\"],\"gamma\":{\"alpha\":1}}");
+    CHECK_STR(rt_opts(L, t, &sorted),
+              "{\"alpha\":\"one\",\"beta\":[\"two\",\"three\"],\"gamma\":{\"alpha\":1}}");
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    int grew = lua_gc(L, LUA_GCCOUNT, 0) - before;   /* KB */
+    if (hooked) CHECK(grew < 8);
+    else CHECK(grew >= 24);                            /* the cache: about 32 KB */
+    lua_close(L);
+  }
+}
+
+/* The string scanner reads eight bytes at a time: a quote, a backslash, a
+ * control byte or a non-ASCII byte must be seen at every offset of a word,
+ * and at the end of the input. */
+TEST(string_scan_every_offset) {
+  lua_State *L = new_state();
+  for (int len = 0; len < 20; len++) {
+    for (int at = 0; at < len; at++) {
+      char in[64], want[64];
+      /* an escaped quote at `at` */
+      memset(in, 0, sizeof in);
+      in[0] = '"';
+      int o = 1;
+      for (int i = 0; i < len; i++) {
+        if (i == at) {
+          in[o++] = '\\';
+          in[o++] = '"';
+        } else {
+          in[o++] = (char)('a' + i);
+        }
+      }
+      in[o++] = '"';
+      CHECK_STR(rt(L, in), in);
+      /* a raw control byte at `at`: refused with its position */
+      in[1 + at] = '\x01';
+      in[2 + at] = 'x';
+      snprintf(want, sizeof want, "(byte %d): unescaped control character U+0001", 1 + at);
+      CHECK_HAS(dec_err(L, in), want);
+      /* a stray continuation byte, then a valid two-byte sequence */
+      in[1 + at] = '\x80';
+      snprintf(want, sizeof want, "(byte %d): invalid UTF-8 in string", 1 + at);
+      CHECK_HAS(dec_err(L, in), want);
+      in[1 + at] = '\xc3';
+      in[2 + at] = '\xa9';
+      CHECK_STR(dec_err(L, in), "OK");
+      /* a truncated sequence at the very end of the input */
+      size_t n = (size_t)at + 2;
+      in[1 + at] = '\xe2';
+      snprintf(want, sizeof want, "invalid UTF-8 in string");
+      CHECK_HAS(dec_err_n(L, in, n, NULL), want);
+    }
+    /* unterminated: the quote never comes */
+    char open[64];
+    memset(open, 'z', sizeof open);
+    open[0] = '"';
+    CHECK_HAS(dec_err_n(L, open, (size_t)len + 1, NULL), "unterminated string");
+  }
+  CHECK_STR(rt(L, "[\"\",\"~\",\"\\u007f\x7f\"]"), "[\"\",\"~\",\"\x7f\x7f\"]");
+  lua_close(L);
+}
+
 /* ---- the C contract ----------------------------------------------------------------- */
 
 TEST(encode_appends_and_keeps_stack) {

@@ -388,6 +388,20 @@ function C:fail(kw, targs, rargs, dexpr, seg)
     dexpr or "d", q(kw), q(sp), q(text), how and (", " .. how .. ", " .. rargs) or ""))
 end
 
+-- a lower bound that more input may still meet (minItems, minProperties,
+-- minContains): pending in partial mode, else a failure
+function C:fail_or_pend(kw, targs, rargs)
+  local sp = self:loc(self.cur.node, kw)
+  local text, how = runtime.text(kw, targs and targs[1], targs and targs[2])
+  self:open("if PARTIAL then")
+  if self.seg then self:line(format("P[d] = %s", self.seg)) end
+  self:line(format("pend(d, %s, %s, %s%s)", q(kw), q(sp), q(text), how and (", " .. how .. ", " .. rargs) or ""))
+  self.ind = self.ind - 1
+  self:open("else")
+  self:fail(kw, targs, rargs)
+  self:close()
+end
+
 -- a callee failed and recorded its own errors
 function C:child_failed()
   self:line("if M > 0 or STOP then return false end")
@@ -839,7 +853,7 @@ function C:gen_array(s, on, draft, mark)
   self:open("if arr then")
   self:line("local n = #v")
   if on("minItems") then
-    self:open(format("if n < %d then", s.minItems)); self:fail("minItems", { s.minItems }, "n"); self:close()
+    self:open(format("if n < %d then", s.minItems)); self:fail_or_pend("minItems", { s.minItems }, "n"); self:close()
   end
   if on("maxItems") then
     self:open(format("if n > %d then", s.maxItems)); self:fail("maxItems", { s.maxItems }, "n"); self:close()
@@ -916,7 +930,7 @@ function C:gen_array(s, on, draft, mark)
     end
     if min > 0 then
       self:open(format("if c < %d then", min))
-      self:fail(draft == D2020 and on("minContains") and "minContains" or "contains", { min }, "c")
+      self:fail_or_pend(draft == D2020 and on("minContains") and "minContains" or "contains", { min }, "c")
       self:close()
     end
     if max then
@@ -934,7 +948,7 @@ function C:gen_object(s, on, draft, mark)
   if on("required") then
     for _, name in ipairs(s.required) do
       self:open(format("if v[%s] == nil then", q(name)))
-      self:line(format("if PARTIAL then pend(d, %s, %s) else", q(self:loc(self.cur.node, "required")),
+      self:line(format("if PARTIAL then pend(d, \"required\", %s, %s) else", q(self:loc(self.cur.node, "required")),
         q(runtime.text("required", name))))
       self.ind = self.ind + 1
       self:fail("required", { name })
@@ -946,7 +960,7 @@ function C:gen_object(s, on, draft, mark)
   if on("minProperties") or on("maxProperties") then
     self:line("local c = nkeys(v)")
     if on("minProperties") then
-      self:open(format("if c < %d then", s.minProperties)); self:fail("minProperties", { s.minProperties }, "c"); self:close()
+      self:open(format("if c < %d then", s.minProperties)); self:fail_or_pend("minProperties", { s.minProperties }, "c"); self:close()
     end
     if on("maxProperties") then
       self:open(format("if c > %d then", s.maxProperties)); self:fail("maxProperties", { s.maxProperties }, "c"); self:close()
@@ -968,8 +982,8 @@ function C:gen_object(s, on, draft, mark)
       self:open(format("if v[%s] ~= nil then", q(k)))
       for _, name in ipairs(depreq[k]) do
         self:open(format("if v[%s] == nil then", q(name)))
-        self:line(format("if PARTIAL then pend(d, %s, %s) else",
-          q(self:loc(self.cur.node, draft == D07 and "dependencies" or "dependentRequired")),
+        local dkw = draft == D07 and "dependencies" or "dependentRequired"
+        self:line(format("if PARTIAL then pend(d, %s, %s, %s) else", q(dkw), q(self:loc(self.cur.node, dkw)),
           q(runtime.text("required", name))))
         self.ind = self.ind + 1
         self:fail(draft == D07 and "dependencies" or "dependentRequired", { name, k })
@@ -1130,9 +1144,10 @@ function C:gen_not(sub)
     return
   end
   self:line("M = M + 1")
+  self:line("local pn = PN")
   self:line("local r = " .. self:call(sub, "v", "d", nil, self:loc(self.cur.node, "not")))
   self:line("M = M - 1")
-  self:open("if r then")
+  self:open("if r and PN == pn then")
   self:fail("not")
   self:close()
 end
@@ -1141,6 +1156,7 @@ function C:gen_if(s, evx)
   local path = self:loc(self.cur.node)
   self:open("do")
   self:line("M = M + 1")
+  self:line("local pn = PN")
   if evx then
     self:line("local t = {}")
     self:line("local c = " .. self:call(s["if"], "v", "d", "t", path .. "/if"))
@@ -1150,13 +1166,16 @@ function C:gen_if(s, evx)
     self:line("local c = " .. self:call(s["if"], "v", "d", nil, path .. "/if"))
     self:line("M = M - 1")
   end
+  -- partial mode: an "if" that holds only because of pendings decides
+  -- nothing yet, so neither branch applies
+  self:line("local open = c and PN ~= pn")
   if s["then"] ~= nil and s["then"] ~= true then
-    self:open("if c then")
+    self:open("if c and not open then")
     self:apply(s["then"], "v", "d", "then", evx, path .. "/then")
     self:close()
   end
   if s["else"] ~= nil and s["else"] ~= true then
-    self:open("if not c then")
+    self:open("if not c and not open then")
     self:apply(s["else"], "v", "d", "else", evx, path .. "/else")
     self:close()
   end
@@ -1167,9 +1186,37 @@ end
 -- instance aimed at (by const/required/type discriminators) to report it
 function C:gen_anyof(list, kw, path, evx)
   local n = #list
+  local disc = {}
   self:open("do")
-  self:line("M = M + 1")
   self:line("local m, first = 0, 0")
+  -- partial mode: every branch is tried; one that passes with pendings is
+  -- viable (pv[i]) but not complete. A complete branch settles anyOf, and
+  -- counts for oneOf; with viable branches only, nothing is wrong yet, and
+  -- the pendings of the branch aimed at are reported below.
+  self:line("local pv")
+  self:open("if PARTIAL then")
+  self:line("M = M + 1")
+  self:line("local pn, mc = PN, 0")
+  self:line("pv = {}")
+  for i, sub in ipairs(list) do
+    local bp = path .. "/" .. kw .. "/" .. (i - 1)
+    if evx then
+      self:line("local t" .. i .. " = {}")
+      self:open("if " .. self:call(sub, "v", "d", "t" .. i, bp) .. " then")
+      self:line(format("for k in pairs(t%d) do ev[k] = true end", i))
+    else
+      self:open("if " .. self:call(sub, "v", "d", nil, bp) .. " then")
+    end
+    self:line(format("m = m + 1; if PN == pn then mc = mc + 1 else pv[%d] = true end", i))
+    self:close()
+    self:line("pn = PN")
+  end
+  self:line("M = M - 1")
+  self:line(kw == "anyOf" and "if mc > 0 then pv = nil elseif m > 0 then m = 1 end"
+    or "if mc > 0 then pv = nil; m = mc elseif m > 0 then m = 1 end")
+  self.ind = self.ind - 1
+  self:open("else")
+  self:line("M = M + 1")
   for i, sub in ipairs(list) do
     local bp = path .. "/" .. kw .. "/" .. (i - 1)
     if evx then
@@ -1188,10 +1235,10 @@ function C:gen_anyof(list, kw, path, evx)
     self:close()
   end
   self:line("M = M - 1")
+  self:close()
   self:open(kw == "anyOf" and "if m == 0 then" or "if m ~= 1 then")
   self:line("if M > 0 then return false end")
   self:line("ok = false")
-  local disc = {}
   for i, sub in ipairs(list) do disc[i] = self:discriminator(sub) end
   local sp = self:loc(self.cur.node, kw)
   self:open("if m == 0 then")
@@ -1215,6 +1262,23 @@ function C:gen_anyof(list, kw, path, evx)
   end
   self:close()
   self:line("if STOP then return false end")
+  self:close()
+  -- partial mode, viable branches only: report the pendings of the branch
+  -- the instance aimed at (or of the first viable one), running it again
+  -- unmuted (muted, the enclosing branch has counted them already)
+  self:open("if pv and m > 0 and M == 0 then")
+  self:gen_pick(disc, kw)
+  self:line(format("if not pv[b] then for i = 1, %d do if pv[i] then b = i; break end end end", n))
+  local chain = false
+  for i, sub in ipairs(list) do
+    if sub ~= true and sub ~= false then
+      if chain then self.ind = self.ind - 1 end
+      self:open(format("%s b == %d then", chain and "elseif" or "if", i))
+      self:line(self:call(sub, "v", "d", evx and "{}" or nil, path .. "/" .. kw .. "/" .. (i - 1)))
+      chain = true
+    end
+  end
+  if chain then self:close() end
   self:close()
   self:close()
 end
@@ -1350,11 +1414,13 @@ local function E(d, kw, sp, text, how, a, b)
   return STOP
 end
 
-local function pend(d, sp, text)
+local PN = 0            -- partial mode: pendings met so far, muted ones too
+local function pend(d, kw, sp, text, how, a)
+  PN = PN + 1
   if M > 0 then return end
   local p = PEND
   if not p then p = {}; PEND = p end
-  p[#p + 1] = R.error(P, d, "required", sp, text)
+  p[#p + 1] = R.error(P, d, kw, sp, text, how, a)
 end
 
 local function enter(rid, f, v, d, ev)
@@ -1375,16 +1441,16 @@ end
 
 local FOOTER = [==[
 
--- run(v, all, max, partial) -> ok, errors, pending
+-- run(v, all, max, partial) -> ok, errors, pending, pendings met (muted too)
 local function run(v, all, max, partial)
   ALL, MAX, PARTIAL = all, max, partial
-  ERRS, PEND, STOP, M = nil, nil, false, 0
+  ERRS, PEND, STOP, M, PN = nil, nil, false, 0, 0
   AMT, OMT = REG["rubberduck.json.array"], REG["rubberduck.json.object"]
 %s
   local ok = %s(v, 0)
   local errs, pend = ERRS, PEND
   ERRS, PEND = nil, nil
-  return ok, errs, pend
+  return ok, errs, pend, PN
 end
 
 -- validator(v) -> true | false, errors: this validator's own entry point

@@ -19,6 +19,14 @@
 --   store       a schema store (validator.new_store()) for $ref to other
 --               schemas; default: validator.store. No network, ever.
 --   base_uri    base URI of a schema without $id
+--   unknown_keywords  what to do with keywords the schema's draft does not
+--               define ("minimun", "requried"): "ignore" (default; the
+--               standard makes them annotations), "warn" (compile, and list
+--               them in v.warnings), "error" (refuse the schema)
+--
+-- v.warnings: { {path, keyword, suggestion, message}, ... } with
+-- unknown_keywords = "warn" (empty otherwise); message reads
+-- '/properties/age: unknown keyword "minimun" (did you mean "minimum"?)'.
 --
 -- Data model: JSON null is the NULL light userdata (rubberduck.core.json.null,
 -- cjson.null); arrays carry the "rubberduck.json.array" registry metatable,
@@ -26,6 +34,7 @@
 -- table is an object. "integer" means a finite number with no fraction.
 
 local compiler = require "rubberduck.validator.compiler"
+local keywords = require "rubberduck.validator.keywords"
 local runtime = require "rubberduck.validator.runtime"
 local uri = require "rubberduck.validator.uri"
 
@@ -34,6 +43,7 @@ local M = {}
 local type, setmetatable, pcall, load, getmetatable, ipairs = type, setmetatable, pcall, load, getmetatable, ipairs
 
 M.null = runtime.NULL
+M.unknown_keywords = keywords.unknown
 M.is_array = runtime.isarr
 
 -- array(t) -> t marked as a JSON array (so an empty one is not an object)
@@ -186,13 +196,27 @@ end
 -- the generated Lua source
 function V:source() return self._src end
 
--- partial(instance): validate what is present; missing required properties
--- are pending, not errors. Returns { valid, complete, errors, pending }.
+-- partial(instance): validate what is present, for input that arrives
+-- piece by piece. What more input may still satisfy is pending, not an
+-- error: missing required properties (required, dependentRequired), and
+-- minItems, minProperties, minContains not reached yet. Inside anyOf and
+-- oneOf, a branch that holds but for pendings is still possible: the
+-- pendings of the branch the instance aims at are reported; an "if" that
+-- holds only with pendings applies neither then nor else, and a "not" is
+-- not failed by them. Returns { valid, complete, errors, pending }:
+-- valid = no error in what is present, complete = the instance as it
+-- stands passes v(instance).
 function V:partial(instance)
-  local ok, errs, pend = self._run(instance, self._all, self._max, true)
+  local ok, errs, pend, met = self._run(instance, self._all, self._max, true)
+  local complete = ok and pend == nil
+  if complete and met > 0 then
+    -- pendings inside branches that did not decide the outcome (a complete
+    -- anyOf branch beside an incomplete one): the full check decides
+    complete = self._run(instance, self._all, self._max, false) and true or false
+  end
   return {
     valid = ok,
-    complete = ok and pend == nil,
+    complete = complete,
     errors = errs or {},
     pending = pend or {},
   }
@@ -227,11 +251,20 @@ function M.compile(schema, opts)
   if o.formats ~= "assert" and o.formats ~= "annotate" then
     return nil, "opts.formats must be \"assert\" or \"annotate\""
   end
+  local unknown = opts.unknown_keywords or "ignore"
+  if unknown ~= "ignore" and unknown ~= "warn" and unknown ~= "error" then
+    return nil, "opts.unknown_keywords must be \"ignore\", \"warn\" or \"error\""
+  end
   if type(schema) ~= "boolean" and (type(schema) ~= "table" or (runtime.isarr(schema))) then
     return nil, "/: a schema must be an object or a boolean"
   end
   local draft, derr = draft_of(schema, opts)
   if not draft then return nil, derr end
+  local warnings = {}
+  if unknown ~= "ignore" then
+    warnings = keywords.unknown(schema, draft, not opts.draft and compiler.DRAFT_OF or nil)
+    if unknown == "error" and warnings[1] then return nil, warnings[1].message end
+  end
   local store = opts.store or M.store
   local flags = {}
   for _ = 1, 4 do
@@ -280,10 +313,35 @@ function M.compile(schema, opts)
       -- one trace of a shared __call whose exits all schemas would compete for
       local mt = { __index = V, __call = call, __name = "rubberduck.validator" }
       return setmetatable({ _run = run, _call = call, _src = src, _all = o.all_errors, _max = o.max_errors,
-                            draft = draft }, mt)
+                            draft = draft, warnings = warnings }, mt)
     end
   end
   return nil, "internal error: schema compilation did not settle"
+end
+
+-- compile_tool(def, file) -> params validator, output validator | nil,
+-- warnings | nil, problem: the schemas of a tool definition as the engine
+-- uses them (defaults filled into params). A bad schema is a problem
+-- ("FILE: parameters: /path: why"); an unknown keyword is a warning
+-- ("FILE: parameters: /properties/age: unknown keyword \"minimun\" (did
+-- you mean \"minimum\"?)").
+function M.compile_tool(def, file)
+  local warnings = {}
+  local function one(schema, field, o)
+    o.unknown_keywords = "warn"
+    local v, err = M.compile(schema, o)
+    if not v then return nil, file .. ": " .. field .. ": " .. tostring(err) end
+    for _, w in ipairs(v.warnings) do warnings[#warnings + 1] = file .. ": " .. field .. ": " .. w.message end
+    return v
+  end
+  local v, err = one(def.parameters, "parameters", { defaults = true })
+  if not v then return nil, err end
+  local ov
+  if def.output and def.output.schema ~= nil then
+    ov, err = one(def.output.schema, "output.schema", {})
+    if not ov then return nil, err end
+  end
+  return v, ov, warnings
 end
 
 return M
