@@ -426,13 +426,19 @@ static int l_cache(lua_State *L) {
   return 1;
 }
 
+/* The hot path: the cache metatable is upvalue 1, so checking the handle
+ * is one pointer compare instead of luaL_checkudata's registry lookup. */
 static int l_cache_get(lua_State *L) {
-  rd_cache *c = check_cache(L, 1);
+  cache_ud *u = lua_touserdata(L, 1);
+  if (!u || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+    return luaL_typerror(L, 1, CACHE_MT);
+  lua_pop(L, 1);
+  if (!u->c) return luaL_argerror(L, 1, "cache is closed");
   size_t kl;
   const char *k = luaL_checklstring(L, 2, &kl);
   rd_store_view v;
   rd_error err;
-  int rc = rd_cache_get(c, k, kl, &v, &err);
+  int rc = rd_cache_get(u->c, k, kl, &v, &err);
   if (rc == RD_ENOENT) { lua_pushnil(L); return 1; }
   if (rc) return fail(L, &err);
   lua_pushlstring(L, v.data, v.len); /* straight from the map into the Lua string */
@@ -736,6 +742,11 @@ int rd__luaopen_store(lua_State *L) {
     {"close", l_hist_close}, {"__gc", l_hist_close}, {NULL, NULL},
   };
   rd__lua_class(L, CACHE_MT, cache_m, l_cache);
+  lua_pop(L, 1);
+  luaL_getmetatable(L, CACHE_MT);
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_cache_get, 1);
+  lua_setfield(L, -2, "get");
   lua_pop(L, 1);
   rd__lua_class(L, HIST_MT, hist_m, l_history);
   lua_pop(L, 1);

@@ -38,6 +38,13 @@ struct rd_cache {
   touch **touches;             /* open addressing, RD_CACHE_TOUCH_SLOTS */
   size_t ntouch;
   _Atomic double fixed_now;    /* tests: 0 = the real clock */
+  /* This handle's read txn, kept reset between gets and renewed per get
+   * (its reader slot stays ours: MDB_NOTLS). rbusy: 1 while a get or a
+   * view uses it; a concurrent get (another thread, a view not released
+   * yet) takes a txn from the env's pool instead. */
+  MDB_txn *rtxn;
+  atomic_int rbusy;
+  MDB_dbi entries;
 };
 
 typedef struct hdr {
@@ -109,6 +116,8 @@ int rd_cache_open(rd_cache **out, rd_store_env *env, const rd_cache_config *cfg,
   }
   if (cfg) c->cfg = *cfg;
   atomic_init(&c->fixed_now, 0.0);
+  atomic_init(&c->rbusy, 0);
+  c->entries = rd__store_dbi(env, RD__DB_ENTRIES);
   pthread_mutex_init(&c->mu, NULL);
   rd__store_ref(env);
   c->env = env;
@@ -415,6 +424,32 @@ int rd_cache_put(rd_cache *c, const void *key, size_t klen, const void *val,
 
 /* ---- get ------------------------------------------------------------------------------ */
 
+/* Begin a read: this handle's own txn when free (renewed), else one from
+ * the env's pool. *own says which. */
+static int read_begin(rd_cache *c, MDB_txn **txn, int *own, rd_error *err) {
+  if (atomic_exchange_explicit(&c->rbusy, 1, memory_order_acquire) == 0) {
+    int rc = rd__store_read_renew(c->env, &c->rtxn, err);
+    if (rc == RD_OK) { *txn = c->rtxn; *own = 1; return RD_OK; }
+    atomic_store_explicit(&c->rbusy, 0, memory_order_release);
+    return rc;
+  }
+  *own = 0;
+  return rd__store_read_begin(c->env, txn, err);
+}
+
+static void read_end(rd_cache *c, MDB_txn *txn, int own) {
+  if (own) {
+    rd__store_read_park(c->env, txn);
+    atomic_store_explicit(&c->rbusy, 0, memory_order_release);
+  } else {
+    rd__store_read_end(c->env, txn);
+  }
+}
+
+void rd__cache_view_end(rd_store_view *v) {
+  read_end(v->owner_, v->txn_, 1);
+}
+
 int rd_cache_get(rd_cache *c, const void *key, size_t klen, rd_store_view *view,
                  rd_error *err) {
   memset(view, 0, sizeof *view);
@@ -422,32 +457,37 @@ int rd_cache_get(rd_cache *c, const void *key, size_t klen, rd_store_view *view,
   unsigned char ek[EKEY_MAX];
   size_t n = make_ekey(ek, key, klen);
   MDB_txn *txn;
-  int rc = rd__store_read_begin(c->env, &txn, err);
+  int own;
+  int rc = read_begin(c, &txn, &own, err);
   if (rc) return rc;
   MDB_val k = {n, ek}, v;
-  rc = mdb_get(txn, rd__store_dbi(c->env, RD__DB_ENTRIES), &k, &v);
+  rc = mdb_get(txn, c->entries, &k, &v);
   if (rc) {
-    rd__store_read_end(c->env, txn);
+    read_end(c, txn, own);
     if (rc == MDB_NOTFOUND) {
-      atomic_fetch_add(&c->misses, 1);
+      atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
       return RD_ENOENT;
     }
     return rd__store_mdb_error(c->env, err, rc, "cache get");
   }
   hdr h;
-  double now = now_of(c);
-  if (hdr_read(&v, &h) != 0 || (h.expires > 0 && h.expires <= now)) {
-    rd__store_read_end(c->env, txn);
-    atomic_fetch_add(&c->misses, 1);
+  rd_cache_policy pol = c->cfg.policy;
+  int bad = hdr_read(&v, &h) != 0;
+  /* the clock only when a TTL or a read note needs it */
+  double now = !bad && (h.expires > 0 || pol != RD_CACHE_FIFO) ? now_of(c) : 0;
+  if (bad || (h.expires > 0 && h.expires <= now)) {
+    read_end(c, txn, own);
+    atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
     return RD_ENOENT;
   }
-  atomic_fetch_add(&c->hits, 1);
-  if (c->cfg.policy != RD_CACHE_FIFO) note_touch(c, ek, n, now);
+  atomic_fetch_add_explicit(&c->hits, 1, memory_order_relaxed);
+  if (pol != RD_CACHE_FIFO) note_touch(c, ek, n, now);
   view->data = (const unsigned char *)v.mv_data + HDR;
   view->len = v.mv_size - HDR;
   view->expires_at = h.expires;
   view->txn_ = txn;
   view->env_ = c->env;
+  view->owner_ = own ? c : NULL;
   return RD_OK;
 }
 
@@ -602,6 +642,7 @@ int rd_cache_stats_get(rd_cache *c, rd_cache_stats *out, rd_error *err) {
 void rd_cache_close(rd_cache *c) {
   if (!c) return;
   rd_cache_flush(c, NULL);
+  if (c->rtxn) mdb_txn_abort(c->rtxn); /* reset, not in use: views are released */
   for (size_t i = 0; i < RD_CACHE_TOUCH_SLOTS; i++) rd__freemem(c->touches[i]);
   rd__freemem(c->touches);
   pthread_mutex_destroy(&c->mu);

@@ -531,6 +531,41 @@ int rd__store_read_begin(rd_store_env *env, MDB_txn **txn, rd_error *err) {
   return rd_error_set(err, RD_EIO, "store: cannot begin a read");
 }
 
+/* A caller-owned read txn (one per cache handle): *slot is NULL or a txn
+ * left reset by rd__store_read_park. Renewing a reset txn keeps its reader
+ * slot (MDB_NOTLS), so a get costs no lock-table search and no malloc. On
+ * success the resize lock is held (shared) until rd__store_read_park. */
+int rd__store_read_renew(rd_store_env *env, MDB_txn **slot, rd_error *err) {
+  for (int tries = 0; tries < 8; tries++) {
+    pthread_rwlock_rdlock(&env->resize);
+    MDB_txn *t = *slot;
+    int rc;
+    if (t) {
+      rc = mdb_txn_renew(t);
+      if (rc) { /* resized map, a slot taken over: start afresh */
+        mdb_txn_abort(t);
+        *slot = t = NULL;
+        if (rc != MDB_MAP_RESIZED) rc = mdb_txn_begin(env->mdb, NULL, MDB_RDONLY, &t);
+      }
+    } else {
+      rc = mdb_txn_begin(env->mdb, NULL, MDB_RDONLY, &t);
+    }
+    if (rc == 0) { *slot = t; return RD_OK; }
+    pthread_rwlock_unlock(&env->resize);
+    if (rc == MDB_MAP_RESIZED) {
+      if ((rc = adopt_size(env, err)) != RD_OK) return rc;
+      continue;
+    }
+    return rd__store_mdb_error(env, err, rc, "begin read");
+  }
+  return rd_error_set(err, RD_EIO, "store: cannot begin a read");
+}
+
+void rd__store_read_park(rd_store_env *env, MDB_txn *txn) {
+  mdb_txn_reset(txn);
+  pthread_rwlock_unlock(&env->resize);
+}
+
 void rd__store_read_end(rd_store_env *env, MDB_txn *txn) {
   mdb_txn_reset(txn);
   pthread_mutex_lock(&env->free_mu);
@@ -545,7 +580,9 @@ void rd__store_read_end(rd_store_env *env, MDB_txn *txn) {
 
 void rd_store_view_release(rd_store_view *v) {
   if (!v || !v->txn_) return;
-  rd__store_read_end(v->env_, v->txn_);
+  if (v->owner_) rd__cache_view_end(v);
+  else rd__store_read_end(v->env_, v->txn_);
+  v->owner_ = NULL;
   v->txn_ = NULL;
   v->data = NULL;
   v->len = 0;

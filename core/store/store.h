@@ -96,6 +96,7 @@ typedef struct rd_store_view {
   double expires_at;      /* cache: epoch seconds, 0 = never; kv: 0 */
   void *txn_;             /* internal */
   rd_store_env *env_;     /* internal */
+  void *owner_;           /* internal: the cache whose own txn this is */
 } rd_store_view;
 
 /* Release a view (idempotent; a zeroed view is fine). */
@@ -346,6 +347,9 @@ typedef int (*rd__store_txn_fn)(MDB_txn *txn, void *ud, rd_error *err);
 int rd__store_write(rd_store_env *env, rd__store_txn_fn fn, void *ud, rd_error *err);
 int rd__store_read_begin(rd_store_env *env, MDB_txn **txn, rd_error *err);
 void rd__store_read_end(rd_store_env *env, MDB_txn *txn);
+int rd__store_read_renew(rd_store_env *env, MDB_txn **slot, rd_error *err);
+void rd__store_read_park(rd_store_env *env, MDB_txn *txn);
+void rd__cache_view_end(rd_store_view *v);
 MDB_dbi rd__store_dbi(rd_store_env *env, int which);
 rd_store_kind rd__store_kind(rd_store_env *env);
 void rd__store_ref(rd_store_env *env);
