@@ -122,6 +122,27 @@ describe("store", function()
       end)
     end
 
+    it("get checks its handle: another object or a closed cache is a clear error", function()
+      local s = assert(store.open(H.tmpdir()))
+      local c = s.cache.c
+      assert(c:put("k", "v"))
+      assert.equals("v", c:get("k"))
+      assert.equals("v", c:get("k")) -- the handle's read txn, renewed
+      local ok, err = pcall(c.get, {}, "k")
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("rubberduck.store.cache expected", 1, true))
+      ok, err = pcall(c.get, s.cache_env, "k")
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("rubberduck.store.cache expected", 1, true))
+      ok, err = pcall(c.get, c)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("string expected", 1, true))
+      s:close()
+      ok, err = pcall(c.get, c, "k")
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("cache is closed", 1, true))
+    end)
+
     it("refuses an unknown policy", function()
       local s, err = store.open(H.tmpdir(), { cache = { policy = "random" } })
       assert.is_nil(s)
