@@ -5,27 +5,41 @@
 local core = require "rubberduck.core"
 local S = core.store
 local dir, nkeys, ngets, napp = arg[1], tonumber(arg[2]), tonumber(arg[3]), tonumber(arg[4])
-local clock = os.clock
 local function now() return core.mono_ms() / 1000 end
 
 local env = assert(S.open(dir, "cache", { map_size = 2 ^ 30, max_map_size = 2 ^ 30 }))
 local val = ("v"):rep(100)
-local keys = {}
+local keys, pick = {}, {}
 for i = 1, nkeys do keys[i] = string.format("key:%08u", i - 1) end
-for _, policy in ipairs({ "lru", "lfu", "fifo" }) do
+for i = 1, ngets do pick[i] = keys[math.random(nkeys)] end
+local policies = { "lru", "lfu", "fifo" }
+for _, policy in ipairs(policies) do
   local c = S.cache(env, { policy = policy })
   c:clear()
   local t0 = now()
   for i = 1, nkeys do c:put(keys[i], val, 3600) end
   print(string.format("lua_cache_put_%s %.0f", policy, nkeys / (now() - t0)))
-  local get, random, n = c.get, math.random, 0
-  t0 = now()
-  for _ = 1, ngets do
-    if get(c, keys[random(nkeys)]) then n = n + 1 end
-  end
-  print(string.format("lua_cache_get_%s %.0f", policy, ngets / (now() - t0)))
-  assert(n == ngets)
   c:close()
+end
+-- Gets: the best of 3 rounds (a noisy shared VM), a fresh handle per
+-- round and policy, all on the same file, like bench.c.
+local best = {}
+for _ = 1, 3 do
+  for _, policy in ipairs(policies) do
+    local c = S.cache(env, { policy = policy })
+    local get, n = c.get, 0
+    local t0 = now()
+    for i = 1, ngets do
+      if get(c, pick[i]) then n = n + 1 end
+    end
+    local rate = ngets / (now() - t0)
+    assert(n == ngets)
+    if rate > (best[policy] or 0) then best[policy] = rate end
+    c:close()
+  end
+end
+for _, policy in ipairs(policies) do
+  print(string.format("lua_cache_get_%s %.0f", policy, best[policy]))
 end
 env:close()
 
@@ -47,4 +61,3 @@ print(string.format("lua_history_append %.0f", napp / (now() - t0)))
 h:close()
 loop:close()
 data:close()
-local _ = clock
