@@ -3,7 +3,9 @@
  * bytes and entries, lru/lfu/fifo eviction, counters, zero-copy reads.
  *
  * Databases:
- *   entries  ekey -> header (40 bytes) + value
+ *   entries  ekey -> header (40 bytes) + value   (LMDB's main database, so a
+ *            renewed read txn finds it without a named-database lookup;
+ *            the three named databases' records sit beside the entries)
  *   order    r1 (8, BE) r2 (8, BE) ekey -> ""   eviction order, lowest first
  *   expiry   expires_ms (8, BE) ekey -> ""      for the sweep
  *   meta     "bytes" -> u64 BE                  sum of entry sizes
@@ -295,7 +297,7 @@ static int enforce_caps(wctx *w, const unsigned char *keep, size_t keeplen,
   MDB_stat st;
   int rc = mdb_stat(w->txn, w->entries, &st);
   if (rc) return rc;
-  uint64_t n = st.ms_entries;
+  uint64_t n = st.ms_entries > RD__CACHE_NAMED_DBS ? st.ms_entries - RD__CACHE_NAMED_DBS : 0;
   MDB_cursor *cur;
   if ((rc = mdb_cursor_open(w->txn, w->order, &cur))) return rc;
   MDB_val k, v;
@@ -555,9 +557,23 @@ static int clear_fn(MDB_txn *txn, void *ud, rd_error *err) {
   wctx w;
   wctx_init(&w, c, txn);
   int rc;
-  if ((rc = mdb_drop(txn, w.entries, 0)) || (rc = mdb_drop(txn, w.order, 0)) ||
-      (rc = mdb_drop(txn, w.expiry, 0)))
+  if ((rc = mdb_drop(txn, w.order, 0)) || (rc = mdb_drop(txn, w.expiry, 0)))
     return rc;
+  /* entries: the main database, whose records of the named databases must
+   * stay: delete the keys from "h" up to "l" (every ekey, nothing else) */
+  MDB_cursor *cur;
+  if ((rc = mdb_cursor_open(txn, w.entries, &cur))) return rc;
+  MDB_val k = {1, "h"}, v;
+  rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+  while (rc == 0 && k.mv_size > 0 && (((const unsigned char *)k.mv_data)[0] == 'h' ||
+                                      ((const unsigned char *)k.mv_data)[0] == 'k')) {
+    if ((rc = mdb_cursor_del(cur, 0))) break;
+    k.mv_size = 1; /* seek again: the first ekey left */
+    k.mv_data = "h";
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+  }
+  mdb_cursor_close(cur);
+  if (rc && rc != MDB_NOTFOUND) return rc;
   (void)err;
   return put_bytes(&w, 0);
 }
@@ -631,7 +647,7 @@ int rd_cache_stats_get(rd_cache *c, rd_cache_stats *out, rd_error *err) {
   if (rc) return rc;
   MDB_stat st;
   if (mdb_stat(txn, rd__store_dbi(c->env, RD__DB_ENTRIES), &st) == 0)
-    out->entries = st.ms_entries;
+    out->entries = st.ms_entries > RD__CACHE_NAMED_DBS ? st.ms_entries - RD__CACHE_NAMED_DBS : 0;
   MDB_val k = {5, "bytes"}, v;
   if (mdb_get(txn, rd__store_dbi(c->env, RD__DB_META), &k, &v) == 0 && v.mv_size == 8)
     out->bytes = rd__store_get_be64(v.mv_data);

@@ -29,7 +29,10 @@
 
 static const char *const DATA_DBS[] = {"meta", "kv", "hist", "hist_idx", "audit"};
 static const char *const CACHE_DBS[] = {"meta", "entries", "order", "expiry"};
-static const char *const FORMAT[] = {"rubberduck.data.v1", "rubberduck.cache.v1"};
+/* cache.v2: the entries live in LMDB's main (unnamed) database, beside the
+ * records of the three named ones: a renewed read txn reads them without
+ * first looking a named database up again. A v1 file is rebuilt empty. */
+static const char *const FORMAT[] = {"rubberduck.data.v1", "rubberduck.cache.v2"};
 
 struct rd_store_env {
   MDB_env *mdb;
@@ -237,7 +240,8 @@ static int try_open(rd_store_env *env, size_t map_size, char *why, size_t whylen
   const char *const *names = env->kind == RD_STORE_DATA ? DATA_DBS : CACHE_DBS;
   env->ndbi = env->kind == RD_STORE_DATA ? (int)RD_COUNTOF(DATA_DBS) : (int)RD_COUNTOF(CACHE_DBS);
   for (int i = 0; i < env->ndbi; i++) {
-    rc = mdb_dbi_open(txn, names[i], MDB_CREATE, &env->dbi[i]);
+    int main_db = env->kind == RD_STORE_CACHE && i == RD__DB_ENTRIES;
+    rc = mdb_dbi_open(txn, main_db ? NULL : names[i], main_db ? 0 : MDB_CREATE, &env->dbi[i]);
     if (rc) {
       snprintf(why, whylen, "database %s: %s", names[i], mdb_strerror(rc));
       mdb_txn_abort(txn);
@@ -251,7 +255,10 @@ static int try_open(rd_store_env *env, size_t map_size, char *why, size_t whylen
     MDB_stat st;
     int nonempty = 0;
     for (int i = 1; i < env->ndbi; i++)
-      if (mdb_stat(txn, env->dbi[i], &st) == 0 && st.ms_entries) nonempty = 1;
+      if (mdb_stat(txn, env->dbi[i], &st) == 0 &&
+          st.ms_entries > (env->kind == RD_STORE_CACHE && i == RD__DB_ENTRIES
+                           ? RD__CACHE_NAMED_DBS : 0))
+        nonempty = 1;
     if (nonempty) {
       snprintf(why, whylen, "no format record but data present");
       mdb_txn_abort(txn);

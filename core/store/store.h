@@ -339,6 +339,11 @@ int rd_store_raw_delete(rd_store_env *env, const char *db, const void *key,
 
 enum { RD__DB_META, RD__DB_KV, RD__DB_HIST, RD__DB_HIDX, RD__DB_AUDIT,
        RD__DB_ENTRIES = 1, RD__DB_ORDER, RD__DB_EXPIRY, RD__DB_MAX = 5 };
+/* The cache's entries are LMDB's main database, which also holds one
+ * record per named database (meta, order, expiry): its count is entries +
+ * RD__CACHE_NAMED_DBS. Entry keys start with 'h' or 'k', so they never
+ * meet those names ("expiry" < "h" .. "k" < "meta" < "order"). */
+#define RD__CACHE_NAMED_DBS 3
 
 /* Body of a write transaction; may run more than once (after the map grew),
  * so it must only touch `txn` and its own scratch. Return RD_OK to commit,

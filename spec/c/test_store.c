@@ -366,6 +366,60 @@ TEST(cache_reader_txn_is_reused_and_stays_fresh) {
   rd_store_env_close(env);
 }
 
+/* The entries live in LMDB's main database beside the named databases'
+ * records: counts, clear and eviction must see entries only, and a v1
+ * file (entries in a named database) is rebuilt. */
+TEST(cache_entries_in_the_main_database) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_CACHE, 0, 0);
+  rd_cache *c;
+  rd_cache_config cfg = {0, 5, RD_CACHE_FIFO};
+  CHECK(rd_cache_open(&c, env, &cfg, NULL) == RD_OK);
+  rd_cache_stats s;
+  CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 0);
+  char longkey[600];
+  memset(longkey, 'L', sizeof longkey); /* stored under 'h' + its hash */
+  rd_cache_set_time(c, 2999);
+  CHECK(rd_cache_put(c, longkey, sizeof longkey, "long", 4, 0, NULL) == RD_OK);
+  /* keys that sort near the databases' names */
+  const char *k[] = {"eta", "expiry", "meta", "order", "zzz", "a"};
+  for (int i = 0; i < 6; i++) {
+    rd_cache_set_time(c, 3000 + i);
+    CHECK(rd_cache_put(c, k[i], strlen(k[i]), "v", 1, 0, NULL) == RD_OK);
+  }
+  /* cap 5: the long key and "eta" were evicted, the named dbs untouched */
+  CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 5 && s.evictions == 2);
+  rd_store_view v;
+  CHECK(rd_cache_get(c, longkey, sizeof longkey, &v, NULL) == RD_ENOENT);
+  CHECK(cache_has(c, "meta") && cache_has(c, "order") && cache_has(c, "expiry"));
+  CHECK(rd_cache_clear(c, NULL) == RD_OK);
+  CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 0 && s.bytes == 0);
+  CHECK(!cache_has(c, "zzz") && !cache_has(c, "meta"));
+  /* everything still works after the clear: put, ttl, sweep */
+  rd_cache_set_time(c, 4000);
+  CHECK(rd_cache_put(c, longkey, sizeof longkey, "long", 4, 1, NULL) == RD_OK);
+  CHECK(rd_cache_put(c, "b", 1, "v", 1, 0, NULL) == RD_OK);
+  CHECK(cache_is(c, longkey, "long"));
+  rd_cache_set_time(c, 4002);
+  size_t removed = 0;
+  CHECK(rd_cache_sweep(c, 0, &removed, NULL) == RD_OK && removed == 1);
+  CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 1);
+  rd_cache_close(c);
+  /* a file of the former format (v1) is rebuilt empty, and says why */
+  CHECK(rd_store_raw_put(env, "meta", "format", 6, "rubberduck.cache.v1", 19, NULL) == RD_OK);
+  rd_store_env_close(env);
+  env = open_env(d, RD_STORE_CACHE, 0, 0);
+  rd_store_env_info info;
+  rd_store_env_info_get(env, &info);
+  CHECK(info.rebuilt == 1 && strstr(info.rebuild_reason, "rubberduck.cache.v1") != NULL);
+  CHECK(rd_cache_open(&c, env, NULL, NULL) == RD_OK);
+  CHECK(!cache_has(c, "b"));
+  CHECK(rd_cache_put(c, "b", 1, "v2", 2, 0, NULL) == RD_OK && cache_is(c, "b", "v2"));
+  rd_cache_close(c);
+  rd_store_env_close(env);
+}
+
 TEST(unusable_cache_file_is_rebuilt_and_data_file_refused) {
   char d[128], path[200];
   fresh_dir(d, sizeof d);
