@@ -25,20 +25,32 @@
 #define EKEY_MAX 401
 #define INLINE_KEY 400
 
-typedef struct touch {
-  uint32_t len;
+/* Access notes (lru/lfu): an open-addressing table of slots whose keys
+ * sit in one byte arena (grown by doubling, kept across writes), so a hit
+ * never allocates. A write takes them all as one block of `touch`. */
+typedef struct slot {
+  uint64_t h;
+  uint32_t off, len;       /* the key in the arena; len 0: free */
   uint32_t count;
   double last;
-  unsigned char key[EKEY_MAX];
+} slot;
+
+typedef struct touch {
+  const unsigned char *key;
+  uint32_t len, count;
+  double last;
 } touch;
 
 struct rd_cache {
   rd_store_env *env;
   rd_cache_config cfg;
   atomic_uint_fast64_t hits, misses, evictions, expirations, puts;
-  pthread_mutex_t mu;          /* guards the touch table */
-  touch **touches;             /* open addressing, RD_CACHE_TOUCH_SLOTS */
+  pthread_mutex_t mu;          /* guards the notes: slots, used, arena */
+  slot *slots;                 /* RD_CACHE_TOUCH_SLOTS */
+  uint32_t *used;              /* the used slots' indexes, ntouch of them */
   size_t ntouch;
+  unsigned char *arena;
+  size_t alen, acap;
   _Atomic double fixed_now;    /* tests: 0 = the real clock */
   /* This handle's read txn, kept reset between gets and renewed per get
    * (its reader slot stays ours: MDB_NOTLS). rbusy: 1 while a get or a
@@ -111,8 +123,11 @@ int rd_cache_open(rd_cache **out, rd_store_env *env, const rd_cache_config *cfg,
     return rd_error_set(err, RD_EINVAL, "cache: policy must be lru, lfu or fifo");
   rd_cache *c = rd__calloc(1, sizeof *c);
   if (!c) return rd_error_set(err, RD_ENOMEM, "cache: out of memory");
-  c->touches = rd__calloc(RD_CACHE_TOUCH_SLOTS, sizeof *c->touches);
-  if (!c->touches) {
+  c->slots = rd__calloc(RD_CACHE_TOUCH_SLOTS, sizeof *c->slots);
+  c->used = rd__calloc(RD_CACHE_TOUCH_SLOTS / 2, sizeof *c->used);
+  if (!c->slots || !c->used) {
+    rd__freemem(c->slots);
+    rd__freemem(c->used);
     rd__freemem(c);
     return rd_error_set(err, RD_ENOMEM, "cache: out of memory");
   }
@@ -136,23 +151,32 @@ static uint64_t fnv(const unsigned char *p, size_t n) {
 }
 
 static void note_touch(rd_cache *c, const unsigned char *ek, size_t n, double now) {
+  uint64_t h = fnv(ek, n);
   pthread_mutex_lock(&c->mu);
-  size_t mask = RD_CACHE_TOUCH_SLOTS - 1, i = fnv(ek, n) & mask;
+  size_t mask = RD_CACHE_TOUCH_SLOTS - 1, i = h & mask;
   for (size_t probes = 0; probes < RD_CACHE_TOUCH_SLOTS; probes++, i = (i + 1) & mask) {
-    touch *t = c->touches[i];
-    if (!t) {
+    slot *t = &c->slots[i];
+    if (!t->len) {
       if (c->ntouch >= RD_CACHE_TOUCH_SLOTS / 2) break; /* full enough: drop */
-      t = rd__malloc(sizeof *t);
-      if (!t) break;
+      if (c->alen + n > c->acap) {
+        size_t cap = c->acap ? c->acap * 2 : 8192;
+        while (cap < c->alen + n) cap *= 2;
+        unsigned char *a = rd__realloc(c->arena, cap);
+        if (!a) break;
+        c->arena = a;
+        c->acap = cap;
+      }
+      memcpy(c->arena + c->alen, ek, n);
+      t->h = h;
+      t->off = (uint32_t)c->alen;
       t->len = (uint32_t)n;
       t->count = 1;
       t->last = now;
-      memcpy(t->key, ek, n);
-      c->touches[i] = t;
-      c->ntouch++;
+      c->alen += n;
+      c->used[c->ntouch++] = (uint32_t)i;
       break;
     }
-    if (t->len == n && memcmp(t->key, ek, n) == 0) {
+    if (t->h == h && t->len == n && memcmp(c->arena + t->off, ek, n) == 0) {
       t->count++;
       t->last = now;
       break;
@@ -161,25 +185,36 @@ static void note_touch(rd_cache *c, const unsigned char *ek, size_t n, double no
   pthread_mutex_unlock(&c->mu);
 }
 
-/* Take the pending notes (the caller frees them with free_touches). */
-static touch **take_touches(rd_cache *c, size_t *n) {
-  touch **list = NULL;
+/* Take the pending notes as one block (the caller frees it with
+ * free_touches); out of memory: they stay for the next write. */
+static touch *take_touches(rd_cache *c, size_t *n) {
+  touch *list = NULL;
   *n = 0;
   pthread_mutex_lock(&c->mu);
   if (c->ntouch) {
-    list = rd__malloc(c->ntouch * sizeof *list);
+    list = rd__malloc(c->ntouch * sizeof *list + c->alen);
     if (list) {
-      for (size_t i = 0; i < RD_CACHE_TOUCH_SLOTS; i++)
-        if (c->touches[i]) { list[(*n)++] = c->touches[i]; c->touches[i] = NULL; }
+      unsigned char *keys = (unsigned char *)(list + c->ntouch);
+      memcpy(keys, c->arena, c->alen);
+      for (size_t j = 0; j < c->ntouch; j++) {
+        slot *t = &c->slots[c->used[j]];
+        list[j].key = keys + t->off;
+        list[j].len = t->len;
+        list[j].count = t->count;
+        list[j].last = t->last;
+        t->len = 0;
+      }
+      *n = c->ntouch;
       c->ntouch = 0;
+      c->alen = 0;
     }
   }
   pthread_mutex_unlock(&c->mu);
   return list;
 }
 
-static void free_touches(touch **list, size_t n) {
-  for (size_t i = 0; i < n; i++) rd__freemem(list[i]);
+static void free_touches(touch *list, size_t n) {
+  (void)n;
   rd__freemem(list);
 }
 
@@ -262,12 +297,12 @@ static int remove_entry(wctx *w, const unsigned char *ek, size_t n, const MDB_va
 }
 
 /* Apply access notes: new ranks, hit counts. */
-static int apply_touches(wctx *w, touch **list, size_t n) {
+static int apply_touches(wctx *w, const touch *list, size_t n) {
   rd_cache_policy pol = w->c->cfg.policy;
   if (pol == RD_CACHE_FIFO) return 0;
   for (size_t i = 0; i < n; i++) {
-    touch *t = list[i];
-    MDB_val k = {t->len, t->key}, v;
+    const touch *t = &list[i];
+    MDB_val k = {t->len, (void *)t->key}, v;
     int rc = mdb_get(w->txn, w->entries, &k, &v);
     if (rc == MDB_NOTFOUND) continue;
     if (rc) return rc;
@@ -345,7 +380,7 @@ typedef struct put_op {
   const void *val;
   size_t vlen;
   double now, expires;
-  touch **touches;
+  touch *touches;
   size_t ntouches;
   uint64_t evicted;
 } put_op;
@@ -499,7 +534,7 @@ typedef struct del_op {
   rd_cache *c;
   unsigned char ek[EKEY_MAX];
   size_t eklen;
-  touch **touches;
+  touch *touches;
   size_t ntouches;
   int found;
 } del_op;
@@ -581,7 +616,7 @@ static int clear_fn(MDB_txn *txn, void *ud, rd_error *err) {
 int rd_cache_clear(rd_cache *c, rd_error *err) {
   rd_error_clear(err);
   size_t n;
-  touch **list = take_touches(c, &n); /* n is set by the call: not in one expression */
+  touch *list = take_touches(c, &n); /* n is set by the call: not in one expression */
   free_touches(list, n);
   return rd__store_write(c->env, clear_fn, c, err);
 }
@@ -659,8 +694,9 @@ void rd_cache_close(rd_cache *c) {
   if (!c) return;
   rd_cache_flush(c, NULL);
   if (c->rtxn) mdb_txn_abort(c->rtxn); /* reset, not in use: views are released */
-  for (size_t i = 0; i < RD_CACHE_TOUCH_SLOTS; i++) rd__freemem(c->touches[i]);
-  rd__freemem(c->touches);
+  rd__freemem(c->slots);
+  rd__freemem(c->used);
+  rd__freemem(c->arena);
   pthread_mutex_destroy(&c->mu);
   rd_store_env_close(c->env);
   rd__freemem(c);
