@@ -378,10 +378,11 @@ TEST(cache_entries_in_the_main_database) {
   CHECK(rd_cache_open(&c, env, &cfg, NULL) == RD_OK);
   rd_cache_stats s;
   CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 0);
-  char longkey[600];
-  memset(longkey, 'L', sizeof longkey); /* stored under 'h' + its hash */
+  char longkey[601];
+  memset(longkey, 'L', 600); /* stored under 'h' + its hash */
+  longkey[600] = '\0';
   rd_cache_set_time(c, 2999);
-  CHECK(rd_cache_put(c, longkey, sizeof longkey, "long", 4, 0, NULL) == RD_OK);
+  CHECK(rd_cache_put(c, longkey, 600, "long", 4, 0, NULL) == RD_OK);
   /* keys that sort near the databases' names */
   const char *k[] = {"eta", "expiry", "meta", "order", "zzz", "a"};
   for (int i = 0; i < 6; i++) {
@@ -391,14 +392,14 @@ TEST(cache_entries_in_the_main_database) {
   /* cap 5: the long key and "eta" were evicted, the named dbs untouched */
   CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 5 && s.evictions == 2);
   rd_store_view v;
-  CHECK(rd_cache_get(c, longkey, sizeof longkey, &v, NULL) == RD_ENOENT);
+  CHECK(rd_cache_get(c, longkey, 600, &v, NULL) == RD_ENOENT);
   CHECK(cache_has(c, "meta") && cache_has(c, "order") && cache_has(c, "expiry"));
   CHECK(rd_cache_clear(c, NULL) == RD_OK);
   CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 0 && s.bytes == 0);
   CHECK(!cache_has(c, "zzz") && !cache_has(c, "meta"));
   /* everything still works after the clear: put, ttl, sweep */
   rd_cache_set_time(c, 4000);
-  CHECK(rd_cache_put(c, longkey, sizeof longkey, "long", 4, 1, NULL) == RD_OK);
+  CHECK(rd_cache_put(c, longkey, 600, "long", 4, 1, NULL) == RD_OK);
   CHECK(rd_cache_put(c, "b", 1, "v", 1, 0, NULL) == RD_OK);
   CHECK(cache_is(c, longkey, "long"));
   rd_cache_set_time(c, 4002);
