@@ -41,6 +41,7 @@
 #include "store/store.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -759,5 +760,29 @@ int rd__luaopen_store(lua_State *L) {
   lua_setfield(L, -2, "history");
   lua_pushcfunction(L, l_hash);
   lua_setfield(L, -2, "hash");
+  /* For the FFI read path (lua/rubberduck/store_ffi.lua): this copy's
+   * rd_cache_get and rd_store_view_release as addresses (no symbol lookup,
+   * so never another copy's), the view's layout and the codes to expect. */
+  int (*get)(rd_cache *, const void *, size_t, rd_store_view *, rd_error *) = rd_cache_get;
+  void (*rel)(rd_store_view *) = rd_store_view_release;
+  void *p;
+  lua_newtable(L);
+  memcpy(&p, &get, sizeof p);
+  lua_pushlightuserdata(L, p);
+  lua_setfield(L, -2, "cache_get");
+  memcpy(&p, &rel, sizeof p);
+  lua_pushlightuserdata(L, p);
+  lua_setfield(L, -2, "view_release");
+  lua_pushinteger(L, (lua_Integer)sizeof(rd_store_view));
+  lua_setfield(L, -2, "view_size");
+  lua_pushinteger(L, (lua_Integer)offsetof(rd_store_view, len));
+  lua_setfield(L, -2, "view_len_offset");
+  lua_pushinteger(L, (lua_Integer)sizeof(cache_ud));
+  lua_setfield(L, -2, "cache_ud_size");
+  lua_pushinteger(L, RD_OK);
+  lua_setfield(L, -2, "OK");
+  lua_pushinteger(L, RD_ENOENT);
+  lua_setfield(L, -2, "ENOENT");
+  lua_setfield(L, -2, "ffi");
   return 1;
 }
