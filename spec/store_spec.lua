@@ -122,6 +122,64 @@ describe("store", function()
       end)
     end
 
+    it("get checks its handle: another object or a closed cache is a clear error", function()
+      local s = assert(store.open(H.tmpdir()))
+      local c = s.cache.c
+      assert(c:put("k", "v"))
+      assert.equals("v", c:get("k"))
+      assert.equals("v", c:get("k")) -- the handle's read txn, renewed
+      local ok, err = pcall(c.get, {}, "k")
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("rubberduck.store.cache expected", 1, true))
+      ok, err = pcall(c.get, s.cache_env, "k")
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("rubberduck.store.cache expected", 1, true))
+      ok, err = pcall(c.get, c)
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("string expected", 1, true))
+      s:close()
+      ok, err = pcall(c.get, c, "k")
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("cache is closed", 1, true))
+    end)
+
+    it("reads through the FFI path like the binding: TTL, notes, errors", function()
+      local FF = require "rubberduck.store_ffi"
+      assert.is_true(FF.available) -- LuaJIT with the FFI: the facade's path
+      local s = assert(store.open(H.tmpdir(), { cache = { policy = "lru", max_entries = 2 } }))
+      local c, get = s.cache.c, FF.getter(s.cache.c)
+      c:set_time(1000)
+      assert(c:put("a", "A\0binary", 5))
+      assert(c:put("b", "B"))
+      assert.equals("A\0binary", get("a"))
+      assert.equals("A\0binary", s.cache:get("a")) -- the facade uses it
+      assert.is_nil(get("missing"))
+      c:set_time(1006)
+      assert.is_nil(get("a")) -- expired on read
+      -- lru notes recorded by FFI reads: "b" read, so "c" evicts "a"... "a"
+      -- expired but present; read "b" then put "c", "d": "b" stays longest
+      c:set_time(1007); assert.equals("B", get("b"))
+      c:set_time(1008); assert(c:put("c", "C"))
+      c:set_time(1009); assert.equals("B", get("b"))
+      c:set_time(1010); assert(c:put("d", "D"))
+      assert.equals("B", get("b"))
+      assert.is_nil(get("c"))
+      local st = c:stats()
+      assert.equals(2, st.entries)
+      -- errors go through the binding
+      local v, err, code = get("")
+      assert.is_nil(v)
+      assert.equals("invalid_argument", code)
+      assert.truthy(err:find("empty", 1, true))
+      local ok, perr = pcall(get, {})
+      assert.is_false(ok)
+      assert.truthy(tostring(perr):find("string expected", 1, true))
+      s:close()
+      ok, perr = pcall(get, "b")
+      assert.is_false(ok)
+      assert.truthy(tostring(perr):find("cache is closed", 1, true))
+    end)
+
     it("refuses an unknown policy", function()
       local s, err = store.open(H.tmpdir(), { cache = { policy = "random" } })
       assert.is_nil(s)

@@ -41,6 +41,7 @@
 #include "store/store.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -427,13 +428,19 @@ static int l_cache(lua_State *L) {
   return 1;
 }
 
+/* The hot path: the cache metatable is upvalue 1, so checking the handle
+ * is one pointer compare instead of luaL_checkudata's registry lookup. */
 static int l_cache_get(lua_State *L) {
-  rd_cache *c = check_cache(L, 1);
+  cache_ud *u = lua_touserdata(L, 1);
+  if (!u || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+    return luaL_typerror(L, 1, CACHE_MT);
+  lua_pop(L, 1);
+  if (!u->c) return luaL_argerror(L, 1, "cache is closed");
   size_t kl;
   const char *k = luaL_checklstring(L, 2, &kl);
   rd_store_view v;
   rd_error err;
-  int rc = rd_cache_get(c, k, kl, &v, &err);
+  int rc = rd_cache_get(u->c, k, kl, &v, &err);
   if (rc == RD_ENOENT) { lua_pushnil(L); return 1; }
   if (rc) return fail(L, &err);
   lua_pushlstring(L, v.data, v.len); /* straight from the map into the Lua string */
@@ -739,6 +746,11 @@ int rd__luaopen_store(lua_State *L) {
   };
   rd__lua_class(L, CACHE_MT, cache_m, l_cache);
   lua_pop(L, 1);
+  luaL_getmetatable(L, CACHE_MT);
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_cache_get, 1);
+  lua_setfield(L, -2, "get");
+  lua_pop(L, 1);
   rd__lua_class(L, HIST_MT, hist_m, l_history);
   lua_pop(L, 1);
   rd__lua_class(L, ENV_MT, env_m, l_open);
@@ -750,5 +762,29 @@ int rd__luaopen_store(lua_State *L) {
   lua_setfield(L, -2, "history");
   lua_pushcfunction(L, l_hash);
   lua_setfield(L, -2, "hash");
+  /* For the FFI read path (lua/rubberduck/store_ffi.lua): this copy's
+   * rd_cache_get and rd_store_view_release as addresses (no symbol lookup,
+   * so never another copy's), the view's layout and the codes to expect. */
+  int (*get)(rd_cache *, const void *, size_t, rd_store_view *, rd_error *) = rd_cache_get;
+  void (*rel)(rd_store_view *) = rd_store_view_release;
+  void *p;
+  lua_newtable(L);
+  memcpy(&p, &get, sizeof p);
+  lua_pushlightuserdata(L, p);
+  lua_setfield(L, -2, "cache_get");
+  memcpy(&p, &rel, sizeof p);
+  lua_pushlightuserdata(L, p);
+  lua_setfield(L, -2, "view_release");
+  lua_pushinteger(L, (lua_Integer)sizeof(rd_store_view));
+  lua_setfield(L, -2, "view_size");
+  lua_pushinteger(L, (lua_Integer)offsetof(rd_store_view, len));
+  lua_setfield(L, -2, "view_len_offset");
+  lua_pushinteger(L, (lua_Integer)sizeof(cache_ud));
+  lua_setfield(L, -2, "cache_ud_size");
+  lua_pushinteger(L, RD_OK);
+  lua_setfield(L, -2, "OK");
+  lua_pushinteger(L, RD_ENOENT);
+  lua_setfield(L, -2, "ENOENT");
+  lua_setfield(L, -2, "ffi");
   return 1;
 }

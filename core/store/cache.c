@@ -3,7 +3,9 @@
  * bytes and entries, lru/lfu/fifo eviction, counters, zero-copy reads.
  *
  * Databases:
- *   entries  ekey -> header (40 bytes) + value
+ *   entries  ekey -> header (40 bytes) + value   (LMDB's main database, so a
+ *            renewed read txn finds it without a named-database lookup;
+ *            the three named databases' records sit beside the entries)
  *   order    r1 (8, BE) r2 (8, BE) ekey -> ""   eviction order, lowest first
  *   expiry   expires_ms (8, BE) ekey -> ""      for the sweep
  *   meta     "bytes" -> u64 BE                  sum of entry sizes
@@ -23,21 +25,40 @@
 #define EKEY_MAX 401
 #define INLINE_KEY 400
 
-typedef struct touch {
-  uint32_t len;
+/* Access notes (lru/lfu): an open-addressing table of slots whose keys
+ * sit in one byte arena (grown by doubling, kept across writes), so a hit
+ * never allocates. A write takes them all as one block of `touch`. */
+typedef struct slot {
+  uint64_t h;
+  uint32_t off, len;       /* the key in the arena; len 0: free */
   uint32_t count;
   double last;
-  unsigned char key[EKEY_MAX];
+} slot;
+
+typedef struct touch {
+  const unsigned char *key;
+  uint32_t len, count;
+  double last;
 } touch;
 
 struct rd_cache {
   rd_store_env *env;
   rd_cache_config cfg;
   atomic_uint_fast64_t hits, misses, evictions, expirations, puts;
-  pthread_mutex_t mu;          /* guards the touch table */
-  touch **touches;             /* open addressing, RD_CACHE_TOUCH_SLOTS */
+  pthread_mutex_t mu;          /* guards the notes: slots, used, arena */
+  slot *slots;                 /* RD_CACHE_TOUCH_SLOTS */
+  uint32_t *used;              /* the used slots' indexes, ntouch of them */
   size_t ntouch;
+  unsigned char *arena;
+  size_t alen, acap;
   _Atomic double fixed_now;    /* tests: 0 = the real clock */
+  /* This handle's read txn, kept reset between gets and renewed per get
+   * (its reader slot stays ours: MDB_NOTLS). rbusy: 1 while a get or a
+   * view uses it; a concurrent get (another thread, a view not released
+   * yet) takes a txn from the env's pool instead. */
+  MDB_txn *rtxn;
+  atomic_int rbusy;
+  MDB_dbi entries;
 };
 
 typedef struct hdr {
@@ -102,13 +123,18 @@ int rd_cache_open(rd_cache **out, rd_store_env *env, const rd_cache_config *cfg,
     return rd_error_set(err, RD_EINVAL, "cache: policy must be lru, lfu or fifo");
   rd_cache *c = rd__calloc(1, sizeof *c);
   if (!c) return rd_error_set(err, RD_ENOMEM, "cache: out of memory");
-  c->touches = rd__calloc(RD_CACHE_TOUCH_SLOTS, sizeof *c->touches);
-  if (!c->touches) {
+  c->slots = rd__calloc(RD_CACHE_TOUCH_SLOTS, sizeof *c->slots);
+  c->used = rd__calloc(RD_CACHE_TOUCH_SLOTS / 2, sizeof *c->used);
+  if (!c->slots || !c->used) {
+    rd__freemem(c->slots);
+    rd__freemem(c->used);
     rd__freemem(c);
     return rd_error_set(err, RD_ENOMEM, "cache: out of memory");
   }
   if (cfg) c->cfg = *cfg;
   atomic_init(&c->fixed_now, 0.0);
+  atomic_init(&c->rbusy, 0);
+  c->entries = rd__store_dbi(env, RD__DB_ENTRIES);
   pthread_mutex_init(&c->mu, NULL);
   rd__store_ref(env);
   c->env = env;
@@ -125,23 +151,32 @@ static uint64_t fnv(const unsigned char *p, size_t n) {
 }
 
 static void note_touch(rd_cache *c, const unsigned char *ek, size_t n, double now) {
+  uint64_t h = fnv(ek, n);
   pthread_mutex_lock(&c->mu);
-  size_t mask = RD_CACHE_TOUCH_SLOTS - 1, i = fnv(ek, n) & mask;
+  size_t mask = RD_CACHE_TOUCH_SLOTS - 1, i = h & mask;
   for (size_t probes = 0; probes < RD_CACHE_TOUCH_SLOTS; probes++, i = (i + 1) & mask) {
-    touch *t = c->touches[i];
-    if (!t) {
+    slot *t = &c->slots[i];
+    if (!t->len) {
       if (c->ntouch >= RD_CACHE_TOUCH_SLOTS / 2) break; /* full enough: drop */
-      t = rd__malloc(sizeof *t);
-      if (!t) break;
+      if (c->alen + n > c->acap) {
+        size_t cap = c->acap ? c->acap * 2 : 8192;
+        while (cap < c->alen + n) cap *= 2;
+        unsigned char *a = rd__realloc(c->arena, cap);
+        if (!a) break;
+        c->arena = a;
+        c->acap = cap;
+      }
+      memcpy(c->arena + c->alen, ek, n);
+      t->h = h;
+      t->off = (uint32_t)c->alen;
       t->len = (uint32_t)n;
       t->count = 1;
       t->last = now;
-      memcpy(t->key, ek, n);
-      c->touches[i] = t;
-      c->ntouch++;
+      c->alen += n;
+      c->used[c->ntouch++] = (uint32_t)i;
       break;
     }
-    if (t->len == n && memcmp(t->key, ek, n) == 0) {
+    if (t->h == h && t->len == n && memcmp(c->arena + t->off, ek, n) == 0) {
       t->count++;
       t->last = now;
       break;
@@ -150,25 +185,36 @@ static void note_touch(rd_cache *c, const unsigned char *ek, size_t n, double no
   pthread_mutex_unlock(&c->mu);
 }
 
-/* Take the pending notes (the caller frees them with free_touches). */
-static touch **take_touches(rd_cache *c, size_t *n) {
-  touch **list = NULL;
+/* Take the pending notes as one block (the caller frees it with
+ * free_touches); out of memory: they stay for the next write. */
+static touch *take_touches(rd_cache *c, size_t *n) {
+  touch *list = NULL;
   *n = 0;
   pthread_mutex_lock(&c->mu);
   if (c->ntouch) {
-    list = rd__malloc(c->ntouch * sizeof *list);
+    list = rd__malloc(c->ntouch * sizeof *list + c->alen);
     if (list) {
-      for (size_t i = 0; i < RD_CACHE_TOUCH_SLOTS; i++)
-        if (c->touches[i]) { list[(*n)++] = c->touches[i]; c->touches[i] = NULL; }
+      unsigned char *keys = (unsigned char *)(list + c->ntouch);
+      memcpy(keys, c->arena, c->alen);
+      for (size_t j = 0; j < c->ntouch; j++) {
+        slot *t = &c->slots[c->used[j]];
+        list[j].key = keys + t->off;
+        list[j].len = t->len;
+        list[j].count = t->count;
+        list[j].last = t->last;
+        t->len = 0;
+      }
+      *n = c->ntouch;
       c->ntouch = 0;
+      c->alen = 0;
     }
   }
   pthread_mutex_unlock(&c->mu);
   return list;
 }
 
-static void free_touches(touch **list, size_t n) {
-  for (size_t i = 0; i < n; i++) rd__freemem(list[i]);
+static void free_touches(touch *list, size_t n) {
+  (void)n;
   rd__freemem(list);
 }
 
@@ -251,12 +297,12 @@ static int remove_entry(wctx *w, const unsigned char *ek, size_t n, const MDB_va
 }
 
 /* Apply access notes: new ranks, hit counts. */
-static int apply_touches(wctx *w, touch **list, size_t n) {
+static int apply_touches(wctx *w, const touch *list, size_t n) {
   rd_cache_policy pol = w->c->cfg.policy;
   if (pol == RD_CACHE_FIFO) return 0;
   for (size_t i = 0; i < n; i++) {
-    touch *t = list[i];
-    MDB_val k = {t->len, t->key}, v;
+    const touch *t = &list[i];
+    MDB_val k = {t->len, (void *)t->key}, v;
     int rc = mdb_get(w->txn, w->entries, &k, &v);
     if (rc == MDB_NOTFOUND) continue;
     if (rc) return rc;
@@ -286,7 +332,7 @@ static int enforce_caps(wctx *w, const unsigned char *keep, size_t keeplen,
   MDB_stat st;
   int rc = mdb_stat(w->txn, w->entries, &st);
   if (rc) return rc;
-  uint64_t n = st.ms_entries;
+  uint64_t n = st.ms_entries > RD__CACHE_NAMED_DBS ? st.ms_entries - RD__CACHE_NAMED_DBS : 0;
   MDB_cursor *cur;
   if ((rc = mdb_cursor_open(w->txn, w->order, &cur))) return rc;
   MDB_val k, v;
@@ -334,7 +380,7 @@ typedef struct put_op {
   const void *val;
   size_t vlen;
   double now, expires;
-  touch **touches;
+  touch *touches;
   size_t ntouches;
   uint64_t evicted;
 } put_op;
@@ -415,6 +461,32 @@ int rd_cache_put(rd_cache *c, const void *key, size_t klen, const void *val,
 
 /* ---- get ------------------------------------------------------------------------------ */
 
+/* Begin a read: this handle's own txn when free (renewed), else one from
+ * the env's pool. *own says which. */
+static int read_begin(rd_cache *c, MDB_txn **txn, int *own, rd_error *err) {
+  if (atomic_exchange_explicit(&c->rbusy, 1, memory_order_acquire) == 0) {
+    int rc = rd__store_read_renew(c->env, &c->rtxn, err);
+    if (rc == RD_OK) { *txn = c->rtxn; *own = 1; return RD_OK; }
+    atomic_store_explicit(&c->rbusy, 0, memory_order_release);
+    return rc;
+  }
+  *own = 0;
+  return rd__store_read_begin(c->env, txn, err);
+}
+
+static void read_end(rd_cache *c, MDB_txn *txn, int own) {
+  if (own) {
+    rd__store_read_park(c->env, txn);
+    atomic_store_explicit(&c->rbusy, 0, memory_order_release);
+  } else {
+    rd__store_read_end(c->env, txn);
+  }
+}
+
+void rd__cache_view_end(rd_store_view *v) {
+  read_end(v->owner_, v->txn_, 1);
+}
+
 int rd_cache_get(rd_cache *c, const void *key, size_t klen, rd_store_view *view,
                  rd_error *err) {
   memset(view, 0, sizeof *view);
@@ -422,32 +494,37 @@ int rd_cache_get(rd_cache *c, const void *key, size_t klen, rd_store_view *view,
   unsigned char ek[EKEY_MAX];
   size_t n = make_ekey(ek, key, klen);
   MDB_txn *txn;
-  int rc = rd__store_read_begin(c->env, &txn, err);
+  int own;
+  int rc = read_begin(c, &txn, &own, err);
   if (rc) return rc;
   MDB_val k = {n, ek}, v;
-  rc = mdb_get(txn, rd__store_dbi(c->env, RD__DB_ENTRIES), &k, &v);
+  rc = mdb_get(txn, c->entries, &k, &v);
   if (rc) {
-    rd__store_read_end(c->env, txn);
+    read_end(c, txn, own);
     if (rc == MDB_NOTFOUND) {
-      atomic_fetch_add(&c->misses, 1);
+      atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
       return RD_ENOENT;
     }
     return rd__store_mdb_error(c->env, err, rc, "cache get");
   }
   hdr h;
-  double now = now_of(c);
-  if (hdr_read(&v, &h) != 0 || (h.expires > 0 && h.expires <= now)) {
-    rd__store_read_end(c->env, txn);
-    atomic_fetch_add(&c->misses, 1);
+  rd_cache_policy pol = c->cfg.policy;
+  int bad = hdr_read(&v, &h) != 0;
+  /* the clock only when a TTL or a read note needs it */
+  double now = !bad && (h.expires > 0 || pol != RD_CACHE_FIFO) ? now_of(c) : 0;
+  if (bad || (h.expires > 0 && h.expires <= now)) {
+    read_end(c, txn, own);
+    atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
     return RD_ENOENT;
   }
-  atomic_fetch_add(&c->hits, 1);
-  if (c->cfg.policy != RD_CACHE_FIFO) note_touch(c, ek, n, now);
+  atomic_fetch_add_explicit(&c->hits, 1, memory_order_relaxed);
+  if (pol != RD_CACHE_FIFO) note_touch(c, ek, n, now);
   view->data = (const unsigned char *)v.mv_data + HDR;
   view->len = v.mv_size - HDR;
   view->expires_at = h.expires;
   view->txn_ = txn;
   view->env_ = c->env;
+  view->owner_ = own ? c : NULL;
   return RD_OK;
 }
 
@@ -457,7 +534,7 @@ typedef struct del_op {
   rd_cache *c;
   unsigned char ek[EKEY_MAX];
   size_t eklen;
-  touch **touches;
+  touch *touches;
   size_t ntouches;
   int found;
 } del_op;
@@ -515,9 +592,23 @@ static int clear_fn(MDB_txn *txn, void *ud, rd_error *err) {
   wctx w;
   wctx_init(&w, c, txn);
   int rc;
-  if ((rc = mdb_drop(txn, w.entries, 0)) || (rc = mdb_drop(txn, w.order, 0)) ||
-      (rc = mdb_drop(txn, w.expiry, 0)))
+  if ((rc = mdb_drop(txn, w.order, 0)) || (rc = mdb_drop(txn, w.expiry, 0)))
     return rc;
+  /* entries: the main database, whose records of the named databases must
+   * stay: delete the keys from "h" up to "l" (every ekey, nothing else) */
+  MDB_cursor *cur;
+  if ((rc = mdb_cursor_open(txn, w.entries, &cur))) return rc;
+  MDB_val k = {1, "h"}, v;
+  rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+  while (rc == 0 && k.mv_size > 0 && (((const unsigned char *)k.mv_data)[0] == 'h' ||
+                                      ((const unsigned char *)k.mv_data)[0] == 'k')) {
+    if ((rc = mdb_cursor_del(cur, 0))) break;
+    k.mv_size = 1; /* seek again: the first ekey left */
+    k.mv_data = "h";
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+  }
+  mdb_cursor_close(cur);
+  if (rc && rc != MDB_NOTFOUND) return rc;
   (void)err;
   return put_bytes(&w, 0);
 }
@@ -525,7 +616,7 @@ static int clear_fn(MDB_txn *txn, void *ud, rd_error *err) {
 int rd_cache_clear(rd_cache *c, rd_error *err) {
   rd_error_clear(err);
   size_t n;
-  touch **list = take_touches(c, &n); /* n is set by the call: not in one expression */
+  touch *list = take_touches(c, &n); /* n is set by the call: not in one expression */
   free_touches(list, n);
   return rd__store_write(c->env, clear_fn, c, err);
 }
@@ -591,7 +682,7 @@ int rd_cache_stats_get(rd_cache *c, rd_cache_stats *out, rd_error *err) {
   if (rc) return rc;
   MDB_stat st;
   if (mdb_stat(txn, rd__store_dbi(c->env, RD__DB_ENTRIES), &st) == 0)
-    out->entries = st.ms_entries;
+    out->entries = st.ms_entries > RD__CACHE_NAMED_DBS ? st.ms_entries - RD__CACHE_NAMED_DBS : 0;
   MDB_val k = {5, "bytes"}, v;
   if (mdb_get(txn, rd__store_dbi(c->env, RD__DB_META), &k, &v) == 0 && v.mv_size == 8)
     out->bytes = rd__store_get_be64(v.mv_data);
@@ -602,8 +693,10 @@ int rd_cache_stats_get(rd_cache *c, rd_cache_stats *out, rd_error *err) {
 void rd_cache_close(rd_cache *c) {
   if (!c) return;
   rd_cache_flush(c, NULL);
-  for (size_t i = 0; i < RD_CACHE_TOUCH_SLOTS; i++) rd__freemem(c->touches[i]);
-  rd__freemem(c->touches);
+  if (c->rtxn) mdb_txn_abort(c->rtxn); /* reset, not in use: views are released */
+  rd__freemem(c->slots);
+  rd__freemem(c->used);
+  rd__freemem(c->arena);
   pthread_mutex_destroy(&c->mu);
   rd_store_env_close(c->env);
   rd__freemem(c);

@@ -29,7 +29,10 @@
 
 static const char *const DATA_DBS[] = {"meta", "kv", "hist", "hist_idx", "audit"};
 static const char *const CACHE_DBS[] = {"meta", "entries", "order", "expiry"};
-static const char *const FORMAT[] = {"rubberduck.data.v1", "rubberduck.cache.v1"};
+/* cache.v2: the entries live in LMDB's main (unnamed) database, beside the
+ * records of the three named ones: a renewed read txn reads them without
+ * first looking a named database up again. A v1 file is rebuilt empty. */
+static const char *const FORMAT[] = {"rubberduck.data.v1", "rubberduck.cache.v2"};
 
 struct rd_store_env {
   MDB_env *mdb;
@@ -237,7 +240,8 @@ static int try_open(rd_store_env *env, size_t map_size, char *why, size_t whylen
   const char *const *names = env->kind == RD_STORE_DATA ? DATA_DBS : CACHE_DBS;
   env->ndbi = env->kind == RD_STORE_DATA ? (int)RD_COUNTOF(DATA_DBS) : (int)RD_COUNTOF(CACHE_DBS);
   for (int i = 0; i < env->ndbi; i++) {
-    rc = mdb_dbi_open(txn, names[i], MDB_CREATE, &env->dbi[i]);
+    int main_db = env->kind == RD_STORE_CACHE && i == RD__DB_ENTRIES;
+    rc = mdb_dbi_open(txn, main_db ? NULL : names[i], main_db ? 0 : MDB_CREATE, &env->dbi[i]);
     if (rc) {
       snprintf(why, whylen, "database %s: %s", names[i], mdb_strerror(rc));
       mdb_txn_abort(txn);
@@ -251,7 +255,10 @@ static int try_open(rd_store_env *env, size_t map_size, char *why, size_t whylen
     MDB_stat st;
     int nonempty = 0;
     for (int i = 1; i < env->ndbi; i++)
-      if (mdb_stat(txn, env->dbi[i], &st) == 0 && st.ms_entries) nonempty = 1;
+      if (mdb_stat(txn, env->dbi[i], &st) == 0 &&
+          st.ms_entries > (env->kind == RD_STORE_CACHE && i == RD__DB_ENTRIES
+                           ? RD__CACHE_NAMED_DBS : 0))
+        nonempty = 1;
     if (nonempty) {
       snprintf(why, whylen, "no format record but data present");
       mdb_txn_abort(txn);
@@ -531,6 +538,41 @@ int rd__store_read_begin(rd_store_env *env, MDB_txn **txn, rd_error *err) {
   return rd_error_set(err, RD_EIO, "store: cannot begin a read");
 }
 
+/* A caller-owned read txn (one per cache handle): *slot is NULL or a txn
+ * left reset by rd__store_read_park. Renewing a reset txn keeps its reader
+ * slot (MDB_NOTLS), so a get costs no lock-table search and no malloc. On
+ * success the resize lock is held (shared) until rd__store_read_park. */
+int rd__store_read_renew(rd_store_env *env, MDB_txn **slot, rd_error *err) {
+  for (int tries = 0; tries < 8; tries++) {
+    pthread_rwlock_rdlock(&env->resize);
+    MDB_txn *t = *slot;
+    int rc;
+    if (t) {
+      rc = mdb_txn_renew(t);
+      if (rc) { /* resized map, a slot taken over: start afresh */
+        mdb_txn_abort(t);
+        *slot = t = NULL;
+        if (rc != MDB_MAP_RESIZED) rc = mdb_txn_begin(env->mdb, NULL, MDB_RDONLY, &t);
+      }
+    } else {
+      rc = mdb_txn_begin(env->mdb, NULL, MDB_RDONLY, &t);
+    }
+    if (rc == 0) { *slot = t; return RD_OK; }
+    pthread_rwlock_unlock(&env->resize);
+    if (rc == MDB_MAP_RESIZED) {
+      if ((rc = adopt_size(env, err)) != RD_OK) return rc;
+      continue;
+    }
+    return rd__store_mdb_error(env, err, rc, "begin read");
+  }
+  return rd_error_set(err, RD_EIO, "store: cannot begin a read");
+}
+
+void rd__store_read_park(rd_store_env *env, MDB_txn *txn) {
+  mdb_txn_reset(txn);
+  pthread_rwlock_unlock(&env->resize);
+}
+
 void rd__store_read_end(rd_store_env *env, MDB_txn *txn) {
   mdb_txn_reset(txn);
   pthread_mutex_lock(&env->free_mu);
@@ -545,7 +587,9 @@ void rd__store_read_end(rd_store_env *env, MDB_txn *txn) {
 
 void rd_store_view_release(rd_store_view *v) {
   if (!v || !v->txn_) return;
-  rd__store_read_end(v->env_, v->txn_);
+  if (v->owner_) rd__cache_view_end(v);
+  else rd__store_read_end(v->env_, v->txn_);
+  v->owner_ = NULL;
   v->txn_ = NULL;
   v->data = NULL;
   v->len = 0;

@@ -96,6 +96,7 @@ typedef struct rd_store_view {
   double expires_at;      /* cache: epoch seconds, 0 = never; kv: 0 */
   void *txn_;             /* internal */
   rd_store_env *env_;     /* internal */
+  void *owner_;           /* internal: the cache whose own txn this is */
 } rd_store_view;
 
 /* Release a view (idempotent; a zeroed view is fine). */
@@ -111,14 +112,23 @@ void rd_store_hash(unsigned char out[32], size_t n, const void *const *parts,
  * Size of an entry (for max_bytes) = key length + value length.
  * Policies (what each costs):
  *   fifo  evicts the oldest insertion; reads cost nothing extra.
- *   lru   evicts the least recently read; a hit is noted in memory and
- *         written with the next write (put, delete, sweep, flush): one
+ *   lru   evicts the least recently read; a hit is noted in memory (a
+ *         slot table whose keys sit in one arena: no allocation per hit)
+ *         and written with the next write (put, delete, sweep, flush): one
  *         index update per distinct key read since.
  *   lfu   evicts the least often read (ties: least recent); same cost as
  *         lru.
  * Up to RD_CACHE_TOUCH_SLOTS distinct keys are noted between two writes;
  * hits on further keys are not noted (their rank stays as it was).
  * Counters (hits, misses, evictions, expirations) count this handle's work.
+ * Reads: each handle keeps one read transaction, reset between gets and
+ * renewed by the next (it keeps its reader slot, so a get takes no lock
+ * table search and no allocation; a reset txn pins no snapshot). Every get
+ * sees the latest commit of any process. While a view from the handle's
+ * txn is held, or another thread is in a get, further gets use pooled txns
+ * of the env. A handle (like its env: LMDB) is not usable in a forked
+ * child. File layout (format rubberduck.cache.v2): the entries are LMDB's
+ * main database; a file of an older format is rebuilt empty at open.
  */
 #define RD_CACHE_MAX_VALUE (64u << 20)
 #define RD_CACHE_TOUCH_SLOTS 4096
@@ -153,7 +163,9 @@ void rd_cache_close(rd_cache *c);
 int rd_cache_put(rd_cache *c, const void *key, size_t klen, const void *val,
                  size_t vlen, double ttl, rd_error *err);
 /* Look `key` up. RD_OK: a live entry, *v points into the map until
- * rd_store_view_release(v). RD_ENOENT: missing or expired (v is zeroed).
+ * rd_store_view_release(v) (release it before closing the cache); expiry
+ * is checked against the clock on every get. RD_ENOENT: missing or
+ * expired (v is zeroed; releasing it is a no-op).
  * Other errors: RD_EIO, RD_EBUSY. */
 int rd_cache_get(rd_cache *c, const void *key, size_t klen, rd_store_view *v,
                  rd_error *err);
@@ -342,6 +354,11 @@ int rd_store_raw_delete(rd_store_env *env, const char *db, const void *key,
 
 enum { RD__DB_META, RD__DB_KV, RD__DB_HIST, RD__DB_HIDX, RD__DB_AUDIT,
        RD__DB_ENTRIES = 1, RD__DB_ORDER, RD__DB_EXPIRY, RD__DB_MAX = 5 };
+/* The cache's entries are LMDB's main database, which also holds one
+ * record per named database (meta, order, expiry): its count is entries +
+ * RD__CACHE_NAMED_DBS. Entry keys start with 'h' or 'k', so they never
+ * meet those names ("expiry" < "h" .. "k" < "meta" < "order"). */
+#define RD__CACHE_NAMED_DBS 3
 
 /* Body of a write transaction; may run more than once (after the map grew),
  * so it must only touch `txn` and its own scratch. Return RD_OK to commit,
@@ -350,6 +367,9 @@ typedef int (*rd__store_txn_fn)(MDB_txn *txn, void *ud, rd_error *err);
 int rd__store_write(rd_store_env *env, rd__store_txn_fn fn, void *ud, rd_error *err);
 int rd__store_read_begin(rd_store_env *env, MDB_txn **txn, rd_error *err);
 void rd__store_read_end(rd_store_env *env, MDB_txn *txn);
+int rd__store_read_renew(rd_store_env *env, MDB_txn **slot, rd_error *err);
+void rd__store_read_park(rd_store_env *env, MDB_txn *txn);
+void rd__cache_view_end(rd_store_view *v);
 MDB_dbi rd__store_dbi(rd_store_env *env, int which);
 rd_store_kind rd__store_kind(rd_store_env *env);
 void rd__store_ref(rd_store_env *env);

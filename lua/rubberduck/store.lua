@@ -73,7 +73,8 @@ end
 local Cache = {}
 Cache.__index = Cache
 
-function Cache:get(key) return self.c:get(key) end
+-- (the FFI read path when LuaJIT has it: rubberduck.store_ffi)
+function Cache:get(key) return self.fast_get(key) end
 function Cache:put(key, value, ttl) return self.c:put(key, value, ttl or 0) end
 function Cache:delete(key) return self.c:delete(key) end
 function Cache:clear() return self.c:clear() end
@@ -166,7 +167,8 @@ function M.open(dir, opts)
   local self = setmetatable({ dir = dir, data = data, cache_env = cenv, config = {
     storage = st, cache = cc, history = hc } }, Store)
   self.kv = setmetatable({ env = data }, KV)
-  self.cache = setmetatable({ c = c, env = cenv, cfg = cc }, Cache)
+  self.cache = setmetatable({ c = c, env = cenv, cfg = cc,
+    fast_get = require("rubberduck.store_ffi").getter(c) }, Cache)
   self.history = setmetatable({ h = h, env = data, cfg = hc }, History)
   self.audit = setmetatable({ env = data, pending = {} }, Audit)
   return self

@@ -282,6 +282,145 @@ TEST(cache_eviction_policies) {
   rd_cache_close(c);
 }
 
+/* Each cache handle keeps one read txn, reset between gets and renewed per
+ * get: every get sees the latest commit, two views may be held at once (the
+ * second takes a pooled txn), and map growth by this process or another
+ * one (MDB_MAP_RESIZED on renew) is adopted. */
+static int cache_is(rd_cache *c, const char *k, const char *want) {
+  rd_store_view v;
+  int rc = rd_cache_get(c, k, strlen(k), &v, NULL);
+  int same = rc == RD_OK && v.len == strlen(want) && memcmp(v.data, want, v.len) == 0;
+  rd_store_view_release(&v);
+  return same;
+}
+
+TEST(cache_reader_txn_is_reused_and_stays_fresh) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_CACHE, 64 << 10, 64 << 20);
+  rd_cache *c;
+  rd_cache_config cfg = {0, 0, RD_CACHE_LRU};
+  CHECK(rd_cache_open(&c, env, &cfg, NULL) == RD_OK);
+  CHECK(rd_cache_put(c, "a", 1, "v1", 2, 0, NULL) == RD_OK);
+  CHECK(rd_cache_put(c, "b", 1, "w1", 2, 0, NULL) == RD_OK);
+  CHECK(cache_is(c, "a", "v1"));
+  CHECK(rd_cache_put(c, "a", 1, "v2", 2, 0, NULL) == RD_OK);
+  CHECK(cache_is(c, "a", "v2")); /* a renewed txn: the new snapshot */
+
+  /* two views at once; released in either order; then the own txn again */
+  rd_store_view va, vb, vc;
+  CHECK(rd_cache_get(c, "a", 1, &va, NULL) == RD_OK);
+  CHECK(rd_cache_get(c, "b", 1, &vb, NULL) == RD_OK);
+  CHECK(rd_cache_get(c, "zz", 2, &vc, NULL) == RD_ENOENT && vc.txn_ == NULL);
+  CHECK(va.len == 2 && memcmp(va.data, "v2", 2) == 0);
+  CHECK(vb.len == 2 && memcmp(vb.data, "w1", 2) == 0);
+  rd_store_view_release(&va);
+  rd_store_view_release(&va); /* idempotent */
+  CHECK(cache_is(c, "a", "v2"));
+  rd_store_view_release(&vb);
+  CHECK(cache_is(c, "b", "w1"));
+
+  /* map growth in this process while the handle's txn is parked */
+  char val[4000];
+  memset(val, 'x', sizeof val);
+  char key[32];
+  for (int i = 0; i < 200; i++) {
+    snprintf(key, sizeof key, "g%d", i);
+    CHECK(rd_cache_put(c, key, strlen(key), val, sizeof val, 0, NULL) == RD_OK);
+  }
+  rd_store_env_info info;
+  rd_store_env_info_get(env, &info);
+  CHECK(info.map_size > (64 << 10));
+  CHECK(cache_has(c, "g0") && cache_has(c, "g199") && cache_is(c, "a", "v2"));
+
+  /* another process writes and grows the map further: this handle's next
+   * gets see its commits (renew reports MDB_MAP_RESIZED, adopted) */
+  size_t before = info.map_size;
+  pid_t pid = fork();
+  if (pid == 0) {
+    rd_store_env *ce = NULL;
+    rd_cache *cc = NULL;
+    rd_store_env_config ecfg = {64 << 10, 64 << 20};
+    if (rd_store_env_open(&ce, d, RD_STORE_CACHE, &ecfg, NULL)) _exit(10);
+    if (rd_cache_open(&cc, ce, NULL, NULL)) _exit(11);
+    for (int i = 0; i < 600; i++) {
+      char k[32];
+      snprintf(k, sizeof k, "p%d", i);
+      if (rd_cache_put(cc, k, strlen(k), val, sizeof val, 0, NULL)) _exit(12);
+    }
+    if (rd_cache_put(cc, "a", 1, "v3", 2, 0, NULL)) _exit(13);
+    rd_cache_close(cc);
+    rd_store_env_close(ce);
+    _exit(0);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(cache_is(c, "a", "v3"));
+  CHECK(cache_has(c, "p599") && cache_has(c, "g199"));
+  rd_store_env_info_get(env, &info);
+  CHECK(info.map_size > before);
+  rd_cache_stats s;
+  CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 2 + 200 + 600);
+  rd_cache_close(c);
+  rd_store_env_close(env);
+}
+
+/* The entries live in LMDB's main database beside the named databases'
+ * records: counts, clear and eviction must see entries only, and a v1
+ * file (entries in a named database) is rebuilt. */
+TEST(cache_entries_in_the_main_database) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_CACHE, 0, 0);
+  rd_cache *c;
+  rd_cache_config cfg = {0, 5, RD_CACHE_FIFO};
+  CHECK(rd_cache_open(&c, env, &cfg, NULL) == RD_OK);
+  rd_cache_stats s;
+  CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 0);
+  char longkey[601];
+  memset(longkey, 'L', 600); /* stored under 'h' + its hash */
+  longkey[600] = '\0';
+  rd_cache_set_time(c, 2999);
+  CHECK(rd_cache_put(c, longkey, 600, "long", 4, 0, NULL) == RD_OK);
+  /* keys that sort near the databases' names */
+  const char *k[] = {"eta", "expiry", "meta", "order", "zzz", "a"};
+  for (int i = 0; i < 6; i++) {
+    rd_cache_set_time(c, 3000 + i);
+    CHECK(rd_cache_put(c, k[i], strlen(k[i]), "v", 1, 0, NULL) == RD_OK);
+  }
+  /* cap 5: the long key and "eta" were evicted, the named dbs untouched */
+  CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 5 && s.evictions == 2);
+  rd_store_view v;
+  CHECK(rd_cache_get(c, longkey, 600, &v, NULL) == RD_ENOENT);
+  CHECK(cache_has(c, "meta") && cache_has(c, "order") && cache_has(c, "expiry"));
+  CHECK(rd_cache_clear(c, NULL) == RD_OK);
+  CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 0 && s.bytes == 0);
+  CHECK(!cache_has(c, "zzz") && !cache_has(c, "meta"));
+  /* everything still works after the clear: put, ttl, sweep */
+  rd_cache_set_time(c, 4000);
+  CHECK(rd_cache_put(c, longkey, 600, "long", 4, 1, NULL) == RD_OK);
+  CHECK(rd_cache_put(c, "b", 1, "v", 1, 0, NULL) == RD_OK);
+  CHECK(cache_is(c, longkey, "long"));
+  rd_cache_set_time(c, 4002);
+  size_t removed = 0;
+  CHECK(rd_cache_sweep(c, 0, &removed, NULL) == RD_OK && removed == 1);
+  CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 1);
+  rd_cache_close(c);
+  /* a file of the former format (v1) is rebuilt empty, and says why */
+  CHECK(rd_store_raw_put(env, "meta", "format", 6, "rubberduck.cache.v1", 19, NULL) == RD_OK);
+  rd_store_env_close(env);
+  env = open_env(d, RD_STORE_CACHE, 0, 0);
+  rd_store_env_info info;
+  rd_store_env_info_get(env, &info);
+  CHECK(info.rebuilt == 1 && strstr(info.rebuild_reason, "rubberduck.cache.v1") != NULL);
+  CHECK(rd_cache_open(&c, env, NULL, NULL) == RD_OK);
+  CHECK(!cache_has(c, "b"));
+  CHECK(rd_cache_put(c, "b", 1, "v2", 2, 0, NULL) == RD_OK && cache_is(c, "b", "v2"));
+  rd_cache_close(c);
+  rd_store_env_close(env);
+}
+
 TEST(unusable_cache_file_is_rebuilt_and_data_file_refused) {
   char d[128], path[200];
   fresh_dir(d, sizeof d);
@@ -289,6 +428,7 @@ TEST(unusable_cache_file_is_rebuilt_and_data_file_refused) {
   rd_cache *c;
   CHECK(rd_cache_open(&c, env, NULL, NULL) == RD_OK);
   CHECK(rd_cache_put(c, "k", 1, "v", 1, 0, NULL) == RD_OK);
+  CHECK(cache_has(c, "k")); /* the handle's read txn exists when it closes */
   rd_cache_close(c);
   rd_store_env_close(env);
   snprintf(path, sizeof path, "%s/cache.mdb", d);
@@ -305,6 +445,7 @@ TEST(unusable_cache_file_is_rebuilt_and_data_file_refused) {
   CHECK(rd_cache_open(&c, env, NULL, NULL) == RD_OK);
   CHECK(!cache_has(c, "k"));
   CHECK(rd_cache_put(c, "k2", 2, "v", 1, 0, NULL) == RD_OK && cache_has(c, "k2"));
+  CHECK(cache_has(c, "k2") && !cache_has(c, "k"));
   rd_cache_close(c);
   rd_store_env_close(env);
 
