@@ -159,4 +159,53 @@ describe("workers", function()
     assert.equal(0, #last_state(engine, "s1").stock)
     engine:close()
   end)
+
+  it("a request the zygote's socket refuses is sent again, in batches it accepts", function()
+    if skip_unless_runnable("balanced") then return end
+    local engine = H.open_engine(H.tmpdir())
+    local pool = engine.workers
+    assert.is_true((pool:_start()))
+    local real = pool.zygote
+    local asked, refuse = {}, 3
+    pool.zygote = { spawn = function(_, n)
+      if refuse > 0 then refuse = refuse - 1; return false end
+      asked[#asked + 1] = n
+      return true
+    end }
+    pool.owed = 150
+    pool:refill()
+    local sum = 0
+    assert.is_true(run_until(engine, 5000, function()
+      sum = 0
+      for _, n in ipairs(asked) do sum = sum + n end
+      return sum == 150
+    end), "requests refused once were lost: " .. sum .. " of 150 asked")
+    for _, n in ipairs(asked) do assert.is_true(n <= workers.SPAWN_BATCH, n .. " in one request") end
+    assert.is_nil(pool.unsent)
+    pool.zygote = real
+    engine:close()
+  end)
+
+  it("256 balanced calls in flight at once: every one gets a worker", function()
+    if skip_unless_runnable("balanced") then return end
+    local dir = H.tmpdir()
+    H.write_tool(dir, "b", H.tool_source({ name = "b", level = "balanced",
+      execution = "concurrency = 256, timeout = 20000" }))
+    local engine = H.open_engine(dir, { max_running = 256, store = false })
+    local left, inflight, kinds = 512, 0, {}
+    local function submit()
+      left = left - 1
+      inflight = inflight + 1
+      engine:submit("b", {}, OP, { on_done = function(env)
+        inflight = inflight - 1
+        local k = env.status == "ok" and "ok" or env.error.kind
+        kinds[k] = (kinds[k] or 0) + 1
+        if left > 0 then submit() end
+      end })
+    end
+    for _ = 1, 256 do submit() end
+    while inflight > 0 do engine.loop:run("once") end
+    assert.same({ ok = 512 }, kinds)
+    engine:close()
+  end)
 end)

@@ -23,6 +23,8 @@ M.STOCK = 2            -- processes a strict tool keeps ready, its tool defined
 M.STOCK_TOOLS = 8      -- strict tools that keep a stock (most recently used)
 M.GRACE_MS = 250       -- after the deadline, before the worker is killed
 M.EXIT_WAIT_MS = 200   -- after a worker's socket closes, wait for its exit status
+M.SPAWN_BATCH = 64     -- workers one request to the zygote may ask for (worker.c)
+M.RESPAWN_MS = 5       -- a refused request to the zygote is sent again after this (ms)
 -- A synchronous caller (Handle:wait) spins this long for the answer before
 -- it sleeps in the loop: a quick call then costs no wake-up. The call
 -- threads (l_lstate.c) and the balanced workers (worker.c) spin likewise
@@ -50,6 +52,8 @@ function Pool:_event(ev, a, b, c)
     -- a waiting call first, then a strict tool's stock, then the pool
     local cb = table.remove(self.waiting, 1) or table.remove(self.stocking, 1)
     if cb then cb(a) else self.ready[#self.ready + 1] = a end
+    -- the zygote is reading its requests again: send what it refused
+    if self.unsent then self:_spawn(0) end
   elseif ev == "exit" then
     local r = self.by_pid[a]
     self.by_pid[a] = nil
@@ -62,6 +66,7 @@ function Pool:_event(ev, a, b, c)
     end
   elseif ev == "zygote_exit" then
     self.zygote = nil
+    self.unsent = nil
     local waiting = self.waiting
     self.waiting = {}
     for _, cb in ipairs(waiting) do cb(nil, "the worker zygote exited (code " .. tostring(a) .. ")") end
@@ -79,8 +84,35 @@ function Pool:_start()
     function(...) self:_event(...) end)
   if not z then return nil, err end
   self.zygote = z
-  z:spawn(M.READY)
+  self:_spawn(M.READY)
   return true
+end
+
+-- Ask the zygote for n more workers (and for any it refused before). Its
+-- control socket does not block the engine: when its buffer is full (a
+-- burst of calls, the zygote busy forking) a request is refused; it is
+-- kept and sent again when the zygote hands over a worker, or after
+-- M.RESPAWN_MS. Never lost: a call waiting for a worker would otherwise
+-- wait until its deadline.
+function Pool:_spawn(n)
+  n = n + (self.unsent or 0)
+  self.unsent = nil
+  local z = self.zygote
+  if not z then return end
+  while n > 0 do
+    local k = math.min(n, M.SPAWN_BATCH)
+    if not z:spawn(k) then break end
+    n = n - k
+  end
+  if n > 0 then
+    self.unsent = n
+    if not self.respawn_timer then
+      self.respawn_timer = self.engine.loop:timer(M.RESPAWN_MS, function()
+        self.respawn_timer = nil
+        if self.unsent then self:_spawn(0) end
+      end)
+    end
+  end
 end
 
 -- Take a ready worker: cb(worker) now or later, or cb(nil, why).
@@ -94,7 +126,7 @@ function Pool:take(cb)
     self.owed = (self.owed or 0) + 1
     return cb(w)
   end
-  self.zygote:spawn(1)
+  self:_spawn(1)
   self.waiting[#self.waiting + 1] = cb
 end
 
@@ -108,7 +140,7 @@ function Pool:take_for_stock(cb)
     self.owed = (self.owed or 0) + 1
     return cb(w)
   end
-  self.zygote:spawn(1)
+  self:_spawn(1)
   self.stocking[#self.stocking + 1] = cb
 end
 
@@ -134,11 +166,13 @@ function Pool:refill()
   local n = self.owed or 0
   if n > 0 and self.zygote then
     self.owed = 0
-    self.zygote:spawn(n)
+    self:_spawn(n)
   end
 end
 
 function Pool:close()
+  if self.respawn_timer then self.respawn_timer:stop(); self.respawn_timer = nil end
+  self.unsent = nil
   for _, w in ipairs(self.ready) do w:close() end
   self.ready = {}
   if self.zygote then self.zygote:close() end
