@@ -486,6 +486,30 @@ describe("the executor", function()
         end)
       end
 
+      for _, level in ipairs({ "balanced", "strict" }) do
+        it("survives " .. level .. " workers killed while idle: the next calls end, then serve", function()
+          local e = H.open_engine(dir)
+          assert.equals("ok", e:execute("wait_" .. level, { ms = 1 }).status)
+          assert.equals("ok", e:execute("wait_" .. level, { ms = 1 }).status)
+          local pids = {}
+          for _, w in ipairs(e.workers.ready) do pids[#pids + 1] = w:pid() end
+          local t = e.registry:get("wait_" .. level)
+          for _, st in ipairs(t.idle) do
+            if st.worker then pids[#pids + 1] = st.worker:pid() end
+            for _, x in ipairs(st.stock or {}) do pids[#pids + 1] = x.pid end
+          end
+          assert.is_true(#pids > 0)
+          for _, pid in ipairs(pids) do os.execute("kill -9 " .. pid) end
+          os.execute("sleep 0.2")
+          -- the first call may meet a dead process (crashed, retryable);
+          -- none may hang, and the engine must not die (SIGPIPE)
+          local env = e:submit("wait_" .. level, { ms = 1 }):wait()
+          assert.truthy(env.status == "ok" or env.error.kind == "crashed", H.encode(env.error))
+          for _ = 1, 3 do assert.equals("ok", e:execute("wait_" .. level, { ms = 1 }).status) end
+          e:close()
+        end)
+      end
+
       for _, frame in ipairs({ "not json at all", '{"op":"bogus"}', "[1,2,3]" }) do
         it("ends a call whose worker breaks the protocol (" .. frame .. ") in crashed", function()
           local h = submit_running(engine, "wait_balanced", 20000)

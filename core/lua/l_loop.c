@@ -20,10 +20,12 @@
 #include "lua/bind.h"
 #include "lua/loop.h"
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sched.h>
+#include <string.h>
 #include <time.h>
 
 #define LOOP_MT "rubberduck.loop"
@@ -83,7 +85,27 @@ static void on_done(uv_async_t *h) {
   }
 }
 
+/* Writing to a worker that died raises SIGPIPE, whose default action ends
+ * the process: the engine would die with a tool's worker. libuv writes
+ * with write(2), which takes no MSG_NOSIGNAL, so the engine ignores
+ * SIGPIPE when nobody chose otherwise (the disposition is still the
+ * default); the write then fails with EPIPE and the worker's death is
+ * seen on its socket. An application that installed its own handler keeps
+ * it. */
+static void ignore_default_sigpipe(void) {
+  struct sigaction old;
+  if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL &&
+      !(old.sa_flags & SA_SIGINFO)) {
+    struct sigaction ign;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGPIPE, &ign, NULL);
+  }
+}
+
 static int l_new(lua_State *L) {
+  ignore_default_sigpipe();
   rd_loop **pl = lua_newuserdata(L, sizeof *pl);
   *pl = NULL;
   luaL_getmetatable(L, LOOP_MT);

@@ -9,6 +9,8 @@
  *       on_event("zygote_exit", code, sig)
  *   z:spawn(n)        ask for n more ready workers
  *   z:close()         the zygote kills its workers and exits
+ *   w:eof() -> true once the worker's socket has ended (also while no
+ *       on_frame function was set: ask before using an idle worker)
  *   w:pid(); w:send(json_text); w:on_frame(fn)   fn(text) per frame,
  *       fn(nil, "eof") when the worker's socket closes
  *   w:kill(signal_number); w:close()
@@ -158,6 +160,14 @@ static int l_wk_send(lua_State *L) {
     return 2;
   }
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Has the worker's socket reached its end (the process is gone or going)?
+ * An idle worker's end is not delivered to anyone: ask before using it. */
+static int l_wk_eof(lua_State *L) {
+  wk *w = check_wk(L, 1);
+  lua_pushboolean(L, w->eof);
   return 1;
 }
 
@@ -456,7 +466,7 @@ static int l_zg_close(lua_State *L) {
 
 int rd__luaopen_worker(lua_State *L) {
   static const luaL_Reg wm[] = {
-    {"send", l_wk_send}, {"on_frame", l_wk_on_frame}, {"pid", l_wk_pid},
+    {"send", l_wk_send}, {"on_frame", l_wk_on_frame}, {"pid", l_wk_pid}, {"eof", l_wk_eof},
     {"kill", l_wk_kill}, {"cpu_ms", l_wk_cpu_ms}, {"close", l_wk_close}, {"__gc", l_wk_close}, {NULL, NULL},
   };
   static const luaL_Reg zm[] = {

@@ -57,7 +57,12 @@ function Pool:_event(ev, a, b, c)
   elseif ev == "exit" then
     local r = self.by_pid[a]
     self.by_pid[a] = nil
-    if r then r:_exited(a, b, c) end
+    if r then return r:_exited(a, b, c) end
+    -- a ready worker that died while it waited (killed from outside)
+    for i = #self.ready, 1, -1 do
+      local w = self.ready[i]
+      if w:pid() == a then table.remove(self.ready, i); w:close() end
+    end
   elseif ev == "warning" then
     self.engine:emit("sandbox.warning", nil, { message = a })
     if not self.warned[a] then
@@ -120,6 +125,11 @@ function Pool:take(cb)
   local ok, err = self:_start()
   if not ok then return cb(nil, err) end
   local w = table.remove(self.ready, 1)
+  while w and w:eof() do -- died while it waited
+    self.owed = (self.owed or 0) + 1
+    w:close()
+    w = table.remove(self.ready, 1)
+  end
   if w then
     -- The stock is refilled when this call is done (Pool:refill), so the
     -- zygote's fork does not compete with the call for the CPU.
@@ -269,6 +279,7 @@ function Remote:_finish(ok, a, b, stats)
   self.call = nil
   if call.timer then call.timer:stop() end
   if call.exit_timer then call.exit_timer:stop() end
+  if call.kill_timer then call.kill_timer:stop() end
   local w = call.worker
   if w and (self.once or not ok or call.eof or call.last) then
     -- a strict worker is single-use; a balanced one retires after a breach
@@ -364,9 +375,29 @@ function Remote:start(fname, arg, limits, cb)
   if self.call then return nil, "tool state is busy" end
   local call = { cb = cb, max_cpu = limits.cpu_ms or math.huge }
   self.call = call
-  local function go(w, err, stocked)
+  local tries = 0
+  local go
+  -- A worker that died while it waited (killed from outside) is dropped
+  -- and another taken: the call has not started.
+  local function dead(w, stocked)
+    if self.worker == w then self.worker = nil end
+    self.pool.by_pid[w:pid()] = nil
+    w:kill(SIGKILL)
+    w:close()
+    tries = tries + 1
+    if tries > 3 then
+      return self:_finish(false, "crashed", "worker processes died before the call could start")
+    end
+    if stocked and #self.stock > 0 then
+      local e = table.remove(self.stock, 1)
+      return go(e.worker, nil, e)
+    end
+    self.pool:take(go)
+  end
+  go = function(w, err, stocked)
     if self.call ~= call then if w then w:close() end return end
     if not w then return self:_finish(false, "internal", err) end
+    if w:eof() then return dead(w, stocked) end
     call.worker = w
     -- a pooled worker's CPU after its last call, a stocked one's after
     -- its definition (nil until its "ready" comes)
@@ -374,10 +405,12 @@ function Remote:start(fname, arg, limits, cb)
     self.pool.by_pid[w:pid()] = self
     w:on_frame(function(text, why) self:_frame(w, text, why) end)
     if self.worker ~= w and not stocked then
-      assert(w:send(tool_message(self)))
+      if not w:send(tool_message(self)) then return dead(w, stocked) end
       if not self.once then self.worker = w end
     end
-    assert(w:send(json.encode({ op = "call", arg = arg, limits = limits })))
+    if not w:send(json.encode({ op = "call", arg = arg, limits = limits })) then
+      return dead(w, stocked)
+    end
   end
   -- The deadline runs from now, also while the call waits for a worker.
   if limits.timeout_ms and limits.timeout_ms > 0 then
@@ -404,6 +437,12 @@ function Remote:_kill(kind)
   if call.worker then
     call.cpu_at_kill = call.worker:cpu_ms()
     call.worker:kill(SIGKILL)
+    -- its end is told by its socket and exit status; should neither come
+    -- (a process already reaped), the call ends all the same
+    call.kill_timer = self.pool.engine.loop:timer(M.EXIT_WAIT_MS, function()
+      call.kill_timer = nil
+      if self.call == call then self:_classify() end
+    end)
   else
     self:_finish(false, kind, kind == "timeout" and "deadline passed before a worker was free"
       or "cancelled by the caller")
