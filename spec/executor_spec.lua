@@ -371,6 +371,14 @@ describe("the executor", function()
       assert.equals(1, h.envelope.metadata.attempts)
     end)
 
+    it("hands the envelope to wait(ms) after the engine closed", function()
+      local e = H.open_engine(dir)
+      local h = e:submit("wait_relaxed", { ms = 20000 })
+      e:close()
+      fails(h:wait(100), "cancelled")
+      fails(h:wait(), "cancelled")
+    end)
+
     it("is done once the envelope is there, and cancel() then says false", function()
       local h = engine:submit("quick_relaxed", {})
       local env = h:wait()
@@ -444,6 +452,28 @@ describe("the executor", function()
       assert.equals("ok", b:wait().status)
       assert.is_true(b.envelope.metadata.queue_ms > 0)
       e3:close()
+    end)
+
+    it("stays flat when refused calls are waited for with a timeout and the loop never runs", function()
+      local a = submit_running(e2, "wait_relaxed", 20000)
+      local b = submit_running(e2, "wait_none", 20000)
+      local c = e2:submit("wait_relaxed", { ms = 20000 })
+      local d = e2:submit("wait_relaxed", { ms = 20000 })
+      local function round()
+        for _ = 1, 1000 do
+          local env = e2:submit("quick_relaxed", {}):wait(1000)
+          assert(env and env.error.kind == "overloaded")
+        end
+        collectgarbage("collect")
+        return collectgarbage("count")
+      end
+      round()
+      local before = round()
+      for _ = 1, 8 do round() end
+      local grown = round() - before
+      assert.is_true(grown < 256, string.format("heap grew by %.0f KiB over 9000 refusals", grown))
+      for _, h in ipairs({ a, b, c, d }) do h:cancel() end
+      for _, h in ipairs({ a, b, c, d }) do h:wait() end
     end)
 
     it("stays flat in memory under a flood of submissions", function()

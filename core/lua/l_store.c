@@ -26,8 +26,9 @@
  *   c:set_time(t); c:close()
  *   local h = core.store.history(env, { group_ms=, max_batch= })
  *   h:append(rec) -> true    (returns once the record is durable)
- *   h:append_async(rec, loop, fn) -> true   fn(ok, message) runs on the loop
- *                                           once the record is durable
+ *   h:append_async(rec, loop [, fn]) -> true   fn(ok, message) runs on the loop
+ *                                           once the record is durable; without
+ *                                           fn, nobody is told (fire and forget)
  *   h:close()
  *   core.store.hash(s1, s2, ...) -> 64 hex chars: BLAKE2b-256 of the parts,
  *                                   each preceded by its length
@@ -653,6 +654,13 @@ static int l_hist_append_async(lua_State *L) {
   rd_history_record r;
   to_record(L, 2, &r);
   rd_loop *loop = rd__loop_check(L, 3);
+  if (lua_isnoneornil(L, 4)) {
+    /* Fire and forget: committed with the next group, nobody told. */
+    rd_error err;
+    if (rd_history_append_async(u->h, &r, NULL, NULL, &err) != RD_OK) return fail(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
   luaL_checktype(L, 4, LUA_TFUNCTION);
   if (!u->b) {
     bridge *b = rd__calloc(1, sizeof *b);

@@ -265,6 +265,8 @@ end
 -- Returns the envelope, or nil, "timeout" if it is not done in time (the
 -- call goes on).
 function Handle:wait(timeout_ms)
+  if self.done then return self.envelope end -- also after engine:close()
+  if self.engine.closed then return nil, "the engine is closed" end
   local loop = self.engine.loop
   local timed_out = false
   local timer

@@ -360,9 +360,9 @@ function M.record(engine, h, env, nowait)
   if not hist then return end
   local rec = M.history_record(engine, h, env)
   if nowait then
-    local queued, qerr, qcode = hist:append_async(rec, engine.loop, function(o, e, c)
-      if not o then warn(engine, "history", e, c) end
-    end)
+    -- no callback: nothing is held for the loop to deliver (a caller that
+    -- never runs the loop while refusals pile up keeps no memory for them)
+    local queued, qerr, qcode = hist:append_async(rec, engine.loop)
     if not queued then warn(engine, "history", qerr, qcode) end
     return
   end
