@@ -215,13 +215,28 @@ local function split_list(s)
   return out
 end
 
+-- Params and tokens read from a file or standard input stop here: a
+-- command never reads without end (`--params-file /dev/zero`).
+M.MAX_INPUT = 64 * 1024 * 1024
+
 local function read_all(path)
   local f, err
   if path == "-" then f = io.stdin else f, err = io.open(path, "rb") end
   if not f then return nil, err end
-  local s = f:read("*a")
+  local parts, n = {}, 0
+  while true do
+    local chunk = f:read(1048576)
+    if not chunk then break end
+    n = n + #chunk
+    if n > M.MAX_INPUT then
+      if f ~= io.stdin then f:close() end
+      return nil, string.format("%s: larger than %d MiB", path == "-" and "standard input" or path,
+        M.MAX_INPUT / 1048576)
+    end
+    parts[#parts + 1] = chunk
+  end
   if f ~= io.stdin then f:close() end
-  return s
+  return table.concat(parts)
 end
 
 -- A token argument: the token, @FILE or - (standard input).
