@@ -32,8 +32,11 @@ M.DEFAULTS = {
   storage = { map_size = 16 * 2 ^ 20, max_map_size = 8 * 2 ^ 30 },
   cache = { max_bytes = 256 * 2 ^ 20, max_entries = 0, policy = "lru",
             map_size = 16 * 2 ^ 20, max_map_size = 1 * 2 ^ 30, sweep_ms = 60000 },
+  -- wait: a call's envelope is handed back once its history record is
+  -- durable (true), or at once, the record following in the next group
+  -- commit (false: a crash may lose the last group_ms of records)
   history = { params = false, max_age = 30 * 86400, max_count = 1000000,
-              prune_ms = 60000, group_ms = 2, max_batch = 512 },
+              prune_ms = 60000, group_ms = 2, max_batch = 512, wait = true },
 }
 
 -- The telemetry events the audit trail keeps.
@@ -359,7 +362,7 @@ function M.record(engine, h, env, nowait)
   local hist = engine.history
   if not hist then return end
   local rec = M.history_record(engine, h, env)
-  if nowait then
+  if nowait or engine.storage.config.history.wait == false then
     -- no callback: nothing is held for the loop to deliver (a caller that
     -- never runs the loop while refusals pile up keeps no memory for them)
     local queued, qerr, qcode = hist:append_async(rec, engine.loop)
