@@ -24,6 +24,14 @@ int rd__luaopen_results(lua_State *L);    /* l_results.c: core.results */
 int rd__lua_class(lua_State *L, const char *mt_name, const luaL_Reg *m,
                   lua_CFunction ctor);
 
+/* A new zeroed userdata of `size` bytes with the metatable `mt_name`,
+ * pushed; returns its memory. */
+void *rd__lua_newobj(lua_State *L, size_t size, const char *mt_name);
+
+/* The failure convention of the bindings: pushes nil, err's message (or
+ * the code's text when it has none) and the code's name; returns 3. */
+int rd__lua_fail(lua_State *L, const rd_error *err);
+
 /* Entry point of the module (also put into package.preload by rduck). */
 int luaopen_rubberduck_core(lua_State *L);
 

@@ -57,6 +57,21 @@ static int l_worker_path(lua_State *L) {
   return 1;
 }
 
+void *rd__lua_newobj(lua_State *L, size_t size, const char *mt_name) {
+  void *p = lua_newuserdata(L, size);
+  memset(p, 0, size);
+  luaL_getmetatable(L, mt_name);
+  lua_setmetatable(L, -2);
+  return p;
+}
+
+int rd__lua_fail(lua_State *L, const rd_error *err) {
+  lua_pushnil(L);
+  lua_pushstring(L, err->message[0] ? err->message : rd_strerror(err->code));
+  lua_pushstring(L, rd_err_name(err->code));
+  return 3;
+}
+
 int rd__lua_class(lua_State *L, const char *mt_name, const luaL_Reg *m,
                   lua_CFunction ctor) {
   if (luaL_newmetatable(L, mt_name)) {

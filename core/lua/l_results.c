@@ -158,18 +158,9 @@ static boxkey *check_boxkey(lua_State *L) {
 static int l_box_key(lua_State *L) {
   const char *dir = luaL_checkstring(L, 1);
   int create = lua_toboolean(L, 2);
-  boxkey *k = lua_newuserdata(L, sizeof *k);
-  memset(k, 0, sizeof *k);
-  luaL_getmetatable(L, BOXKEY_MT);
-  lua_setmetatable(L, -2);
+  boxkey *k = rd__lua_newobj(L, sizeof *k, BOXKEY_MT);
   rd_error err;
-  int rc = rd__secret_file(dir, "results.key", create, k->k, &err);
-  if (rc != RD_OK) {
-    lua_pushnil(L);
-    lua_pushstring(L, err.message);
-    lua_pushstring(L, rd_err_name(rc));
-    return 3;
-  }
+  if (rd__secret_file(dir, "results.key", create, k->k, &err) != RD_OK) return rd__lua_fail(L, &err);
   k->open = 1;
   return 1;
 }

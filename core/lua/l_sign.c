@@ -42,18 +42,9 @@ static skey *check_key(lua_State *L) {
 static int l_key_load(lua_State *L) {
   const char *dir = luaL_checkstring(L, 1);
   int create = lua_toboolean(L, 2);
-  skey *k = lua_newuserdata(L, sizeof *k);
-  memset(k, 0, sizeof *k);
-  luaL_getmetatable(L, KEY_MT);
-  lua_setmetatable(L, -2);
+  skey *k = rd__lua_newobj(L, sizeof *k, KEY_MT);
   rd_error err;
-  int rc = rd__sign_key_load(dir, create, k->pk, k->sk, &err);
-  if (rc != RD_OK) {
-    lua_pushnil(L);
-    lua_pushstring(L, err.message);
-    lua_pushstring(L, rd_err_name(rc));
-    return 3;
-  }
+  if (rd__sign_key_load(dir, create, k->pk, k->sk, &err) != RD_OK) return rd__lua_fail(L, &err);
   k->open = 1;
   return 1;
 }

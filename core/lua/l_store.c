@@ -53,12 +53,6 @@
 typedef struct env_ud { rd_store_env *env; } env_ud;
 typedef struct cache_ud { rd_cache *c; } cache_ud;
 
-static int fail(lua_State *L, const rd_error *err) {
-  lua_pushnil(L);
-  lua_pushstring(L, err->message[0] ? err->message : rd_strerror(err->code));
-  lua_pushstring(L, rd_err_name(err->code));
-  return 3;
-}
 
 static rd_store_env *check_env(lua_State *L, int i) {
   env_ud *u = luaL_checkudata(L, i, ENV_MT);
@@ -109,7 +103,7 @@ static int l_open(lua_State *L) {
   lua_setmetatable(L, -2);
   rd_error err;
   if (rd_store_env_open(&u->env, dir, (rd_store_kind)kind, &cfg, &err) != RD_OK)
-    return fail(L, &err);
+    return rd__lua_fail(L, &err);
   return 1;
 }
 
@@ -140,7 +134,7 @@ static int l_kv_put(lua_State *L) {
   const char *k = luaL_checklstring(L, 3, &kl);
   const char *v = luaL_checklstring(L, 4, &vl);
   rd_error err;
-  if (rd_kv_put(env, ns, k, kl, v, vl, &err) != RD_OK) return fail(L, &err);
+  if (rd_kv_put(env, ns, k, kl, v, vl, &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -154,7 +148,7 @@ static int l_kv_get(lua_State *L) {
   rd_error err;
   int rc = rd_kv_get(env, ns, k, kl, &v, &err);
   if (rc == RD_ENOENT) { lua_pushnil(L); return 1; }
-  if (rc) return fail(L, &err);
+  if (rc) return rd__lua_fail(L, &err);
   lua_pushlstring(L, v.data, v.len);
   rd_store_view_release(&v);
   return 1;
@@ -168,7 +162,7 @@ static int l_kv_delete(lua_State *L) {
   rd_error err;
   int rc = rd_kv_delete(env, ns, k, kl, &err);
   if (rc == RD_ENOENT) { lua_pushboolean(L, 0); return 1; }
-  if (rc) return fail(L, &err);
+  if (rc) return rd__lua_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -199,7 +193,7 @@ static int l_kv_list(lua_State *L) {
   lua_newtable(L);
   list_ctx c = {L, 0};
   if (rd_kv_list(env, ns, prefix, pl, cursor, limit, kv_item, &c, next, &err) != RD_OK)
-    return fail(L, &err);
+    return rd__lua_fail(L, &err);
   if (next[0]) lua_pushstring(L, next); else lua_pushnil(L);
   return 2;
 }
@@ -218,7 +212,7 @@ static int l_audit_append(lua_State *L) {
   double t = luaL_optnumber(L, 4, rd__now());
   uint64_t seq;
   rd_error err;
-  if (rd_audit_append(env, ev, data, dl, t, &seq, &err) != RD_OK) return fail(L, &err);
+  if (rd_audit_append(env, ev, data, dl, t, &seq, &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_pushnumber(L, (double)seq);
   return 1;
 }
@@ -252,7 +246,7 @@ static int l_audit_append_batch(lua_State *L) {
   rd__freemem(ev); rd__freemem(data); rd__freemem(dl); rd__freemem(t);
   if (ok == 0) return luaL_error(L, "out of memory");
   if (ok < 0) return luaL_error(L, "audit: each entry must be { event, data, time }");
-  if (rc) return fail(L, &err);
+  if (rc) return rd__lua_fail(L, &err);
   lua_pushnumber(L, (double)first);
   return 1;
 }
@@ -279,7 +273,7 @@ static int l_audit_list(lua_State *L) {
   rd_error err;
   lua_newtable(L);
   list_ctx c = {L, 0};
-  if (rd_audit_list(env, from, limit, audit_item, &c, &err) != RD_OK) return fail(L, &err);
+  if (rd_audit_list(env, from, limit, audit_item, &c, &err) != RD_OK) return rd__lua_fail(L, &err);
   return 1;
 }
 
@@ -287,7 +281,7 @@ static int l_audit_verify(lua_State *L) {
   rd_store_env *env = check_env(L, 1);
   rd_audit_report r;
   rd_error err;
-  if (rd_audit_verify(env, &r, &err) != RD_OK) return fail(L, &err);
+  if (rd_audit_verify(env, &r, &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_createtable(L, 0, 4);
   lua_pushboolean(L, r.ok); lua_setfield(L, -2, "ok");
   lua_pushnumber(L, (double)r.entries); lua_setfield(L, -2, "entries");
@@ -338,7 +332,7 @@ static int l_history_query(lua_State *L) {
   rd_error err;
   lua_newtable(L);
   list_ctx c = {L, 0};
-  if (rd_history_query(env, &q, hist_row, &c, next, &err) != RD_OK) return fail(L, &err);
+  if (rd_history_query(env, &q, hist_row, &c, next, &err) != RD_OK) return rd__lua_fail(L, &err);
   if (next[0]) lua_pushstring(L, next); else lua_pushnil(L);
   return 2;
 }
@@ -351,7 +345,7 @@ static int l_history_prune(lua_State *L) {
   size_t removed;
   rd_error err;
   if (rd_history_prune(env, age, count > 0 ? (uint64_t)count : 0, now, &removed, &err) != RD_OK)
-    return fail(L, &err);
+    return rd__lua_fail(L, &err);
   lua_pushnumber(L, (double)removed);
   return 1;
 }
@@ -360,7 +354,7 @@ static int l_history_count(lua_State *L) {
   rd_store_env *env = check_env(L, 1);
   uint64_t n;
   rd_error err;
-  if (rd_history_count(env, &n, &err) != RD_OK) return fail(L, &err);
+  if (rd_history_count(env, &n, &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_pushnumber(L, (double)n);
   return 1;
 }
@@ -371,7 +365,7 @@ static int l_raw_put(lua_State *L) {
   size_t kl, vl;
   const char *k = luaL_checklstring(L, 3, &kl), *v = luaL_checklstring(L, 4, &vl);
   rd_error err;
-  if (rd_store_raw_put(env, db, k, kl, v, vl, &err) != RD_OK) return fail(L, &err);
+  if (rd_store_raw_put(env, db, k, kl, v, vl, &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -385,7 +379,7 @@ static int l_raw_get(lua_State *L) {
   rd_error err;
   int rc = rd_store_raw_get(env, db, k, kl, &v, &err);
   if (rc == RD_ENOENT) { lua_pushnil(L); return 1; }
-  if (rc) return fail(L, &err);
+  if (rc) return rd__lua_fail(L, &err);
   lua_pushlstring(L, v.data, v.len);
   rd_store_view_release(&v);
   return 1;
@@ -399,7 +393,7 @@ static int l_raw_delete(lua_State *L) {
   rd_error err;
   int rc = rd_store_raw_delete(env, db, k, kl, &err);
   if (rc == RD_ENOENT) { lua_pushboolean(L, 0); return 1; }
-  if (rc) return fail(L, &err);
+  if (rc) return rd__lua_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -425,7 +419,7 @@ static int l_cache(lua_State *L) {
   luaL_getmetatable(L, CACHE_MT);
   lua_setmetatable(L, -2);
   rd_error err;
-  if (rd_cache_open(&u->c, env, &cfg, &err) != RD_OK) return fail(L, &err);
+  if (rd_cache_open(&u->c, env, &cfg, &err) != RD_OK) return rd__lua_fail(L, &err);
   return 1;
 }
 
@@ -443,7 +437,7 @@ static int l_cache_get(lua_State *L) {
   rd_error err;
   int rc = rd_cache_get(u->c, k, kl, &v, &err);
   if (rc == RD_ENOENT) { lua_pushnil(L); return 1; }
-  if (rc) return fail(L, &err);
+  if (rc) return rd__lua_fail(L, &err);
   lua_pushlstring(L, v.data, v.len); /* straight from the map into the Lua string */
   rd_store_view_release(&v);
   return 1;
@@ -455,7 +449,7 @@ static int l_cache_put(lua_State *L) {
   const char *k = luaL_checklstring(L, 2, &kl), *v = luaL_checklstring(L, 3, &vl);
   double ttl = luaL_optnumber(L, 4, 0);
   rd_error err;
-  if (rd_cache_put(c, k, kl, v, vl, ttl, &err) != RD_OK) return fail(L, &err);
+  if (rd_cache_put(c, k, kl, v, vl, ttl, &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -467,14 +461,14 @@ static int l_cache_delete(lua_State *L) {
   rd_error err;
   int rc = rd_cache_delete(c, k, kl, &err);
   if (rc == RD_ENOENT) { lua_pushboolean(L, 0); return 1; }
-  if (rc) return fail(L, &err);
+  if (rc) return rd__lua_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
 
 static int l_cache_clear(lua_State *L) {
   rd_error err;
-  if (rd_cache_clear(check_cache(L, 1), &err) != RD_OK) return fail(L, &err);
+  if (rd_cache_clear(check_cache(L, 1), &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -483,14 +477,14 @@ static int l_cache_sweep(lua_State *L) {
   rd_cache *c = check_cache(L, 1);
   size_t max = (size_t)luaL_optnumber(L, 2, 0), removed;
   rd_error err;
-  if (rd_cache_sweep(c, max, &removed, &err) != RD_OK) return fail(L, &err);
+  if (rd_cache_sweep(c, max, &removed, &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_pushnumber(L, (double)removed);
   return 1;
 }
 
 static int l_cache_flush(lua_State *L) {
   rd_error err;
-  if (rd_cache_flush(check_cache(L, 1), &err) != RD_OK) return fail(L, &err);
+  if (rd_cache_flush(check_cache(L, 1), &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -498,7 +492,7 @@ static int l_cache_flush(lua_State *L) {
 static int l_cache_stats(lua_State *L) {
   rd_cache_stats s;
   rd_error err;
-  if (rd_cache_stats_get(check_cache(L, 1), &s, &err) != RD_OK) return fail(L, &err);
+  if (rd_cache_stats_get(check_cache(L, 1), &s, &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_createtable(L, 0, 7);
 #define N(f) lua_pushnumber(L, (double)s.f); lua_setfield(L, -2, #f)
   N(hits); N(misses); N(evictions); N(expirations); N(puts); N(entries); N(bytes);
@@ -607,7 +601,7 @@ static int l_history(lua_State *L) {
   luaL_getmetatable(L, HIST_MT);
   lua_setmetatable(L, -2);
   rd_error err;
-  if (rd_history_open(&u->h, env, &cfg, &err) != RD_OK) return fail(L, &err);
+  if (rd_history_open(&u->h, env, &cfg, &err) != RD_OK) return rd__lua_fail(L, &err);
   return 1;
 }
 
@@ -644,7 +638,7 @@ static int l_hist_append(lua_State *L) {
   rd_history_record r;
   to_record(L, 2, &r);
   rd_error err;
-  if (rd_history_append(u->h, &r, &err) != RD_OK) return fail(L, &err);
+  if (rd_history_append(u->h, &r, &err) != RD_OK) return rd__lua_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -657,7 +651,7 @@ static int l_hist_append_async(lua_State *L) {
   if (lua_isnoneornil(L, 4)) {
     /* Fire and forget: committed with the next group, nobody told. */
     rd_error err;
-    if (rd_history_append_async(u->h, &r, NULL, NULL, &err) != RD_OK) return fail(L, &err);
+    if (rd_history_append_async(u->h, &r, NULL, NULL, &err) != RD_OK) return rd__lua_fail(L, &err);
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -692,7 +686,7 @@ static int l_hist_append_async(lua_State *L) {
   if (rd_history_append_async(u->h, &r, committed, p, &err) != RD_OK) {
     luaL_unref(L, LUA_REGISTRYINDEX, p->fnref);
     rd__freemem(p);
-    return fail(L, &err);
+    return rd__lua_fail(L, &err);
   }
   if (u->b->waiting++ == 0) uv_ref((uv_handle_t *)&u->b->h);
   lua_pushboolean(L, 1);
