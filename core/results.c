@@ -260,9 +260,11 @@ int rd__result_normalize(lua_State *L, int idx, const rd_result_opts *o,
                          rd_error *err) {
   rd_error_clear(err);
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
-  nctx *c = rd__calloc(1, sizeof *c);
+  /* Not zeroed: the cycle stack (4 KiB) is written before it is read. */
+  nctx *c = rd__malloc(sizeof *c);
   if (!c) return rd_error_set(err, RD_ENOMEM, "out of memory");
   c->L = L;
+  c->nbin = c->bins = c->array_mt = c->object_mt = 0;
   c->max_depth = o && o->max_depth > 0 ? o->max_depth : RD_JSON_MAX_DEPTH;
   if (c->max_depth > RD_JSON_MAX_DEPTH * 4) c->max_depth = RD_JSON_MAX_DEPTH * 4;
   c->err = err;

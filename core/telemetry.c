@@ -107,6 +107,14 @@ int rd__telemetry_emit(rd_telemetry *t, rd_event *ev) {
 
 uint64_t rd__telemetry_count(const rd_telemetry *t) { return t->count; }
 
+int rd__telemetry_wants(const rd_telemetry *t, const char *name) {
+  for (size_t i = 0; i < t->n; i++) {
+    const sub *s = &t->subs[i];
+    if (!s->dead && (!s->plen || strncmp(name, s->prefix, s->plen) == 0)) return 1;
+  }
+  return 0;
+}
+
 double rd_event_num(const rd_event *ev, const char *key, double dflt) {
   for (size_t i = 0; i < ev->n_measurements; i++)
     if (strcmp(ev->measurements[i].key, key) == 0) return ev->measurements[i].value;

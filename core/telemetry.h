@@ -34,6 +34,11 @@ int rd__telemetry_emit(rd_telemetry *t, rd_event *ev);
 /* Number of events emitted since the bus was made. */
 uint64_t rd__telemetry_count(const rd_telemetry *t);
 
+/* 1 if an event named `name` would reach at least one live subscriber, else
+ * 0. Lets a publisher skip building an event nobody listens to (the
+ * pipeline emits several per execution). Borrows name; no errors. */
+int rd__telemetry_wants(const rd_telemetry *t, const char *name);
+
 /* Lua binding (l_telemetry.c): core.telemetry.new() -> bus, with
  * bus:emit(name, measurements, metadata), bus:subscribe(prefix, fn) -> id,
  * bus:unsubscribe(id), bus:count(), bus:pointer() (light userdata of the

@@ -39,17 +39,15 @@ int rd_ulid_new(char out[RD_ULID_LEN + 1]) {
   memcpy(bytes + 6, last_rand, 10);
   pthread_mutex_unlock(&ulid_lock);
 
-  /* 128 bits -> 26 base32 digits (the first digit carries 3 bits). */
-  int bit = -2; /* 130 bits of output, the first two are zero */
-  for (int i = 0; i < RD_ULID_LEN; i++, bit += 5) {
-    unsigned v = 0;
-    for (int k = 0; k < 5; k++) {
-      int b = bit + k;
-      unsigned one = 0;
-      if (b >= 0) one = (bytes[b / 8] >> (7 - b % 8)) & 1u;
-      v = (v << 1) | one;
-    }
-    out[i] = B32[v];
+  /* 128 bits -> 26 base32 digits, the last one first (the first digit
+   * carries the top 3 bits). */
+  uint64_t hi = 0, lo = 0;
+  for (int i = 0; i < 8; i++) hi = (hi << 8) | bytes[i];
+  for (int i = 8; i < 16; i++) lo = (lo << 8) | bytes[i];
+  for (int i = RD_ULID_LEN - 1; i >= 0; i--) {
+    out[i] = B32[lo & 31u];
+    lo = (lo >> 5) | (hi << 59);
+    hi >>= 5;
   }
   out[RD_ULID_LEN] = '\0';
   return RD_OK;

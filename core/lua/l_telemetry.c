@@ -6,6 +6,7 @@
  *   local id = bus:subscribe(prefix, function(ev) ... end)
  *       ev = { name =, time =, measurements = {...}, metadata = {...} }
  *   bus:unsubscribe(id); bus:count(); bus:errors(); bus:pointer(); bus:close()
+ *   bus:wants(name) -> true if an event `name` would reach a subscriber
  *
  * A Lua subscriber that raises is reported on stderr (first time per
  * subscriber) and counted in bus:errors(); the event still reaches the rest.
@@ -195,6 +196,12 @@ static int l_count(lua_State *L) {
   return 1;
 }
 
+static int l_wants(lua_State *L) {
+  bus *b = check_bus(L, 1);
+  lua_pushboolean(L, rd__telemetry_wants(b->t, luaL_checkstring(L, 2)));
+  return 1;
+}
+
 static int l_errors(lua_State *L) {
   bus *b = check_bus(L, 1);
   lua_pushnumber(L, b->errors);
@@ -229,7 +236,7 @@ static int l_close(lua_State *L) {
 int rd__luaopen_telemetry(lua_State *L) {
   static const luaL_Reg m[] = {
     {"emit", l_emit}, {"subscribe", l_subscribe}, {"unsubscribe", l_unsubscribe},
-    {"count", l_count}, {"errors", l_errors}, {"pointer", l_pointer},
+    {"count", l_count}, {"wants", l_wants}, {"errors", l_errors}, {"pointer", l_pointer},
     {"close", l_close}, {"__gc", l_close}, {NULL, NULL},
   };
   return rd__lua_class(L, BUS_MT, m, l_new);

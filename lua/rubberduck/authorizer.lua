@@ -129,6 +129,9 @@ end
 local function lp(s) return #s .. ":" .. s end
 
 local function sorted_key(list)
+  local n = #list
+  if n == 0 then return "" end
+  if n == 1 then return lp(list[1]) end
   local c = {}
   for i, s in ipairs(list) do c[i] = s end
   sort(c)
@@ -143,8 +146,11 @@ end
 
 -- The cache key of a caller: everything about it a decision may read.
 local function caller_key(c)
-  local parts = { lp(c.principal), c.anonymous and "A" or "P", sorted_key(c.roles),
-    sorted_key(c.capabilities), c.token_id and lp(c.token_id) or "-" }
+  local head = lp(c.principal) .. ";" .. (c.anonymous and "A" or "P") .. ";" ..
+    sorted_key(c.roles) .. ";" .. sorted_key(c.capabilities) .. ";" ..
+    (c.token_id and lp(c.token_id) or "-")
+  if not c.bounds or #c.bounds == 0 then return head end
+  local parts = { head }
   for _, b in ipairs(c.bounds or {}) do
     parts[#parts + 1] = "[" .. (b.capabilities and sorted_key(b.capabilities) or "*") .. "|" ..
       (b.roles and sorted_key(b.roles) or "*") .. "]"

@@ -130,6 +130,12 @@ function Engine:emit(name, measurements, metadata)
   return self.bus:emit(name, measurements, metadata)
 end
 
+-- Whether an event `name` would reach a subscriber: a publisher checks
+-- before building an event's tables (the pipeline emits several per call).
+function Engine:wants(name)
+  return not self.closed and self.bus:wants(name)
+end
+
 function Engine:subscribe(prefix, fn)
   return self.bus:subscribe(prefix or "", fn)
 end
@@ -217,6 +223,17 @@ function Handle:_resume(...)
   end
 end
 
+-- A function that resumes the call's coroutine with its arguments (made
+-- once per call: tool states, timers and the registry all wake it).
+function Handle:waker()
+  local w = self.wake
+  if not w then
+    w = function(...) self:_resume(...) end
+    self.wake = w
+  end
+  return w
+end
+
 function Handle:_finish(env)
   if self.done then return end
   self.done = true
@@ -283,40 +300,55 @@ function Handle:wait(timeout_ms)
   return self.envelope
 end
 
+-- The bodies of a call's coroutine (one of them, by how submit found the
+-- call); each returns the envelope.
+local function run_closing(h)
+  return pipeline.error_envelope(h.id, h.name, "cancelled", "the engine is closing")
+end
+
+local function run_refused(h)
+  local env = pipeline.error_envelope(h.id, h.name, "unauthorized", "caller refused: " .. h.refused)
+  store.record(h.engine, h, env)
+  return env
+end
+
+local function run_pipeline(h) return pipeline.run(h.engine, h) end
+
+local function call_main(h, body) h:_finish(body(h)) end
+
 function Engine:submit(name, params, caller, opts)
   if self.closed then error("engine is closed", 2) end
   opts = opts or {}
   local h = setmetatable({
     id = core.ulid(), engine = self, name = name, params = params,
-    opts = opts, logs = {}, on_progress = opts.on_progress, on_done = opts.on_done,
+    opts = opts, on_progress = opts.on_progress, on_done = opts.on_done,
   }, Handle)
   if opts.deadline_ms then h.deadline = core.mono_ms() + opts.deadline_ms end
   local c, why = self.auth:caller(caller)
+  local body
   if self.closing then
     h.caller = c or authorizer.caller(nil)
-    h.co = function()
-      return pipeline.error_envelope(h.id, name, "cancelled", "the engine is closing")
-    end
+    body = run_closing
   elseif not c then
     h.caller = authorizer.caller(nil)
+    h.refused = why
     self:emit("authorization.denied", nil, { execution_id = h.id, tool = tostring(name),
       principal = "anonymous", reason = "caller refused: " .. why })
-    h.co = function()
-      local env = pipeline.error_envelope(h.id, name, "unauthorized", "caller refused: " .. why)
-      store.record(self, h, env)
-      return env
-    end
+    body = run_refused
   else
     h.caller = c
-    h.co = function() return pipeline.run(self, h) end
+    body = run_pipeline
   end
   self.handles[h.id] = h
-  local body = h.co
-  h.co = coroutine.create(function() h:_finish(body()) end)
+  h.co = coroutine.create(call_main)
   -- Runs until the first wait (or to the end, for a call refused early).
   h.in_submit = true
-  h:_resume()
+  local ok, err = coroutine.resume(h.co, h, body)
   h.in_submit = nil
+  if not ok then
+    -- pipeline.run catches everything; reaching here is an engine bug
+    h:_finish(pipeline.error_envelope(h.id, name, "internal", tostring(err)))
+  end
   return h
 end
 

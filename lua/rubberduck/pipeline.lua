@@ -21,10 +21,16 @@ local RECYCLE = { memory_limit = true, cpu_limit = true, timeout = true,
 local floor, format = math.floor, string.format
 local yield, running = coroutine.yield, coroutine.running
 
+-- The date and time part is formatted once a second; the milliseconds
+-- come from a table.
+local iso_sec, iso_text
+local MS = {}
+for i = 0, 999 do MS[i] = format(".%03dZ", i) end
 function M.iso8601(t)
   local s = floor(t)
   local ms = floor((t - s) * 1000)
-  return os.date("!%Y-%m-%dT%H:%M:%S", s) .. format(".%03dZ", ms)
+  if s ~= iso_sec then iso_sec, iso_text = s, os.date("!%Y-%m-%dT%H:%M:%S", s) end
+  return iso_text .. MS[ms]
 end
 
 -- A copy of the caller's params (the validator fills defaults in place; the
@@ -44,14 +50,6 @@ local function is_object(v)
     and (next(v) == nil or not json.is_array(v))
 end
 
--- Lets the registry run a tool definition while this call waits.
-local function waiter(h)
-  return {
-    yield = yield,
-    resume = function() h:_resume("defined") end,
-  }
-end
-
 -- Run one attempt in the tool state. Returns ok, status|kind, output|msg, stats.
 local function attempt_call(engine, h, t, st, arg, limits)
   -- What a call may push through ctx.log / print / ctx.progress is capped
@@ -63,7 +61,6 @@ local function attempt_call(engine, h, t, st, arg, limits)
     if budget < 0 then
       if not h.logs_truncated then
         h.logs_truncated = true
-        h.logs[#h.logs + 1] = { level = "warn", message = "log truncated: more than max_output bytes" }
         engine:emit("execution.log", nil, { execution_id = h.id, tool = t.name, level = "warn",
           message = "log truncated: more than max_output bytes" })
       end
@@ -78,12 +75,11 @@ local function attempt_call(engine, h, t, st, arg, limits)
       end
     elseif kind == "log" then
       local level, msg = text:match("^([^\t]*)\t(.*)$")
-      h.logs[#h.logs + 1] = { level = level or "info", message = msg or text }
       engine:emit("execution.log", nil,
         { execution_id = h.id, tool = t.name, level = level or "info", message = msg or text })
     end
   end)
-  local ok, err = st:start("execute", arg, limits, function(...) h:_resume(...) end)
+  local ok, err = st:start("execute", arg, limits, h:waker())
   if not ok then return false, "internal", err, {} end
   h.state = st
   h.stage_name = "running"
@@ -102,7 +98,8 @@ end
 
 local function sleep(engine, h, ms)
   h.stage_name = "retry_wait"
-  h.timer = engine.loop:timer(ms, function() h.timer = nil; h:_resume("timer") end)
+  local wake = h:waker()
+  h.timer = engine.loop:timer(ms, function() h.timer = nil; wake("timer") end)
   repeat
     local why = yield()
     if why == "cancelled" or h.cancelled then
@@ -111,6 +108,12 @@ local function sleep(engine, h, ms)
     end
   until h.timer == nil
   return true
+end
+
+-- Give a tool state back after an attempt. `recycle`: it must not serve again.
+local function give_back(engine, h, t, st, recycle)
+  h.held = nil
+  engine.registry:checkin(t, st, recycle)
 end
 
 -- The body: returns output, err (err = { kind, message, details, retryable }).
@@ -186,18 +189,15 @@ local function body(engine, h, meta)
       if left < timeout then timeout = left end
     end
     meta.attempts = attempt
-    engine:emit("execution.attempt", { attempt = attempt },
-      { execution_id = h.id, tool = t.name })
+    if engine:wants("execution.attempt") then
+      engine:emit("execution.attempt", { attempt = attempt }, { execution_id = h.id, tool = t.name })
+    end
     h.stage_name = "starting"
-    local st, serr = engine.registry:checkout(t, waiter(h))
+    local st, serr = engine.registry:checkout(t, h)
     if not st then return nil, errors.new("internal", serr) end
     h.held = st
-    local function give_back(recycle)
-      h.held = nil
-      engine.registry:checkin(t, st, recycle)
-    end
     if h.cancelled then
-      give_back()
+      give_back(engine, h, t, st)
       return nil, errors.new("cancelled", "cancelled by the caller")
     end
     local arg = { params = params, ctx = {
@@ -211,18 +211,18 @@ local function body(engine, h, meta)
       meta.peak_memory_bytes = stats.peak_memory_bytes
     end
     if ok and a.status == "ok" then
-      give_back()
+      give_back(engine, h, t, st)
       return b
     end
     local err
     if ok then
-      give_back()
+      give_back(engine, h, t, st)
       err = errors.new(a.kind, a.message, a.details)
       err.retryable = errors.retryable(a.kind, a.retryable)
     else
       -- a breach recorded in C, or the bootstrap itself failed
       local k = a == "error" and "internal" or a
-      give_back(RECYCLE[k])
+      give_back(engine, h, t, st, RECYCLE[k])
       err = errors.new(k, k == "internal" and ("tool state failed: " .. tostring(b)) or tostring(b))
       if k == "cpu_limit" then
         err.message = format("CPU budget of %s ms spent", sec.max_cpu)
@@ -275,8 +275,10 @@ function M.run(engine, h)
   -- a caller's trace id (a string) goes with the call's events
   local trace = h.caller.trace_id
   if type(trace) ~= "string" then trace = nil end
-  engine:emit("execution.start", nil, { execution_id = h.id, tool = tostring(h.name),
-    principal = h.caller.principal, entry = h.opts.entry or engine.entry, trace_id = trace })
+  if engine:wants("execution.start") then
+    engine:emit("execution.start", nil, { execution_id = h.id, tool = tostring(h.name),
+      principal = h.caller.principal, entry = h.opts.entry or engine.entry, trace_id = trace })
+  end
   local ok, output, err = pcall(body, engine, h, meta)
   if h.held then -- the body failed (an engine bug) while it held a state
     engine.registry:checkin(h.tool, h.held, true)
@@ -303,14 +305,17 @@ function M.run(engine, h)
   if err then
     env.error = { kind = err.kind, message = err.message, details = err.details or json.object({}) }
   end
-  local md = { execution_id = h.id, tool = env.tool, status = env.status,
-    principal = h.caller.principal, kind = err and err.kind or nil, trace_id = trace }
-  local ms = { duration_ms = meta.duration_ms, attempts = meta.attempts,
-    cpu_ms = meta.cpu_ms, peak_memory_bytes = meta.peak_memory_bytes }
   results.emit(engine, env)
   if meta.cached then results.emit(engine, env, "tool.result.cached") end
-  engine:emit("execution.stop", ms, md)
-  if err then engine:emit("execution.exception", ms, md) end
+  local stop, exc = engine:wants("execution.stop"), err and engine:wants("execution.exception")
+  if stop or exc then
+    local md = { execution_id = h.id, tool = env.tool, status = env.status,
+      principal = h.caller.principal, kind = err and err.kind or nil, trace_id = trace }
+    local ms = { duration_ms = meta.duration_ms, attempts = meta.attempts,
+      cpu_ms = meta.cpu_ms, peak_memory_bytes = meta.peak_memory_bytes }
+    if stop then engine:emit("execution.stop", ms, md) end
+    if exc then engine:emit("execution.exception", ms, md) end
+  end
   -- history; returns once the record is durable, except for a call refused
   -- as overloaded: backpressure answers at once (its record is written
   -- with the next group commit all the same)

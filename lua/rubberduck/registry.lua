@@ -43,10 +43,11 @@ end
 
 local function basename(path) return (path:gsub("^.*/", "")) end
 
--- Make a tool state and evaluate `source` in it. With `wait` (a function
--- that yields the calling coroutine until it is resumed), the definition
--- runs while the loop goes on; without it the loop is run here, which is
--- for load time only (never from inside a loop callback).
+-- Make a tool state and evaluate `source` in it. With `wait` (the handle
+-- of the execution whose coroutine calls this: it yields, and the
+-- handle's waker resumes it), the definition runs while the loop goes on;
+-- without it the loop is run here, which is for load time only (never
+-- from inside a loop callback).
 -- Returns state, def | nil, problems (list of "file: path: reason").
 function M.evaluate(engine, file, source, wait)
   local ok, st = pcall(core.lstate.new, engine.loop, {
@@ -61,14 +62,14 @@ function M.evaluate(engine, file, source, wait)
     { cpu_ms = M.DEFINE_CPU_MS, timeout_ms = M.DEFINE_TIMEOUT_MS },
     function(...)
       done, r = true, { ... }
-      if wait then wait.resume() end
+      if wait then wait:_resume("defined") end
     end)
   if not started then
     st:close()
     return nil, { file .. ": (engine): " .. tostring(serr) }
   end
   while not done do
-    if wait then wait.yield() else engine.loop:run("once") end
+    if wait then coroutine.yield() else engine.loop:run("once") end
   end
   local good, res, _ = r[1], r[2], r[3]
   if not good then
@@ -187,8 +188,8 @@ end
 function Registry:get(name) return self.tools[name] end
 
 -- A state for one call of `t`: an idle one, or a new one (from the tool's
--- source for an in-process level: `wait` lets the definition run while
--- the loop goes on). The caller (the executor) has made sure fewer than
+-- source for an in-process level: `wait`, the calling execution's handle,
+-- lets the definition run while the loop goes on). The caller (the executor) has made sure fewer than
 -- def.execution.concurrency calls of `t` run. Returns state | nil, why.
 function Registry:checkout(t, wait)
   while #t.idle > 0 do

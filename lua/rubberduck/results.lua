@@ -201,7 +201,14 @@ end
 -- The caller's options (submit/execute opts): format, redact, truncate.
 -- Caller redaction adds to the tool's; the smaller truncate wins.
 -- Returns { format, redact, truncate } | nil, message.
+local plain_options = setmetatable({}, { __mode = "k" }) -- def_output -> options
+
 function M.options(tool_opts, def_output, opts)
+  if opts.format == nil and opts.redact == nil and opts.truncate == nil then
+    -- the caller asked for nothing: the tool's own options, made once
+    local o = plain_options[def_output]
+    if o and o.of == tool_opts then return o end
+  end
   local fmt = opts.format or def_output.format or "json"
   if not formats.known[fmt] then
     return nil, "format: expected one of " .. concat(formats.list, ", ") .. ", got " .. tostring(fmt)
@@ -223,7 +230,11 @@ function M.options(tool_opts, def_output, opts)
     end
     if not trunc or n < trunc then trunc = n end
   end
-  return { format = fmt, redact = red, truncate = trunc }
+  local o = { format = fmt, redact = red, truncate = trunc, of = tool_opts }
+  if opts.format == nil and opts.redact == nil and opts.truncate == nil then
+    plain_options[def_output] = o
+  end
+  return o
 end
 
 -- The caller's options checked before the tool runs (a call that could
@@ -327,6 +338,8 @@ local function validate(t, view)
     { errors = json.array(errs) })
 end
 
+local CANONICAL = { canonical = true }
+
 -- Stage 4. `output`, `err`: what stage 3 ended with. Fills meta; returns
 -- the envelope's output (the JSON view) and an error or nil.
 function M.process(engine, h, output, err, meta)
@@ -386,7 +399,7 @@ function M.process(engine, h, output, err, meta)
     end
   end
   -- 5 enrich
-  local canonical = assert(json.encode(view == nil and null or view, { canonical = true }))
+  local canonical = assert(json.encode(view == nil and null or view, CANONICAL))
   meta.output_bytes = #canonical
   meta.output_digest = R.digest(canonical)
   -- 6 persist (item 6 of issue 8: the store provides engine.persist)
@@ -425,6 +438,8 @@ end
 -- in engine.bus:errors(); the pipeline goes on). The result cache, when it
 -- answers a call, emits the same with name "tool.result.cached".
 function M.emit(engine, env, name)
+  name = name or "tool.result.processed"
+  if not engine:wants(name) then return 0 end
   local m = env.metadata
   local md = { execution_id = env.execution_id, tool = env.tool, status = env.status,
     format = m.format, principal = m.principal, tool_version = m.tool_version,
@@ -436,7 +451,7 @@ function M.emit(engine, env, name)
     attempts = m.attempts, redacted = m.redacted or 0,
     truncated = m.truncated and #m.truncated or 0,
     binary_values = m.binary_paths and #m.binary_paths or 0 }
-  return engine:emit(name or "tool.result.processed", ms, md)
+  return engine:emit(name, ms, md)
 end
 
 -- ---- reading an envelope back ------------------------------------------------------------------

@@ -244,13 +244,19 @@ function M.attach(engine, opts)
     local ok, ferr, fcode = s.audit:flush()
     if not ok then warn(engine, "audit trail", ferr, fcode) end
   end
-  s.audit_sub = engine:subscribe("", function(ev)
+  -- One subscription per audited event (not one to every event: the
+  -- pipeline builds an event only when someone listens for it).
+  local function on_event(ev)
     if not wanted[ev.name] then return end
     s.audit:queue(ev.name, { metadata = ev.metadata, measurements = ev.measurements })
     if not flush_timer and not engine.closed then
       flush_timer = engine.loop:timer(0, flush)
     end
-  end)
+  end
+  s.audit_subs = {}
+  for _, name in ipairs(M.AUDIT_EVENTS) do
+    s.audit_subs[#s.audit_subs + 1] = engine:subscribe(name, on_event)
+  end
   local cc, hc = s.config.cache, s.config.history
   -- Retention at open too: a short-lived engine (rduck run) never sees its timer.
   local pok, perr, pcode = s.history:prune()
@@ -273,7 +279,7 @@ function M.detach(engine)
   local s = engine.storage
   if not s then return end
   for _, t in ipairs(s.timers or {}) do t.stop() end
-  if s.audit_sub then engine:unsubscribe(s.audit_sub) end
+  for _, id in ipairs(s.audit_subs or {}) do engine:unsubscribe(id) end
   local ok, err, code = s.audit:flush()
   if not ok then warn(engine, "audit trail", err, code) end
   s:close()
