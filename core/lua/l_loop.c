@@ -5,7 +5,9 @@
  *   loop:run("once" | "nowait" | "default" [, spin_us]) -> alive (boolean)
  *       with spin_us, "once" first spins up to that long (CPU busy, no
  *       sleep) for a callback, and blocks only if none came: for a
- *       synchronous caller that expects an answer within microseconds
+ *       synchronous caller that expects an answer within microseconds;
+ *       without spin_us, it spins on its own only while answers are
+ *       awaited that have been quick (auto_spin below)
  *   local t = loop:timer(ms, fn)   one-shot; fn() runs on the loop
  *   local s = loop:signal(signo, fn) fn(signo) on the loop each time the
  *                                  process gets the signal (instead of its
@@ -64,8 +66,22 @@ void rd__loop_post(rd_loop *l, rd_done *d) {
   do {
     d->next = head;
   } while (!atomic_compare_exchange_weak(&l->done_head, &head, d));
-  uv_async_send(&l->done_async);
+  /* A spinning loop thread sees the item without a wake-up (a system call
+   * on both sides). Both sides are sequentially consistent: the push above
+   * comes before this read of `spinning`, and the spinner's last look at
+   * done_head comes after it clears `spinning` (spin_once), so one of the
+   * two sees the other. */
+  if (atomic_load(&l->spinning) == 0) uv_async_send(&l->done_async);
   atomic_fetch_sub(&l->posting, 1);
+}
+
+void rd__loop_expect(rd_loop *l) { l->expected++; }
+
+void rd__loop_answered(rd_loop *l, double us) {
+  if (l->expected > 0) l->expected--;
+  if (us < 0) return;
+  if (us > 1e6) us = 1e6;
+  l->answer_us = l->answer_us == 0 ? us : 0.875 * l->answer_us + 0.125 * us;
 }
 
 static void on_done(uv_async_t *h) {
@@ -121,6 +137,7 @@ static int l_new(lua_State *L) {
   l->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
   atomic_init(&l->done_head, NULL);
   atomic_init(&l->posting, 0);
+  atomic_init(&l->spinning, 0);
   uv_async_init(&l->uv, &l->done_async, on_done);
   l->done_async.data = l;
   uv_unref((uv_handle_t *)&l->done_async); /* does not keep the loop alive */
@@ -138,6 +155,7 @@ static int l_new(lua_State *L) {
 
 static int spin_once(rd_loop *l, double us) {
   unsigned long before = l->ncalls;
+  atomic_fetch_add(&l->spinning, 1);
   uint64_t start = rd__mono_ns(), now = start;
   uint64_t until = start + (uint64_t)(us * 1e3);
   int got = 0;
@@ -164,10 +182,31 @@ static int spin_once(rd_loop *l, double us) {
       sched_yield();
     }
   }
+  atomic_fetch_sub(&l->spinning, 1);
+  /* An item pushed while we were spinning sent no wake-up: whatever we
+   * found, look once more now that posters will send one. */
+  if (atomic_load(&l->done_head)) {
+    on_done(&l->done_async);
+    got = l->ncalls != before;
+  }
   now = rd__mono_ns();
   if (now - start >= PAUSE_NS) l->skip_pause = 32;
   else if (l->skip_pause) l->skip_pause--;
   return got;
+}
+
+/* How long a blocking "once" spins on its own (no spin_us given): while
+ * answers are awaited and have been coming back within AUTO_SPIN_MAX_US
+ * on average, a few times that average, so a caller running the loop
+ * itself (an asynchronous client) gets a quick answer as soon as a
+ * synchronous one does. Slow answers (a strict worker's process, a
+ * sleeping tool) are waited for asleep. */
+#define AUTO_SPIN_MAX_US 300.0
+
+static double auto_spin(const rd_loop *l) {
+  if (l->expected <= 0 || l->answer_us <= 0 || l->answer_us > AUTO_SPIN_MAX_US) return 0;
+  double us = 3 * l->answer_us + 20;
+  return us > AUTO_SPIN_MAX_US ? AUTO_SPIN_MAX_US : us;
 }
 
 static int l_run(lua_State *L) {
@@ -175,7 +214,7 @@ static int l_run(lua_State *L) {
   static const char *const modes[] = {"default", "once", "nowait", NULL};
   static const uv_run_mode m[] = {UV_RUN_DEFAULT, UV_RUN_ONCE, UV_RUN_NOWAIT};
   int i = luaL_checkoption(L, 2, "once", modes);
-  double spin = luaL_optnumber(L, 3, 0);
+  double spin = lua_isnoneornil(L, 3) ? auto_spin(l) : luaL_checknumber(L, 3);
   if (i == 1 && spin > 0 && spin_once(l, spin)) {
     lua_pushboolean(L, uv_loop_alive(&l->uv));
     return 1;

@@ -71,6 +71,10 @@ struct lcore {
   rd_done done;              /* posted to the loop when run() returned */
   int cbref, notifyref;      /* in the host (loop->cbL) */
   int running, abandoned, ud_gone, closing, handles_open;
+  int awaited;               /* counted in loop->expected (rd__loop_expect) */
+  int given_up;              /* abandoned while on a thread (under q_lock) */
+  uint64_t started_ns;       /* when start() handed the call over */
+  uint64_t queued_ns;        /* when it entered the call threads' queue */
   /* the call in flight */
   double cpu_ms;
   uint64_t deadline_ns;
@@ -172,6 +176,8 @@ static int q_threads;   /* call threads alive */
 static int q_idle;      /* of those, waiting for work (or spinning) */
 static int q_spinning;  /* of the idle ones, spinning rather than asleep */
 static int q_queued;    /* calls in the queue, not yet taken by a thread */
+static int q_busy;      /* threads running a call */
+static int q_given_up;  /* of those, calls abandoned at their deadline */
 static pid_t q_pid;     /* the process the threads belong to */
 static volatile int q_forked = 1; /* set in a fork child: check q_pid */
 static pthread_once_t q_once = PTHREAD_ONCE_INIT;
@@ -217,10 +223,14 @@ static inline void cpu_relax(uint64_t spun_ns, unsigned skip_pause) {
  * released) for up to SPIN_NS after the thread's last call, then sleeps;
  * submit() signals only when no thread spins. Returns the thread's CPU
  * time (ms) at a moment after which it only waited. */
+/* Idle threads that spin at once, at most: more would only take CPU from
+ * the calls and from the loop (the others sleep on q_cond). */
+#define MAX_SPINNERS 1
+
 static double wait_for_work(int spin, unsigned *skip_pause) {
   if (q_head) return rd__thread_cpu_ms();
   q_idle++;
-  if (spin) {
+  if (spin && q_spinning < MAX_SPINNERS) {
     q_spinning++;
     pthread_mutex_unlock(&q_lock);
     double cpu = rd__thread_cpu_ms();
@@ -257,8 +267,13 @@ static void *call_thread(void *arg) {
     __atomic_store_n(&q_head, c->qnext, __ATOMIC_RELEASE);
     if (!q_head) q_tail = NULL;
     q_queued--;
+    q_busy++;
     pthread_mutex_unlock(&q_lock);
     run(c, cpu_start);
+    pthread_mutex_lock(&q_lock);
+    q_busy--;
+    if (c->given_up) q_given_up--;
+    pthread_mutex_unlock(&q_lock);
     /* The only message back: after this the loop may free c at any time. */
     rd__loop_post(c->loop, &c->done);
     pthread_mutex_lock(&q_lock);
@@ -266,9 +281,66 @@ static void *call_thread(void *arg) {
   return NULL;
 }
 
-/* Queue a call; 0 or an errno value. A thread is started whenever the
- * queued calls outnumber the idle threads, so a call never waits behind
- * one that runs (or is stuck) on another thread. */
+/* How many calls run at once before a queued call waits for one of them:
+ * as many as there are CPUs (at least 2). More threads than that only
+ * share the CPUs, and each would cost a wake-up. A call that waits longer
+ * than STUCK_NS gets a thread of its own all the same (the watchdog below),
+ * so calls stuck in C or sleeping never hold up the others for long. */
+static int active_cap;
+#define STUCK_NS 1000000u
+
+static pthread_cond_t wd_cond = PTHREAD_COND_INITIALIZER;
+static int wd_running;   /* the watchdog thread exists (in this process) */
+static int wd_waiting;   /* it sleeps until a call is left queued */
+
+static int start_thread(void) {
+  pthread_t th;
+  pthread_attr_t at;
+  pthread_attr_init(&at);
+  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&at, CALL_STACK);
+  int rc = pthread_create(&th, &at, call_thread, NULL);
+  pthread_attr_destroy(&at);
+  if (rc == 0) q_threads++;
+  return rc;
+}
+
+/* With q_lock held: give every queued call a thread now (wake sleeping
+ * ones, start new ones up to MAX_THREADS). */
+static void grow_for_queue(void) {
+  int want = q_queued - q_spinning;
+  int sleeping = q_idle - q_spinning;
+  for (int i = 0; i < want && i < sleeping; i++) pthread_cond_signal(&q_cond);
+  for (int i = sleeping; i < want && q_threads < MAX_THREADS; i++)
+    if (start_thread() != 0) break;
+}
+
+/* The watchdog: while calls are queued, checks every STUCK_NS that the
+ * oldest one was taken; if not, every active thread is busy with a long
+ * call, and the queued calls get threads of their own. */
+static void *watchdog(void *arg) {
+  RD_UNUSED(arg);
+  pthread_mutex_lock(&q_lock);
+  for (;;) {
+    while (!q_head) {
+      wd_waiting = 1;
+      pthread_cond_wait(&wd_cond, &q_lock);
+      wd_waiting = 0;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += STUCK_NS;
+    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+    pthread_cond_timedwait(&wd_cond, &q_lock, &ts);
+    if (q_head && rd__mono_ns() - q_head->queued_ns >= STUCK_NS) grow_for_queue();
+  }
+  return NULL;
+}
+
+/* Queue a call; 0 or an errno value. The call is taken by a spinning
+ * thread, else by a sleeping one (woken) or a new one while fewer than
+ * active_cap run calls; otherwise it waits for a running call to end, and
+ * the watchdog makes sure that wait is short. */
 static int submit(lcore *c) {
   int rc = 0;
   c->done.fn = on_run_done;
@@ -287,30 +359,44 @@ static int submit(lcore *c) {
       q_pid = getpid();
       pthread_mutex_init(&q_lock, NULL);
       pthread_cond_init(&q_cond, NULL);
+      pthread_cond_init(&wd_cond, NULL);
       q_head = q_tail = NULL;
-      q_threads = q_idle = q_queued = q_spinning = 0;
+      q_threads = q_idle = q_queued = q_spinning = q_busy = q_given_up = 0;
+      wd_running = wd_waiting = 0;
+      long n = sysconf(_SC_NPROCESSORS_ONLN);
+      active_cap = n < 2 ? 2 : n > 64 ? 64 : (int)n;
     }
   }
+  c->queued_ns = rd__mono_ns();
   pthread_mutex_lock(&q_lock);
-  if (q_queued + 1 > q_idle && q_threads < MAX_THREADS) {
+  if (!wd_running) {
     pthread_t th;
     pthread_attr_t at;
     pthread_attr_init(&at);
     pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&at, CALL_STACK);
-    rc = pthread_create(&th, &at, call_thread, NULL);
+    if (pthread_create(&th, &at, watchdog, NULL) == 0) wd_running = 1;
     pthread_attr_destroy(&at);
-    if (rc == 0) q_threads++;
-    else if (q_threads > 0) rc = 0; /* an existing thread will get to it */
+  }
+  int busy = q_busy - q_given_up; /* a call stuck in C does not count */
+  int waiting = q_queued + 1 - q_spinning; /* calls no spinner will take */
+  if (waiting > 0 && busy < active_cap) {
+    if (q_idle - q_spinning > 0) {
+      pthread_cond_signal(&q_cond);
+    } else if (q_threads < MAX_THREADS) {
+      rc = start_thread();
+      if (rc != 0 && q_threads > 0) rc = 0; /* an existing thread will get to it */
+    }
+  } else if (waiting > 0 && !wd_running && q_threads < MAX_THREADS) {
+    /* no watchdog (it could not start): a thread per call, as a fallback */
+    rc = start_thread();
+    if (rc != 0 && q_threads > 0) rc = 0;
   }
   if (rc == 0) {
     if (q_tail) q_tail->qnext = c;
     else __atomic_store_n(&q_head, c, __ATOMIC_RELEASE);
     q_tail = c;
     q_queued++;
-    /* A spinning thread sees the call; wake a sleeping one only if the
-     * queue holds more calls than threads spin. */
-    if (q_queued > q_spinning) pthread_cond_signal(&q_cond);
+    if (wd_waiting) pthread_cond_signal(&wd_cond);
   }
   pthread_mutex_unlock(&q_lock);
   return rc;
@@ -560,8 +646,17 @@ static int l_call(lua_State *L) {
   return 4;
 }
 
+/* The loop no longer awaits this call's answer (it came, or was given up:
+ * us < 0). */
+static void answered(lcore *c, double us) {
+  if (!c->awaited) return;
+  c->awaited = 0;
+  rd__loop_answered(c->loop, us);
+}
+
 static void after_run(lcore *c) {
   c->running = 0;
+  answered(c, (double)(rd__mono_ns() - c->started_ns) / 1e3);
   uv_timer_stop(&c->timer);
   drain(c);
   if (c->abandoned || c->ud_gone) {
@@ -586,6 +681,11 @@ static void on_overdue(uv_timer_t *t) {
   /* The hook did not get the code to stop: it is in a blocking C call.
    * Answer now; free the state when the thread comes back. */
   c->abandoned = 1;
+  answered(c, -1);
+  pthread_mutex_lock(&q_lock);
+  c->given_up = 1;
+  q_given_up++;
+  pthread_mutex_unlock(&q_lock);
   rd__lstate_request_stop(c->s, RD_BREACH_TIMEOUT);
   /* Busy in C (a pattern match) or blocked (a sleeping C call)? The
    * thread's CPU clock tells: past the CPU budget it is cpu_limit. */
@@ -640,6 +740,9 @@ static int l_start(lua_State *L) {
     return 2;
   }
   c->running = 1;
+  c->awaited = 1;
+  c->started_ns = rd__mono_ns();
+  rd__loop_expect(c->loop);
   /* The loop's clock is cached: the host may not have run the loop for a
    * while (a synchronous caller), so refresh it or the timer fires early. */
   uv_update_time(&c->loop->uv);

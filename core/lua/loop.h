@@ -27,6 +27,9 @@ typedef struct rd_loop {
   atomic_int posting;                 /* posters still inside rd__loop_post */
   unsigned long ncalls;               /* callbacks run (rd__loop_pcall) */
   unsigned skip_pause;                /* spins left that skip pausing */
+  atomic_int spinning;                /* >0: the loop thread watches done_head */
+  int expected;                       /* answers awaited (rd__loop_expect) */
+  double answer_us;                   /* moving average of their wait */
 } rd_loop;
 
 /* From any thread: queue `d` so that d->fn(d) runs on the loop thread
@@ -34,6 +37,17 @@ typedef struct rd_loop {
  * d belongs to; the loop itself is not freed while a poster is still
  * inside this function (closing waits for `posting` to reach 0). */
 void rd__loop_post(rd_loop *l, rd_done *d);
+
+/* On the loop thread: an answer from another thread or process is awaited
+ * (a call on a call thread, a request to a worker). While answers are
+ * awaited and they have been coming back quickly, a blocking "once" run
+ * of the loop first spins briefly for them (see l_loop.c, auto_spin),
+ * which saves the wake-up of a sleeping thread on both sides. Every
+ * rd__loop_expect is matched by one rd__loop_answered, with the time the
+ * answer took in microseconds (negative: the wait was given up, and it
+ * does not count in the average). No errors. */
+void rd__loop_expect(rd_loop *l);
+void rd__loop_answered(rd_loop *l, double us);
 
 /* Every handle a binding starts on the loop has `data` pointing to a struct
  * whose first member is an rd_uvowner, so closing the loop can ask the

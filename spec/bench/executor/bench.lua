@@ -21,7 +21,12 @@ local rd = require "rubberduck"
 local core = require "rubberduck.core"
 
 local OP = { principal = "bench", capabilities = { "*" } }
+-- RD_BENCH_LEVELS="relaxed none": only those levels (all four by default)
 local LEVELS = { "strict", "balanced", "relaxed", "none" }
+if os.getenv("RD_BENCH_LEVELS") then
+  LEVELS = {}
+  for l in os.getenv("RD_BENCH_LEVELS"):gmatch("%a+") do LEVELS[#LEVELS + 1] = l end
+end
 local CONCURRENCY = { 1, 16, 256 }
 
 local function tmpdir()
