@@ -127,6 +127,12 @@ static void push_entry(lua_State *L, char *key, lua_CFunction fn, int with_mt);
  * or encode on a state at its memory cap allocates nothing before its
  * lua_pcall. */
 void rd__json_init(lua_State *L) {
+  /* Done already in this state (the entries are made last)? */
+  lua_pushlightuserdata(L, &encode_fn_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  int done = lua_isfunction(L, -1);
+  lua_pop(L, 1);
+  if (done) return;
   if (luaL_newmetatable(L, RD_JSON_ARRAY_MT)) {
     lua_pushliteral(L, "array");
     lua_setfield(L, -2, "__jsontype");

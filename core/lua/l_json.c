@@ -102,10 +102,17 @@ static int encode_push(lua_State *L) {
   return 1;
 }
 
+/* encode(v [, opts]); as encode_canonical(v), upvalue 2 is true: the
+ * canonical form without an options table to read. */
 static int l_encode(lua_State *L) {
   encode_call c;
   luaL_checkany(L, 1);
-  check_opts(L, 2, &c.opts);
+  if (lua_toboolean(L, lua_upvalueindex(2))) {
+    memset(&c.opts, 0, sizeof c.opts);
+    c.opts.canonical = 1;
+  } else {
+    check_opts(L, 2, &c.opts);
+  }
   lua_settop(L, 1);
   c.buf = (rd_buf)RD_BUF_INIT;
   c.rc = RD_OK;
@@ -167,8 +174,13 @@ int rd__luaopen_json(lua_State *L) {
   lua_newtable(L);
   luaL_register(L, NULL, fns);
   lua_pushcfunction(L, encode_push);
-  lua_pushcclosure(L, l_encode, 1);
+  lua_pushboolean(L, 0);
+  lua_pushcclosure(L, l_encode, 2);
   lua_setfield(L, -2, "encode");
+  lua_pushcfunction(L, encode_push);
+  lua_pushboolean(L, 1);
+  lua_pushcclosure(L, l_encode, 2);
+  lua_setfield(L, -2, "encode_canonical");
   lua_pushlightuserdata(L, RD_JSON_NULL);
   lua_setfield(L, -2, "null");
   luaL_getmetatable(L, RD_JSON_ARRAY_MT);

@@ -14,23 +14,19 @@ typedef struct ctx {
   int max_depth;
   size_t max_bytes, bytes;
   int allow_nonfinite;
-  const void *stack[RD_JSON_MAX_DEPTH * 4 + 1]; /* tables being copied */
-  char path[1024];   /* JSON pointer of the current value */
-  size_t plen;
+  const void *array_mt, *object_mt;  /* the markers, in `from` */
+  int nkeys;                         /* keys on the path to the current value */
+  /* Tables being copied, and the stack index (in `from`) of the key being
+   * copied at each level: the JSON pointer of a failure is built from
+   * these only when there is one. Written before read: not zeroed. */
+  const void *stack[RD_JSON_MAX_DEPTH * 4 + 1];
+  int keys[RD_JSON_MAX_DEPTH * 4 + 1];
   rd_error *err;
 } ctx;
 
-/* "POINTER: WHAT", the root being "" (results.h lists the WHATs). */
-static int fail(ctx *c, int code, const char *what) {
-  rd_error_set(c->err, code, "%s: %s", c->plen ? c->path : "", what);
-  rd__utf8_clean(c->err->message, strlen(c->err->message));
-  return code;
-}
-
-/* Append one reference token to the pointer (escaping ~ and /). Returns the
- * old length to restore. Truncates silently if the path is very long. */
-static size_t path_push(ctx *c, lua_State *L, int kidx) {
-  size_t old = c->plen;
+/* Append one reference token (the key at kidx in L) to a pointer, escaping
+ * ~ and /; truncates silently past the buffer. */
+static void path_token(char *path, size_t cap, size_t *plen, lua_State *L, int kidx) {
   char tmp[64];
   const char *k;
   size_t klen;
@@ -48,20 +44,25 @@ static size_t path_push(ctx *c, lua_State *L, int kidx) {
     k = lua_typename(L, lua_type(L, kidx));
     klen = strlen(k);
   }
-  if (c->plen + 2 >= sizeof c->path) return old;
-  c->path[c->plen++] = '/';
-  for (size_t i = 0; i < klen && c->plen + 3 < sizeof c->path; i++) {
-    if (k[i] == '~') { c->path[c->plen++] = '~'; c->path[c->plen++] = '0'; }
-    else if (k[i] == '/') { c->path[c->plen++] = '~'; c->path[c->plen++] = '1'; }
-    else c->path[c->plen++] = k[i];
+  if (*plen + 2 >= cap) return;
+  path[(*plen)++] = '/';
+  for (size_t i = 0; i < klen && *plen + 3 < cap; i++) {
+    if (k[i] == '~') { path[(*plen)++] = '~'; path[(*plen)++] = '0'; }
+    else if (k[i] == '/') { path[(*plen)++] = '~'; path[(*plen)++] = '1'; }
+    else path[(*plen)++] = k[i];
   }
-  c->path[c->plen] = '\0';
-  return old;
+  path[*plen] = '\0';
 }
 
-static void path_pop(ctx *c, size_t old) {
-  c->plen = old;
-  c->path[old] = '\0';
+/* "POINTER: WHAT", the root being "" (results.h lists the WHATs). */
+static int fail(ctx *c, int code, const char *what) {
+  char path[1024];
+  size_t plen = 0;
+  path[0] = '\0';
+  for (int i = 0; i < c->nkeys; i++) path_token(path, sizeof path, &plen, c->from, c->keys[i]);
+  rd_error_set(c->err, code, "%s: %s", path, what);
+  rd__utf8_clean(c->err->message, strlen(c->err->message));
+  return code;
 }
 
 static int copy(ctx *c, int idx, int depth);
@@ -76,19 +77,12 @@ static int account(ctx *c, size_t n) {
 }
 
 /* Marker of the table at idx in `from`: 1 array, 2 object, 0 none. */
-static int marker(lua_State *L, int idx) {
+static int marker(ctx *c, int idx) {
+  lua_State *L = c->from;
   if (!lua_getmetatable(L, idx)) return 0;
-  int m = 0;
-  luaL_getmetatable(L, RD_JSON_ARRAY_MT);
-  if (lua_rawequal(L, -1, -2)) m = 1;
+  const void *mt = lua_topointer(L, -1);
   lua_pop(L, 1);
-  if (!m) {
-    luaL_getmetatable(L, RD_JSON_OBJECT_MT);
-    if (lua_rawequal(L, -1, -2)) m = 2;
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  return m;
+  return mt == c->array_mt ? 1 : mt == c->object_mt ? 2 : 0;
 }
 
 static int copy_table(ctx *c, int idx, int depth) {
@@ -103,7 +97,7 @@ static int copy_table(ctx *c, int idx, int depth) {
   int rc = account(c, 16);
   if (rc) return rc;
   lua_newtable(T);
-  int m = marker(F, idx);
+  int m = marker(c, idx);
   if (m) {
     luaL_getmetatable(T, m == 1 ? RD_JSON_ARRAY_MT : RD_JSON_OBJECT_MT);
     if (lua_istable(T, -1)) lua_setmetatable(T, -2);
@@ -112,15 +106,14 @@ static int copy_table(ctx *c, int idx, int depth) {
   lua_pushnil(F);
   while (lua_next(F, idx) != 0) {
     int kt = lua_type(F, -2);
+    c->keys[c->nkeys++] = lua_gettop(F) - 1;
     if (kt != LUA_TSTRING && kt != LUA_TNUMBER) {
-      size_t old = path_push(c, F, -2);
-      lua_pop(F, 2);
       rc = fail(c, RD_EINVAL, "table key that is not a string or number");
-      path_pop(c, old);
+      c->nkeys--;
+      lua_pop(F, 2);
       lua_pop(T, 1);
       return rc;
     }
-    size_t old = path_push(c, F, -2);
     /* key */
     if (kt == LUA_TSTRING) {
       size_t kl;
@@ -136,7 +129,7 @@ static int copy_table(ctx *c, int idx, int depth) {
       rc = copy(c, lua_gettop(F), depth + 1);
       if (rc) lua_pop(T, 1); /* the key */
     }
-    path_pop(c, old);
+    c->nkeys--;
     lua_pop(F, 1); /* value; key stays for lua_next */
     if (rc) {
       lua_pop(F, 1);
@@ -197,9 +190,16 @@ int rd__xcopy(lua_State *from, int idx, lua_State *to,
               const rd_xcopy_opts *opts, size_t *bytes, rd_error *err) {
   static const rd_xcopy_opts dflt = {0, 0, 0};
   if (!opts) opts = &dflt;
-  ctx *c = rd__calloc(1, sizeof *c);
+  ctx *c = rd__malloc(sizeof *c); /* the stacks are written before read */
   if (!c) return rd_error_set(err, RD_ENOMEM, "out of memory");
   c->from = from;
+  c->bytes = 0;
+  c->nkeys = 0;
+  luaL_getmetatable(from, RD_JSON_ARRAY_MT);
+  c->array_mt = lua_istable(from, -1) ? lua_topointer(from, -1) : NULL;
+  luaL_getmetatable(from, RD_JSON_OBJECT_MT);
+  c->object_mt = lua_istable(from, -1) ? lua_topointer(from, -1) : NULL;
+  lua_pop(from, 2);
   c->to = to;
   c->max_depth = opts->max_depth > 0 ? opts->max_depth : RD_JSON_MAX_DEPTH;
   if (c->max_depth > RD_JSON_MAX_DEPTH * 4) c->max_depth = RD_JSON_MAX_DEPTH * 4;

@@ -87,6 +87,7 @@ function M.open(opts)
     loop = core.loop.new(),
     bus = core.telemetry.new(),
     handles = {},
+    wanted = {},      -- event name -> someone listens (Engine:wants)
     problems = {},
     warnings = {},    -- "file: field: /path: why" for tools that load anyway
     closed = false,
@@ -132,17 +133,30 @@ end
 
 -- Whether an event `name` would reach a subscriber: a publisher checks
 -- before building an event's tables (the pipeline emits several per call).
+-- The answers are kept until the subscribers change: subscribe and
+-- unsubscribe here, and C subscribers, which get the bus through
+-- bus_pointer() each time (core/engine.c).
 function Engine:wants(name)
-  return not self.closed and self.bus:wants(name)
+  local w = self.wanted[name]
+  if w == nil then
+    w = not self.closed and self.bus:wants(name)
+    self.wanted[name] = w
+  end
+  return w
 end
 
 function Engine:subscribe(prefix, fn)
+  self.wanted = {}
   return self.bus:subscribe(prefix or "", fn)
 end
 
-function Engine:unsubscribe(id) self.bus:unsubscribe(id) end
+function Engine:unsubscribe(id)
+  self.wanted = {}
+  self.bus:unsubscribe(id)
+end
 
 function Engine:bus_pointer()
+  self.wanted = {}
   if self.closed then return nil end
   return self.bus:pointer()
 end
@@ -333,13 +347,17 @@ local function call_main(h, body)
   end
 end
 
+local NO_OPTS = setmetatable({}, { __newindex = function() error("call options are read-only", 2) end })
+local ok_tnew, tnew = pcall(require, "table.new")
+if not ok_tnew then tnew = function() return {} end end
+
 function Engine:submit(name, params, caller, opts)
   if self.closed then error("engine is closed", 2) end
-  opts = opts or {}
-  local h = setmetatable({
-    id = core.ulid(), engine = self, name = name, params = params,
-    opts = opts, on_progress = opts.on_progress, on_done = opts.on_done,
-  }, Handle)
+  opts = opts or NO_OPTS
+  -- sized for the fields a call sets on its way (no rehash as it goes)
+  local h = setmetatable(tnew(0, 32), Handle)
+  h.id, h.engine, h.name, h.params, h.opts = core.ulid(), self, name, params, opts
+  h.on_progress, h.on_done = opts.on_progress, opts.on_done
   if opts.deadline_ms then h.deadline = core.mono_ms() + opts.deadline_ms end
   local c, why = self.auth:caller(caller)
   local body
@@ -493,6 +511,7 @@ function Engine:close(opts)
   persist.detach(self)
   store.detach(self)
   self.closed = true
+  self.wanted = {}
   self.bus:close()
   self.loop:close()
 end

@@ -29,9 +29,7 @@ M.utf8_valid = J.utf8_valid
 M.max_depth = 128
 
 -- Canonical form: sorted keys, no insignificant whitespace.
-function M.canonical(v)
-  return J.encode(v, { canonical = true })
-end
+M.canonical = J.encode_canonical
 
 function M.pretty(v)
   return J.encode(v, { pretty = true, sort_keys = false })

@@ -338,8 +338,6 @@ local function validate(t, view)
     { errors = json.array(errs) })
 end
 
-local CANONICAL = { canonical = true }
-
 -- Stage 4. `output`, `err`: what stage 3 ended with. Fills meta; returns
 -- the envelope's output (the JSON view) and an error or nil.
 function M.process(engine, h, output, err, meta)
@@ -399,7 +397,7 @@ function M.process(engine, h, output, err, meta)
     end
   end
   -- 5 enrich
-  local canonical = assert(json.encode(view == nil and null or view, CANONICAL))
+  local canonical = assert(json.canonical(view == nil and null or view))
   meta.output_bytes = #canonical
   meta.output_digest = R.digest(canonical)
   -- 6 persist (item 6 of issue 8: the store provides engine.persist)
