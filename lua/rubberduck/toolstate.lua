@@ -304,18 +304,21 @@ local function fail(kind, message, extra)
   return s
 end
 
+-- ctx's functions: the same for every call (they hold nothing of one).
+local function ctx_log(level, ...) log(level, ...) end
+local function ctx_sleep(ms)
+  if type(ms) ~= "number" or ms ~= ms then error("ctx.sleep: expected milliseconds", 2) end
+  sleep(ms)
+end
+local function ctx_progress(done, total, message)
+  notify("progress", tonumber(done) or 0, tonumber(total) or 0,
+    message ~= nil and tostring(message) or "")
+end
+
 function M.execute(arg)
   if not tool_fns then return fail("internal", "tool state has no tool") end
   local params, ctx = arg.params, arg.ctx or {}
-  ctx.log = function(level, ...) log(level, ...) end
-  ctx.sleep = function(ms)
-    if type(ms) ~= "number" or ms ~= ms then error("ctx.sleep: expected milliseconds", 2) end
-    sleep(ms)
-  end
-  ctx.progress = function(done, total, message)
-    notify("progress", tonumber(done) or 0, tonumber(total) or 0,
-      message ~= nil and tostring(message) or "")
-  end
+  ctx.log, ctx.sleep, ctx.progress = ctx_log, ctx_sleep, ctx_progress
 
   -- Custom constraints, after the schema (the host ran the schema).
   local failures
