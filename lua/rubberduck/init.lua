@@ -334,15 +334,16 @@ local function run_pipeline(h) return pipeline.run(h.engine, h) end
 -- in flight. Every resume of a call goes through its handle (_resume),
 -- which does nothing once the call is done, so a pooled coroutine is never
 -- woken by its previous call.
-local idle_cos, IDLE_COS_MAX = {}, 256
+local idle_cos, n_idle, IDLE_COS_MAX = {}, 0, 256
 local running, yield = coroutine.running, coroutine.yield
 
 local function call_main(h, body)
   while true do
     h:_finish(body(h))
     h, body = nil, nil -- an idle coroutine holds on to nothing
-    if #idle_cos >= IDLE_COS_MAX then return end
-    idle_cos[#idle_cos + 1] = running()
+    if n_idle >= IDLE_COS_MAX then return end
+    n_idle = n_idle + 1
+    idle_cos[n_idle] = running()
     h, body = yield()
   end
 end
@@ -375,10 +376,10 @@ function Engine:submit(name, params, caller, opts)
     body = run_pipeline
   end
   self.handles[h.id] = h
-  local n = #idle_cos
-  if n > 0 then
-    h.co = idle_cos[n]
-    idle_cos[n] = nil
+  if n_idle > 0 then
+    h.co = idle_cos[n_idle]
+    idle_cos[n_idle] = false
+    n_idle = n_idle - 1
   else
     h.co = coroutine.create(call_main)
   end
