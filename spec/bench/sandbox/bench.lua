@@ -1,6 +1,9 @@
 -- spec/bench/sandbox/bench.lua — latency and throughput of a trivial tool
 -- through the whole pipeline at each security level, in one process.
--- Prints one line per level: p50 and p99 latency (µs), calls per second.
+-- Prints one line per level: p50 and p99 latency (µs), calls per second;
+-- first through the whole pipeline (engine:execute), then for the sandbox
+-- layer alone (the tool's state or worker: what the goals of issue 4 and
+-- the bubblewrap anchor are about).
 -- Calls follow one another at once, except "strict/5ms": the engine's loop
 -- runs 5 ms between two strict calls (a caller not saturating the tool: the
 -- strict stock refills meanwhile); its calls per second count call time only.
@@ -64,12 +67,61 @@ local function measure(name, n, gap_ms)
   return t[math.ceil(n * 0.5)] * 1000, t[math.ceil(n * 0.99)] * 1000, n / (total / 1000)
 end
 
-for _, level in ipairs({ "strict", "strict/5ms", "balanced", "relaxed", "none" }) do
-  local name, gap = level:match("^(%a+)/(%d+)ms$")
-  name = name or level
-  local n = name == "strict" and n_strict or n_other
-  local p50, p99, tput = measure("t_" .. name, n, tonumber(gap))
-  print(string.format("%-10s %10.1f %10.1f %12.0f", level, p50, p99, tput))
+-- The sandbox layer alone: take the tool's state (or worker), run the
+-- handler there, get its output back (the same call the pipeline's
+-- execute stage makes: limits, output cap, stats), give the state back;
+-- no validation, authorization, result processing or envelope. The
+-- caller spins for the answer as engine:execute does.
+local function measure_layer(name, n, gap_ms)
+  local t = assert(engine.registry:get(name), name)
+  local sec = t.def.security
+  local lim = { cpu_ms = sec.max_cpu, timeout_ms = t.def.execution.timeout, max_output = sec.max_output }
+  local caller = engine.auth:caller(OP)
+  local spin_us = require("rubberduck.workers").SPIN_US
+  local waiting = {}
+  local function one()
+    local st = assert(engine.registry:checkout(t, nil))
+    local done, ok, status
+    local started, err = st:start("execute", { params = {}, ctx = { execution_id = "bench", tool = name,
+      attempt = 1, caller = caller, deadline = core.now() * 1000 + lim.timeout_ms } }, lim,
+      function(a, b) done, ok, status = true, a, b end)
+    assert(started, err)
+    local spin_until = core.mono_ms() + spin_us / 1000
+    while not done do
+      local left = (spin_until - core.mono_ms()) * 1000
+      engine.loop:run("once", left > 0 and left or nil)
+    end
+    engine.registry:checkin(t, st)
+    if not (ok and status.status == "ok") then error(name .. ": " .. tostring(status)) end
+  end
+  for _ = 1, math.min(50, n) do one() end
+  local lat = {}
+  local start, paused = core.mono_ms(), 0
+  for i = 1, n do
+    if gap_ms then
+      local p0 = core.mono_ms()
+      pause(gap_ms)
+      paused = paused + core.mono_ms() - p0
+    end
+    local t0 = core.mono_ms()
+    one()
+    lat[i] = core.mono_ms() - t0
+  end
+  local total = core.mono_ms() - start - paused
+  table.sort(lat)
+  return lat[math.ceil(n * 0.5)] * 1000, lat[math.ceil(n * 0.99)] * 1000, n / (total / 1000)
+end
+
+local ROWS = { "strict", "strict/5ms", "balanced", "relaxed", "none" }
+for _, layer in ipairs({ false, true }) do
+  if layer then print("sandbox layer only (checkout, run in the tool's state or worker, output back, checkin):") end
+  for _, level in ipairs(ROWS) do
+    local name, gap = level:match("^(%a+)/(%d+)ms$")
+    name = name or level
+    local n = name == "strict" and n_strict or n_other
+    local p50, p99, tput = (layer and measure_layer or measure)("t_" .. name, n, tonumber(gap))
+    print(string.format("%-10s %10.1f %10.1f %12.0f", level, p50, p99, tput))
+  end
 end
 engine:close()
 os.execute("rm -rf '" .. dir .. "'")
