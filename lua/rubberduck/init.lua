@@ -38,6 +38,7 @@ M.results = results   -- results.render(env), results.raw(env)
 
 local Engine = {}
 Engine.__index = Engine
+local WEAK_VALUES = { __mode = "v" }
 local Handle = {}
 Handle.__index = Handle
 
@@ -86,7 +87,15 @@ function M.open(opts)
     lua_path = dir .. "/?.lua;" .. dir .. "/?/init.lua",
     loop = core.loop.new(),
     bus = core.telemetry.new(),
-    handles = {},
+    -- id -> handle, weak: a finished call's entry is dropped by the
+    -- collector, not by deleting it (deleting from a big, busy hash table
+    -- at every call costs LuaJIT more than the rest of a trivial call's
+    -- path). A call in flight is always held by whatever will wake it (a
+    -- tool state's or timer's callback, the executor's queue, the store).
+    -- When no call is in flight the table is replaced by an empty one, so
+    -- the slots of finished calls do not outlive a burst.
+    handles = setmetatable({}, WEAK_VALUES),
+    n_inflight = 0,   -- calls submitted and not finished
     wanted = {},      -- event name -> someone listens (Engine:wants)
     problems = {},
     warnings = {},    -- "file: field: /path: why" for tools that load anyway
@@ -253,7 +262,9 @@ function Handle:_finish(env)
   self.done = true
   self.envelope = env
   self.stage_name = "done"
-  self.engine.handles[self.id] = nil
+  local e = self.engine
+  e.n_inflight = e.n_inflight - 1
+  if e.n_inflight == 0 then e.handles = setmetatable({}, WEAK_VALUES) end
   if self.on_done then
     local function call()
       local ok, err = pcall(self.on_done, env)
@@ -376,6 +387,7 @@ function Engine:submit(name, params, caller, opts)
     body = run_pipeline
   end
   self.handles[h.id] = h
+  self.n_inflight = self.n_inflight + 1
   if n_idle > 0 then
     h.co = idle_cos[n_idle]
     idle_cos[n_idle] = false
@@ -395,13 +407,20 @@ function Engine:submit(name, params, caller, opts)
 end
 
 -- A call by id (while it is in flight).
-function Engine:handle(id) return self.handles[id] end
+function Engine:handle(id)
+  local h = self.handles[id]
+  if h and not h.done then return h end
+  return nil
+end
 
 -- Cancel a call by id. Returns true if it was in flight.
 function Engine:cancel(id)
-  local h = self.handles[id]
+  local h = self:handle(id)
   return h ~= nil and h:cancel()
 end
+
+-- How many calls are in flight (submitted, not finished).
+function Engine:in_flight() return self.n_inflight end
 
 -- Executions running and queued, and the limits.
 function Engine:stats()
@@ -457,34 +476,28 @@ function Engine:submit_json(name, params_json, caller_json, opts, on_done, on_pr
 end
 
 function Engine:stage_of(id)
-  local h = self.handles[id]
+  local h = self:handle(id)
   return h and h:stage()
 end
 
 local RUN_MODES = { [0] = "default", [1] = "once", [2] = "nowait" }
 
-local function in_flight(self)
-  local n = 0
-  for _ in pairs(self.handles) do n = n + 1 end
-  return n
-end
-
 function Engine:run_c(mode)
   self.loop:run(RUN_MODES[mode] or "once")
-  return in_flight(self)
+  return self.n_inflight
 end
 
 -- Run the loop until no call is in flight or timeout_ms (< 0: none) passed.
 -- Returns the number still in flight.
 function Engine:drain(timeout_ms)
-  if next(self.handles) then
+  if self.n_inflight > 0 then
     local expired = false
     local timer = timeout_ms and timeout_ms >= 0
       and self.loop:timer(timeout_ms, function() expired = true end)
-    while next(self.handles) and not expired do self.loop:run("once") end
+    while self.n_inflight > 0 and not expired do self.loop:run("once") end
     if timer then timer:stop() end
   end
-  return in_flight(self)
+  return self.n_inflight
 end
 
 -- Close the engine. opts.drain: let the calls in flight (queued ones
@@ -499,7 +512,7 @@ function Engine:close(opts)
   for _, h in pairs(self.handles) do h:cancel() end
   -- let cancelled calls finish
   local guard = 0
-  while next(self.handles) and guard < 1000 do
+  while self.n_inflight > 0 and guard < 1000 do
     self.loop:run("once")
     guard = guard + 1
   end
