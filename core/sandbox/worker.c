@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -43,13 +44,28 @@ typedef struct blob {
 
 static blob boot[N_BOOT];
 static rd_seccomp_prog *seccomp_prog;
+static rd_seccomp_prog *spawner_prog;   /* a template's (the policy + fork) */
 static int ctrl = -1;
+/* DEBUG TRACE (temporary) */
+static int trace_fd = -1;
+static void tr(const char *ev) {
+  if (trace_fd < 0) return;
+  char b[128];
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  int n = snprintf(b, sizeof b, "W %d %s %.3f %.3f %ld\n", (int)getpid(), ev, (double)rd__mono_ns() / 1e3,
+                   (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3, ru.ru_minflt);
+  if (write(trace_fd, b, (size_t)n) < 0) {}
+}
 
 /* Memory a worker needs besides the tool's Lua heap: the binary, libc,
  * LuaJIT, stacks, the bootstrap. RLIMIT_AS = max_memory + this. */
 #define AS_OVERHEAD (512ull * 1024 * 1024)
 #define DEFINE_CPU_MS 250.0
 
+static double proc_cpu_ms(void);
 static void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void warn(const char *fmt, ...) {
   rd_zmsg m;
@@ -120,6 +136,8 @@ typedef struct worker {
   lua_State *C;          /* control state: decodes and encodes frames */
   int tool_ref;          /* the "tool" message, in C's registry */
   int once;
+  int template;          /* a strict tool's template: forks the workers */
+  double child_cpu_s;    /* a template's workers: RLIMIT_CPU, seconds */
   int max_calls, calls;
   double max_memory;
   /* The next call's state: fresh, with the tool already defined in it
@@ -193,6 +211,21 @@ static double num_field(lua_State *L, int idx, const char *k, double dflt) {
   return v;
 }
 
+/* A template's RLIMIT_CPU: soft `seconds` from now (SIGXCPU ends a
+ * definition that loops where the count hook cannot see), hard unlimited so
+ * that it can be lifted after the definition (0: lift it). 0 or -1. */
+static int set_template_cpu(double seconds, rd_error *err) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_CPU, &rl) != 0) goto fail;
+  rl.rlim_cur = seconds > 0 ? (rlim_t)(ceil(proc_cpu_ms() / 1000.0) + seconds) : rl.rlim_max;
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_cur > rl.rlim_max) rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_CPU, &rl) != 0) goto fail;
+  return 0;
+fail:
+  rd_error_set(err, RD_EIO, "template: setrlimit(RLIMIT_CPU): %s", strerror(errno));
+  return -1;
+}
+
 /* Apply the tool's limits, in the order of the design: rlimits,
  * no_new_privs, Landlock, seccomp. Returns 0 or -1 (message sent). */
 static int enter_sandbox(worker *w, int tidx) {
@@ -218,10 +251,23 @@ static int enter_sandbox(worker *w, int tidx) {
   lim.cpu_seconds = ceil((max_cpu + DEFINE_CPU_MS) / 1000.0 * calls) + 1;
   lim.file_size = (uint64_t)max_file;
   lim.open_files = 64;
+  if (w->template) {
+    /* A template forks its workers (each sets nproc = 0 and its own CPU
+     * limit, counted from its fork); its own CPU limit covers the
+     * definition only and is lifted after it (set_template_cpu). */
+    w->child_cpu_s = ceil(max_cpu / 1000.0) + 1;
+    lim.keep_nproc = 1;
+    lim.cpu_seconds = 0;
+  }
   if (rd__limits_apply(&lim, &err) != RD_OK) {
     send_error(w, err.message);
     return -1;
   }
+  if (w->template && set_template_cpu(ceil(DEFINE_CPU_MS / 1000.0) + 1, &err) != 0) {
+    send_error(w, err.message);
+    return -1;
+  }
+  tr("rlimits");
   if (rd__limits_no_new_privs(&err) != RD_OK) {
     send_error(w, err.message);
     return -1;
@@ -238,7 +284,9 @@ static int enter_sandbox(worker *w, int tidx) {
       lua_pop(C, 1); /* strings stay alive in the table */
     }
   }
+  tr("nnp");
   int rc = rd__landlock_restrict(paths, np, &err);
+  tr("landlock");
   lua_pop(C, 2); /* allowed_paths, security */
   /* fs roots hold descriptors (closed by __gc): no snapshots for those */
   if (!w->once && np == 0) {
@@ -253,9 +301,13 @@ static int enter_sandbox(worker *w, int tidx) {
     send_error(w, err.message);
     return -1;
   }
+  if (w->template && !spawner_prog) {
+    send_error(w, "no seccomp program for a template");
+    return -1;
+  }
   if (!seccomp_prog) {
     snprintf(rp, rl, "seccomp unavailable");
-  } else if (rd__seccomp_apply(seccomp_prog, &err) != RD_OK) {
+  } else if (rd__seccomp_apply(w->template ? spawner_prog : seccomp_prog, &err) != RD_OK) {
     send_error(w, err.message);
     return -1;
   }
@@ -446,10 +498,12 @@ static int serve_call(worker *w, int cidx) {
   rd_breach br;
 
   uint64_t t_run = rd__mono_ns();
+  tr("run0");
   lua_getfield(C, cidx, "arg");
   br = run_in(s, "execute", C, lua_gettop(C), cpu_ms, timeout_ms, w->cpu_idle,
               &status, &used2, &peak2, &err);
   lua_pop(C, 1);
+  tr("run1");
   size_t cap = rd__lstate_set_max_memory(s, 0);
   if (status == -1) {
     lua_pushstring(C, err.message);
@@ -585,6 +639,8 @@ static void next_state(worker *w) {
  * bootstrap loaded, never used, so each worker inherits a pristine copy. */
 static rd_lstate *zygote_state;
 
+static void template_main(int fd) __attribute__((noreturn));
+
 /* The life of a worker after fork. Never returns. */
 static void worker_main(int fd) {
   worker *w = &W;
@@ -593,12 +649,18 @@ static void worker_main(int fd) {
   rd_buf in = RD_BUF_INIT;
   /* The first call's state: the copy of the zygote's (no work at all), or
    * made here if the zygote could not make one. */
-  rd_lstate *warm = zygote_state ? zygote_state : fresh_state(w);
+  tr("wmain");
+  rd_lstate *warm = NULL;
+  if (w->tool_ref == LUA_NOREF) { /* not a template's worker: its tool comes */
+    warm = zygote_state ? zygote_state : fresh_state(w);
+    tr(zygote_state ? "warm_inherited" : "warm_made");
+  }
   zygote_state = NULL;
   uint64_t spin = 0; /* none before the tool message and a strict call */
   for (;;) {
     await_frame(w, spin);
     int rc = rd__frame_recv(fd, &in);
+    tr("recv");
     if (rc != 0) _exit(rc == 1 ? 0 : 5);
     rd_error err;
     lua_settop(w->C, 0);
@@ -611,17 +673,35 @@ static void worker_main(int fd) {
     lua_pop(w->C, 1);
     if (op && strcmp(op, "tool") == 0 && w->tool_ref == LUA_NOREF) {
       lua_getfield(w->C, 1, "mode");
-      w->once = lua_tostring(w->C, -1) && strcmp(lua_tostring(w->C, -1), "once") == 0;
+      const char *mode = lua_tostring(w->C, -1);
+      w->template = mode && strcmp(mode, "template") == 0;
+      w->once = w->template || (mode && strcmp(mode, "once") == 0);
       lua_pop(w->C, 1);
       w->max_calls = (int)num_field(w->C, 1, "max_calls", 100);
       if (w->max_calls < 1) w->max_calls = 1;
+      tr("tool_decoded");
       if (enter_sandbox(w, 1) != 0) _exit(7);
+      tr("sandboxed");
       lua_pushvalue(w->C, 1);
       w->tool_ref = luaL_ref(w->C, LUA_REGISTRYINDEX);
       /* Define the tool now, inside the sandbox, so the call finds it
        * ready: the engine may send this message long before the call. */
       make_next(w, warm);
       warm = NULL;
+      tr("defined");
+      if (w->template) {
+        rd_error e2;
+        if (!w->next_ok) {
+          send_error(w, "the tool's definition did not load in its template");
+          _exit(8);
+        }
+        /* the definition is done: the template's own CPU limit goes (its
+         * workers set theirs), then it serves spawn requests for good */
+        if (set_template_cpu(0, &e2) != 0) {
+          send_error(w, e2.message);
+          _exit(7);
+        }
+      }
       lua_createtable(w->C, 0, 2);
       lua_pushliteral(w->C, "ready");
       lua_setfield(w->C, -2, "op");
@@ -630,8 +710,12 @@ static void worker_main(int fd) {
       lua_pushnumber(w->C, proc_cpu_ms());
       lua_setfield(w->C, -2, "proc_cpu_ms");
       send_json(w, -1);
+      tr("ready_sent");
+      if (w->template) template_main(fd); /* never returns */
     } else if (op && strcmp(op, "call") == 0 && w->tool_ref != LUA_NOREF) {
+      tr("call_decoded");
       int retire = serve_call(w, 1); /* frees the state */
+      tr("answered");
       w->calls++;
       if (w->once || retire || w->calls >= w->max_calls) _exit(0);
       /* The next call's state, while the engine has no call for us. */
@@ -658,9 +742,13 @@ static void forget(pid_t pid) {
     }
 }
 
-static int spawn_one(int sigfd) {
+/* Fork one worker with a socketpair: the child runs child(its end) and
+ * never returns; the engine's end goes to the engine over ctrl ('R'). */
+static int spawn_one(int sigfd, void (*child)(int)) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
+  pid_t parent = getpid();
+  tr("fork0");
   pid_t pid = fork();
   if (pid < 0) {
     close(sv[0]);
@@ -669,7 +757,9 @@ static int spawn_one(int sigfd) {
   }
   if (pid == 0) {
     /* the worker: keep only its socket */
+    tr("child");
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0); /* the parent died before prctl */
     close(sv[0]);
     close(ctrl);
     close(sigfd);
@@ -677,9 +767,10 @@ static int spawn_one(int sigfd) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_IGN);
-    worker_main(sv[1]);
+    child(sv[1]);
   }
   close(sv[1]);
+  tr("fork1");
   if (n_children < MAX_CHILDREN) children[n_children++] = pid;
   rd_zmsg m;
   memset(&m, 0, sizeof m);
@@ -701,11 +792,154 @@ static int spawn_one(int sigfd) {
   memcpy(CMSG_DATA(cm), &sv[0], sizeof(int));
   ssize_t r = sendmsg(ctrl, &mh, MSG_NOSIGNAL);
   close(sv[0]);
+  tr("handed");
+  /* a template's socket is a stream: the rest of a record cut short */
+  if (r > 0 && (size_t)r < sizeof m &&
+      rd__write_full(ctrl, (char *)&m + r, sizeof m - (size_t)r) != 0)
+    return -1;
   return r < 0 ? -1 : 0;
+}
+
+/* One control record; a template's socket is a stream, so a record may
+ * come in pieces. >0, or <= 0 when the engine is gone. */
+static ssize_t recv_zmsg(rd_zmsg *m) {
+  ssize_t r = recv(ctrl, m, sizeof *m, 0);
+  if (r > 0 && (size_t)r < sizeof *m &&
+      rd__read_full(ctrl, (char *)m + r, sizeof *m - (size_t)r) != 0)
+    return -1;
+  return r;
+}
+
+/* Serve the engine's spawn requests on ctrl and report the children's
+ * exits, until the engine closes ctrl. */
+static void serve_spawns(int sigfd, void (*child)(int)) {
+  for (;;) {
+    struct pollfd pf[2] = {{ctrl, POLLIN, 0}, {sigfd, POLLIN, 0}};
+    if (poll(pf, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (pf[1].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {}
+      int st;
+      pid_t pid;
+      while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        forget(pid);
+        tr("reaped");
+        rd_zmsg m;
+        memset(&m, 0, sizeof m);
+        m.type = 'X';
+        m.pid = pid;
+        m.status = st;
+        if (send(ctrl, &m, sizeof m, MSG_NOSIGNAL) < 0 && errno == EPIPE) return;
+      }
+    }
+    if (pf[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+      rd_zmsg m;
+      if (recv_zmsg(&m) <= 0) break; /* the engine is gone */
+      if (m.type == 'S') {
+        for (int i = 0; i < m.pid && i < 64; i++)
+          if (spawn_one(sigfd, child) != 0) {
+            warn("cannot start a worker: %s", strerror(errno));
+            break;
+          }
+      }
+    }
+  }
+}
+
+static int sigchld_fd(void) {
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &mask, NULL);
+  return signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+/* Make private, while the worker waits in stock, the pages its call will
+ * write: after fork every page is shared with the template, and the first
+ * write to each costs a copy-on-write fault (tens of microseconds each on
+ * a virtual machine) that would otherwise land on the call's path. A full
+ * collection writes the mark bits of every object of both Lua states; the
+ * allocator's top and the stack are touched too. Nothing runs tool code. */
+static void __attribute__((noinline)) prefault(void) {
+  if (getenv("RD_NO_PREFAULT")) return; /* DEBUG */
+  if (getenv("RD_PREFAULT_GC")) {
+  if (W.next) lua_gc(rd__lstate_L(W.next), LUA_GCCOLLECT, 0);
+  lua_gc(W.C, LUA_GCCOLLECT, 0);
+  } else {
+  lua_State *C = W.C;
+  rd_error err;
+  static const char call[] =
+      "{\"op\":\"call\",\"arg\":{\"params\":{\"a\":[1,2.5,\"x\"],\"s\":\"xxxxxxxxxxxxxxxxxxxx\"},"
+      "\"ctx\":{\"k\":\"v\",\"n\":1}},\"limits\":{\"cpu_ms\":1,\"timeout_ms\":1}}";
+  int top = lua_gettop(C);
+  if (W.next && rd__json_decode(C, call, sizeof call - 1, NULL, &err) == RD_OK) {
+    lua_State *T = rd__lstate_L(W.next);
+    lua_getfield(C, -1, "arg");
+    size_t cap = rd__lstate_set_max_memory(W.next, 0);
+    if (rd__xcopy(C, -1, T, NULL, NULL, &err) == RD_OK) {
+      rd__xcopy(T, -1, C, NULL, NULL, &err);
+      lua_pop(T, 1);
+    }
+    rd__lstate_set_max_memory(W.next, cap);
+    rd_buf b = RD_BUF_INIT;
+    rd__json_encode(C, -1, &b, NULL, &err);
+    rd__buf_free(&b);
+  }
+  lua_settop(C, top);
+  }
+  void *p = malloc(96 * 1024);
+  if (p) {
+    memset(p, 0, 96 * 1024);
+    free(p);
+  }
+  volatile char stack[48 * 1024];
+  for (size_t i = 0; i < sizeof stack; i += 4096) stack[i] = 0;
+}
+
+/* A worker forked by a template: the tool is defined (W.next), the
+ * template's limits are inherited; what is per process comes now, before
+ * the call is read: RLIMIT_CPU from zero and nproc = 0, then the worker
+ * filter on top of the template's. */
+static void template_child(int fd) {
+  rd_limits lim;
+  memset(&lim, 0, sizeof lim);
+  lim.cpu_seconds = W.child_cpu_s;
+  rd_error err;
+  if (rd__limits_apply(&lim, &err) != RD_OK) _exit(7);
+  tr("limited");
+  prefault();
+  tr("prefaulted");
+  /* Ready: back to the normal policy (the template forks and this child
+   * got ready as SCHED_BATCH, never preempting a call; a call woken on a
+   * busy machine should run at once). Refused: it stays batch. */
+  struct sched_param sp = {0};
+  (void)sched_setscheduler(0, SCHED_OTHER, &sp);
+  if (seccomp_prog && rd__seccomp_apply(seccomp_prog, &err) != RD_OK) _exit(7);
+  tr("filtered");
+  worker_main(fd);
+  _exit(0);
+}
+
+/* A strict tool's template, after its "ready": sandboxed (with the
+ * spawner filter), the tool defined in W.next. From now on its socket
+ * carries zygote control records (proto.h): it forks single-use workers
+ * that inherit the defined state, until the engine closes the socket;
+ * then it exits and its workers die with it (PR_SET_PDEATHSIG). */
+static void template_main(int fd) {
+  ctrl = fd;
+  n_children = 0;
+  int sigfd = sigchld_fd();
+  if (sigfd < 0) _exit(4);
+  serve_spawns(sigfd, template_child);
+  _exit(0);
 }
 
 int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
   ctrl = ctrl_fd;
+  if (getenv("RD_STRICT_TRACE")) trace_fd = open(getenv("RD_STRICT_TRACE"), O_WRONLY | O_APPEND | O_CREAT, 0600);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   tzset(); /* os.date needs the zone; Landlock hides /etc/localtime later */
   /* SCHED_BATCH (inherited by every worker): a worker woken by a message
@@ -733,6 +967,8 @@ int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
   if (rd__seccomp_compile(&seccomp_prog, &err) != RD_OK) {
     seccomp_prog = NULL;
     warn("seccomp: %s (workers run without a syscall filter)", err.message);
+  } else if (rd__seccomp_compile_spawner(&spawner_prog, &err) != RD_OK) {
+    spawner_prog = NULL; /* strict tools then get no template */
   }
   {
     /* Probe Landlock once so a missing one is reported at start. */
@@ -746,47 +982,9 @@ int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
       warn("landlock: not available on this kernel (workers rely on the fs API's checks)");
   }
 
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &mask, NULL);
-  int sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+  int sigfd = sigchld_fd();
   if (sigfd < 0) return 4;
-
-  for (;;) {
-    struct pollfd pf[2] = {{ctrl, POLLIN, 0}, {sigfd, POLLIN, 0}};
-    if (poll(pf, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    if (pf[1].revents & POLLIN) {
-      struct signalfd_siginfo si;
-      while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {}
-      int st;
-      pid_t pid;
-      while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-        forget(pid);
-        rd_zmsg m;
-        memset(&m, 0, sizeof m);
-        m.type = 'X';
-        m.pid = pid;
-        m.status = st;
-        send(ctrl, &m, sizeof m, MSG_NOSIGNAL);
-      }
-    }
-    if (pf[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-      rd_zmsg m;
-      ssize_t r = recv(ctrl, &m, sizeof m, 0);
-      if (r <= 0) break; /* the engine is gone */
-      if (m.type == 'S') {
-        for (int i = 0; i < m.pid && i < 64; i++)
-          if (spawn_one(sigfd) != 0) {
-            warn("cannot start a worker: %s", strerror(errno));
-            break;
-          }
-      }
-    }
-  }
+  serve_spawns(sigfd, worker_main);
   for (size_t i = 0; i < n_children; i++) kill(children[i], SIGKILL);
   while (waitpid(-1, NULL, 0) > 0) {}
   return 0;
