@@ -45,6 +45,9 @@
  *   identity, read-only: getpid gettid getppid (is the engine still there).
  *   getrlimit, and prlimit64 only as (0, res, NULL, old): reading its own
  *     limits; setting any limit is refused.
+ *   setpriority only as (PRIO_PROCESS, 0, 19): lowering its own priority
+ *     to the least (a worker does before it exits, so its teardown yields
+ *     to the engine and the next call).
  *   the engine socket: poll ppoll recvmsg sendmsg recvfrom sendto shutdown
  *     — on descriptors it already has; it cannot make a new one (below).
  *   exit exit_group.
@@ -120,6 +123,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -162,7 +166,7 @@ static const char *const allow_plain[] = {
   /* identity */
   "getpid", "gettid", "getppid",
   /* limits, read-only (prlimit64 below) */
-  "getrlimit", "getrusage", /* DEBUG */
+  "getrlimit",
   /* the engine socket */
   "poll", "ppoll", "recvmsg", "sendmsg", "recvfrom", "sendto", "shutdown",
   /* the end */
@@ -287,6 +291,14 @@ static int compile(int spawner, rd_seccomp_prog **out, rd_error *err) {
     rc = add_named(ctx, SCMP_ACT_ERRNO(ENOSYS), "clone3", &failed);
   }
 
+  /* setpriority(PRIO_PROCESS, 0 = self, 19): a worker lowers its own
+   * priority before it exits (worker.c). */
+  if (rc == 0) {
+    failed = "setpriority";
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setpriority), 3,
+                          SCMP_A0(SCMP_CMP_EQ, PRIO_PROCESS), SCMP_A1(SCMP_CMP_EQ, 0),
+                          SCMP_A2(SCMP_CMP_EQ, 19));
+  }
   /* prlimit64(0 = self, resource, new = NULL, old): read own limits only
    * (a spawner: also lower them, in each worker it forks). */
   if (rc == 0 && !spawner) {

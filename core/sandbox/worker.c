@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <malloc.h>
 #include <math.h>
 #include <poll.h>
 #include <sched.h>
@@ -46,19 +47,6 @@ static blob boot[N_BOOT];
 static rd_seccomp_prog *seccomp_prog;
 static rd_seccomp_prog *spawner_prog;   /* a template's (the policy + fork) */
 static int ctrl = -1;
-/* DEBUG TRACE (temporary) */
-static int trace_fd = -1;
-static void tr(const char *ev) {
-  if (trace_fd < 0) return;
-  char b[128];
-  struct timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  int n = snprintf(b, sizeof b, "W %d %s %.3f %.3f %ld\n", (int)getpid(), ev, (double)rd__mono_ns() / 1e3,
-                   (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3, ru.ru_minflt);
-  if (write(trace_fd, b, (size_t)n) < 0) {}
-}
 
 /* Memory a worker needs besides the tool's Lua heap: the binary, libc,
  * LuaJIT, stacks, the bootstrap. RLIMIT_AS = max_memory + this. */
@@ -267,7 +255,6 @@ static int enter_sandbox(worker *w, int tidx) {
     send_error(w, err.message);
     return -1;
   }
-  tr("rlimits");
   if (rd__limits_no_new_privs(&err) != RD_OK) {
     send_error(w, err.message);
     return -1;
@@ -284,9 +271,7 @@ static int enter_sandbox(worker *w, int tidx) {
       lua_pop(C, 1); /* strings stay alive in the table */
     }
   }
-  tr("nnp");
   int rc = rd__landlock_restrict(paths, np, &err);
-  tr("landlock");
   lua_pop(C, 2); /* allowed_paths, security */
   /* fs roots hold descriptors (closed by __gc): no snapshots for those */
   if (!w->once && np == 0) {
@@ -498,12 +483,10 @@ static int serve_call(worker *w, int cidx) {
   rd_breach br;
 
   uint64_t t_run = rd__mono_ns();
-  tr("run0");
   lua_getfield(C, cidx, "arg");
   br = run_in(s, "execute", C, lua_gettop(C), cpu_ms, timeout_ms, w->cpu_idle,
               &status, &used2, &peak2, &err);
   lua_pop(C, 1);
-  tr("run1");
   size_t cap = rd__lstate_set_max_memory(s, 0);
   if (status == -1) {
     lua_pushstring(C, err.message);
@@ -649,18 +632,15 @@ static void worker_main(int fd) {
   rd_buf in = RD_BUF_INIT;
   /* The first call's state: the copy of the zygote's (no work at all), or
    * made here if the zygote could not make one. */
-  tr("wmain");
   rd_lstate *warm = NULL;
   if (w->tool_ref == LUA_NOREF) { /* not a template's worker: its tool comes */
     warm = zygote_state ? zygote_state : fresh_state(w);
-    tr(zygote_state ? "warm_inherited" : "warm_made");
   }
   zygote_state = NULL;
   uint64_t spin = 0; /* none before the tool message and a strict call */
   for (;;) {
     await_frame(w, spin);
     int rc = rd__frame_recv(fd, &in);
-    tr("recv");
     if (rc != 0) _exit(rc == 1 ? 0 : 5);
     rd_error err;
     lua_settop(w->C, 0);
@@ -679,16 +659,13 @@ static void worker_main(int fd) {
       lua_pop(w->C, 1);
       w->max_calls = (int)num_field(w->C, 1, "max_calls", 100);
       if (w->max_calls < 1) w->max_calls = 1;
-      tr("tool_decoded");
       if (enter_sandbox(w, 1) != 0) _exit(7);
-      tr("sandboxed");
       lua_pushvalue(w->C, 1);
       w->tool_ref = luaL_ref(w->C, LUA_REGISTRYINDEX);
       /* Define the tool now, inside the sandbox, so the call finds it
        * ready: the engine may send this message long before the call. */
       make_next(w, warm);
       warm = NULL;
-      tr("defined");
       if (w->template) {
         rd_error e2;
         if (!w->next_ok) {
@@ -710,14 +687,17 @@ static void worker_main(int fd) {
       lua_pushnumber(w->C, proc_cpu_ms());
       lua_setfield(w->C, -2, "proc_cpu_ms");
       send_json(w, -1);
-      tr("ready_sent");
       if (w->template) template_main(fd); /* never returns */
     } else if (op && strcmp(op, "call") == 0 && w->tool_ref != LUA_NOREF) {
-      tr("call_decoded");
       int retire = serve_call(w, 1); /* frees the state */
-      tr("answered");
       w->calls++;
-      if (w->once || retire || w->calls >= w->max_calls) _exit(0);
+      if (w->once || retire || w->calls >= w->max_calls) {
+        /* The answer is out: the teardown of this process (milliseconds
+         * of page-table work on some virtual machines) must not compete
+         * with the engine reading it, nor with the next call. */
+        (void)setpriority(PRIO_PROCESS, 0, 19);
+        _exit(0);
+      }
       /* The next call's state, while the engine has no call for us. */
       next_state(w);
       spin = WORKER_SPIN_NS;
@@ -748,7 +728,6 @@ static int spawn_one(int sigfd, void (*child)(int)) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
   pid_t parent = getpid();
-  tr("fork0");
   pid_t pid = fork();
   if (pid < 0) {
     close(sv[0]);
@@ -757,7 +736,6 @@ static int spawn_one(int sigfd, void (*child)(int)) {
   }
   if (pid == 0) {
     /* the worker: keep only its socket */
-    tr("child");
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(0); /* the parent died before prctl */
     close(sv[0]);
@@ -770,7 +748,6 @@ static int spawn_one(int sigfd, void (*child)(int)) {
     child(sv[1]);
   }
   close(sv[1]);
-  tr("fork1");
   if (n_children < MAX_CHILDREN) children[n_children++] = pid;
   rd_zmsg m;
   memset(&m, 0, sizeof m);
@@ -792,7 +769,6 @@ static int spawn_one(int sigfd, void (*child)(int)) {
   memcpy(CMSG_DATA(cm), &sv[0], sizeof(int));
   ssize_t r = sendmsg(ctrl, &mh, MSG_NOSIGNAL);
   close(sv[0]);
-  tr("handed");
   /* a template's socket is a stream: the rest of a record cut short */
   if (r > 0 && (size_t)r < sizeof m &&
       rd__write_full(ctrl, (char *)&m + r, sizeof m - (size_t)r) != 0)
@@ -826,7 +802,6 @@ static void serve_spawns(int sigfd, void (*child)(int)) {
       pid_t pid;
       while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
         forget(pid);
-        tr("reaped");
         rd_zmsg m;
         memset(&m, 0, sizeof m);
         m.type = 'X';
@@ -860,15 +835,12 @@ static int sigchld_fd(void) {
 /* Make private, while the worker waits in stock, the pages its call will
  * write: after fork every page is shared with the template, and the first
  * write to each costs a copy-on-write fault (tens of microseconds each on
- * a virtual machine) that would otherwise land on the call's path. A full
- * collection writes the mark bits of every object of both Lua states; the
- * allocator's top and the stack are touched too. Nothing runs tool code. */
+ * some virtual machines) that would otherwise land on the call's path. A
+ * dummy call's data takes the call's way (JSON decode, copies into the tool
+ * state and back, encode) without running anything of the tool; the
+ * allocator's free memory and the stack are touched too. */
+#define PREFAULT_HEAP (256 * 1024)
 static void __attribute__((noinline)) prefault(void) {
-  if (getenv("RD_NO_PREFAULT")) return; /* DEBUG */
-  if (getenv("RD_PREFAULT_GC")) {
-  if (W.next) lua_gc(rd__lstate_L(W.next), LUA_GCCOLLECT, 0);
-  lua_gc(W.C, LUA_GCCOLLECT, 0);
-  } else {
   lua_State *C = W.C;
   rd_error err;
   static const char call[] =
@@ -876,6 +848,8 @@ static void __attribute__((noinline)) prefault(void) {
       "\"ctx\":{\"k\":\"v\",\"n\":1}},\"limits\":{\"cpu_ms\":1,\"timeout_ms\":1}}";
   int top = lua_gettop(C);
   if (W.next && rd__json_decode(C, call, sizeof call - 1, NULL, &err) == RD_OK) {
+    /* a call's way: decoded in C, copied into the tool state and back,
+     * encoded; the copies are garbage the call's collector may take */
     lua_State *T = rd__lstate_L(W.next);
     lua_getfield(C, -1, "arg");
     size_t cap = rd__lstate_set_max_memory(W.next, 0);
@@ -889,10 +863,10 @@ static void __attribute__((noinline)) prefault(void) {
     rd__buf_free(&b);
   }
   lua_settop(C, top);
-  }
-  void *p = malloc(96 * 1024);
+  /* the allocator's free memory a call will take (kept: M_TRIM_THRESHOLD) */
+  void *p = malloc(PREFAULT_HEAP);
   if (p) {
-    memset(p, 0, 96 * 1024);
+    memset(p, 0, PREFAULT_HEAP);
     free(p);
   }
   volatile char stack[48 * 1024];
@@ -909,16 +883,16 @@ static void template_child(int fd) {
   lim.cpu_seconds = W.child_cpu_s;
   rd_error err;
   if (rd__limits_apply(&lim, &err) != RD_OK) _exit(7);
-  tr("limited");
-  prefault();
-  tr("prefaulted");
+  /* A call already waiting (the stock ran dry): no prefault, the call
+   * takes only the faults it needs. */
+  char c;
+  if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) prefault();
   /* Ready: back to the normal policy (the template forks and this child
    * got ready as SCHED_BATCH, never preempting a call; a call woken on a
    * busy machine should run at once). Refused: it stays batch. */
   struct sched_param sp = {0};
   (void)sched_setscheduler(0, SCHED_OTHER, &sp);
   if (seccomp_prog && rd__seccomp_apply(seccomp_prog, &err) != RD_OK) _exit(7);
-  tr("filtered");
   worker_main(fd);
   _exit(0);
 }
@@ -939,7 +913,6 @@ static void template_main(int fd) {
 
 int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
   ctrl = ctrl_fd;
-  if (getenv("RD_STRICT_TRACE")) trace_fd = open(getenv("RD_STRICT_TRACE"), O_WRONLY | O_APPEND | O_CREAT, 0600);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   tzset(); /* os.date needs the zone; Landlock hides /etc/localtime later */
   /* SCHED_BATCH (inherited by every worker): a worker woken by a message
@@ -953,6 +926,11 @@ int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
     (void)sched_setscheduler(0, SCHED_BATCH, &sp);
   }
   signal(SIGPIPE, SIG_IGN);
+  /* Memory freed stays with the process (a worker's prefault, below, is
+   * not given back before its call), and blocks up to a few MB come from
+   * the heap rather than from mmap (a fresh mapping faults afresh). */
+  mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+  mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
   if (load_boot(lua_dir) != 0) return 3;
   W.fd = -1;
   W.tool_ref = LUA_NOREF;

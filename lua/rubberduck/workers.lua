@@ -35,11 +35,6 @@ M.SPIN_US = 300
 -- tool message and defines it itself.
 M.TEMPLATES = true
 
--- DEBUG TRACE (temporary)
-local TR = os.getenv("RD_STRICT_TRACE") and io.open(os.getenv("RD_STRICT_TRACE"), "a")
-if TR then TR:setvbuf("no") end
-local function tr(ev) if TR then TR:write(string.format("E 0 %s %.3f %.3f\n", ev, core.mono_ms() * 1000, os.clock() * 1e6)) end end
-M.tr = tr
 local SIGKILL, SIGXCPU, SIGSYS, SIGXFSZ = 9, 24, 31, 25
 
 -- ---- the pool of ready workers -------------------------------------------------------
@@ -270,6 +265,13 @@ function Remote:_template_failed(t)
   self.stock_gen = self.stock_gen + 1
   if t.worker then t.worker:kill(SIGKILL); t.worker:close() end
   if t.z then t.z:close() end
+  -- its stocked processes die with it (PR_SET_PDEATHSIG)
+  local stock = self.stock
+  self.stock = {}
+  for _, e in ipairs(stock) do
+    e.worker:kill(SIGKILL)
+    e.worker:close()
+  end
   -- twice in a row: this tool stocks the other way
   self.template_fails = (self.template_fails or 0) + 1
   if self.template_fails >= 2 then self.no_template = true end
@@ -416,7 +418,6 @@ function Remote:on_notify(fn) self.notify = fn end
 function Remote:_finish(ok, a, b, stats)
   local call = self.call
   if not call then return end
-  tr("finish0")
   self.call = nil
   if call.timer then call.timer:stop() end
   if call.exit_timer then call.exit_timer:stop() end
@@ -429,17 +430,13 @@ function Remote:_finish(ok, a, b, stats)
     if not call.eof and not (ok and call.last) then w:kill(SIGKILL) end
     w:close()
   end
-  tr("closed")
   if self.drop_template then
     self.drop_template = nil
     if self.closed or not self.pool:stocks(self) then self:_drop_stock() end
   end
   call.cb(ok, a, b, stats or {})
-  tr("cb_done")
   self:_fill_stock()
-  tr("filled")
   self.pool:refill()
-  tr("refilled")
 end
 
 -- The worker's socket closed before it answered: tell why from its exit.
@@ -489,7 +486,6 @@ function Remote:_frame(w, text, why)
     return
   end
   if not call or call.worker ~= w then return end
-  tr("frame")
   local m = json.decode(text, { max_depth = json.max_depth + 2 })
   if type(m) ~= "table" then
     call.killed = "crashed"
@@ -521,7 +517,6 @@ end
 
 function Remote:start(fname, arg, limits, cb)
   assert(fname == "execute", "a remote state only executes")
-  tr("start")
   if self.closed then return nil, "tool state is closed" end
   if self.call then return nil, "tool state is busy" end
   local call = { cb = cb, max_cpu = limits.cpu_ms or math.huge }
@@ -559,7 +554,6 @@ function Remote:start(fname, arg, limits, cb)
       if not w:send(tool_message(self)) then return dead(w, stocked) end
       if not self.once then self.worker = w end
     end
-    tr("send0")
     if not w:send(json.encode({ op = "call", arg = arg, limits = limits })) then
       return dead(w, stocked)
     end
