@@ -878,6 +878,7 @@ static void __attribute__((noinline)) prefault(void) {
  * the call is read: RLIMIT_CPU from zero and nproc = 0, then the worker
  * filter on top of the template's. */
 static void template_child(int fd) {
+  W.def_ms = 0; /* the definition was the template's, not this call's */
   rd_limits lim;
   memset(&lim, 0, sizeof lim);
   lim.cpu_seconds = W.child_cpu_s;
