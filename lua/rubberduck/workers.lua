@@ -3,7 +3,9 @@
 --
 -- One zygote per engine (rduck-worker) keeps a few workers ready: forked,
 -- stripped, waiting for their tool. A `strict` call takes a fresh worker
--- and the worker exits after answering. A `balanced` tool keeps one worker
+-- and the worker exits after answering; a strict tool's workers are forked
+-- from its template (a worker that sandboxed itself and defined the tool
+-- once, see "a strict tool's stock" below). A `balanced` tool keeps one worker
 -- (sandboxed once for that tool) that serves calls, each in a fresh Lua
 -- state, until it has served max_calls, hit a limit or died; then the next
 -- call takes a fresh one.
