@@ -140,6 +140,102 @@ describe("workers", function()
     engine:close()
   end)
 
+  local function ppid(pid)
+    local f = io.open("/proc/" .. pid .. "/stat")
+    if not f then return nil end
+    local line = f:read("*l")
+    f:close()
+    return tonumber(line:match("%) %a (%d+)"))
+  end
+
+  it("strict: processes forked from the tool's template, each pristine, gone with the tool", function()
+    if skip_unless_runnable("strict") then return end
+    local dir = H.tmpdir()
+    -- state made by the definition (an upvalue) and by calls (globals)
+    H.write_tool(dir, "tp", H.tool_source({ name = "tp", level = "strict",
+      prelude = "local n = 0",
+      handler = [[function(p)
+        n = n + 1
+        local seen = { n = n, g = gcount, upper = string.upper ~= nil }
+        gcount = (gcount or 0) + 1
+        string.upper = nil
+        return seen
+      end]] }))
+    local engine = H.open_engine(dir)
+    for i = 1, 6 do
+      local env = engine:execute("tp", {}, OP)
+      assert.equal("ok", env.status, i .. ": " .. H.encode(env.error))
+      assert.same({ n = 1, upper = true }, env.output, "call " .. i)
+    end
+    local st = last_state(engine, "tp")
+    local t = st.template
+    assert.is_table(t, "the tool has no template")
+    assert.is_truthy(t.z, "the template is not serving")
+    local tpid = t.z:pid()
+    assert.is_true(alive(tpid))
+    assert.is_true(run_until(engine, 10000, function() return #st.stock == workers.STOCK end),
+      "the stock did not fill")
+    for _, e in ipairs(st.stock) do
+      assert.equal(tpid, ppid(e.pid), "a stocked process not forked from the template")
+    end
+    -- a template that dies (its processes with it) is replaced; calls go on
+    os.execute("kill -9 " .. tpid)
+    assert.is_true(run_until(engine, 5000, function() return st.template == nil end),
+      "the template's end went unnoticed")
+    assert.equal(0, #st.stock, "processes of a dead template stayed in the stock")
+    for i = 1, 4 do
+      local env = engine:execute("tp", {}, OP)
+      assert.equal("ok", env.status, "after the template died, call " .. i .. ": " .. H.encode(env.error))
+      assert.same({ n = 1, upper = true }, env.output)
+    end
+    assert.is_true(run_until(engine, 10000, function()
+      return st.template and st.template.z and st.template.z:pid() ~= tpid
+    end), "no new template")
+    -- reloading the tool ends its template and its stock
+    local tpid2 = st.template.z:pid()
+    assert.is_true(run_until(engine, 10000, function() return #st.stock == workers.STOCK end))
+    local old = { tpid2 }
+    for _, e in ipairs(st.stock) do old[#old + 1] = e.pid end
+    assert.is_true((engine:load_tools(nil, { dir .. "/tp.lua" })))
+    assert.is_true(run_until(engine, 5000, function()
+      for _, pid in ipairs(old) do if alive(pid) then return false end end
+      return true
+    end), "the replaced tool's template or stock outlived it")
+    assert.equal("ok", engine:execute("tp", {}, OP).status)
+    local tpid3 = last_state(engine, "tp").template.z:pid()
+    engine:close()
+    for _ = 1, 40 do
+      if not alive(tpid3) then break end
+      os.execute("sleep 0.05")
+    end
+    assert.is_false(alive(tpid3), "a template outlived its engine")
+  end)
+
+  it("strict without templates: each process defines the tool itself", function()
+    if skip_unless_runnable("strict") then return end
+    local dir = H.tmpdir()
+    H.write_tool(dir, "nt", H.tool_source({ name = "nt", level = "strict", handler = POISON }))
+    workers.TEMPLATES = false
+    local ok, err = pcall(function()
+      local engine = H.open_engine(dir)
+      for i = 1, 5 do
+        local env = engine:execute("nt", {}, OP)
+        assert.equal("ok", env.status, i .. ": " .. H.encode(env.error))
+        assert.is_nil(env.output.count)
+        assert.is_true(env.output.upper)
+      end
+      local st = last_state(engine, "nt")
+      assert.is_nil(st.template)
+      assert.is_true(run_until(engine, 10000, function() return #st.stock == workers.STOCK end))
+      -- each defined its tool itself: a child of the zygote, not of a template
+      local zpid = engine.workers.zygote:pid()
+      for _, e in ipairs(st.stock) do assert.equal(zpid, ppid(e.pid)) end
+      engine:close()
+    end)
+    workers.TEMPLATES = true
+    assert(ok, err)
+  end)
+
   it("strict: only the most recently used tools keep a stock", function()
     if skip_unless_runnable("strict") then return end
     local dir = H.tmpdir()

@@ -7,6 +7,12 @@
  *       on_event("exit", pid, code, sig) a worker process ended
  *       on_event("warning", text)        a kernel feature is missing
  *       on_event("zygote_exit", code, sig)
+ *   local t = core.zygote.adopt(loop, w, on_event)
+ *       the worker w (a strict tool's template, after its "ready") becomes
+ *       a zygote: same events and methods; w is closed (its socket now
+ *       carries control records); "zygote_exit" comes without arguments
+ *       when its socket ends (its exit status comes from the zygote that
+ *       forked it, as an "exit" event there)
  *   z:spawn(n)        ask for n more ready workers
  *   z:close()         the zygote kills its workers and exits
  *   w:eof() -> true once the worker's socket has ended (also while no
@@ -22,6 +28,8 @@
 #include "sandbox/proto.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,6 +54,7 @@ struct wk {
   int frameref;
   int closing, eof;
   rd_buf in;
+  size_t in_used;        /* bytes of `in` delivered (during a delivery) */
 };
 
 static void wk_closed(uv_handle_t *h) {
@@ -112,6 +121,7 @@ static void wk_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
       return;
     }
     if (w->in.len - off - 4 < len) break;
+    w->in_used = off + 4 + len;
     deliver(w, w->in.data + off + 4, len, NULL);
     off += 4 + len;
   }
@@ -119,6 +129,7 @@ static void wk_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     memmove(w->in.data, w->in.data + off, w->in.len - off);
     w->in.len -= off;
   }
+  if (!w->closing) w->in_used = 0;
 }
 
 static wk *check_wk(lua_State *L, int idx) {
@@ -270,6 +281,8 @@ struct zg {
   int fd;
   int evref;
   int open_handles, closing, exited;
+  int adopted;           /* a template: no process handle of ours */
+  int pid;
 };
 
 static void zg_handle_closed(uv_handle_t *h) {
@@ -290,6 +303,7 @@ static void zg_close(zg *z) {
   uv_poll_stop(&z->poll);
   uv_close((uv_handle_t *)&z->poll, zg_handle_closed);
   shutdown(z->fd, SHUT_RDWR);
+  if (z->adopted) return; /* not our child: its zygote reaps it */
   if (!z->exited) {
     int st;
     pid_t pid = z->proc.pid;
@@ -337,8 +351,22 @@ static void zg_readable(uv_poll_t *h, int status, int events) {
     mh.msg_controllen = sizeof cbuf;
     ssize_t r = recvmsg(z->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    /* a template's socket is a stream: the rest of a record cut short */
+    size_t got = r > 0 ? (size_t)r : 0;
+    while (r > 0 && got < sizeof m) {
+      struct pollfd pf = {z->fd, POLLIN, 0};
+      ssize_t k = recv(z->fd, (char *)&m + got, sizeof m - got, MSG_DONTWAIT);
+      if (k > 0) got += (size_t)k;
+      else if (k < 0 && (errno == EAGAIN || errno == EINTR)) (void)poll(&pf, 1, 100);
+      else r = -1;
+    }
     if (r <= 0) {
       uv_poll_stop(h); /* the zygote died: zg_exit reports it */
+      if (z->adopted && !z->closing) {
+        zg_event_begin(z, "zygote_exit");
+        rd__loop_pcall(z->loop, 1);
+        zg_close(z);
+      }
       return;
     }
     if (z->closing) continue;
@@ -400,14 +428,35 @@ static int l_zg_new(lua_State *L) {
   stdio[2].data.fd = 2;
   stdio[3].flags = UV_INHERIT_FD;
   stdio[3].data.fd = sv[1];
+  /* The zygote's environment: the engine's, with LD_BIND_NOW=1. Every
+   * worker is a fork of it; lazily bound symbols would be resolved in each
+   * one anew, each resolution writing a GOT page the fork shares (a
+   * copy-on-write fault: tens of microseconds on some virtual machines). */
+  extern char **environ;
+  size_t ne = 0;
+  while (environ[ne]) ne++;
+  char **env = rd__calloc(ne + 2, sizeof *env);
+  if (!env) {
+    close(sv[0]);
+    close(sv[1]);
+    rd__freemem(z);
+    return luaL_error(L, "out of memory");
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < ne; i++)
+    if (strncmp(environ[i], "LD_BIND_NOW=", 12) != 0) env[k++] = environ[i];
+  env[k++] = "LD_BIND_NOW=1";
+  env[k] = NULL;
   uv_process_options_t o;
   memset(&o, 0, sizeof o);
   o.file = path;
   o.args = args;
+  o.env = env;
   o.stdio = stdio;
   o.stdio_count = 4;
   o.exit_cb = zg_exit;
   int rc = uv_spawn(&loop->uv, &z->proc, &o);
+  rd__freemem(env);
   close(sv[1]);
   if (rc != 0) {
     close(sv[0]);
@@ -426,6 +475,47 @@ static int l_zg_new(lua_State *L) {
   z->ud = u;
   u->z = z;
   lua_pushvalue(L, -1);
+  return 1;
+}
+
+static int l_zg_adopt(lua_State *L) {
+  rd_loop *loop = rd__loop_check(L, 1);
+  wud *wu = luaL_checkudata(L, 2, WORKER_MT);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  wk *w = wu->w;
+  if (!w || w->closing || w->eof) return luaL_argerror(L, 2, "worker is closed");
+  if (w->in.len != w->in_used) return luaL_argerror(L, 2, "worker has unread bytes");
+  uv_os_fd_t ofd;
+  if (uv_fileno((uv_handle_t *)&w->pipe, &ofd) != 0) return luaL_argerror(L, 2, "worker has no socket");
+  zud *u = lua_newuserdata(L, sizeof *u);
+  u->z = NULL;
+  luaL_getmetatable(L, ZYGOTE_MT);
+  lua_setmetatable(L, -2);
+  zg *z = rd__calloc(1, sizeof *z);
+  if (!z) return luaL_error(L, "out of memory");
+  int fd = fcntl(ofd, F_DUPFD_CLOEXEC, 3);
+  if (fd < 0) {
+    rd__freemem(z);
+    return luaL_error(L, "dup: %s", strerror(errno));
+  }
+  z->owner.close_all = zg_close_all;
+  z->loop = loop;
+  z->fd = fd;
+  z->adopted = 1;
+  z->exited = 1;
+  z->pid = w->pid;
+  /* the worker object is done with: its socket is the control socket now */
+  wu->w = NULL;
+  w->ud = NULL;
+  wk_close(w);
+  uv_poll_init(&loop->uv, &z->poll, z->fd);
+  z->poll.data = z;
+  z->open_handles = 1;
+  uv_poll_start(&z->poll, UV_READABLE, zg_readable);
+  lua_pushvalue(L, 3);
+  z->evref = luaL_ref(L, LUA_REGISTRYINDEX);
+  z->ud = u;
+  u->z = z;
   return 1;
 }
 
@@ -449,7 +539,7 @@ static int l_zg_spawn(lua_State *L) {
 
 static int l_zg_pid(lua_State *L) {
   zg *z = check_zg(L, 1);
-  lua_pushinteger(L, z->proc.pid);
+  lua_pushinteger(L, z->adopted ? z->pid : z->proc.pid);
   return 1;
 }
 
@@ -475,5 +565,8 @@ int rd__luaopen_worker(lua_State *L) {
   };
   rd__lua_class(L, WORKER_MT, wm, l_zg_new);
   lua_pop(L, 1); /* workers come from the zygote */
-  return rd__lua_class(L, ZYGOTE_MT, zm, l_zg_new);
+  rd__lua_class(L, ZYGOTE_MT, zm, l_zg_new);
+  lua_pushcfunction(L, l_zg_adopt);
+  lua_setfield(L, -2, "adopt");
+  return 1;
 }

@@ -85,11 +85,14 @@ typedef struct rd_limits {
                               ignore SIGXFSZ to get the EFBIG. */
   int open_files;          /* RLIMIT_NOFILE: descriptors numbered below this
                               (soft = hard); opens beyond fail with EMFILE. */
+  int keep_nproc;          /* non-zero: leave RLIMIT_NPROC as it is (a process
+                              that still forks workers, each of which sets
+                              it to 0 with its own rd__limits_apply). */
 } rd_limits;
 
 /* setrlimit() each non-zero field of *l, and always RLIMIT_CORE = 0 (no core
- * dumps of tool memory) and RLIMIT_NPROC = 0 (no new process or thread for
- * a non-root worker; root's CAP_SYS_RESOURCE ignores it — seccomp denies
+ * dumps of tool memory) and, unless keep_nproc, RLIMIT_NPROC = 0 (no new
+ * process or thread for a non-root worker; root's CAP_SYS_RESOURCE ignores it — seccomp denies
  * fork/clone anyway).
  *
  * Errors: RD_EINVAL (l NULL, cpu_seconds negative or NaN, open_files < 0);
@@ -151,6 +154,14 @@ typedef struct rd_seccomp_prog rd_seccomp_prog;
  * know this architecture), RD_EIO (libseccomp failed; message says where).
  * Thread-safe. */
 int rd__seccomp_compile(rd_seccomp_prog **out, rd_error *err);
+
+/* The same, for a process that forks workers after loading it (a strict
+ * tool's template, worker.c): the worker policy plus fork-only clone,
+ * socketpair(AF_UNIX), prctl(PR_SET_PDEATHSIG), prlimit64 on itself,
+ * seccomp(SET_MODE_FILTER), wait4, signalfd4 (seccomp_linux.c says why).
+ * Each child must load the worker program (rd__seccomp_compile) on top.
+ * Errors and ownership as rd__seccomp_compile. */
+int rd__seccomp_compile_spawner(rd_seccomp_prog **out, rd_error *err);
 
 /* Load p into the calling process: no_new_privs if not set yet, then
  * seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC) (all threads),

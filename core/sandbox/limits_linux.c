@@ -197,7 +197,7 @@ int rd__limits_apply(const rd_limits *l, rd_error *err) {
     {RLIMIT_NOFILE, "RLIMIT_NOFILE", (rlim_t)l->open_files,
      (rlim_t)l->open_files, l->open_files != 0},
     {RLIMIT_CORE, "RLIMIT_CORE", 0, 0, 1},
-    {RLIMIT_NPROC, "RLIMIT_NPROC", 0, 0, 1},
+    {RLIMIT_NPROC, "RLIMIT_NPROC", 0, 0, !l->keep_nproc},
   };
   if (l->cpu_seconds > 0) {
     double s = ceil(process_cpu_seconds() + l->cpu_seconds);
@@ -230,10 +230,10 @@ int rd__limits_apply(const rd_limits *l, rd_error *err) {
 #define LIM(v) ((v) == RLIM_INFINITY ? -1.0 : (double)(v))
   rd__limits_note(RD_LIM_RLIMITS,
                   "%s (as=%.0f cpu=%.0f fsize=%.0f nofile=%.0f core=0 "
-                  "nproc=0; -1 = unlimited%s%s%s)",
+                  "nproc=%s; -1 = unlimited%s%s%s)",
                   clamped_any ? "degraded" : "available", LIM(as.rlim_cur),
                   LIM(cpu.rlim_cur), LIM(fsz.rlim_cur), LIM(nof.rlim_cur),
-                  clamped_any ? "; clamped to the hard limit: " : "",
+                  l->keep_nproc ? "kept" : "0", clamped_any ? "; clamped to the hard limit: " : "",
                   clamped_any && why.data ? why.data : "",
                   geteuid() == 0 ? "; root ignores nproc" : "");
 #undef LIM

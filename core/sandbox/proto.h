@@ -17,6 +17,14 @@
  *   {"op":"error","message":M}            the worker cannot go on
  * A worker in "once" mode exits after its first result; in "pool" mode it
  * serves calls until max_calls, a breach, or the engine closes the socket.
+ * In "template" mode (a strict tool's template, worker.h) it sandboxes
+ * itself with the spawner filter, defines the tool, answers "ready" (or
+ * "error"), and from then on the same socket carries zygote control
+ * records (below) instead of frames, a record possibly in pieces (it is a
+ * stream): 'S' asks it for workers, 'R' hands one over (its socket as
+ * SCM_RIGHTS; the tool is defined in it, no "tool" message, its first frame
+ * is the call), 'X' reports one's exit. The template sends nothing between
+ * "ready" and the first 'S'.
  *
  * Zygote control socket (SOCK_SEQPACKET): fixed rd_zmsg records.
  *   engine -> zygote  'S' n: fork n more ready workers

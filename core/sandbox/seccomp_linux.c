@@ -45,6 +45,9 @@
  *   identity, read-only: getpid gettid getppid (is the engine still there).
  *   getrlimit, and prlimit64 only as (0, res, NULL, old): reading its own
  *     limits; setting any limit is refused.
+ *   setpriority only as (PRIO_PROCESS, 0, 19): lowering its own priority
+ *     to the least (a worker does before it exits, so its teardown yields
+ *     to the engine and the next call).
  *   the engine socket: poll ppoll recvmsg sendmsg recvfrom sendto shutdown
  *     — on descriptors it already has; it cannot make a new one (below).
  *   exit exit_group.
@@ -82,6 +85,20 @@
  *     reboot swapon swapoff acct keyctl add_key request_key
  *   Any other architecture (i386 `int 0x80`, x32 numbers) kills as well.
  *
+ * THE SPAWNER VARIANT (rd__seccomp_compile_spawner): the filter of a strict
+ * tool's template, the process that defined the tool once and forks the
+ * tool's single-use workers (worker.c). It is the policy above plus what
+ * forking needs, each narrowed by its arguments: clone with exactly
+ * fork()'s flags (CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID | SIGCHLD: no
+ * thread, no namespace, no shared memory; other flags fail with EPERM),
+ * socketpair(AF_UNIX) (a worker's socket), prctl(PR_SET_PDEATHSIG) only,
+ * prlimit64 on itself (pid 0) to set limits as well as read them,
+ * seccomp(SECCOMP_SET_MODE_FILTER) (a worker stacks the worker filter),
+ * sched_setscheduler(0 = itself, SCHED_OTHER) (a worker leaves the batch
+ * policy it was prepared under), wait4 and signalfd4 (reaping). Every worker it forks loads the worker
+ * filter above on top of it before it reads its call, so a worker's
+ * allow-list is exactly the worker policy.
+ *
  * Sanitizer builds (-DRD_SANITIZE=ON) use the same filter: nothing extra
  * is needed by the ASan/UBSan runtime while it runs (checked under strace:
  * its mmap, madvise, sigaltstack are allowed above), and an ASan report
@@ -103,7 +120,11 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <termios.h>
@@ -235,7 +256,10 @@ static int export_bpf(scmp_filter_ctx ctx, rd_seccomp_prog **out, rd_error *err)
   return RD_OK;
 }
 
-int rd__seccomp_compile(rd_seccomp_prog **out, rd_error *err) {
+/* The flags glibc's fork() passes to clone (x86_64 and most others). */
+#define FORK_FLAGS (CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID | SIGCHLD)
+
+static int compile(int spawner, rd_seccomp_prog **out, rd_error *err) {
   if (!out) return rd_error_set(err, RD_EINVAL, "seccomp: out is NULL");
   *out = NULL;
   if (seccomp_arch_native() == 0)
@@ -258,18 +282,55 @@ int rd__seccomp_compile(rd_seccomp_prog **out, rd_error *err) {
 
   for (size_t i = 0; rc == 0 && i < RD_COUNTOF(allow_plain); i++)
     rc = add_named(ctx, SCMP_ACT_ALLOW, allow_plain[i], &failed);
-  for (size_t i = 0; rc == 0 && i < RD_COUNTOF(kill_list); i++)
+  for (size_t i = 0; rc == 0 && i < RD_COUNTOF(kill_list); i++) {
+    if (spawner && strcmp(kill_list[i], "clone") == 0) continue; /* below */
     rc = add_named(ctx, SCMP_ACT_KILL_PROCESS, kill_list[i], &failed);
+  }
   if (rc == 0) {
     failed = "clone3";
     rc = add_named(ctx, SCMP_ACT_ERRNO(ENOSYS), "clone3", &failed);
   }
 
-  /* prlimit64(0 = self, resource, new = NULL, old): read own limits only. */
+  /* setpriority(PRIO_PROCESS, 0 = self, 19): a worker lowers its own
+   * priority before it exits (worker.c). */
   if (rc == 0) {
+    failed = "setpriority";
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(setpriority), 3,
+                          SCMP_A0(SCMP_CMP_EQ, PRIO_PROCESS), SCMP_A1(SCMP_CMP_EQ, 0),
+                          SCMP_A2(SCMP_CMP_EQ, 19));
+  }
+  /* prlimit64(0 = self, resource, new = NULL, old): read own limits only
+   * (a spawner: also lower them, in each worker it forks). */
+  if (rc == 0 && !spawner) {
     failed = "prlimit64";
     rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prlimit64), 2,
                           SCMP_A0(SCMP_CMP_EQ, 0), SCMP_A2(SCMP_CMP_EQ, 0));
+  }
+  if (rc == 0 && spawner) {
+    /* What a tool template needs to fork its single-use workers, each of
+     * which then loads the worker filter on top of this one. */
+    failed = "spawner rules";
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prlimit64), 1,
+                          SCMP_A0(SCMP_CMP_EQ, 0));
+    if (rc == 0)
+      rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
+                            SCMP_A0(SCMP_CMP_MASKED_EQ, 0xffffffffu,
+                                    (scmp_datum_t)FORK_FLAGS));
+    if (rc == 0)
+      rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socketpair), 1,
+                            SCMP_A0(SCMP_CMP_EQ, AF_UNIX));
+    if (rc == 0)
+      rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+                            SCMP_A0(SCMP_CMP_EQ, PR_SET_PDEATHSIG));
+    if (rc == 0)
+      rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(seccomp), 1,
+                            SCMP_A0(SCMP_CMP_EQ, SECCOMP_SET_MODE_FILTER));
+    if (rc == 0)
+      rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(sched_setscheduler), 2,
+                            SCMP_A0(SCMP_CMP_EQ, 0),
+                            SCMP_A1(SCMP_CMP_EQ, SCHED_OTHER));
+    if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(wait4), 0);
+    if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(signalfd4), 0);
   }
   /* fcntl: descriptor flags and status flags, duplication. */
   static const int fcntl_ok[] = {F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD,
@@ -308,6 +369,14 @@ int rd__seccomp_compile(rd_seccomp_prog **out, rd_error *err) {
   rc = export_bpf(ctx, out, err);
   seccomp_release(ctx);
   return rc;
+}
+
+int rd__seccomp_compile(rd_seccomp_prog **out, rd_error *err) {
+  return compile(0, out, err);
+}
+
+int rd__seccomp_compile_spawner(rd_seccomp_prog **out, rd_error *err) {
+  return compile(1, out, err);
 }
 
 size_t rd__seccomp_size(const rd_seccomp_prog *p) {

@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <malloc.h>
 #include <math.h>
 #include <poll.h>
 #include <sched.h>
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -43,6 +45,7 @@ typedef struct blob {
 
 static blob boot[N_BOOT];
 static rd_seccomp_prog *seccomp_prog;
+static rd_seccomp_prog *spawner_prog;   /* a template's (the policy + fork) */
 static int ctrl = -1;
 
 /* Memory a worker needs besides the tool's Lua heap: the binary, libc,
@@ -50,6 +53,7 @@ static int ctrl = -1;
 #define AS_OVERHEAD (512ull * 1024 * 1024)
 #define DEFINE_CPU_MS 250.0
 
+static double proc_cpu_ms(void);
 static void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void warn(const char *fmt, ...) {
   rd_zmsg m;
@@ -120,6 +124,8 @@ typedef struct worker {
   lua_State *C;          /* control state: decodes and encodes frames */
   int tool_ref;          /* the "tool" message, in C's registry */
   int once;
+  int template;          /* a strict tool's template: forks the workers */
+  double child_cpu_s;    /* a template's workers: RLIMIT_CPU, seconds */
   int max_calls, calls;
   double max_memory;
   /* The next call's state: fresh, with the tool already defined in it
@@ -193,6 +199,21 @@ static double num_field(lua_State *L, int idx, const char *k, double dflt) {
   return v;
 }
 
+/* A template's RLIMIT_CPU: soft `seconds` from now (SIGXCPU ends a
+ * definition that loops where the count hook cannot see), hard unlimited so
+ * that it can be lifted after the definition (0: lift it). 0 or -1. */
+static int set_template_cpu(double seconds, rd_error *err) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_CPU, &rl) != 0) goto fail;
+  rl.rlim_cur = seconds > 0 ? (rlim_t)(ceil(proc_cpu_ms() / 1000.0) + seconds) : rl.rlim_max;
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_cur > rl.rlim_max) rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_CPU, &rl) != 0) goto fail;
+  return 0;
+fail:
+  rd_error_set(err, RD_EIO, "template: setrlimit(RLIMIT_CPU): %s", strerror(errno));
+  return -1;
+}
+
 /* Apply the tool's limits, in the order of the design: rlimits,
  * no_new_privs, Landlock, seccomp. Returns 0 or -1 (message sent). */
 static int enter_sandbox(worker *w, int tidx) {
@@ -218,7 +239,19 @@ static int enter_sandbox(worker *w, int tidx) {
   lim.cpu_seconds = ceil((max_cpu + DEFINE_CPU_MS) / 1000.0 * calls) + 1;
   lim.file_size = (uint64_t)max_file;
   lim.open_files = 64;
+  if (w->template) {
+    /* A template forks its workers (each sets nproc = 0 and its own CPU
+     * limit, counted from its fork); its own CPU limit covers the
+     * definition only and is lifted after it (set_template_cpu). */
+    w->child_cpu_s = ceil(max_cpu / 1000.0) + 1;
+    lim.keep_nproc = 1;
+    lim.cpu_seconds = 0;
+  }
   if (rd__limits_apply(&lim, &err) != RD_OK) {
+    send_error(w, err.message);
+    return -1;
+  }
+  if (w->template && set_template_cpu(ceil(DEFINE_CPU_MS / 1000.0) + 1, &err) != 0) {
     send_error(w, err.message);
     return -1;
   }
@@ -253,9 +286,13 @@ static int enter_sandbox(worker *w, int tidx) {
     send_error(w, err.message);
     return -1;
   }
+  if (w->template && !spawner_prog) {
+    send_error(w, "no seccomp program for a template");
+    return -1;
+  }
   if (!seccomp_prog) {
     snprintf(rp, rl, "seccomp unavailable");
-  } else if (rd__seccomp_apply(seccomp_prog, &err) != RD_OK) {
+  } else if (rd__seccomp_apply(w->template ? spawner_prog : seccomp_prog, &err) != RD_OK) {
     send_error(w, err.message);
     return -1;
   }
@@ -585,6 +622,8 @@ static void next_state(worker *w) {
  * bootstrap loaded, never used, so each worker inherits a pristine copy. */
 static rd_lstate *zygote_state;
 
+static void template_main(int fd) __attribute__((noreturn));
+
 /* The life of a worker after fork. Never returns. */
 static void worker_main(int fd) {
   worker *w = &W;
@@ -593,7 +632,10 @@ static void worker_main(int fd) {
   rd_buf in = RD_BUF_INIT;
   /* The first call's state: the copy of the zygote's (no work at all), or
    * made here if the zygote could not make one. */
-  rd_lstate *warm = zygote_state ? zygote_state : fresh_state(w);
+  rd_lstate *warm = NULL;
+  if (w->tool_ref == LUA_NOREF) { /* not a template's worker: its tool comes */
+    warm = zygote_state ? zygote_state : fresh_state(w);
+  }
   zygote_state = NULL;
   uint64_t spin = 0; /* none before the tool message and a strict call */
   for (;;) {
@@ -611,7 +653,9 @@ static void worker_main(int fd) {
     lua_pop(w->C, 1);
     if (op && strcmp(op, "tool") == 0 && w->tool_ref == LUA_NOREF) {
       lua_getfield(w->C, 1, "mode");
-      w->once = lua_tostring(w->C, -1) && strcmp(lua_tostring(w->C, -1), "once") == 0;
+      const char *mode = lua_tostring(w->C, -1);
+      w->template = mode && strcmp(mode, "template") == 0;
+      w->once = w->template || (mode && strcmp(mode, "once") == 0);
       lua_pop(w->C, 1);
       w->max_calls = (int)num_field(w->C, 1, "max_calls", 100);
       if (w->max_calls < 1) w->max_calls = 1;
@@ -622,6 +666,19 @@ static void worker_main(int fd) {
        * ready: the engine may send this message long before the call. */
       make_next(w, warm);
       warm = NULL;
+      if (w->template) {
+        rd_error e2;
+        if (!w->next_ok) {
+          send_error(w, "the tool's definition did not load in its template");
+          _exit(8);
+        }
+        /* the definition is done: the template's own CPU limit goes (its
+         * workers set theirs), then it serves spawn requests for good */
+        if (set_template_cpu(0, &e2) != 0) {
+          send_error(w, e2.message);
+          _exit(7);
+        }
+      }
       lua_createtable(w->C, 0, 2);
       lua_pushliteral(w->C, "ready");
       lua_setfield(w->C, -2, "op");
@@ -630,10 +687,17 @@ static void worker_main(int fd) {
       lua_pushnumber(w->C, proc_cpu_ms());
       lua_setfield(w->C, -2, "proc_cpu_ms");
       send_json(w, -1);
+      if (w->template) template_main(fd); /* never returns */
     } else if (op && strcmp(op, "call") == 0 && w->tool_ref != LUA_NOREF) {
       int retire = serve_call(w, 1); /* frees the state */
       w->calls++;
-      if (w->once || retire || w->calls >= w->max_calls) _exit(0);
+      if (w->once || retire || w->calls >= w->max_calls) {
+        /* The answer is out: the teardown of this process (milliseconds
+         * of page-table work on some virtual machines) must not compete
+         * with the engine reading it, nor with the next call. */
+        (void)setpriority(PRIO_PROCESS, 0, 19);
+        _exit(0);
+      }
       /* The next call's state, while the engine has no call for us. */
       next_state(w);
       spin = WORKER_SPIN_NS;
@@ -658,9 +722,12 @@ static void forget(pid_t pid) {
     }
 }
 
-static int spawn_one(int sigfd) {
+/* Fork one worker with a socketpair: the child runs child(its end) and
+ * never returns; the engine's end goes to the engine over ctrl ('R'). */
+static int spawn_one(int sigfd, void (*child)(int)) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
+  pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) {
     close(sv[0]);
@@ -670,6 +737,7 @@ static int spawn_one(int sigfd) {
   if (pid == 0) {
     /* the worker: keep only its socket */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0); /* the parent died before prctl */
     close(sv[0]);
     close(ctrl);
     close(sigfd);
@@ -677,7 +745,7 @@ static int spawn_one(int sigfd) {
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_IGN);
-    worker_main(sv[1]);
+    child(sv[1]);
   }
   close(sv[1]);
   if (n_children < MAX_CHILDREN) children[n_children++] = pid;
@@ -701,58 +769,26 @@ static int spawn_one(int sigfd) {
   memcpy(CMSG_DATA(cm), &sv[0], sizeof(int));
   ssize_t r = sendmsg(ctrl, &mh, MSG_NOSIGNAL);
   close(sv[0]);
+  /* a template's socket is a stream: the rest of a record cut short */
+  if (r > 0 && (size_t)r < sizeof m &&
+      rd__write_full(ctrl, (char *)&m + r, sizeof m - (size_t)r) != 0)
+    return -1;
   return r < 0 ? -1 : 0;
 }
 
-int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
-  ctrl = ctrl_fd;
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  tzset(); /* os.date needs the zone; Landlock hides /etc/localtime later */
-  /* SCHED_BATCH (inherited by every worker): a worker woken by a message
-   * from the engine does not preempt the engine's thread on its core (a
-   * stocked strict worker defining its tool would otherwise run first,
-   * for milliseconds, while the engine is still answering its caller).
-   * Same priority otherwise. A speed hint, not a protection: where it is
-   * refused the workers keep the default policy, without a warning. */
-  {
-    struct sched_param sp = {0};
-    (void)sched_setscheduler(0, SCHED_BATCH, &sp);
-  }
-  signal(SIGPIPE, SIG_IGN);
-  if (load_boot(lua_dir) != 0) return 3;
-  W.fd = -1;
-  W.tool_ref = LUA_NOREF;
-  W.C = luaL_newstate();
-  if (!W.C) return 3;
-  rd__json_init(W.C);
-  zygote_state = fresh_state(&W); /* NULL: each worker makes its own */
+/* One control record; a template's socket is a stream, so a record may
+ * come in pieces. >0, or <= 0 when the engine is gone. */
+static ssize_t recv_zmsg(rd_zmsg *m) {
+  ssize_t r = recv(ctrl, m, sizeof *m, 0);
+  if (r > 0 && (size_t)r < sizeof *m &&
+      rd__read_full(ctrl, (char *)m + r, sizeof *m - (size_t)r) != 0)
+    return -1;
+  return r;
+}
 
-  rd_error err;
-  if (rd__limits_namespaces(RD_NS_NET | RD_NS_IPC | RD_NS_UTS, &err) != RD_OK)
-    warn("namespaces: %s (workers keep the engine's network)", err.message);
-  if (rd__seccomp_compile(&seccomp_prog, &err) != RD_OK) {
-    seccomp_prog = NULL;
-    warn("seccomp: %s (workers run without a syscall filter)", err.message);
-  }
-  {
-    /* Probe Landlock once so a missing one is reported at start. */
-    pid_t p = fork();
-    if (p == 0) {
-      rd_error e2;
-      _exit(rd__landlock_restrict(NULL, 0, &e2) == RD_ENOSYS ? 1 : 0);
-    }
-    int st = 0;
-    if (p > 0 && waitpid(p, &st, 0) == p && WIFEXITED(st) && WEXITSTATUS(st) == 1)
-      warn("landlock: not available on this kernel (workers rely on the fs API's checks)");
-  }
-
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &mask, NULL);
-  int sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (sigfd < 0) return 4;
-
+/* Serve the engine's spawn requests on ctrl and report the children's
+ * exits, until the engine closes ctrl. */
+static void serve_spawns(int sigfd, void (*child)(int)) {
   for (;;) {
     struct pollfd pf[2] = {{ctrl, POLLIN, 0}, {sigfd, POLLIN, 0}};
     if (poll(pf, 2, -1) < 0) {
@@ -771,22 +807,163 @@ int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
         m.type = 'X';
         m.pid = pid;
         m.status = st;
-        send(ctrl, &m, sizeof m, MSG_NOSIGNAL);
+        if (send(ctrl, &m, sizeof m, MSG_NOSIGNAL) < 0 && errno == EPIPE) return;
       }
     }
     if (pf[0].revents & (POLLIN | POLLHUP | POLLERR)) {
       rd_zmsg m;
-      ssize_t r = recv(ctrl, &m, sizeof m, 0);
-      if (r <= 0) break; /* the engine is gone */
+      if (recv_zmsg(&m) <= 0) break; /* the engine is gone */
       if (m.type == 'S') {
         for (int i = 0; i < m.pid && i < 64; i++)
-          if (spawn_one(sigfd) != 0) {
+          if (spawn_one(sigfd, child) != 0) {
             warn("cannot start a worker: %s", strerror(errno));
             break;
           }
       }
     }
   }
+}
+
+static int sigchld_fd(void) {
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &mask, NULL);
+  return signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+/* Make private, while the worker waits in stock, the pages its call will
+ * write: after fork every page is shared with the template, and the first
+ * write to each costs a copy-on-write fault (tens of microseconds each on
+ * some virtual machines) that would otherwise land on the call's path. A
+ * dummy call's data takes the call's way (JSON decode, copies into the tool
+ * state and back, encode) without running anything of the tool; the
+ * allocator's free memory and the stack are touched too. */
+#define PREFAULT_HEAP (256 * 1024)
+static void __attribute__((noinline)) prefault(void) {
+  lua_State *C = W.C;
+  rd_error err;
+  static const char call[] =
+      "{\"op\":\"call\",\"arg\":{\"params\":{\"a\":[1,2.5,\"x\"],\"s\":\"xxxxxxxxxxxxxxxxxxxx\"},"
+      "\"ctx\":{\"k\":\"v\",\"n\":1}},\"limits\":{\"cpu_ms\":1,\"timeout_ms\":1}}";
+  int top = lua_gettop(C);
+  if (W.next && rd__json_decode(C, call, sizeof call - 1, NULL, &err) == RD_OK) {
+    /* a call's way: decoded in C, copied into the tool state and back,
+     * encoded; the copies are garbage the call's collector may take */
+    lua_State *T = rd__lstate_L(W.next);
+    lua_getfield(C, -1, "arg");
+    size_t cap = rd__lstate_set_max_memory(W.next, 0);
+    if (rd__xcopy(C, -1, T, NULL, NULL, &err) == RD_OK) {
+      rd__xcopy(T, -1, C, NULL, NULL, &err);
+      lua_pop(T, 1);
+    }
+    rd__lstate_set_max_memory(W.next, cap);
+    rd_buf b = RD_BUF_INIT;
+    rd__json_encode(C, -1, &b, NULL, &err);
+    rd__buf_free(&b);
+  }
+  lua_settop(C, top);
+  /* the allocator's free memory a call will take (kept: M_TRIM_THRESHOLD) */
+  void *p = malloc(PREFAULT_HEAP);
+  if (p) {
+    memset(p, 0, PREFAULT_HEAP);
+    free(p);
+  }
+  volatile char stack[48 * 1024];
+  for (size_t i = 0; i < sizeof stack; i += 4096) stack[i] = 0;
+}
+
+/* A worker forked by a template: the tool is defined (W.next), the
+ * template's limits are inherited; what is per process comes now, before
+ * the call is read: RLIMIT_CPU from zero and nproc = 0, then the worker
+ * filter on top of the template's. */
+static void template_child(int fd) {
+  W.def_ms = 0; /* the definition was the template's, not this call's */
+  rd_limits lim;
+  memset(&lim, 0, sizeof lim);
+  lim.cpu_seconds = W.child_cpu_s;
+  rd_error err;
+  if (rd__limits_apply(&lim, &err) != RD_OK) _exit(7);
+  /* A call already waiting (the stock ran dry): no prefault, the call
+   * takes only the faults it needs. */
+  char c;
+  if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) prefault();
+  /* Ready: back to the normal policy (the template forks and this child
+   * got ready as SCHED_BATCH, never preempting a call; a call woken on a
+   * busy machine should run at once). Refused: it stays batch. */
+  struct sched_param sp = {0};
+  (void)sched_setscheduler(0, SCHED_OTHER, &sp);
+  if (seccomp_prog && rd__seccomp_apply(seccomp_prog, &err) != RD_OK) _exit(7);
+  worker_main(fd);
+  _exit(0);
+}
+
+/* A strict tool's template, after its "ready": sandboxed (with the
+ * spawner filter), the tool defined in W.next. From now on its socket
+ * carries zygote control records (proto.h): it forks single-use workers
+ * that inherit the defined state, until the engine closes the socket;
+ * then it exits and its workers die with it (PR_SET_PDEATHSIG). */
+static void template_main(int fd) {
+  ctrl = fd;
+  n_children = 0;
+  int sigfd = sigchld_fd();
+  if (sigfd < 0) _exit(4);
+  serve_spawns(sigfd, template_child);
+  _exit(0);
+}
+
+int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
+  ctrl = ctrl_fd;
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  tzset(); /* os.date needs the zone; Landlock hides /etc/localtime later */
+  /* SCHED_BATCH (inherited by every worker): a worker woken by a message
+   * from the engine does not preempt the engine's thread on its core (a
+   * stocked strict worker defining its tool would otherwise run first,
+   * for milliseconds, while the engine is still answering its caller).
+   * Same priority otherwise. A speed hint, not a protection: where it is
+   * refused the workers keep the default policy, without a warning. */
+  {
+    struct sched_param sp = {0};
+    (void)sched_setscheduler(0, SCHED_BATCH, &sp);
+  }
+  signal(SIGPIPE, SIG_IGN);
+  /* Memory freed stays with the process (a worker's prefault, below, is
+   * not given back before its call), and blocks up to a few MB come from
+   * the heap rather than from mmap (a fresh mapping faults afresh). */
+  mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+  mallopt(M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+  if (load_boot(lua_dir) != 0) return 3;
+  W.fd = -1;
+  W.tool_ref = LUA_NOREF;
+  W.C = luaL_newstate();
+  if (!W.C) return 3;
+  rd__json_init(W.C);
+  zygote_state = fresh_state(&W); /* NULL: each worker makes its own */
+
+  rd_error err;
+  if (rd__limits_namespaces(RD_NS_NET | RD_NS_IPC | RD_NS_UTS, &err) != RD_OK)
+    warn("namespaces: %s (workers keep the engine's network)", err.message);
+  if (rd__seccomp_compile(&seccomp_prog, &err) != RD_OK) {
+    seccomp_prog = NULL;
+    warn("seccomp: %s (workers run without a syscall filter)", err.message);
+  } else if (rd__seccomp_compile_spawner(&spawner_prog, &err) != RD_OK) {
+    spawner_prog = NULL; /* strict tools then get no template */
+  }
+  {
+    /* Probe Landlock once so a missing one is reported at start. */
+    pid_t p = fork();
+    if (p == 0) {
+      rd_error e2;
+      _exit(rd__landlock_restrict(NULL, 0, &e2) == RD_ENOSYS ? 1 : 0);
+    }
+    int st = 0;
+    if (p > 0 && waitpid(p, &st, 0) == p && WIFEXITED(st) && WEXITSTATUS(st) == 1)
+      warn("landlock: not available on this kernel (workers rely on the fs API's checks)");
+  }
+
+  int sigfd = sigchld_fd();
+  if (sigfd < 0) return 4;
+  serve_spawns(sigfd, worker_main);
   for (size_t i = 0; i < n_children; i++) kill(children[i], SIGKILL);
   while (waitpid(-1, NULL, 0) > 0) {}
   return 0;

@@ -13,6 +13,20 @@
  * in-process limits too (allocator cap, count hook). See proto.h for the
  * wire. A kernel that lacks a mechanism gets a warning ('W' message), never
  * a silent downgrade.
+ *
+ * A strict tool's workers come from its TEMPLATE: one ready worker that
+ * got the tool in mode "template" applies the limits above (RLIMIT_NPROC
+ * left as it is, RLIMIT_CPU covering the definition only) with the
+ * spawner variant of the seccomp filter (the worker policy plus fork-only
+ * clone, socketpair(AF_UNIX), wait4, ... — seccomp_linux.c), defines the
+ * tool once, and then forks single-use workers on the engine's request.
+ * Each such worker, before it reads its call: RLIMIT_CPU counted from its
+ * fork and RLIMIT_NPROC = 0 (rd__limits_apply), a prefault of the pages
+ * its call writes (copy-on-write faults off the call's path), the normal
+ * scheduling policy (it was prepared as SCHED_BATCH), and the worker
+ * filter stacked on the template's — so it runs under exactly the worker
+ * policy, with a state no execution has touched. A worker lowers its
+ * priority to nice 19 before it exits, so its teardown yields to calls.
  */
 #ifndef RD_WORKER_H
 #define RD_WORKER_H

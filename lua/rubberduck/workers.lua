@@ -3,7 +3,9 @@
 --
 -- One zygote per engine (rduck-worker) keeps a few workers ready: forked,
 -- stripped, waiting for their tool. A `strict` call takes a fresh worker
--- and the worker exits after answering. A `balanced` tool keeps one worker
+-- and the worker exits after answering; a strict tool's workers are forked
+-- from its template (a worker that sandboxed itself and defined the tool
+-- once, see "a strict tool's stock" below). A `balanced` tool keeps one worker
 -- (sandboxed once for that tool) that serves calls, each in a fresh Lua
 -- state, until it has served max_calls, hit a limit or died; then the next
 -- call takes a fresh one.
@@ -30,6 +32,10 @@ M.RESPAWN_MS = 5       -- a refused request to the zygote is sent again after th
 -- threads (l_lstate.c) and the balanced workers (worker.c) spin likewise
 -- for their next call.
 M.SPIN_US = 300
+-- A strict tool's processes are forked from its template (a process that
+-- defined the tool once, inside the sandbox); false: each one gets the
+-- tool message and defines it itself.
+M.TEMPLATES = true
 
 local SIGKILL, SIGXCPU, SIGSYS, SIGXFSZ = 9, 24, 31, 25
 
@@ -165,6 +171,11 @@ function Pool:touch(r)
   while #list > M.STOCK_TOOLS do table.remove(list, 1):_drop_stock() end
 end
 
+function Pool:stocks(r)
+  for _, x in ipairs(self.stocked) do if x == r then return true end end
+  return false
+end
+
 function Pool:forget(r)
   for i = #self.stocked, 1, -1 do
     if self.stocked[i] == r then table.remove(self.stocked, i) end
@@ -194,9 +205,9 @@ end
 local Remote = {}
 Remote.__index = Remote
 
-local function tool_message(self)
+local function tool_message(self, mode)
   local t, sec = self.tool, self.tool.def.security
-  return json.encode({ op = "tool", mode = self.once and "once" or "pool",
+  return json.encode({ op = "tool", mode = mode or (self.once and "once" or "pool"),
     file = t.file, source = t.source, max_calls = M.MAX_CALLS,
     security = { max_memory = sec.max_memory, max_cpu = sec.max_cpu,
                  max_file_size = sec.max_file_size, allowed_paths = sec.allowed_paths } })
@@ -204,15 +215,25 @@ end
 
 function Pool:remote(t)
   return setmetatable({ pool = self, tool = t, once = t.def.security.level == "strict",
-                        closed = false, stock = {}, stock_pending = 0, stock_gen = 0 }, Remote)
+                        closed = false, stock = {}, stock_pending = 0, stock_gen = 0,
+                        waiting = {}, no_template = not M.TEMPLATES }, Remote)
 end
 
 -- ---- a strict tool's stock -------------------------------------------------------
--- A strict call takes a process that has its tool message already: limits
--- in force and the tool defined in a fresh state, waiting for the call.
--- Each one still serves one call only. The stock is filled after a call
--- (never before the tool's first call) and given up when the tool is
--- closed or is no longer among the M.STOCK_TOOLS most recently used.
+-- A strict call takes a process that has its tool already: limits in force
+-- and the tool defined in a fresh state, waiting for the call. Each one
+-- still serves one call only. The stock is filled after a call (never
+-- before the tool's first call) and given up when the tool is closed or is
+-- no longer among the M.STOCK_TOOLS most recently used.
+--
+-- The stock comes from the tool's template: a worker that sandboxed itself
+-- once (with a filter that still lets it fork), defined the tool once, and
+-- then forks single-use workers on request (worker.c). A worker forked from
+-- it only lowers its own limits (CPU from zero, no processes) and stacks
+-- the worker filter, so it costs a fork instead of a whole definition.
+-- Where a template cannot be made (no seccomp spawner program, a
+-- definition that fails in the sandbox), each stocked process gets its tool
+-- message and defines the tool itself, as a first call does.
 
 function Remote:_stock_frame(e, text)
   if text ~= nil then
@@ -231,12 +252,127 @@ function Remote:_stock_frame(e, text)
   e.worker:close()
 end
 
+-- A worker for the stock: watched until a call takes it.
+function Remote:_stock_add(w, base_cpu)
+  local e = { worker = w, pid = w:pid(), base_cpu = base_cpu }
+  self.stock[#self.stock + 1] = e
+  w:on_frame(function(text) self:_stock_frame(e, text) end)
+  return e
+end
+
+function Remote:_template_failed(t)
+  if self.template ~= t then return end
+  self.template = nil
+  self.stock_pending = 0
+  self.stock_gen = self.stock_gen + 1
+  if t.worker then t.worker:kill(SIGKILL); t.worker:close() end
+  if t.z then t.z:close() end
+  -- its stocked processes die with it (PR_SET_PDEATHSIG)
+  local stock = self.stock
+  self.stock = {}
+  for _, e in ipairs(stock) do
+    e.worker:kill(SIGKILL)
+    e.worker:close()
+  end
+  -- twice in a row: this tool stocks the other way
+  self.template_fails = (self.template_fails or 0) + 1
+  if self.template_fails >= 2 then self.no_template = true end
+  -- a call waiting for a worker of this template: one made for it, or
+  -- the next template's
+  local waiting = self.waiting
+  self.waiting = {}
+  for _, cb in ipairs(waiting) do self:_want(cb) end
+end
+
+-- cb(worker, nil, entry) with a worker for this strict tool's call: its
+-- template's next one (asked for now), or where there is no template, a
+-- ready one from the pool that gets the tool message first.
+function Remote:_want(cb)
+  if self.no_template or self.closed then return self.pool:take(cb) end
+  self.waiting[#self.waiting + 1] = cb
+  if not self.template then return self:_make_template() end
+  self:_ask(false)
+end
+
+-- Ask the template for the workers the waiting calls need (and, with
+-- `stock`, those that fill the stock) beyond those asked for already.
+-- The template's workers go to waiting calls first.
+function Remote:_ask(stock)
+  local t = self.template
+  if not (t and t.z) then return end
+  local n = #self.waiting - self.stock_pending
+  if stock then n = n + M.STOCK - #self.stock end
+  if n > 0 and t.z:spawn(n) then self.stock_pending = self.stock_pending + n end
+end
+
+function Remote:_template_event(t, ev, a, b, c)
+  if ev == "worker" then
+    if self.template ~= t or self.closed then
+      a:kill(SIGKILL)
+      a:close()
+      return
+    end
+    if self.stock_pending > 0 then self.stock_pending = self.stock_pending - 1 end
+    self.template_fails = 0
+    -- its CPU counts from its fork
+    local cb = table.remove(self.waiting, 1)
+    if cb then return cb(a, nil, { base_cpu = 0 }) end
+    if #self.stock >= M.STOCK then
+      a:kill(SIGKILL)
+      a:close()
+      return
+    end
+    self:_stock_add(a, 0)
+  elseif ev == "exit" or ev == "warning" then
+    self.pool:_event(ev, a, b, c)
+  elseif ev == "zygote_exit" then
+    self:_template_failed(t)
+  end
+end
+
+-- Start the tool's template: a ready worker gets the tool in mode
+-- "template"; on its "ready" its socket becomes a control socket.
+function Remote:_make_template()
+  local t = {}
+  self.template = t
+  self.pool:take_for_stock(function(w)
+    if not w then
+      if self.template == t then self.template = nil end
+      return
+    end
+    if self.closed or self.template ~= t then
+      w:kill(SIGKILL)
+      w:close()
+      return
+    end
+    t.worker = w
+    w:on_frame(function(text)
+      if self.template ~= t or t.z then return end
+      local m = text and json.decode(text)
+      if type(m) == "table" and m.op == "ready" then
+        t.worker = nil
+        local z = core.zygote.adopt(self.pool.engine.loop, w,
+          function(...) return self:_template_event(t, ...) end)
+        t.z = z
+        self:_ask(false)
+      else
+        self:_template_failed(t)
+      end
+    end)
+    if not w:send(tool_message(self, "template")) then self:_template_failed(t) end
+  end)
+end
+
 function Remote:_fill_stock()
   if not self.once or self.closed then return end
   -- a tool replaced (reloaded) or recycled during its call keeps none
   local reg = self.pool.engine.registry
   if self.tool.retired or (reg and reg:get(self.tool.name) ~= self.tool) then return end
   self.pool:touch(self)
+  if not self.no_template then
+    if not self.template then return self:_make_template() end
+    return self:_ask(true)
+  end
   local gen = self.stock_gen
   for _ = 1, M.STOCK - #self.stock - self.stock_pending do
     self.stock_pending = self.stock_pending + 1
@@ -248,9 +384,7 @@ function Remote:_fill_stock()
         w:close()
         return
       end
-      local e = { worker = w, pid = w:pid() }
-      self.stock[#self.stock + 1] = e
-      w:on_frame(function(text) self:_stock_frame(e, text) end)
+      self:_stock_add(w)
       assert(w:send(tool_message(self)))
     end)
   end
@@ -266,6 +400,16 @@ function Remote:_drop_stock()
     self.pool.by_pid[e.pid] = nil
     e.worker:kill(SIGKILL)
     e.worker:close()
+  end
+  -- the template goes too, but not under a running call (its worker would
+  -- die with it): then when that call ends
+  local t = self.template
+  if t and not self.call then
+    self.template = nil
+    if t.worker then t.worker:kill(SIGKILL); t.worker:close() end
+    if t.z then t.z:close() end
+  elseif t then
+    self.drop_template = true
   end
 end
 
@@ -287,6 +431,10 @@ function Remote:_finish(ok, a, b, stats)
     -- a worker that answered with "last" exits by itself
     if not call.eof and not (ok and call.last) then w:kill(SIGKILL) end
     w:close()
+  end
+  if self.drop_template then
+    self.drop_template = nil
+    if self.closed or not self.pool:stocks(self) then self:_drop_stock() end
   end
   call.cb(ok, a, b, stats or {})
   self:_fill_stock()
@@ -422,6 +570,8 @@ function Remote:start(fname, arg, limits, cb)
   local e = self.once and table.remove(self.stock, 1)
   if e then
     go(e.worker, nil, e)
+  elseif self.once then
+    self:_want(go)
   elseif self.worker then
     go(self.worker)
   else

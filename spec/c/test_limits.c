@@ -874,6 +874,60 @@ TEST(seccomp_second_filter_refused_first_holds) {
   CHECK(exited_ok(in_child(child_apply_twice, NULL, 20, NULL, 0)));
 }
 
+/* The spawner variant (a strict tool's template): it may fork (fork()'s
+ * flags only), make AF_UNIX socket pairs, lower its limits, reap; a child
+ * that stacks the worker filter is back to the worker policy (fork kills). */
+static rd_seccomp_prog *spawner;
+
+static int child_spawner(void *arg, int msg) {
+  rd_limits lim;
+  memset(&lim, 0, sizeof lim);
+  lim.keep_nproc = 1;
+  rd_error err;
+  CC(rd__limits_apply(&lim, &err) == RD_OK);
+  if (apply_or_fail(spawner) != RD_OK) return 1;
+  int sv[2];
+  CC(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  errno = 0;
+  CC(socket(AF_UNIX, SOCK_STREAM, 0) == -1 && errno == EPERM);
+  errno = 0;
+  CC(socketpair(AF_INET, SOCK_STREAM, 0, sv) == -1 && errno == EPERM);
+  /* a thread (clone with other flags) is refused, not killed */
+  pthread_t t;
+  CC(pthread_create(&t, NULL, thread_fn, NULL) != 0);
+  /* a plain fork works; its child lowers its limits and stacks the worker
+   * filter, then a fork kills it */
+  pid_t p = fork();
+  if (p == 0) {
+    rd_limits l2;
+    memset(&l2, 0, sizeof l2);
+    l2.cpu_seconds = 5;
+    if (rd__limits_apply(&l2, &err) != RD_OK) _exit(4);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) _exit(5);
+    if (rd__seccomp_apply(the_prog(), &err) != RD_OK) _exit(6);
+    errno = 0;
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != -1 || errno != EPERM) _exit(7);
+    k_fork();
+    _exit(3);
+  }
+  CC(p > 0);
+  int st = 0;
+  CC(waitpid(p, &st, 0) == p);
+  CC(killed_by(st, SIGSYS));
+  return 0;
+}
+
+TEST(seccomp_spawner_forks_workers_that_stack_the_worker_filter) {
+  if (!the_prog()) return;
+  rd_error err;
+  CHECK(rd__seccomp_compile_spawner(&spawner, &err) == RD_OK);
+  if (!spawner) return;
+  CHECK(rd__seccomp_size(spawner) > rd__seccomp_size(the_prog()));
+  CHECK(exited_ok(in_child(child_spawner, NULL, 20, NULL, 0)));
+  rd__seccomp_free(spawner);
+  spawner = NULL;
+}
+
 /* ---- LuaJIT under the filter ------------------------------------------------------- */
 
 static const char *lua_chunk =

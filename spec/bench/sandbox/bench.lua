@@ -7,6 +7,9 @@
 -- Calls follow one another at once, except "strict/5ms": the engine's loop
 -- runs 5 ms between two strict calls (a caller not saturating the tool: the
 -- strict stock refills meanwhile); its calls per second count call time only.
+-- "strict" back to back measures the cost of a process per call (a fork of
+-- the tool's template, its limits, its exit), "strict/5ms" the hand-off to
+-- a process that is ready.
 --   luajit bench.lua N_STRICT N_OTHER
 local rd = require "rubberduck"
 local core = require "rubberduck.core"
