@@ -16,6 +16,9 @@
  *   t:stop(), s:stop()             idempotent
  *   t:unref()                      the timer no longer keeps the loop alive
  *   loop:now() -> ms               the loop's cached monotonic time
+ *   loop:expect(), loop:answered(us)  an answer from elsewhere is awaited /
+ *                                  came after us µs (nil: given up); see
+ *                                  rd__loop_expect in loop.h
  *   loop:close()                   closes every handle, frees the loop
  */
 #include "rd.h"
@@ -224,6 +227,16 @@ static int l_run(lua_State *L) {
   return 1;
 }
 
+static int l_expect(lua_State *L) {
+  rd__loop_expect(rd__loop_check(L, 1));
+  return 0;
+}
+
+static int l_answered(lua_State *L) {
+  rd__loop_answered(rd__loop_check(L, 1), luaL_optnumber(L, 2, -1));
+  return 0;
+}
+
 static int l_now(lua_State *L) {
   rd_loop *l = rd__loop_check(L, 1);
   lua_pushnumber(L, (double)uv_now(&l->uv));
@@ -428,7 +441,7 @@ static int l_tostring(lua_State *L) {
 int rd__luaopen_loop(lua_State *L) {
   static const luaL_Reg loop_m[] = {
     {"run", l_run}, {"now", l_now}, {"timer", l_timer}, {"signal", l_signal},
-    {"close", l_close},
+    {"expect", l_expect}, {"answered", l_answered}, {"close", l_close},
     {"__gc", l_close}, {"__tostring", l_tostring}, {NULL, NULL},
   };
   static const luaL_Reg timer_m[] = {

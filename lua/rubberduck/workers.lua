@@ -421,6 +421,7 @@ function Remote:_finish(ok, a, b, stats)
   local call = self.call
   if not call then return end
   self.call = nil
+  self.pool.engine.loop:answered(ok and (core.mono_ms() - call.t0) * 1000 or nil)
   if call.timer then call.timer:stop() end
   if call.exit_timer then call.exit_timer:stop() end
   if call.kill_timer then call.kill_timer:stop() end
@@ -521,8 +522,10 @@ function Remote:start(fname, arg, limits, cb)
   assert(fname == "execute", "a remote state only executes")
   if self.closed then return nil, "tool state is closed" end
   if self.call then return nil, "tool state is busy" end
-  local call = { cb = cb, max_cpu = limits.cpu_ms or math.huge }
+  local call = { cb = cb, max_cpu = limits.cpu_ms or math.huge, t0 = core.mono_ms() }
   self.call = call
+  -- the loop spins for quick answers (l_loop.c, auto_spin)
+  self.pool.engine.loop:expect()
   local tries = 0
   local go
   -- A worker that died while it waited (killed from outside) is dropped
