@@ -52,11 +52,12 @@ struct rd_cache {
   unsigned char *arena;
   size_t alen, acap;
   _Atomic double fixed_now;    /* tests: 0 = the real clock */
-  /* This handle's read txn, kept reset between gets and renewed per get
-   * (its reader slot stays ours: MDB_NOTLS). rbusy: 1 while a get or a
-   * view uses it; a concurrent get (another thread, a view not released
-   * yet) takes a txn from the env's pool instead. */
-  MDB_txn *rtxn;
+  /* This handle's reader: a read txn whose snapshot is kept between gets
+   * while no commit happened since (rd__store_reader), dropped after this
+   * handle's writes and by rd_cache_idle. rbusy: 1 while a get or a view
+   * uses it; a concurrent get (another thread, a view not released yet)
+   * takes a fresh txn from the env's pool instead. */
+  rd__store_reader reader;
   atomic_int rbusy;
   MDB_dbi entries;
 };
@@ -136,6 +137,7 @@ int rd_cache_open(rd_cache **out, rd_store_env *env, const rd_cache_config *cfg,
   atomic_init(&c->rbusy, 0);
   c->entries = rd__store_dbi(env, RD__DB_ENTRIES);
   pthread_mutex_init(&c->mu, NULL);
+  rd__store_reader_attach(env, &c->reader);
   rd__store_ref(env);
   c->env = env;
   *out = c;
@@ -219,6 +221,14 @@ static void free_touches(touch *list, size_t n) {
 }
 
 /* ---- write helpers ------------------------------------------------------------- */
+
+/* A write of this handle; then its reader's snapshot, now old, is dropped
+ * (when no get holds it) so it pins no pages the next writes could reuse. */
+static int cache_write(rd_cache *c, rd__store_txn_fn fn, void *ud, rd_error *err) {
+  int rc = rd__store_write(c->env, fn, ud, err);
+  rd_cache_idle(c);
+  return rc;
+}
 
 typedef struct wctx {
   rd_cache *c;
@@ -449,7 +459,7 @@ int rd_cache_put(rd_cache *c, const void *key, size_t klen, const void *val,
   op->now = now_of(c);
   op->expires = ttl > 0 ? op->now + ttl : 0;
   op->touches = take_touches(c, &op->ntouches);
-  int rc = rd__store_write(c->env, put_fn, op, err);
+  int rc = cache_write(c, put_fn, op, err);
   if (rc == RD_OK) {
     atomic_fetch_add(&c->puts, 1);
     atomic_fetch_add(&c->evictions, op->evicted);
@@ -461,12 +471,13 @@ int rd_cache_put(rd_cache *c, const void *key, size_t klen, const void *val,
 
 /* ---- get ------------------------------------------------------------------------------ */
 
-/* Begin a read: this handle's own txn when free (renewed), else one from
- * the env's pool. *own says which. */
+/* Begin a read: this handle's reader when free (its snapshot kept while
+ * it is the newest, else renewed), else a txn from the env's pool. *own
+ * says which. */
 static int read_begin(rd_cache *c, MDB_txn **txn, int *own, rd_error *err) {
   if (atomic_exchange_explicit(&c->rbusy, 1, memory_order_acquire) == 0) {
-    int rc = rd__store_read_renew(c->env, &c->rtxn, err);
-    if (rc == RD_OK) { *txn = c->rtxn; *own = 1; return RD_OK; }
+    int rc = rd__store_reader_begin(c->env, &c->reader, err);
+    if (rc == RD_OK) { *txn = c->reader.txn; *own = 1; return RD_OK; }
     atomic_store_explicit(&c->rbusy, 0, memory_order_release);
     return rc;
   }
@@ -476,10 +487,18 @@ static int read_begin(rd_cache *c, MDB_txn **txn, int *own, rd_error *err) {
 
 static void read_end(rd_cache *c, MDB_txn *txn, int own) {
   if (own) {
-    rd__store_read_park(c->env, txn);
+    rd__store_reader_end(c->env, &c->reader);
     atomic_store_explicit(&c->rbusy, 0, memory_order_release);
   } else {
     rd__store_read_end(c->env, txn);
+  }
+}
+
+void rd_cache_idle(rd_cache *c) {
+  if (!c) return;
+  if (atomic_exchange_explicit(&c->rbusy, 1, memory_order_acquire) == 0) {
+    rd__store_reader_idle(c->env, &c->reader);
+    atomic_store_explicit(&c->rbusy, 0, memory_order_release);
   }
 }
 
@@ -569,7 +588,7 @@ static int del_or_flush(rd_cache *c, const void *key, size_t klen, rd_error *err
     rd__freemem(op);
     return RD_OK;
   }
-  int rc = rd__store_write(c->env, del_fn, op, err);
+  int rc = cache_write(c, del_fn, op, err);
   if (rc == RD_OK && key && !op->found) rc = RD_ENOENT;
   free_touches(op->touches, op->ntouches);
   rd__freemem(op);
@@ -618,7 +637,7 @@ int rd_cache_clear(rd_cache *c, rd_error *err) {
   size_t n;
   touch *list = take_touches(c, &n); /* n is set by the call: not in one expression */
   free_touches(list, n);
-  return rd__store_write(c->env, clear_fn, c, err);
+  return cache_write(c, clear_fn, c, err);
 }
 
 typedef struct sweep_op { rd_cache *c; double now; size_t max, removed; } sweep_op;
@@ -664,7 +683,7 @@ static int sweep_fn(MDB_txn *txn, void *ud, rd_error *err) {
 int rd_cache_sweep(rd_cache *c, size_t max, size_t *removed, rd_error *err) {
   rd_error_clear(err);
   sweep_op op = {c, now_of(c), max ? max : 10000, 0};
-  int rc = rd__store_write(c->env, sweep_fn, &op, err);
+  int rc = cache_write(c, sweep_fn, &op, err);
   if (rc == RD_OK) atomic_fetch_add(&c->expirations, op.removed);
   if (removed) *removed = rc == RD_OK ? op.removed : 0;
   return rc;
@@ -693,7 +712,7 @@ int rd_cache_stats_get(rd_cache *c, rd_cache_stats *out, rd_error *err) {
 void rd_cache_close(rd_cache *c) {
   if (!c) return;
   rd_cache_flush(c, NULL);
-  if (c->rtxn) mdb_txn_abort(c->rtxn); /* reset, not in use: views are released */
+  rd__store_reader_detach(c->env, &c->reader); /* not in use: views are released */
   rd__freemem(c->slots);
   rd__freemem(c->used);
   rd__freemem(c->arena);
