@@ -45,6 +45,9 @@ struct rd_cache {
   rd_store_env *env;
   rd_cache_config cfg;
   atomic_uint_fast64_t hits, misses, evictions, expirations, puts;
+  /* hits and misses of the gets on the handle's reader: only the holder
+   * of rbusy writes them, so a plain load and store (no locked add) */
+  atomic_uint_fast64_t own_hits, own_misses;
   pthread_mutex_t mu;          /* guards the notes: slots, used, arena */
   slot *slots;                 /* RD_CACHE_TOUCH_SLOTS */
   uint32_t *used;              /* the used slots' indexes, ntouch of them */
@@ -146,14 +149,22 @@ int rd_cache_open(rd_cache **out, rd_store_env *env, const rd_cache_config *cfg,
 
 /* ---- access notes (lru/lfu) --------------------------------------------------- */
 
-static uint64_t fnv(const unsigned char *p, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 1099511628211ull; }
-  return h;
+/* The notes' slot hash: eight bytes at a time, multiplied and folded. */
+static uint64_t key_hash(const unsigned char *p, size_t n) {
+  uint64_t h = 0x9e3779b97f4a7c15ull ^ n, w;
+  for (; n >= 8; p += 8, n -= 8) {
+    memcpy(&w, p, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  w = 0;
+  memcpy(&w, p, n);
+  h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 29);
 }
 
 static void note_touch(rd_cache *c, const unsigned char *ek, size_t n, double now) {
-  uint64_t h = fnv(ek, n);
+  uint64_t h = key_hash(ek, n);
   pthread_mutex_lock(&c->mu);
   size_t mask = RD_CACHE_TOUCH_SLOTS - 1, i = h & mask;
   for (size_t probes = 0; probes < RD_CACHE_TOUCH_SLOTS; probes++, i = (i + 1) & mask) {
@@ -502,6 +513,16 @@ void rd_cache_idle(rd_cache *c) {
   }
 }
 
+static void count(rd_cache *c, int own, int hit) {
+  if (own) { /* only the rbusy holder writes these */
+    atomic_uint_fast64_t *n = hit ? &c->own_hits : &c->own_misses;
+    atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+  } else {
+    atomic_fetch_add_explicit(hit ? &c->hits : &c->misses, 1, memory_order_relaxed);
+  }
+}
+
 void rd__cache_view_end(rd_store_view *v) {
   read_end(v->owner_, v->txn_, 1);
 }
@@ -519,11 +540,9 @@ int rd_cache_get(rd_cache *c, const void *key, size_t klen, rd_store_view *view,
   MDB_val k = {n, ek}, v;
   rc = mdb_get(txn, c->entries, &k, &v);
   if (rc) {
+    if (rc == MDB_NOTFOUND) count(c, own, 0);
     read_end(c, txn, own);
-    if (rc == MDB_NOTFOUND) {
-      atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
-      return RD_ENOENT;
-    }
+    if (rc == MDB_NOTFOUND) return RD_ENOENT;
     return rd__store_mdb_error(c->env, err, rc, "cache get");
   }
   hdr h;
@@ -532,11 +551,11 @@ int rd_cache_get(rd_cache *c, const void *key, size_t klen, rd_store_view *view,
   /* the clock only when a TTL or a read note needs it */
   double now = !bad && (h.expires > 0 || pol != RD_CACHE_FIFO) ? now_of(c) : 0;
   if (bad || (h.expires > 0 && h.expires <= now)) {
+    count(c, own, 0);
     read_end(c, txn, own);
-    atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
     return RD_ENOENT;
   }
-  atomic_fetch_add_explicit(&c->hits, 1, memory_order_relaxed);
+  count(c, own, 1);
   if (pol != RD_CACHE_FIFO) note_touch(c, ek, n, now);
   view->data = (const unsigned char *)v.mv_data + HDR;
   view->len = v.mv_size - HDR;
@@ -691,8 +710,8 @@ int rd_cache_sweep(rd_cache *c, size_t max, size_t *removed, rd_error *err) {
 
 int rd_cache_stats_get(rd_cache *c, rd_cache_stats *out, rd_error *err) {
   memset(out, 0, sizeof *out);
-  out->hits = atomic_load(&c->hits);
-  out->misses = atomic_load(&c->misses);
+  out->hits = atomic_load(&c->hits) + atomic_load(&c->own_hits);
+  out->misses = atomic_load(&c->misses) + atomic_load(&c->own_misses);
   out->evictions = atomic_load(&c->evictions);
   out->expirations = atomic_load(&c->expirations);
   out->puts = atomic_load(&c->puts);
