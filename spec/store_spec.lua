@@ -440,14 +440,17 @@ os.exit(0)
 
     it("sweeps expired cache entries and prunes history on timers", function()
       local e = assert(rd.open{ tools = tools, data_dir = data,
-        cache = { sweep_ms = 5 }, history = { prune_ms = 5, max_count = 2 } })
+        cache = { sweep_ms = 5, idle_ms = 5 }, history = { prune_ms = 5, max_count = 2 } })
       for i = 1, 4 do e:execute("count", { i = i }) end
       e.cache:set_time(core.now() + 3600)
+      local idle, cache_idle = 0, e.cache.idle
+      e.cache.idle = function(self) idle = idle + 1; return cache_idle(self) end
       local fired = false
       e.loop:timer(100, function() fired = true end)
       while not fired do e.loop:run("once") end
       assert.equals(4, e.cache:stats().expirations)
       assert.equals(2, e.history:count())
+      assert.truthy(idle >= 1) -- the kept read snapshot is dropped on a timer too
       e:close()
     end)
 

@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 #define HDR 40
 #define MAGIC 0x52444331u /* "RDC1" */
@@ -55,6 +56,8 @@ struct rd_cache {
   unsigned char *arena;
   size_t alen, acap;
   _Atomic double fixed_now;    /* tests: 0 = the real clock */
+  int coarse_ok;               /* CLOCK_REALTIME_COARSE works */
+  double coarse_margin;        /* its resolution + COARSE_MARGIN */
   /* This handle's reader: a read txn whose snapshot is kept between gets
    * while no commit happened since (rd__store_reader), dropped after this
    * handle's writes and by rd_cache_idle. rbusy: 1 while a get or a view
@@ -98,6 +101,29 @@ static double now_of(rd_cache *c) {
   return f > 0 ? f : rd__now();
 }
 
+/* A get's clock. For the expiry check alone (fifo: no read note):
+ * CLOCK_REALTIME_COARSE (the time of the last tick: cheaper to read, never
+ * ahead of the real clock, behind it by less than its resolution) unless
+ * the entry's expiry is within its resolution + COARSE_MARGIN of it: then
+ * the precise clock decides, so expiry stays exact. Read notes (lru, lfu)
+ * take the precise clock: their ranks are compared with puts' times. */
+#define COARSE_MARGIN 0.05
+
+static double coarse_now(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_REALTIME_COARSE, &ts) != 0) return 0;
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double get_now(rd_cache *c, const hdr *h) {
+  double f = atomic_load_explicit(&c->fixed_now, memory_order_relaxed);
+  if (f > 0) return f;
+  if (c->cfg.policy != RD_CACHE_FIFO || !c->coarse_ok) return rd__now();
+  double now = coarse_now();
+  if (now <= 0 || h->expires <= now + c->coarse_margin) return rd__now();
+  return now;
+}
+
 void rd_cache_set_time(rd_cache *c, double now) {
   atomic_store(&c->fixed_now, now);
 }
@@ -137,6 +163,11 @@ int rd_cache_open(rd_cache **out, rd_store_env *env, const rd_cache_config *cfg,
   }
   if (cfg) c->cfg = *cfg;
   atomic_init(&c->fixed_now, 0.0);
+  struct timespec res;
+  if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0) {
+    c->coarse_ok = 1;
+    c->coarse_margin = (double)res.tv_nsec / 1e9 + COARSE_MARGIN;
+  }
   atomic_init(&c->rbusy, 0);
   c->entries = rd__store_dbi(env, RD__DB_ENTRIES);
   pthread_mutex_init(&c->mu, NULL);
@@ -549,7 +580,7 @@ int rd_cache_get(rd_cache *c, const void *key, size_t klen, rd_store_view *view,
   rd_cache_policy pol = c->cfg.policy;
   int bad = hdr_read(&v, &h) != 0;
   /* the clock only when a TTL or a read note needs it */
-  double now = !bad && (h.expires > 0 || pol != RD_CACHE_FIFO) ? now_of(c) : 0;
+  double now = !bad && (h.expires > 0 || pol != RD_CACHE_FIFO) ? get_now(c, &h) : 0;
   if (bad || (h.expires > 0 && h.expires <= now)) {
     count(c, own, 0);
     read_end(c, txn, own);

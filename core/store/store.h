@@ -118,6 +118,9 @@ void rd_store_hash(unsigned char out[32], size_t n, const void *const *parts,
  *         index update per distinct key read since.
  *   lfu   evicts the least often read (ties: least recent); same cost as
  *         lru.
+ * Expiry is exact: a fifo get reads the coarse clock (CLOCK_REALTIME_COARSE,
+ * cheaper) and the precise one only when the entry's expiry is near; lru
+ * and lfu gets read the precise clock (their notes are ranked by it).
  * Up to RD_CACHE_TOUCH_SLOTS distinct keys are noted between two writes;
  * hits on further keys are not noted (their rank stays as it was).
  * Counters (hits, misses, evictions, expirations) count this handle's work.

@@ -151,7 +151,8 @@ local Store = {}
 Store.__index = Store
 
 -- Open the data directory. opts: storage = { map_size, max_map_size },
--- cache = { max_bytes, max_entries, policy, map_size, max_map_size },
+-- cache = { max_bytes, max_entries, policy, map_size, max_map_size,
+-- sweep_ms, idle_ms (attach's timers) },
 -- history = { params, max_age, max_count, group_ms, max_batch }.
 -- Returns the store or nil, message, code.
 function M.open(dir, opts)
@@ -266,12 +267,15 @@ function M.attach(engine, opts)
       if ok then ok, serr, scode = s.cache:flush() end
       if not ok then warn(engine, "cache sweep", serr, scode) end
     end),
-    every(engine, cc.idle_ms, function() s.cache:idle() end),
     every(engine, hc.prune_ms, function()
       local ok, perr, pcode = s.history:prune()
       if not ok then warn(engine, "history retention", perr, pcode) end
     end),
   }
+  -- the read snapshot the cache keeps between gets, dropped when idle
+  if (tonumber(cc.idle_ms) or 0) > 0 then
+    s.timers[#s.timers + 1] = every(engine, cc.idle_ms, function() s.cache:idle() end)
+  end
   return s
 end
 

@@ -478,6 +478,44 @@ TEST(cache_kept_snapshot_never_serves_stale_entries) {
   rd_store_env_close(env);
 }
 
+/* With the real clock, a fifo get checks expiry against the coarse clock
+ * away from the expiry and the precise one near it: never a hit once the
+ * entry's expiry has passed, and hits until then. */
+TEST(cache_expiry_is_exact_with_the_real_clock) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_CACHE, 1 << 20, 64 << 20);
+  rd_cache_policy pols[] = {RD_CACHE_FIFO, RD_CACHE_LRU};
+  for (int p = 0; p < 2; p++) {
+    rd_cache *c;
+    rd_cache_config cfg = {0, 0, pols[p]};
+    CHECK(rd_cache_open(&c, env, &cfg, NULL) == RD_OK);
+    double put_at = rd__now();
+    CHECK(rd_cache_put(c, "t", 1, "v", 1, 0.2, NULL) == RD_OK);
+    double expires = put_at + 0.2;
+    int hits = 0, late_hits = 0, rc;
+    do {
+      rd_store_view v;
+      double before = rd__now();
+      rc = rd_cache_get(c, "t", 1, &v, NULL);
+      if (rc == RD_OK) {
+        hits++;
+        CHECK(v.expires_at >= expires && v.expires_at <= put_at + 0.2 + 0.5);
+        if (before >= v.expires_at) late_hits++; /* checked past its expiry, yet a hit */
+        expires = v.expires_at;
+      }
+      rd_store_view_release(&v);
+      usleep(500);
+    } while (rc == RD_OK && rd__now() < put_at + 5);
+    CHECK(rc == RD_ENOENT);
+    CHECK(hits > 1 && late_hits == 0);
+    CHECK(rd__now() >= expires); /* the first miss came at or after expiry */
+    CHECK(!cache_has(c, "t"));
+    rd_cache_close(c);
+  }
+  rd_store_env_close(env);
+}
+
 /* The entries live in LMDB's main database beside the named databases'
  * records: counts, clear and eviction must see entries only, and a v1
  * file (entries in a named database) is rebuilt. */
