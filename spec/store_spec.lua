@@ -180,6 +180,54 @@ describe("store", function()
       assert.truthy(tostring(perr):find("cache is closed", 1, true))
     end)
 
+    it("a getter's kept snapshot never serves what another handle or process changed", function()
+      local FF = require "rubberduck.store_ffi"
+      local dir = H.tmpdir()
+      local s = assert(store.open(dir, { cache = { policy = "fifo" } }))
+      local S = core.store
+      local other = S.cache(s.cache_env, { policy = "lru", max_entries = 3 })
+      local get = FF.getter(s.cache.c)
+      s.cache:set_time(1000)
+      other:set_time(1000)
+      assert(other:put("k1", "v1"))
+      assert(other:put("k2", "v2"))
+      assert(other:put("k3", "v3", 10))
+      assert.equals("v1", get("k1")) -- the snapshot is kept from here on
+      assert(other:delete("k1"))
+      assert.is_nil(get("k1"))
+      assert(other:put("k2", "v2b"))
+      assert.equals("v2b", get("k2"))
+      assert.equals("v3", get("k3"))
+      s.cache:set_time(1011) -- no commit in between: expiry is checked on every get
+      assert.is_nil(get("k3"))
+      assert(other:put("k4", "v4"))
+      assert(other:put("k5", "v5")) -- max_entries 3: evicts the least recently used
+      assert.equals("v5", get("k5"))
+      assert.equals(3, other:stats().entries)
+      s.cache:idle()
+      assert.equals("v4", get("k4"))
+      -- another process deletes, overwrites and adds
+      local _, err, code = H.run_lua(([[
+local S = require("rubberduck.core").store
+local env = assert(S.open(%q, "cache"))
+local c = S.cache(env, {})
+assert(c:delete("k4"))
+assert(c:put("k5", "v5 from the child"))
+assert(c:put("k6", "v6"))
+c:close()
+env:close()
+]]):format(dir))
+      assert.equals(0, code, err)
+      assert.is_nil(get("k4"))
+      assert.equals("v5 from the child", get("k5"))
+      assert.equals("v6", get("k6"))
+      assert(other:clear())
+      assert.is_nil(get("k5"))
+      assert.is_nil(s.cache:get("k6"))
+      other:close()
+      s:close()
+    end)
+
     it("refuses an unknown policy", function()
       local s, err = store.open(H.tmpdir(), { cache = { policy = "random" } })
       assert.is_nil(s)
@@ -392,14 +440,17 @@ os.exit(0)
 
     it("sweeps expired cache entries and prunes history on timers", function()
       local e = assert(rd.open{ tools = tools, data_dir = data,
-        cache = { sweep_ms = 5 }, history = { prune_ms = 5, max_count = 2 } })
+        cache = { sweep_ms = 5, idle_ms = 5 }, history = { prune_ms = 5, max_count = 2 } })
       for i = 1, 4 do e:execute("count", { i = i }) end
       e.cache:set_time(core.now() + 3600)
+      local idle, cache_idle = 0, e.cache.idle
+      e.cache.idle = function(self) idle = idle + 1; return cache_idle(self) end
       local fired = false
       e.loop:timer(100, function() fired = true end)
       while not fired do e.loop:run("once") end
       assert.equals(4, e.cache:stats().expirations)
       assert.equals(2, e.history:count())
+      assert.truthy(idle >= 1) -- the kept read snapshot is dropped on a timer too
       e:close()
     end)
 

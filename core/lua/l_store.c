@@ -489,6 +489,12 @@ static int l_cache_flush(lua_State *L) {
   return 1;
 }
 
+/* c:idle(): drop the snapshot the handle keeps between gets. */
+static int l_cache_idle(lua_State *L) {
+  rd_cache_idle(check_cache(L, 1));
+  return 0;
+}
+
 static int l_cache_stats(lua_State *L) {
   rd_cache_stats s;
   rd_error err;
@@ -739,8 +745,8 @@ int rd__luaopen_store(lua_State *L) {
   static const luaL_Reg cache_m[] = {
     {"get", l_cache_get}, {"put", l_cache_put}, {"delete", l_cache_delete},
     {"clear", l_cache_clear}, {"sweep", l_cache_sweep}, {"flush", l_cache_flush},
-    {"stats", l_cache_stats}, {"set_time", l_cache_set_time}, {"close", l_cache_close},
-    {"__gc", l_cache_close}, {NULL, NULL},
+    {"idle", l_cache_idle}, {"stats", l_cache_stats}, {"set_time", l_cache_set_time},
+    {"close", l_cache_close}, {"__gc", l_cache_close}, {NULL, NULL},
   };
   static const luaL_Reg hist_m[] = {
     {"append", l_hist_append}, {"append_async", l_hist_append_async},

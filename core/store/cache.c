@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 #define HDR 40
 #define MAGIC 0x52444331u /* "RDC1" */
@@ -45,6 +46,9 @@ struct rd_cache {
   rd_store_env *env;
   rd_cache_config cfg;
   atomic_uint_fast64_t hits, misses, evictions, expirations, puts;
+  /* hits and misses of the gets on the handle's reader: only the holder
+   * of rbusy writes them, so a plain load and store (no locked add) */
+  atomic_uint_fast64_t own_hits, own_misses;
   pthread_mutex_t mu;          /* guards the notes: slots, used, arena */
   slot *slots;                 /* RD_CACHE_TOUCH_SLOTS */
   uint32_t *used;              /* the used slots' indexes, ntouch of them */
@@ -52,11 +56,14 @@ struct rd_cache {
   unsigned char *arena;
   size_t alen, acap;
   _Atomic double fixed_now;    /* tests: 0 = the real clock */
-  /* This handle's read txn, kept reset between gets and renewed per get
-   * (its reader slot stays ours: MDB_NOTLS). rbusy: 1 while a get or a
-   * view uses it; a concurrent get (another thread, a view not released
-   * yet) takes a txn from the env's pool instead. */
-  MDB_txn *rtxn;
+  int coarse_ok;               /* CLOCK_REALTIME_COARSE works */
+  double coarse_margin;        /* its resolution + COARSE_MARGIN */
+  /* This handle's reader: a read txn whose snapshot is kept between gets
+   * while no commit happened since (rd__store_reader), dropped after this
+   * handle's writes and by rd_cache_idle. rbusy: 1 while a get or a view
+   * uses it; a concurrent get (another thread, a view not released yet)
+   * takes a fresh txn from the env's pool instead. */
+  rd__store_reader reader;
   atomic_int rbusy;
   MDB_dbi entries;
 };
@@ -92,6 +99,29 @@ static int hdr_read(const MDB_val *v, hdr *h) {
 static double now_of(rd_cache *c) {
   double f = atomic_load_explicit(&c->fixed_now, memory_order_relaxed);
   return f > 0 ? f : rd__now();
+}
+
+/* A get's clock. For the expiry check alone (fifo: no read note):
+ * CLOCK_REALTIME_COARSE (the time of the last tick: cheaper to read, never
+ * ahead of the real clock, behind it by less than its resolution) unless
+ * the entry's expiry is within its resolution + COARSE_MARGIN of it: then
+ * the precise clock decides, so expiry stays exact. Read notes (lru, lfu)
+ * take the precise clock: their ranks are compared with puts' times. */
+#define COARSE_MARGIN 0.05
+
+static double coarse_now(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_REALTIME_COARSE, &ts) != 0) return 0;
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double get_now(rd_cache *c, const hdr *h) {
+  double f = atomic_load_explicit(&c->fixed_now, memory_order_relaxed);
+  if (f > 0) return f;
+  if (c->cfg.policy != RD_CACHE_FIFO || !c->coarse_ok) return rd__now();
+  double now = coarse_now();
+  if (now <= 0 || h->expires <= now + c->coarse_margin) return rd__now();
+  return now;
 }
 
 void rd_cache_set_time(rd_cache *c, double now) {
@@ -133,9 +163,15 @@ int rd_cache_open(rd_cache **out, rd_store_env *env, const rd_cache_config *cfg,
   }
   if (cfg) c->cfg = *cfg;
   atomic_init(&c->fixed_now, 0.0);
+  struct timespec res;
+  if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0) {
+    c->coarse_ok = 1;
+    c->coarse_margin = (double)res.tv_nsec / 1e9 + COARSE_MARGIN;
+  }
   atomic_init(&c->rbusy, 0);
   c->entries = rd__store_dbi(env, RD__DB_ENTRIES);
   pthread_mutex_init(&c->mu, NULL);
+  rd__store_reader_attach(env, &c->reader);
   rd__store_ref(env);
   c->env = env;
   *out = c;
@@ -144,14 +180,22 @@ int rd_cache_open(rd_cache **out, rd_store_env *env, const rd_cache_config *cfg,
 
 /* ---- access notes (lru/lfu) --------------------------------------------------- */
 
-static uint64_t fnv(const unsigned char *p, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 1099511628211ull; }
-  return h;
+/* The notes' slot hash: eight bytes at a time, multiplied and folded. */
+static uint64_t key_hash(const unsigned char *p, size_t n) {
+  uint64_t h = 0x9e3779b97f4a7c15ull ^ n, w;
+  for (; n >= 8; p += 8, n -= 8) {
+    memcpy(&w, p, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  w = 0;
+  memcpy(&w, p, n);
+  h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 29);
 }
 
 static void note_touch(rd_cache *c, const unsigned char *ek, size_t n, double now) {
-  uint64_t h = fnv(ek, n);
+  uint64_t h = key_hash(ek, n);
   pthread_mutex_lock(&c->mu);
   size_t mask = RD_CACHE_TOUCH_SLOTS - 1, i = h & mask;
   for (size_t probes = 0; probes < RD_CACHE_TOUCH_SLOTS; probes++, i = (i + 1) & mask) {
@@ -219,6 +263,14 @@ static void free_touches(touch *list, size_t n) {
 }
 
 /* ---- write helpers ------------------------------------------------------------- */
+
+/* A write of this handle; then its reader's snapshot, now old, is dropped
+ * (when no get holds it) so it pins no pages the next writes could reuse. */
+static int cache_write(rd_cache *c, rd__store_txn_fn fn, void *ud, rd_error *err) {
+  int rc = rd__store_write(c->env, fn, ud, err);
+  rd_cache_idle(c);
+  return rc;
+}
 
 typedef struct wctx {
   rd_cache *c;
@@ -449,7 +501,7 @@ int rd_cache_put(rd_cache *c, const void *key, size_t klen, const void *val,
   op->now = now_of(c);
   op->expires = ttl > 0 ? op->now + ttl : 0;
   op->touches = take_touches(c, &op->ntouches);
-  int rc = rd__store_write(c->env, put_fn, op, err);
+  int rc = cache_write(c, put_fn, op, err);
   if (rc == RD_OK) {
     atomic_fetch_add(&c->puts, 1);
     atomic_fetch_add(&c->evictions, op->evicted);
@@ -461,12 +513,13 @@ int rd_cache_put(rd_cache *c, const void *key, size_t klen, const void *val,
 
 /* ---- get ------------------------------------------------------------------------------ */
 
-/* Begin a read: this handle's own txn when free (renewed), else one from
- * the env's pool. *own says which. */
+/* Begin a read: this handle's reader when free (its snapshot kept while
+ * it is the newest, else renewed), else a txn from the env's pool. *own
+ * says which. */
 static int read_begin(rd_cache *c, MDB_txn **txn, int *own, rd_error *err) {
   if (atomic_exchange_explicit(&c->rbusy, 1, memory_order_acquire) == 0) {
-    int rc = rd__store_read_renew(c->env, &c->rtxn, err);
-    if (rc == RD_OK) { *txn = c->rtxn; *own = 1; return RD_OK; }
+    int rc = rd__store_reader_begin(c->env, &c->reader, err);
+    if (rc == RD_OK) { *txn = c->reader.txn; *own = 1; return RD_OK; }
     atomic_store_explicit(&c->rbusy, 0, memory_order_release);
     return rc;
   }
@@ -476,10 +529,28 @@ static int read_begin(rd_cache *c, MDB_txn **txn, int *own, rd_error *err) {
 
 static void read_end(rd_cache *c, MDB_txn *txn, int own) {
   if (own) {
-    rd__store_read_park(c->env, txn);
+    rd__store_reader_end(c->env, &c->reader);
     atomic_store_explicit(&c->rbusy, 0, memory_order_release);
   } else {
     rd__store_read_end(c->env, txn);
+  }
+}
+
+void rd_cache_idle(rd_cache *c) {
+  if (!c) return;
+  if (atomic_exchange_explicit(&c->rbusy, 1, memory_order_acquire) == 0) {
+    rd__store_reader_idle(c->env, &c->reader);
+    atomic_store_explicit(&c->rbusy, 0, memory_order_release);
+  }
+}
+
+static void count(rd_cache *c, int own, int hit) {
+  if (own) { /* only the rbusy holder writes these */
+    atomic_uint_fast64_t *n = hit ? &c->own_hits : &c->own_misses;
+    atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+  } else {
+    atomic_fetch_add_explicit(hit ? &c->hits : &c->misses, 1, memory_order_relaxed);
   }
 }
 
@@ -500,24 +571,22 @@ int rd_cache_get(rd_cache *c, const void *key, size_t klen, rd_store_view *view,
   MDB_val k = {n, ek}, v;
   rc = mdb_get(txn, c->entries, &k, &v);
   if (rc) {
+    if (rc == MDB_NOTFOUND) count(c, own, 0);
     read_end(c, txn, own);
-    if (rc == MDB_NOTFOUND) {
-      atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
-      return RD_ENOENT;
-    }
+    if (rc == MDB_NOTFOUND) return RD_ENOENT;
     return rd__store_mdb_error(c->env, err, rc, "cache get");
   }
   hdr h;
   rd_cache_policy pol = c->cfg.policy;
   int bad = hdr_read(&v, &h) != 0;
   /* the clock only when a TTL or a read note needs it */
-  double now = !bad && (h.expires > 0 || pol != RD_CACHE_FIFO) ? now_of(c) : 0;
+  double now = !bad && (h.expires > 0 || pol != RD_CACHE_FIFO) ? get_now(c, &h) : 0;
   if (bad || (h.expires > 0 && h.expires <= now)) {
+    count(c, own, 0);
     read_end(c, txn, own);
-    atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
     return RD_ENOENT;
   }
-  atomic_fetch_add_explicit(&c->hits, 1, memory_order_relaxed);
+  count(c, own, 1);
   if (pol != RD_CACHE_FIFO) note_touch(c, ek, n, now);
   view->data = (const unsigned char *)v.mv_data + HDR;
   view->len = v.mv_size - HDR;
@@ -569,7 +638,7 @@ static int del_or_flush(rd_cache *c, const void *key, size_t klen, rd_error *err
     rd__freemem(op);
     return RD_OK;
   }
-  int rc = rd__store_write(c->env, del_fn, op, err);
+  int rc = cache_write(c, del_fn, op, err);
   if (rc == RD_OK && key && !op->found) rc = RD_ENOENT;
   free_touches(op->touches, op->ntouches);
   rd__freemem(op);
@@ -618,7 +687,7 @@ int rd_cache_clear(rd_cache *c, rd_error *err) {
   size_t n;
   touch *list = take_touches(c, &n); /* n is set by the call: not in one expression */
   free_touches(list, n);
-  return rd__store_write(c->env, clear_fn, c, err);
+  return cache_write(c, clear_fn, c, err);
 }
 
 typedef struct sweep_op { rd_cache *c; double now; size_t max, removed; } sweep_op;
@@ -664,7 +733,7 @@ static int sweep_fn(MDB_txn *txn, void *ud, rd_error *err) {
 int rd_cache_sweep(rd_cache *c, size_t max, size_t *removed, rd_error *err) {
   rd_error_clear(err);
   sweep_op op = {c, now_of(c), max ? max : 10000, 0};
-  int rc = rd__store_write(c->env, sweep_fn, &op, err);
+  int rc = cache_write(c, sweep_fn, &op, err);
   if (rc == RD_OK) atomic_fetch_add(&c->expirations, op.removed);
   if (removed) *removed = rc == RD_OK ? op.removed : 0;
   return rc;
@@ -672,8 +741,8 @@ int rd_cache_sweep(rd_cache *c, size_t max, size_t *removed, rd_error *err) {
 
 int rd_cache_stats_get(rd_cache *c, rd_cache_stats *out, rd_error *err) {
   memset(out, 0, sizeof *out);
-  out->hits = atomic_load(&c->hits);
-  out->misses = atomic_load(&c->misses);
+  out->hits = atomic_load(&c->hits) + atomic_load(&c->own_hits);
+  out->misses = atomic_load(&c->misses) + atomic_load(&c->own_misses);
   out->evictions = atomic_load(&c->evictions);
   out->expirations = atomic_load(&c->expirations);
   out->puts = atomic_load(&c->puts);
@@ -693,7 +762,7 @@ int rd_cache_stats_get(rd_cache *c, rd_cache_stats *out, rd_error *err) {
 void rd_cache_close(rd_cache *c) {
   if (!c) return;
   rd_cache_flush(c, NULL);
-  if (c->rtxn) mdb_txn_abort(c->rtxn); /* reset, not in use: views are released */
+  rd__store_reader_detach(c->env, &c->reader); /* not in use: views are released */
   rd__freemem(c->slots);
   rd__freemem(c->used);
   rd__freemem(c->arena);

@@ -43,6 +43,7 @@ struct rd_store_env {
   pthread_mutex_t free_mu;
   MDB_txn *free_txn[FREE_TXNS];/* reset read txns, ready to renew */
   int nfree;
+  rd__store_reader *readers;   /* attached readers (free_mu) */
   size_t map_size, max_map_size;
   int stale, rebuilt;
   char reason[160];
@@ -193,10 +194,14 @@ static void cloexec_fds(const char *path) {
   closedir(d);
 }
 
+/* Called with the resize lock exclusive (or with no txn in use): no read
+ * is in progress, so the attached readers' snapshots can be dropped. */
 static void free_txns(rd_store_env *env) {
   pthread_mutex_lock(&env->free_mu);
   for (int i = 0; i < env->nfree; i++) mdb_txn_abort(env->free_txn[i]);
   env->nfree = 0;
+  for (rd__store_reader *r = env->readers; r; r = r->next)
+    if (r->live) { mdb_txn_reset(r->txn); r->live = 0; }
   pthread_mutex_unlock(&env->free_mu);
 }
 
@@ -538,10 +543,9 @@ int rd__store_read_begin(rd_store_env *env, MDB_txn **txn, rd_error *err) {
   return rd_error_set(err, RD_EIO, "store: cannot begin a read");
 }
 
-/* A caller-owned read txn (one per cache handle): *slot is NULL or a txn
- * left reset by rd__store_read_park. Renewing a reset txn keeps its reader
- * slot (MDB_NOTLS), so a get costs no lock-table search and no malloc. On
- * success the resize lock is held (shared) until rd__store_read_park. */
+/* A caller-owned read txn (a reader's): *slot is NULL or a reset txn.
+ * Renewing a reset txn keeps its reader slot (MDB_NOTLS): no lock-table
+ * search, no malloc. On success the resize lock is held (shared). */
 int rd__store_read_renew(rd_store_env *env, MDB_txn **slot, rd_error *err) {
   for (int tries = 0; tries < 8; tries++) {
     pthread_rwlock_rdlock(&env->resize);
@@ -568,8 +572,53 @@ int rd__store_read_renew(rd_store_env *env, MDB_txn **slot, rd_error *err) {
   return rd_error_set(err, RD_EIO, "store: cannot begin a read");
 }
 
-void rd__store_read_park(rd_store_env *env, MDB_txn *txn) {
-  mdb_txn_reset(txn);
+void rd__store_reader_attach(rd_store_env *env, rd__store_reader *r) {
+  memset(r, 0, sizeof *r);
+  pthread_mutex_lock(&env->free_mu);
+  r->next = env->readers;
+  env->readers = r;
+  pthread_mutex_unlock(&env->free_mu);
+}
+
+void rd__store_reader_detach(rd_store_env *env, rd__store_reader *r) {
+  pthread_mutex_lock(&env->free_mu);
+  for (rd__store_reader **p = &env->readers; *p; p = &(*p)->next)
+    if (*p == r) { *p = r->next; break; }
+  pthread_mutex_unlock(&env->free_mu);
+  if (r->txn) mdb_txn_abort(r->txn);
+  memset(r, 0, sizeof *r);
+}
+
+int rd__store_reader_begin(rd_store_env *env, rd__store_reader *r, rd_error *err) {
+  pthread_rwlock_rdlock(&env->resize);
+  if (r->live) {
+    /* mdb_env_info reads the newer of the two meta pages (no lock): a
+     * commit writes its meta page before it returns, so a read that
+     * starts after a commit (of any process) sees its id here. A commit
+     * in progress may show its id early: a renew then takes the older
+     * snapshot, and the next read renews again. */
+    MDB_envinfo ei;
+    if (mdb_env_info(env->mdb, &ei) == 0 && (size_t)ei.me_last_txnid == r->id)
+      return RD_OK;
+    mdb_txn_reset(r->txn);
+    r->live = 0;
+  }
+  pthread_rwlock_unlock(&env->resize);
+  int rc = rd__store_read_renew(env, &r->txn, err);
+  if (rc) return rc;
+  r->id = mdb_txn_id(r->txn);
+  r->live = 1;
+  return RD_OK;
+}
+
+void rd__store_reader_end(rd_store_env *env, rd__store_reader *r) {
+  (void)r;
+  pthread_rwlock_unlock(&env->resize);
+}
+
+void rd__store_reader_idle(rd_store_env *env, rd__store_reader *r) {
+  pthread_rwlock_rdlock(&env->resize);
+  if (r->live) { mdb_txn_reset(r->txn); r->live = 0; }
   pthread_rwlock_unlock(&env->resize);
 }
 

@@ -118,15 +118,23 @@ void rd_store_hash(unsigned char out[32], size_t n, const void *const *parts,
  *         index update per distinct key read since.
  *   lfu   evicts the least often read (ties: least recent); same cost as
  *         lru.
+ * Expiry is exact: a fifo get reads the coarse clock (CLOCK_REALTIME_COARSE,
+ * cheaper) and the precise one only when the entry's expiry is near; lru
+ * and lfu gets read the precise clock (their notes are ranked by it).
  * Up to RD_CACHE_TOUCH_SLOTS distinct keys are noted between two writes;
  * hits on further keys are not noted (their rank stays as it was).
  * Counters (hits, misses, evictions, expirations) count this handle's work.
- * Reads: each handle keeps one read transaction, reset between gets and
- * renewed by the next (it keeps its reader slot, so a get takes no lock
- * table search and no allocation; a reset txn pins no snapshot). Every get
- * sees the latest commit of any process. While a view from the handle's
- * txn is held, or another thread is in a get, further gets use pooled txns
- * of the env. A handle (like its env: LMDB) is not usable in a forked
+ * Reads: each handle keeps one read transaction and its snapshot between
+ * gets, as long as that snapshot is the newest committed state: a get
+ * first compares the snapshot's txn id with the last committed one (the
+ * meta page, read without a lock) and renews the txn when any process
+ * committed since. So every get sees the latest commit of any process,
+ * and a get with no write in between costs no txn renewal, no lock-table
+ * access and no allocation. The kept snapshot is dropped after the
+ * handle's own writes, by rd_cache_idle (the engine's timer) and before a
+ * map resize; until then a write elsewhere cannot reuse the pages it
+ * freed. While a view from the handle's txn is held, or another thread is
+ * in a get, further gets use fresh pooled txns of the env. A handle (like its env: LMDB) is not usable in a forked
  * child. File layout (format rubberduck.cache.v2): the entries are LMDB's
  * main database; a file of an older format is rebuilt empty at open.
  */
@@ -178,6 +186,10 @@ int rd_cache_clear(rd_cache *c, rd_error *err);
 int rd_cache_sweep(rd_cache *c, size_t max, size_t *removed, rd_error *err);
 /* Write pending access notes (lru/lfu). */
 int rd_cache_flush(rd_cache *c, rd_error *err);
+/* Drop the snapshot the handle keeps between gets (see Reads above),
+ * unless a get or a view holds it: it then pins no old pages. The engine
+ * calls it on a timer; the handle's own writes do it too. NULL: no-op. */
+void rd_cache_idle(rd_cache *c);
 /* Counters of this handle plus entries/bytes held. */
 int rd_cache_stats_get(rd_cache *c, rd_cache_stats *out, rd_error *err);
 /* Tests: make the cache's clock read `now` (epoch seconds); 0 = real clock. */
@@ -368,7 +380,29 @@ int rd__store_write(rd_store_env *env, rd__store_txn_fn fn, void *ud, rd_error *
 int rd__store_read_begin(rd_store_env *env, MDB_txn **txn, rd_error *err);
 void rd__store_read_end(rd_store_env *env, MDB_txn *txn);
 int rd__store_read_renew(rd_store_env *env, MDB_txn **slot, rd_error *err);
-void rd__store_read_park(rd_store_env *env, MDB_txn *txn);
+/* A reader that keeps its snapshot between reads (one per cache handle):
+ * begin reuses the snapshot while it is still the newest committed state
+ * of the file (its txn id equals the last committed one, as the meta page
+ * says: any commit of any process changes it), else renews it. The env
+ * resets every attached reader's snapshot before it remaps (map growth),
+ * so a snapshot never outlives the map it points into. One user at a time
+ * (the caller excludes others); attach before use, detach before the env's
+ * last reference goes. */
+typedef struct rd__store_reader {
+  MDB_txn *txn;      /* NULL, or a read txn: live (live = 1) or reset */
+  int live;
+  size_t id;         /* the live snapshot's txn id */
+  struct rd__store_reader *next;
+} rd__store_reader;
+void rd__store_reader_attach(rd_store_env *env, rd__store_reader *r);
+void rd__store_reader_detach(rd_store_env *env, rd__store_reader *r);
+/* On success r->txn is live and the resize lock is held (shared) until
+ * rd__store_reader_end; on error nothing is held. */
+int rd__store_reader_begin(rd_store_env *env, rd__store_reader *r, rd_error *err);
+void rd__store_reader_end(rd_store_env *env, rd__store_reader *r);
+/* Drop the snapshot (reset the txn, keeping its reader slot): pins no
+ * old pages until the next begin. */
+void rd__store_reader_idle(rd_store_env *env, rd__store_reader *r);
 void rd__cache_view_end(rd_store_view *v);
 MDB_dbi rd__store_dbi(rd_store_env *env, int which);
 rd_store_kind rd__store_kind(rd_store_env *env);

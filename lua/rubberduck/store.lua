@@ -31,7 +31,10 @@ local M = {}
 M.DEFAULTS = {
   storage = { map_size = 16 * 2 ^ 20, max_map_size = 8 * 2 ^ 30 },
   cache = { max_bytes = 256 * 2 ^ 20, max_entries = 0, policy = "lru",
-            map_size = 16 * 2 ^ 20, max_map_size = 1 * 2 ^ 30, sweep_ms = 60000 },
+            map_size = 16 * 2 ^ 20, max_map_size = 1 * 2 ^ 30, sweep_ms = 60000,
+            -- how often the cache drops the read snapshot it keeps between
+            -- gets (so it pins no pages another process's writes freed)
+            idle_ms = 1000 },
   -- wait: a call's envelope is handed back once its history record is
   -- durable (true), or at once, the record following in the next group
   -- commit (false: a crash may lose the last group_ms of records)
@@ -83,6 +86,8 @@ function Cache:delete(key) return self.c:delete(key) end
 function Cache:clear() return self.c:clear() end
 function Cache:sweep(max) return self.c:sweep(max) end
 function Cache:flush() return self.c:flush() end
+-- Drop the read snapshot kept between gets (the engine does it on a timer).
+function Cache:idle() return self.c:idle() end
 function Cache:stats() return self.c:stats() end
 function Cache:set_time(t) return self.c:set_time(t) end
 function Cache:info() return self.env:info() end
@@ -146,7 +151,8 @@ local Store = {}
 Store.__index = Store
 
 -- Open the data directory. opts: storage = { map_size, max_map_size },
--- cache = { max_bytes, max_entries, policy, map_size, max_map_size },
+-- cache = { max_bytes, max_entries, policy, map_size, max_map_size,
+-- sweep_ms, idle_ms (attach's timers) },
 -- history = { params, max_age, max_count, group_ms, max_batch }.
 -- Returns the store or nil, message, code.
 function M.open(dir, opts)
@@ -272,6 +278,10 @@ function M.attach(engine, opts)
       if not ok then warn(engine, "history retention", perr, pcode) end
     end),
   }
+  -- the read snapshot the cache keeps between gets, dropped when idle
+  if (tonumber(cc.idle_ms) or 0) > 0 then
+    s.timers[#s.timers + 1] = every(engine, cc.idle_ms, function() s.cache:idle() end)
+  end
   return s
 end
 

@@ -366,6 +366,156 @@ TEST(cache_reader_txn_is_reused_and_stays_fresh) {
   rd_store_env_close(env);
 }
 
+/* A handle keeps its read snapshot between gets while nothing was
+ * committed: every write that commits, by another handle of this process
+ * or by another process, must be seen by the next get; expiry is checked
+ * on every get, with no commit in between. */
+TEST(cache_kept_snapshot_never_serves_stale_entries) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_CACHE, 64 << 10, 64 << 20);
+  rd_cache *a, *b, *capped;
+  rd_cache_config fifo = {0, 0, RD_CACHE_FIFO}, lru = {0, 0, RD_CACHE_LRU};
+  rd_cache_config cap = {0, 3, RD_CACHE_FIFO};
+  CHECK(rd_cache_open(&a, env, &fifo, NULL) == RD_OK);
+  CHECK(rd_cache_open(&b, env, &lru, NULL) == RD_OK);
+  CHECK(rd_cache_open(&capped, env, &cap, NULL) == RD_OK);
+  rd_cache_set_time(a, 1000);
+  rd_cache_set_time(b, 1000);
+  CHECK(rd_cache_put(b, "k1", 2, "v1", 2, 0, NULL) == RD_OK);
+  CHECK(rd_cache_put(b, "k2", 2, "v2", 2, 0, NULL) == RD_OK);
+  CHECK(rd_cache_put(b, "k3", 2, "v3", 2, 10, NULL) == RD_OK);
+
+  /* delete by another handle */
+  CHECK(cache_is(a, "k1", "v1") && cache_is(a, "k2", "v2")); /* a's snapshot is kept */
+  CHECK(rd_cache_delete(b, "k1", 2, NULL) == RD_OK);
+  CHECK(!cache_has(a, "k1"));
+  /* overwrite by another handle; a view taken before it keeps its bytes */
+  rd_store_view old;
+  CHECK(rd_cache_get(a, "k2", 2, &old, NULL) == RD_OK);
+  CHECK(rd_cache_put(b, "k2", 2, "v2b", 3, 0, NULL) == RD_OK);
+  CHECK(old.len == 2 && memcmp(old.data, "v2", 2) == 0);
+  CHECK(cache_is(a, "k2", "v2b")); /* (a pooled txn while the view is held) */
+  rd_store_view_release(&old);
+  CHECK(cache_is(a, "k2", "v2b"));
+  /* a new key */
+  CHECK(!cache_has(a, "k4"));
+  CHECK(rd_cache_put(b, "k4", 2, "v4", 2, 0, NULL) == RD_OK);
+  CHECK(cache_is(a, "k4", "v4"));
+  /* expiry with no commit in between: the clock decides on every get */
+  CHECK(cache_is(a, "k3", "v3"));
+  rd_cache_set_time(a, 1011);
+  CHECK(!cache_has(a, "k3"));
+  CHECK(cache_is(a, "k2", "v2b"));
+  /* eviction by another handle's put */
+  CHECK(rd_cache_put(capped, "k5", 2, "v5", 2, 0, NULL) == RD_OK); /* evicts the oldest */
+  CHECK(!cache_has(a, "k2") && cache_is(a, "k5", "v5"));
+  /* the idle drop, then gets as before */
+  rd_cache_idle(a);
+  rd_cache_idle(a);
+  CHECK(cache_is(a, "k4", "v4"));
+
+  /* another process deletes, overwrites, adds and grows the map while this
+   * handle's snapshot is live */
+  CHECK(cache_is(a, "k4", "v4") && cache_is(a, "k5", "v5"));
+  rd_store_env_info info;
+  rd_store_env_info_get(env, &info);
+  size_t before = info.map_size;
+  pid_t pid = fork();
+  if (pid == 0) {
+    rd_store_env *ce = NULL;
+    rd_cache *cc = NULL;
+    rd_store_env_config ecfg = {64 << 10, 64 << 20};
+    if (rd_store_env_open(&ce, d, RD_STORE_CACHE, &ecfg, NULL)) _exit(10);
+    if (rd_cache_open(&cc, ce, NULL, NULL)) _exit(11);
+    if (rd_cache_delete(cc, "k4", 2, NULL)) _exit(12);
+    if (rd_cache_put(cc, "k5", 2, "v5c", 3, 0, NULL)) _exit(13);
+    char val[4000];
+    memset(val, 'c', sizeof val);
+    for (int i = 0; i < 300; i++) {
+      char k[32];
+      snprintf(k, sizeof k, "c%d", i);
+      if (rd_cache_put(cc, k, strlen(k), val, sizeof val, 0, NULL)) _exit(14);
+    }
+    rd_cache_close(cc);
+    rd_store_env_close(ce);
+    _exit(0);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(!cache_has(a, "k4"));
+  CHECK(cache_is(a, "k5", "v5c"));
+  CHECK(cache_has(a, "c0") && cache_has(a, "c299"));
+  rd_store_env_info_get(env, &info);
+  CHECK(info.map_size > before);
+
+  /* this process grows the map through another handle while a's snapshot
+   * is live: the snapshot is dropped before the remap, a's gets go on */
+  CHECK(cache_is(a, "k5", "v5c"));
+  before = info.map_size;
+  char big[8000];
+  memset(big, 'g', sizeof big);
+  for (int i = 0; i < 400; i++) {
+    char k[32];
+    snprintf(k, sizeof k, "g%d", i);
+    CHECK(rd_cache_put(b, k, strlen(k), big, sizeof big, 0, NULL) == RD_OK);
+  }
+  rd_store_env_info_get(env, &info);
+  CHECK(info.map_size > before);
+  CHECK(cache_is(a, "k5", "v5c") && cache_has(a, "g399") && cache_has(a, "c299"));
+  rd_store_view v;
+  CHECK(rd_cache_get(a, "g0", 2, &v, NULL) == RD_OK && v.len == sizeof big &&
+        memcmp(v.data, big, sizeof big) == 0);
+  rd_store_view_release(&v);
+
+  /* clear by another handle */
+  CHECK(rd_cache_clear(b, NULL) == RD_OK);
+  CHECK(!cache_has(a, "k5") && !cache_has(a, "g0"));
+  rd_cache_close(capped);
+  rd_cache_close(b);
+  rd_cache_close(a);
+  rd_store_env_close(env);
+}
+
+/* With the real clock, a fifo get checks expiry against the coarse clock
+ * away from the expiry and the precise one near it: never a hit once the
+ * entry's expiry has passed, and hits until then. */
+TEST(cache_expiry_is_exact_with_the_real_clock) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_CACHE, 1 << 20, 64 << 20);
+  rd_cache_policy pols[] = {RD_CACHE_FIFO, RD_CACHE_LRU};
+  for (int p = 0; p < 2; p++) {
+    rd_cache *c;
+    rd_cache_config cfg = {0, 0, pols[p]};
+    CHECK(rd_cache_open(&c, env, &cfg, NULL) == RD_OK);
+    double put_at = rd__now();
+    CHECK(rd_cache_put(c, "t", 1, "v", 1, 0.2, NULL) == RD_OK);
+    double expires = put_at + 0.2;
+    int hits = 0, late_hits = 0, rc;
+    do {
+      rd_store_view v;
+      double before = rd__now();
+      rc = rd_cache_get(c, "t", 1, &v, NULL);
+      if (rc == RD_OK) {
+        hits++;
+        CHECK(v.expires_at >= expires && v.expires_at <= put_at + 0.2 + 0.5);
+        if (before >= v.expires_at) late_hits++; /* checked past its expiry, yet a hit */
+        expires = v.expires_at;
+      }
+      rd_store_view_release(&v);
+      usleep(500);
+    } while (rc == RD_OK && rd__now() < put_at + 5);
+    CHECK(rc == RD_ENOENT);
+    CHECK(hits > 1 && late_hits == 0);
+    CHECK(rd__now() >= expires); /* the first miss came at or after expiry */
+    CHECK(!cache_has(c, "t"));
+    rd_cache_close(c);
+  }
+  rd_store_env_close(env);
+}
+
 /* The entries live in LMDB's main database beside the named databases'
  * records: counts, clear and eviction must see entries only, and a v1
  * file (entries in a named database) is rebuilt. */

@@ -8,6 +8,9 @@ local FF = require "rubberduck.store_ffi"
 local S = core.store
 local dir, nkeys, ngets, napp = arg[1], tonumber(arg[2]), tonumber(arg[3]), tonumber(arg[4])
 local function now() return core.mono_ms() / 1000 end
+-- The gets' and puts' clock: wall, or with RD_BENCH_CLOCK=cpu this
+-- process's CPU time (os.clock; the get loops run on one thread).
+local clock = os.getenv("RD_BENCH_CLOCK") == "cpu" and os.clock or now
 
 local env = assert(S.open(dir, "cache", { map_size = 2 ^ 30, max_map_size = 2 ^ 30 }))
 local val = ("v"):rep(100)
@@ -18,16 +21,19 @@ local policies = { "lru", "lfu", "fifo" }
 for _, policy in ipairs(policies) do
   local c = S.cache(env, { policy = policy })
   c:clear()
-  local t0 = now()
+  local t0 = clock()
   for i = 1, nkeys do c:put(keys[i], val, 3600) end
-  print(string.format("lua_cache_put_%s %.0f", policy, nkeys / (now() - t0)))
+  print(string.format("lua_cache_put_%s %.0f", policy, nkeys / (clock() - t0)))
   c:close()
 end
 -- The anchor from Lua, in this process, interleaved with the cache's
 -- rounds (so both see the same load): raw LMDB through the FFI on the same
 -- data ('k' + key -> 40-byte header + value), the same Lua loop, the value
 -- copied into a Lua string like c:get does. raw renew: one read txn
--- renewed / reset per get; raw begin: a new read txn per get.
+-- renewed / reset per get; raw begin: a new read txn per get; raw one txn:
+-- every get in one long read txn (the access pattern of the cache's kept
+-- snapshot while nothing is written); raw file one txn: the same on a copy
+-- of the cache's file (its own layout: the physical limit of its gets).
 local ffi = require "ffi"
 ffi.cdef [[
 typedef struct MDB_env MDB_env; typedef struct MDB_txn MDB_txn;
@@ -42,6 +48,7 @@ void mdb_txn_reset(MDB_txn *txn); int mdb_txn_renew(MDB_txn *txn);
 int mdb_dbi_open(MDB_txn *txn, const char *name, unsigned int flags, MDB_dbi *dbi);
 int mdb_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data);
 int mdb_put(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data, unsigned int flags);
+int mdb_env_set_maxdbs(MDB_env *env, MDB_dbi dbs);
 ]]
 local ok, L = pcall(ffi.load, "lmdb")
 if not ok then L = ffi.load("liblmdb.so.0") end
@@ -65,6 +72,20 @@ for i = 1, nkeys do
   assert(L.mdb_put(ptxn[0], dbi, kv, vv, 0) == 0)
 end
 assert(L.mdb_txn_commit(ptxn[0]) == 0)
+-- A page-for-page copy of the cache's file (every write committed): raw
+-- gets on it read the cache's own layout with no cache code in the way.
+assert(os.execute("cp '" .. dir .. "/cache.mdb' '" .. dir .. "/copy-lua.mdb'"))
+local pfenv, pfdbi = ffi.new("MDB_env*[1]"), ffi.new("MDB_dbi[1]")
+assert(L.mdb_env_create(pfenv) == 0)
+local fenv = pfenv[0]
+L.mdb_env_set_mapsize(fenv, 2 ^ 30)
+L.mdb_env_set_maxdbs(fenv, 8)
+assert(L.mdb_env_open(fenv, dir .. "/copy-lua.mdb", MDB_NOSUBDIR + MDB_NOTLS + MDB_RDONLY, 420) == 0)
+assert(L.mdb_txn_begin(fenv, nil, MDB_RDONLY, ptxn) == 0)
+local ftxn = ptxn[0]
+assert(L.mdb_dbi_open(ftxn, nil, 0, pfdbi) == 0)
+local fdbi = pfdbi[0]
+L.mdb_txn_reset(ftxn)
 local epick = {}
 for i = 1, ngets do epick[i] = ekeys[pick[i]] end
 assert(L.mdb_txn_begin(renv, nil, MDB_RDONLY, ptxn) == 0)
@@ -83,6 +104,20 @@ local function raw_renew()
     end
     L.mdb_txn_reset(rtxn)
   end
+  return n
+end
+local function raw_one(txn, db)
+  local n = 0
+  L.mdb_txn_renew(txn)
+  for i = 1, ngets do
+    local ek = epick[i]
+    kv.mv_size, kv.mv_data = #ek, cast("void *", ek)
+    if L.mdb_get(txn, db, kv, vv) == 0 then
+      local s = fstring(cast("const char *", vv.mv_data) + 40, vv.mv_size - 40)
+      if s then n = n + 1 end
+    end
+  end
+  L.mdb_txn_reset(txn)
   return n
 end
 local function raw_begin()
@@ -106,37 +141,46 @@ end
 local best = {}
 local function keep(name, rate) if rate > (best[name] or 0) then best[name] = rate end end
 for _ = 1, 3 do
-  local t0 = now()
+  local t0 = clock()
   assert(raw_begin() == ngets)
-  keep("lua_raw_get_begin", ngets / (now() - t0))
-  t0 = now()
+  keep("lua_raw_get_begin", ngets / (clock() - t0))
+  t0 = clock()
   assert(raw_renew() == ngets)
-  keep("lua_raw_get_renew", ngets / (now() - t0))
+  keep("lua_raw_get_renew", ngets / (clock() - t0))
+  t0 = clock()
+  assert(raw_one(rtxn, dbi) == ngets)
+  keep("lua_raw_get_one_txn", ngets / (clock() - t0))
+  t0 = clock()
+  assert(raw_one(ftxn, fdbi) == ngets)
+  keep("lua_raw_get_file_one_txn", ngets / (clock() - t0))
   for _, policy in ipairs(policies) do
     local c = S.cache(env, { policy = policy })
     local get, n = c.get, 0
-    t0 = now()
+    t0 = clock()
     for i = 1, ngets do
       if get(c, pick[i]) then n = n + 1 end
     end
-    keep("lua_cache_get_" .. policy, ngets / (now() - t0))
+    keep("lua_cache_get_" .. policy, ngets / (clock() - t0))
     assert(n == ngets)
     -- the facade's path: the FFI getter (rubberduck.store_ffi)
     local fget = FF.getter(c)
     n = 0
-    t0 = now()
+    t0 = clock()
     for i = 1, ngets do
       if fget(pick[i]) then n = n + 1 end
     end
-    keep("lua_ffi_cache_get_" .. policy, ngets / (now() - t0))
+    keep("lua_ffi_cache_get_" .. policy, ngets / (clock() - t0))
     assert(n == ngets)
     c:close()
   end
 end
 L.mdb_txn_abort(rtxn)
 L.mdb_env_close(renv)
+L.mdb_txn_abort(ftxn)
+L.mdb_env_close(fenv)
 assert(FF.available, "the FFI read path is not available")
-for _, name in ipairs({ "lua_raw_get_begin", "lua_raw_get_renew", "lua_cache_get_lru",
+for _, name in ipairs({ "lua_raw_get_begin", "lua_raw_get_renew", "lua_raw_get_one_txn", "lua_raw_get_file_one_txn",
+    "lua_cache_get_lru",
     "lua_cache_get_lfu", "lua_cache_get_fifo", "lua_ffi_cache_get_lru", "lua_ffi_cache_get_lfu",
     "lua_ffi_cache_get_fifo" }) do
   print(string.format("%s %.0f", name, best[name]))
