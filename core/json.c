@@ -210,6 +210,7 @@ typedef struct frame {
   int obj;         /* object (key/value pairs) or array */
   uint32_t n;      /* members so far (an array's length) */
   int kslot;       /* object: the cache slot of its first key, or -1 */
+  int pslot;       /* object: the cache slot of its last key, or -1 */
 } frame;
 
 /* Object keys repeat from one document to the next (a tool's parameter
@@ -234,6 +235,8 @@ typedef struct keycache {
     uint32_t len;                  /* 0: empty */
     uint32_t objn;                 /* keys: members of the last object that
                                     * began with this key (0: none yet) */
+    int32_t next;                  /* keys: the slot of the key that
+                                    * followed this one last time, or -1 */
   } e[2 * KC_SLOTS];
   rd_buf sb;       /* the scratch buffer of decodes without a protected
                     * call (rd__json_decode_here); freed by __gc */
@@ -640,6 +643,7 @@ static int dec_open(dec *d, int depth, int is_obj) {
   f->obj = is_obj;
   f->n = 0;
   f->kslot = -1;
+  f->pslot = -1;
   if (f->slot > d->budget) dec_build(d, f, 4);
   d->p++;
   return 1;
@@ -724,6 +728,7 @@ static int dec_cached_string(dec *d, uint32_t half) {
       kc->e[i].w1 = w1;
       kc->e[i].len = (uint32_t)n;
       kc->e[i].objn = 0;
+      kc->e[i].next = -1;
     }
     d->top++;
     d->p = s + n + 1;
@@ -733,8 +738,44 @@ static int dec_cached_string(dec *d, uint32_t half) {
   return dec_string(d);
 }
 
-/* After '{' or ',' in an object: parse `"key" :` and leave the key pushed. */
-static int dec_key(dec *d, int after_comma) {
+/* The key at d->p (just past its opening quote) when it is the cached key
+ * that followed the object's previous key (slot `prev`) last time: objects
+ * of one shape list their keys in one order, so this costs a compare of the
+ * bytes with the cached ones instead of a scan and a hash. Pushes it and
+ * returns 1, or returns 0 and leaves everything as it was. */
+static inline int dec_next_key(dec *d, int prev) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  const unsigned char *s = d->p;
+  keycache *kc = d->kc;
+  int i = kc->e[prev].next;
+  if (i < 0 || d->end - s < 17) return 0;
+  size_t n = kc->e[i].len;                 /* 1..16, plain ASCII */
+  if (s[n] != '"') return 0;
+  uint64_t w0 = load8(s), w1 = load8(s + 8);
+  if (n < 8) {
+    w0 &= ~UINT64_C(0) >> (64 - 8 * n);
+    w1 = 0;
+  } else if (n == 8) {
+    w1 = 0;
+  } else if (n < 16) {
+    w1 &= ~UINT64_C(0) >> (64 - 8 * (n - 8));
+  }
+  if (w0 != kc->e[i].w0 || w1 != kc->e[i].w1) return 0;
+  lua_rawgeti(d->L, d->kt, i + 1);
+  d->top++;
+  d->last_slot = i;
+  d->p = s + n + 1;
+  return 1;
+#else
+  (void)d;
+  (void)prev;
+  return 0;
+#endif
+}
+
+/* After '{' or ',' in the object of frame f: parse `"key" :` and leave the
+ * key pushed. */
+static int dec_key(dec *d, frame *f, int after_comma) {
   d->p = skip_ws(d->p, d->end);
   if (d->p == d->end || *d->p != '"')
     return fail_expected(d, d->p, after_comma
@@ -742,8 +783,13 @@ static int dec_key(dec *d, int after_comma) {
                                         "commas)"
                                       : "a string key or '}'");
   d->p++;
-  d->last_slot = -1;
-  if (!dec_cached_string(d, KC_KEYS)) return 0;
+  int prev = f->pslot;
+  if (prev < 0 || !dec_next_key(d, prev)) {
+    d->last_slot = -1;
+    if (!dec_cached_string(d, KC_KEYS)) return 0;
+    if (prev >= 0) d->kc->e[prev].next = d->last_slot;
+  }
+  f->pslot = d->last_slot;
   d->p = skip_ws(d->p, d->end);
   if (d->p == d->end || *d->p != ':')
     return fail_expected(d, d->p, "':' after an object key");
@@ -788,7 +834,7 @@ value:
         d->p++;
         goto close;
       }
-      if (!dec_key(d, 0)) return 0;
+      if (!dec_key(d, &d->frames[depth - 1], 0)) return 0;
       {
         /* An object whose first key is in the string cache is made at
          * once, with as many slots as the last object that began with
@@ -831,7 +877,7 @@ value:
       }
       if (d->p < e && *d->p == ',') {
         d->p++;
-        if (!dec_room(d) || !dec_key(d, 1)) return 0;
+        if (!dec_room(d) || !dec_key(d, f, 1)) return 0;
         goto value;
       }
       if (d->p < e && *d->p == '}') {
