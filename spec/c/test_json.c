@@ -1202,6 +1202,21 @@ TEST(objects_sized_from_the_last_shape) {
               "{\"id\":9,\"id2\":8}");
     CHECK_STR(rt_opts(L, "{\"id\":{\"id\":{\"id\":5,\"z\":6},\"y\":[{\"id\":7},{}]},\"id2\":8}", &sorted),
               "{\"id\":{\"id\":{\"id\":5,\"z\":6},\"y\":[{\"id\":7},{}]},\"id2\":8}");
+    /* the key that followed last time, or one alike: a prefix, a longer
+     * one, one differing in the last byte, one that needs escapes, one
+     * near the end of the input */
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"abcdefgh\":2,\"abcdefghijklmnop\":3,\"ab\":4}", &sorted),
+              "{\"ab\":4,\"abcdefgh\":2,\"abcdefghijklmnop\":3,\"id\":1}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"abcdefghi\":2,\"abcdefghijklmnoq\":3,\"abc\":4}", &sorted),
+              "{\"abc\":4,\"abcdefghi\":2,\"abcdefghijklmnoq\":3,\"id\":1}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"abcdefg\":2,\"abcdefghijklmnopq\":3,\"a\\u0062\":4}", &sorted),
+              "{\"ab\":4,\"abcdefg\":2,\"abcdefghijklmnopq\":3,\"id\":1}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"abcdefgh\":2}", &sorted), "{\"abcdefgh\":2,\"id\":1}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"abcdefgX\":2}", &sorted), "{\"abcdefgX\":2,\"id\":1}");
+    CHECK_STR(dec_err(L, "{\"id\":1,\"abcdefgh\"}"),
+              "invalid JSON at line 1, column 19 (byte 18): expected ':' after an object key, got '}'");
+    CHECK_STR(dec_err(L, "{\"id\":1,\"abcdefgh"),
+              "invalid JSON at line 1, column 9 (byte 8): unterminated string (expected '\"' before the end of input)");
     /* a huge object, then small ones with the same first key */
     rd_buf t = RD_BUF_INIT;
     rd__buf_puts(&t, "{\"id\":0");
