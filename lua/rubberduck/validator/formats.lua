@@ -485,6 +485,50 @@ for name, rx in pairs(RX) do
     end
   end
 end
+
+-----------------------------------------------------------------------------
+-- Faster still: the same checks in C (core/format.c, a transcription of the
+-- Lua checkers above), called through the FFI when the C core
+-- (rubberduck/core.so) is on package.cpath: a uuid or a date costs a
+-- tenth of a regex match. The regexes above remain for a validator used
+-- without the C core.
+
+local function c_formats()
+  local okf, ffi = pcall(require, "ffi")
+  if not okf or not package.searchpath then return nil end
+  local path = package.searchpath("rubberduck.core", package.cpath)
+  if not path then return nil end
+  local names = { "date", "time", "date_time", "duration", "ipv4", "hostname", "uuid", "uri", "email" }
+  local decl = {}
+  for i, n in ipairs(names) do decl[i] = "int rd_format_" .. n .. "(const char *s, size_t n);" end
+  if not pcall(ffi.cdef, table.concat(decl, "\n")) then return nil end
+  local okl, lib = pcall(ffi.load, path)
+  if not okl then return nil end
+  local fns = {}
+  for _, n in ipairs(names) do
+    local ok, fn = pcall(function() return lib["rd_format_" .. n] end)
+    if not ok then return nil end
+    fns[n] = fn
+  end
+  fns.lib = lib   -- keeps the library loaded
+  return fns
+end
+
+local C = c_formats()
+M.c = C ~= nil
+if C then
+  local function wrap(fn) return function(s) return fn(s, #s) == 1 end end
+  M.duration, M.ipv4, M.uuid, M.hostname, M.uri =
+    wrap(C.duration), wrap(C.ipv4), wrap(C.uuid), wrap(C.hostname), wrap(C.uri)
+  M.date, M.time, M["date-time"] = wrap(C.date), wrap(C.time), wrap(C.date_time)
+  local c_email, lua_email = C.email, slow.email
+  M.email = function(s)
+    local r = c_email(s, #s)
+    if r == 2 then return (lua_email(s)) end   -- a domain literal
+    return r == 1
+  end
+end
+
 duration, ipv4, uuid, hostname, email, uri =
   M.duration or duration, M.ipv4 or ipv4, M.uuid or uuid, M.hostname or hostname, M.email or email, M.uri or uri
 date, time, date_time = M.date or date, M.time or time, M["date-time"] or date_time
