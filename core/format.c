@@ -6,16 +6,46 @@
  */
 #include "format.h"
 
+#include <string.h>
+
 static inline int at(const unsigned char *s, size_t n, size_t i) {
   return i < n ? s[i] : -1;
 }
 
-static inline int is_digit(int c) { return c >= '0' && c <= '9'; }
-static inline int is_alpha(int c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
-static inline int is_alnum(int c) { return is_digit(c) || is_alpha(c); }
-static inline int is_hex(int c) {
-  return is_digit(c) || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f');
+/* Character classes, one bit each, in a table indexed by the byte (the
+ * scans below test one class per byte: a load and a test). */
+enum {
+  C_DIGIT = 1,
+  C_ALPHA = 2,
+  C_HEX = 4,
+  C_ATEXT = 8,    /* [A-Za-z0-9!#$%&'*+/=?^_`{|}~.-] */
+  C_URIC = 16,    /* [A-Za-z0-9-._~:/?#[]@!$&'()*+,;=%] */
+  C_HOST = 32,    /* [A-Za-z0-9-] */
+};
+static unsigned char cls[256];
+
+__attribute__((constructor)) static void cls_init(void) {
+  for (int c = 0; c < 256; c++) {
+    int k = 0;
+    int digit = c >= '0' && c <= '9';
+    int alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+    if (digit) k |= C_DIGIT;
+    if (alpha) k |= C_ALPHA;
+    if (digit || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f')) k |= C_HEX;
+    if (digit || alpha) k |= C_ATEXT | C_URIC | C_HOST;
+    if (c && strchr("!#$%&'*+/=?^_`{|}~.-", c)) k |= C_ATEXT;
+    if (c && strchr("-._~:/?#[]@!$&'()*+,;=%", c)) k |= C_URIC;
+    if (c == '-') k |= C_HOST;
+    cls[c] = (unsigned char)k;
+  }
 }
+
+/* c is a byte, or -1 (past the end): never in a class */
+static inline int is(int c, int k) { return c >= 0 && (cls[c] & k); }
+static inline int is_digit(int c) { return c >= '0' && c <= '9'; }
+static inline int is_alpha(int c) { return is(c, C_ALPHA); }
+static inline int is_alnum(int c) { return is(c, C_DIGIT | C_ALPHA); }
+static inline int is_hex(int c) { return is(c, C_HEX); }
 
 /* the value of the two decimal digits at i, i + 1, or -1 */
 static int dig2(const unsigned char *s, size_t n, size_t i) {
@@ -173,7 +203,7 @@ static int hostname_in(const unsigned char *s, size_t i, size_t j) {
       }
       if (i >= j) return 1;
       start = i + 1;
-    } else if (!is_alnum(s[i]) && (s[i] != '-' || i == start)) {
+    } else if (!(cls[s[i]] & C_HOST) || (s[i] == '-' && i == start)) {
       return 0;
     }
   }
@@ -181,19 +211,6 @@ static int hostname_in(const unsigned char *s, size_t i, size_t j) {
 
 int rd_format_hostname(const char *s, size_t n) {
   return hostname_in((const unsigned char *)s, 0, n);
-}
-
-/* [A-Za-z0-9!#$%&'*+/=?^_`{|}~.-] */
-static int is_atext(int c) {
-  if (is_alnum(c)) return 1;
-  switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*':
-    case '+': case '/': case '=': case '?': case '^': case '_': case '`':
-    case '{': case '|': case '}': case '~': case '.': case '-':
-      return 1;
-    default:
-      return 0;
-  }
 }
 
 int rd_format_email(const char *s, size_t n) {
@@ -213,7 +230,7 @@ int rd_format_email(const char *s, size_t n) {
     int prev = 0;
     for (size_t i = 0; i < a; i++) {
       int c = u[i];
-      if (!is_atext(c) || (c == '.' && prev == '.')) return 0;
+      if (!(cls[c] & C_ATEXT) || (c == '.' && prev == '.')) return 0;
       prev = c;
     }
   }
@@ -234,20 +251,6 @@ int rd_format_uuid(const char *s, size_t n) {
   return 1;
 }
 
-/* [A-Za-z0-9-._~:/?#[]@!$&'()*+,;=%] */
-static int is_uric(int c) {
-  if (is_alnum(c)) return 1;
-  switch (c) {
-    case '-': case '.': case '_': case '~': case ':': case '/': case '?':
-    case '#': case '[': case ']': case '@': case '!': case '$': case '&':
-    case '\'': case '(': case ')': case '*': case '+': case ',': case ';':
-    case '=': case '%':
-      return 1;
-    default:
-      return 0;
-  }
-}
-
 /* scheme ":" then the characters of RFC 3986, "%" only before two hex
  * digits, at most one "#"; after "//", the host (after the authority's
  * first "@") holds brackets only as a leading "[...]" */
@@ -264,7 +267,7 @@ int rd_format_uri(const char *s, size_t n) {
   int hash = 0;
   for (size_t i = 0; i < n; i++) {
     int c = u[i];
-    if (!is_uric(c)) return 0;
+    if (!(cls[c] & C_URIC)) return 0;
     if (c == '%') {
       if (!is_hex(at(u, n, i + 1)) || !is_hex(at(u, n, i + 2))) return 0;
     } else if (c == '#') {
