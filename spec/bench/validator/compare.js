@@ -11,16 +11,18 @@
 // never both at once, in the order lua ajv | ajv lua | lua ajv | ... so that
 // a round of one side always sits next to a round of the other: a burst of
 // load from another process lands on both sides, or shows up as an outlier
-// round that the median discards. A row's first round on each side starts
-// with its warm-up (RD_BENCH_WARMUP seconds, not timed).
+// round that the median discards. The side not being measured is stopped
+// (SIGSTOP) so that its own background threads (node's GC and compiler
+// threads) do not compete with the measured side. A row's first round on
+// each side starts with its warm-up (RD_BENCH_WARMUP seconds, not timed).
 //
 // Per row it prints the median ops/s of each side, the ratio of the medians,
 // and the median, minimum and maximum of the per-round ratios (round i of
 // lua against round i of ajv, run back to back).
 //
-// Environment: RD_BENCH_TIME seconds per round (0.3), RD_BENCH_REPS rounds
-// per side for a single-case row (5), RD_BENCH_MIXED_REPS rounds per side for
-// a mixed row (15), RD_BENCH_RAW file to write every round to (TSV: mode,
+// Environment: RD_BENCH_TIME seconds per round (0.2), RD_BENCH_REPS rounds
+// per side for a single-case row (7), RD_BENCH_MIXED_REPS rounds per side for
+// a mixed row (25), RD_BENCH_RAW file to write every round to (TSV: mode,
 // row, round, lua ops/s, ajv ops/s), LUAJIT and NODE; RD_BENCH_WARMUP,
 // RD_BENCH_ALL_ERRORS and RD_BENCH_CLOCK are passed to both sides.
 "use strict";
@@ -35,9 +37,9 @@ if (!dir || ids.length === 0) {
   process.exit(2);
 }
 const num = (v, d) => (v === undefined || v === "" || isNaN(Number(v)) ? d : Number(v));
-const ROUND = num(process.env.RD_BENCH_TIME, 0.3);
-const REPS = Math.max(1, Math.floor(num(process.env.RD_BENCH_REPS, 5)));
-const MIXED_REPS = Math.max(1, Math.floor(num(process.env.RD_BENCH_MIXED_REPS, 15)));
+const ROUND = num(process.env.RD_BENCH_TIME, 0.2);
+const REPS = Math.max(1, Math.floor(num(process.env.RD_BENCH_REPS, 7)));
+const MIXED_REPS = Math.max(1, Math.floor(num(process.env.RD_BENCH_MIXED_REPS, 25)));
 
 // A child speaking the serve protocol: one command line in, one line out.
 function side(name, cmd, args) {
@@ -66,9 +68,15 @@ function side(name, cmd, args) {
     name,
     child,
     readLine,
+    // One round: the side runs only while it is measured. In between it is
+    // stopped (SIGSTOP), so that its background threads (V8's concurrent
+    // GC and compiler threads) cannot take a core from the other side.
     async send(line) {
+      child.kill("SIGCONT");
       child.stdin.write(line + "\n");
-      return readLine();
+      const out = await readLine();
+      child.kill("SIGSTOP");
+      return out;
     },
     async rows() {
       child.stdin.write("rows\n");
@@ -80,6 +88,7 @@ function side(name, cmd, args) {
       }
     },
     quit() {
+      child.kill("SIGCONT");
       child.stdin.write("quit\n");
       child.stdin.end();
     },
@@ -99,6 +108,8 @@ async function main() {
   const ajv = side("ajv", node, ["--expose-gc", path.join(__dirname, "bench_ajv.js"), dir, "serve", ...ids]);
   const rowsL = await lua.rows();
   const rowsA = await ajv.rows();
+  lua.child.kill("SIGSTOP");
+  ajv.child.kill("SIGSTOP");
   if (rowsL.join("\n") !== rowsA.join("\n")) throw new Error("the two sides list different rows");
   const raw = process.env.RD_BENCH_RAW ? fs.openSync(process.env.RD_BENCH_RAW, "w") : null;
 
@@ -134,7 +145,13 @@ async function main() {
       `${label.padEnd(32)} ${mname.padEnd(9)} ${fmt(ml.toFixed(0), 12)} ${fmt(ma.toFixed(0), 10)} ${fmt((ml / ma).toFixed(2), 6)} ${fmt(reps, 6)}  ` +
         `${median(ratios).toFixed(2)} (${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)})`
     );
-    if (id === "mixed") summary.push(`${mname}: ${(ml / ma).toFixed(2)} (rounds ${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)})`);
+    if (id === "mixed") {
+      summary.push(
+        `${mname}: ${(ml / ma).toFixed(2)} (median of the round ratios ${median(ratios).toFixed(2)}, ` +
+          `rounds ${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}, ` +
+          `${ratios.filter((x) => x > 1).length} of ${ratios.length} above 1)`
+      );
+    }
   }
   if (raw) fs.closeSync(raw);
   lua.quit();
