@@ -666,6 +666,7 @@ static int kc_gc(lua_State *L) {
 static keycache *kc_new(lua_State *L) {
   keycache *kc = lua_newuserdata(L, sizeof *kc);
   memset(kc, 0, sizeof *kc);
+  for (int i = 0; i < 2 * KC_SLOTS; i++) kc->e[i].next = -1;
   luaL_getmetatable(L, KC_MT);
   if (!lua_istable(L, -1)) {              /* rd__json_init not yet run */
     lua_pop(L, 1);
@@ -739,18 +740,17 @@ static int dec_cached_string(dec *d, uint32_t half) {
 }
 
 /* The key at d->p (just past its opening quote) when it is the cached key
- * that followed the object's previous key (slot `prev`) last time: objects
- * of one shape list their keys in one order, so this costs a compare of the
- * bytes with the cached ones instead of a scan and a hash. Pushes it and
- * returns 1, or returns 0 and leaves everything as it was. */
-static inline int dec_next_key(dec *d, int prev) {
+ * of slot i, the one that followed the object's previous key last time:
+ * objects of one shape list their keys in one order, so this costs a
+ * compare of the bytes with the cached ones instead of a scan and a hash. Pushes it and returns 1, or
+ * returns 0 and leaves everything as it was. */
+static inline int dec_expect(dec *d, int i) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   const unsigned char *s = d->p;
   keycache *kc = d->kc;
-  int i = kc->e[prev].next;
   if (i < 0 || d->end - s < 17) return 0;
-  size_t n = kc->e[i].len;                 /* 1..16, plain ASCII */
-  if (s[n] != '"') return 0;
+  size_t n = kc->e[i].len;                 /* 1..16 bytes of plain ASCII */
+  if (n == 0 || s[n] != '"') return 0;     /* 0: an empty slot */
   uint64_t w0 = load8(s), w1 = load8(s + 8);
   if (n < 8) {
     w0 &= ~UINT64_C(0) >> (64 - 8 * n);
@@ -768,7 +768,7 @@ static inline int dec_next_key(dec *d, int prev) {
   return 1;
 #else
   (void)d;
-  (void)prev;
+  (void)i;
   return 0;
 #endif
 }
@@ -784,7 +784,7 @@ static int dec_key(dec *d, frame *f, int after_comma) {
                                       : "a string key or '}'");
   d->p++;
   int prev = f->pslot;
-  if (prev < 0 || !dec_next_key(d, prev)) {
+  if (prev < 0 || !dec_expect(d, d->kc->e[prev].next)) {
     d->last_slot = -1;
     if (!dec_cached_string(d, KC_KEYS)) return 0;
     if (prev >= 0) d->kc->e[prev].next = d->last_slot;

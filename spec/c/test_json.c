@@ -1217,6 +1217,9 @@ TEST(objects_sized_from_the_last_shape) {
               "invalid JSON at line 1, column 19 (byte 18): expected ':' after an object key, got '}'");
     CHECK_STR(dec_err(L, "{\"id\":1,\"abcdefgh"),
               "invalid JSON at line 1, column 9 (byte 8): unterminated string (expected '\"' before the end of input)");
+    /* empty keys, also where a key was expected to follow */
+    CHECK_STR(rt_opts(L, "{\"\":1,\"\":2,\"a\":{\"\":3}}", &sorted), "{\"\":2,\"a\":{\"\":3}}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"\":2}", &sorted), "{\"\":2,\"id\":1}");
     /* a huge object, then small ones with the same first key */
     rd_buf t = RD_BUF_INIT;
     rd__buf_puts(&t, "{\"id\":0");
