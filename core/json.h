@@ -85,7 +85,9 @@ void rd__json_push_decoder(lua_State *L, lua_CFunction fn);
  * and leaks nothing (its scratch memory belongs to the closure's cache).
  * Returns RD_OK (one value pushed) or RD_EJSON / RD_ENOMEM / RD_EINVAL
  * (nothing pushed, message in err). When L has a debug hook set, or
- * opts->max_depth is above RD_JSON_MAX_DEPTH, it calls rd__json_decode. */
+ * opts->max_depth is above RD_JSON_MAX_DEPTH, it calls rd__json_decode.
+ * The closure's string cache (as rd__json_decode's, about 32 KB) also keeps
+ * the scratch buffer of strings with escapes between calls, up to 64 KB. */
 int rd__json_decode_here(lua_State *L, const char *text, size_t len,
                          const rd_json_opts *opts, rd_error *err);
 
