@@ -52,6 +52,9 @@
 
 /* Registry keys of the protected entry points (cached closures). */
 static char decode_fn_key, encode_fn_key;
+/* Registry name of the string cache's metatable (its __gc frees the
+ * cache's scratch buffer). */
+#define KC_MT "rubberduck.json.cache"
 
 static int effective_depth(const rd_json_opts *o) {
   int d = (o && o->max_depth > 0) ? o->max_depth : RD_JSON_MAX_DEPTH;
@@ -126,6 +129,8 @@ static void push_entry(lua_State *L, char *key, lua_CFunction fn, int with_mt);
 /* Also caches the closures of the protected entry points, so that a decode
  * or encode on a state at its memory cap allocates nothing before its
  * lua_pcall. */
+static int kc_gc(lua_State *L);
+
 void rd__json_init(lua_State *L) {
   /* Done already in this state (the entries are made last)? */
   lua_pushlightuserdata(L, &encode_fn_key);
@@ -133,6 +138,11 @@ void rd__json_init(lua_State *L) {
   int done = lua_isfunction(L, -1);
   lua_pop(L, 1);
   if (done) return;
+  if (luaL_newmetatable(L, KC_MT)) {
+    lua_pushcfunction(L, kc_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
   if (luaL_newmetatable(L, RD_JSON_ARRAY_MT)) {
     lua_pushliteral(L, "array");
     lua_setfield(L, -2, "__jsontype");
@@ -205,6 +215,8 @@ typedef struct frame {
   int built;       /* the table exists at `slot` and takes members itself */
   int obj;         /* object (key/value pairs) or array */
   uint32_t n;      /* members so far (an array's length) */
+  int kslot;       /* object: the cache slot of its first key, or -1 */
+  int pslot;       /* object: the cache slot of its last key, or -1 */
 } frame;
 
 /* Object keys repeat from one document to the next (a tool's parameter
@@ -220,13 +232,20 @@ typedef struct frame {
  * alive. A state with a debug hook set (a tool's state in the sandbox, whose
  * memory is capped and counted) decodes without it. */
 #define KC_SLOTS 512
+#define KC_MAX_OBJN 256   /* larger objects are not sized in advance */
 #define KC_KEYS 0
 #define KC_VALUES KC_SLOTS
 typedef struct keycache {
   struct {
     uint64_t w0, w1;               /* the bytes, zero-padded to 16 */
     uint32_t len;                  /* 0: empty */
+    uint32_t objn;                 /* keys: members of the last object that
+                                    * began with this key (0: none yet) */
+    int32_t next;                  /* keys: the slot of the key that
+                                    * followed this one last time, or -1 */
   } e[2 * KC_SLOTS];
+  rd_buf sb;       /* the scratch buffer of decodes without a protected
+                    * call (rd__json_decode_here); freed by __gc */
 } keycache;
 
 typedef struct dec {
@@ -239,11 +258,12 @@ typedef struct dec {
   int top;         /* lua_gettop(L), kept here (it changes with each push) */
   int room;        /* stack slots up to this index are guaranteed */
   int budget;      /* top index beyond which containers are built early */
-  rd_buf sb;       /* scratch: strings with escapes, long numbers */
+  rd_buf *sb;      /* scratch: strings with escapes, long numbers */
   frame *frames;   /* the open containers, outermost first */
   keycache *kc;    /* NULL until the first key */
   int kc_off;      /* no string cache (a hook is set) */
   int kt;          /* stack index of the key cache's table (or false) */
+  int last_slot;   /* cache slot of the string just pushed, or -1 */
 } dec;
 
 typedef struct dec_call {
@@ -412,21 +432,21 @@ static int dec_string(dec *d) {
       return fail(d, p, "unescaped control character U+%04X in string", c);
     /* backslash */
     if (!buffered) {
-      d->sb.len = 0;
+      d->sb->len = 0;
       buffered = 1;
     }
-    rd__buf_append(&d->sb, run, (size_t)(p - run));
+    rd__buf_append(d->sb, run, (size_t)(p - run));
     const unsigned char *esc = p++;
     if (p == e) return fail(d, esc, "unterminated escape in string");
     switch (*p) {
-      case '"': rd__buf_putc(&d->sb, '"'); break;
-      case '\\': rd__buf_putc(&d->sb, '\\'); break;
-      case '/': rd__buf_putc(&d->sb, '/'); break;
-      case 'b': rd__buf_putc(&d->sb, '\b'); break;
-      case 'f': rd__buf_putc(&d->sb, '\f'); break;
-      case 'n': rd__buf_putc(&d->sb, '\n'); break;
-      case 'r': rd__buf_putc(&d->sb, '\r'); break;
-      case 't': rd__buf_putc(&d->sb, '\t'); break;
+      case '"': rd__buf_putc(d->sb, '"'); break;
+      case '\\': rd__buf_putc(d->sb, '\\'); break;
+      case '/': rd__buf_putc(d->sb, '/'); break;
+      case 'b': rd__buf_putc(d->sb, '\b'); break;
+      case 'f': rd__buf_putc(d->sb, '\f'); break;
+      case 'n': rd__buf_putc(d->sb, '\n'); break;
+      case 'r': rd__buf_putc(d->sb, '\r'); break;
+      case 't': rd__buf_putc(d->sb, '\t'); break;
       case 'u': {
         unsigned cp, lo;
         if (!hex4(p + 1, e, &cp))
@@ -443,7 +463,7 @@ static int dec_string(dec *d) {
           cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
           p += 6;
         }
-        put_utf8(&d->sb, cp);
+        put_utf8(d->sb, cp);
         break;
       }
       default:
@@ -458,9 +478,9 @@ static int dec_string(dec *d) {
   if (!buffered) {
     lua_pushlstring(d->L, (const char *)run, (size_t)(p - run));
   } else {
-    rd__buf_append(&d->sb, run, (size_t)(p - run));
-    if (d->sb.oom) return fail_nomem(d);
-    lua_pushlstring(d->L, d->sb.data, d->sb.len);
+    rd__buf_append(d->sb, run, (size_t)(p - run));
+    if (d->sb->oom) return fail_nomem(d);
+    lua_pushlstring(d->L, d->sb->data, d->sb->len);
   }
   d->top++;
   d->p = p + 1;
@@ -536,8 +556,8 @@ static int dec_number(dec *d) {
     size_t dpl = strlen(dp), n = (size_t)(p - s);
     char small[96], *buf = small;
     if (n + dpl + 1 > sizeof small) {
-      if (rd__buf_reserve(&d->sb, n + dpl + 1) != RD_OK) return fail_nomem(d);
-      buf = d->sb.data;
+      if (rd__buf_reserve(d->sb, n + dpl + 1) != RD_OK) return fail_nomem(d);
+      buf = d->sb->data;
     }
     size_t o = 0;
     for (const unsigned char *q = s; q < p; q++) {
@@ -628,6 +648,8 @@ static int dec_open(dec *d, int depth, int is_obj) {
   f->built = 0;
   f->obj = is_obj;
   f->n = 0;
+  f->kslot = -1;
+  f->pslot = -1;
   if (f->slot > d->budget) dec_build(d, f, 4);
   d->p++;
   return 1;
@@ -639,17 +661,38 @@ static inline uint64_t load8(const unsigned char *p) {
   return w;
 }
 
+static int kc_gc(lua_State *L) {
+  keycache *kc = lua_touserdata(L, 1);
+  if (kc) rd__buf_free(&kc->sb);
+  return 0;
+}
+
+/* Make the string cache of the running decode closure (upvalues 2 and 3);
+ * leaves the stack as it was. */
+static keycache *kc_new(lua_State *L) {
+  keycache *kc = lua_newuserdata(L, sizeof *kc);
+  memset(kc, 0, sizeof *kc);
+  for (int i = 0; i < 2 * KC_SLOTS; i++) kc->e[i].next = -1;
+  luaL_getmetatable(L, KC_MT);
+  if (!lua_istable(L, -1)) {              /* rd__json_init not yet run */
+    lua_pop(L, 1);
+    rd__json_init(L);
+    luaL_getmetatable(L, KC_MT);
+  }
+  lua_setmetatable(L, -2);
+  lua_replace(L, lua_upvalueindex(2));
+  lua_createtable(L, 2 * KC_SLOTS, 0);
+  lua_replace(L, lua_upvalueindex(3));
+  return kc;
+}
+
 /* The key cache of this state: made on first use. */
 static keycache *kc_get(dec *d) {
   lua_State *L = d->L;
   keycache *kc = lua_touserdata(L, lua_upvalueindex(2));
   if (!kc) {
-    kc = lua_newuserdata(L, sizeof *kc);
-    memset(kc, 0, sizeof *kc);
-    lua_replace(L, lua_upvalueindex(2));
-    lua_createtable(L, 2 * KC_SLOTS, 0);
-    lua_pushvalue(L, -1);
-    lua_replace(L, lua_upvalueindex(3));
+    kc = kc_new(L);
+    lua_pushvalue(L, lua_upvalueindex(3));
     lua_replace(L, d->kt);
   }
   return kc;
@@ -681,6 +724,7 @@ static int dec_cached_string(dec *d, uint32_t half) {
     if (!kc) kc = d->kc = kc_get(d);
     uint64_t h = (w0 ^ (w1 * UINT64_C(0x9E3779B97F4A7C15)) ^ n) * UINT64_C(0xC2B2AE3D27D4EB4F);
     uint32_t i = half + ((uint32_t)(h >> 52) & (KC_SLOTS - 1));
+    d->last_slot = (int)i;
     if (kc->e[i].w0 == w0 && kc->e[i].w1 == w1 && kc->e[i].len == n) {
       lua_rawgeti(d->L, d->kt, (int)i + 1);
     } else {
@@ -690,6 +734,8 @@ static int dec_cached_string(dec *d, uint32_t half) {
       kc->e[i].w0 = w0;
       kc->e[i].w1 = w1;
       kc->e[i].len = (uint32_t)n;
+      kc->e[i].objn = 0;
+      kc->e[i].next = -1;
     }
     d->top++;
     d->p = s + n + 1;
@@ -699,8 +745,43 @@ static int dec_cached_string(dec *d, uint32_t half) {
   return dec_string(d);
 }
 
-/* After '{' or ',' in an object: parse `"key" :` and leave the key pushed. */
-static int dec_key(dec *d, int after_comma) {
+/* The key at d->p (just past its opening quote) when it is the cached key
+ * of slot i, the one that followed the object's previous key last time:
+ * objects of one shape list their keys in one order, so this costs a
+ * compare of the bytes with the cached ones instead of a scan and a hash. Pushes it and returns 1, or
+ * returns 0 and leaves everything as it was. */
+static inline int dec_expect(dec *d, int i) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  const unsigned char *s = d->p;
+  keycache *kc = d->kc;
+  if (i < 0 || d->end - s < 17) return 0;
+  size_t n = kc->e[i].len;                 /* 1..16 bytes of plain ASCII */
+  if (n == 0 || s[n] != '"') return 0;     /* 0: an empty slot */
+  uint64_t w0 = load8(s), w1 = load8(s + 8);
+  if (n < 8) {
+    w0 &= ~UINT64_C(0) >> (64 - 8 * n);
+    w1 = 0;
+  } else if (n == 8) {
+    w1 = 0;
+  } else if (n < 16) {
+    w1 &= ~UINT64_C(0) >> (64 - 8 * (n - 8));
+  }
+  if (w0 != kc->e[i].w0 || w1 != kc->e[i].w1) return 0;
+  lua_rawgeti(d->L, d->kt, i + 1);
+  d->top++;
+  d->last_slot = i;
+  d->p = s + n + 1;
+  return 1;
+#else
+  (void)d;
+  (void)i;
+  return 0;
+#endif
+}
+
+/* After '{' or ',' in the object of frame f: parse `"key" :` and leave the
+ * key pushed. */
+static int dec_key(dec *d, frame *f, int after_comma) {
   d->p = skip_ws(d->p, d->end);
   if (d->p == d->end || *d->p != '"')
     return fail_expected(d, d->p, after_comma
@@ -708,7 +789,13 @@ static int dec_key(dec *d, int after_comma) {
                                         "commas)"
                                       : "a string key or '}'");
   d->p++;
-  if (!dec_cached_string(d, KC_KEYS)) return 0;
+  int prev = f->pslot;
+  if (prev < 0 || !dec_expect(d, d->kc->e[prev].next)) {
+    d->last_slot = -1;
+    if (!dec_cached_string(d, KC_KEYS)) return 0;
+    if (prev >= 0) d->kc->e[prev].next = d->last_slot;
+  }
+  f->pslot = d->last_slot;
   d->p = skip_ws(d->p, d->end);
   if (d->p == d->end || *d->p != ':')
     return fail_expected(d, d->p, "':' after an object key");
@@ -753,7 +840,23 @@ value:
         d->p++;
         goto close;
       }
-      if (!dec_key(d, 0)) return 0;
+      if (!dec_key(d, &d->frames[depth - 1], 0)) return 0;
+      {
+        /* An object whose first key is in the string cache is made at
+         * once, with as many slots as the last object that began with
+         * that key had members (the shapes of a tool's parameters
+         * repeat), and takes its members directly. */
+        frame *of = &d->frames[depth - 1];
+        of->kslot = d->last_slot;
+        if (!of->built && of->kslot >= 0) {
+          uint32_t pred = d->kc->e[of->kslot].objn;
+          if (pred) {
+            lua_createtable(L, 0, (int)pred);
+            lua_replace(L, of->slot);
+            of->built = 1;
+          }
+        }
+      }
       after_comma = 0;
       goto value;
     case ']':
@@ -780,7 +883,7 @@ value:
       }
       if (d->p < e && *d->p == ',') {
         d->p++;
-        if (!dec_room(d) || !dec_key(d, 1)) return 0;
+        if (!dec_room(d) || !dec_key(d, f, 1)) return 0;
         goto value;
       }
       if (d->p < e && *d->p == '}') {
@@ -810,7 +913,14 @@ value:
     }
   close:
     /* the container at depth-1 is complete: its table becomes the value */
-    if (!d->frames[depth - 1].built) dec_build(d, &d->frames[depth - 1], 0);
+    {
+      frame *cf = &d->frames[depth - 1];
+      if (!cf->built) dec_build(d, cf, 0);
+      /* remember its size for the next object with this first key, unless
+       * it is too big to be worth allocating in advance */
+      if (cf->kslot >= 0)
+        d->kc->e[cf->kslot].objn = cf->n <= KC_MAX_OBJN ? cf->n : 0;
+    }
     depth--;
     after_comma = 0;
   }
@@ -819,10 +929,10 @@ value:
   return 1;
 }
 
-/* The protected body of a decode: upvalue 1 is the array metatable. */
-static int decode_protected(lua_State *L) {
-  dec_call *c = lua_touserdata(L, 1);
-  dec *d = &c->d;
+/* Run a decode in the running C function, a closure whose upvalues are the
+ * array metatable (1) and the string cache (2: userdata, 3: table; false
+ * until made). Returns 1 with the value on top, or 0 (d->rc). */
+static int dec_go(lua_State *L, dec *d) {
   d->mt = lua_upvalueindex(1);
   lua_pushvalue(L, lua_upvalueindex(3));   /* the key cache's table */
   d->kt = lua_gettop(L);
@@ -831,8 +941,13 @@ static int decode_protected(lua_State *L) {
   /* Room for every level's own slots (at most three each) above the
    * pending members, within what LuaJIT allows a C function. */
   d->budget = LUAI_MAXCSTACK - 3 * d->max_depth - 80;
-  if (!dec_run(d)) return 0;
-  return 1;
+  return dec_run(d);
+}
+
+/* The protected body of rd__json_decode. */
+static int decode_protected(lua_State *L) {
+  dec_call *c = lua_touserdata(L, 1);
+  return dec_go(L, &c->d) ? 1 : 0;
 }
 
 int rd__json_decode(lua_State *L, const char *text, size_t len,
@@ -848,7 +963,8 @@ int rd__json_decode(lua_State *L, const char *text, size_t len,
   c.d.max_depth = effective_depth(opts);
   c.d.err = err;
   c.d.rc = RD_OK;
-  c.d.sb = (rd_buf)RD_BUF_INIT;
+  rd_buf sb = RD_BUF_INIT;
+  c.d.sb = &sb;
   rd_error_clear(err);
   if (c.d.max_depth <= RD_JSON_MAX_DEPTH) {
     c.d.frames = frames_small;
@@ -870,7 +986,7 @@ int rd__json_decode(lua_State *L, const char *text, size_t len,
   }
   lua_pushlightuserdata(L, &c);
   int st = lua_pcall(L, 1, 1, 0);
-  rd__buf_free(&c.d.sb);
+  rd__buf_free(&sb);
   if (c.d.frames != frames_small) rd__freemem(c.d.frames);
   if (st != 0) {
     const char *msg = lua_tostring(L, -1);
@@ -883,6 +999,59 @@ int rd__json_decode(lua_State *L, const char *text, size_t len,
     lua_pop(L, 1);
     return c.d.rc;
   }
+  return RD_OK;
+}
+
+void rd__json_push_decoder(lua_State *L, lua_CFunction fn) {
+  luaL_getmetatable(L, RD_JSON_ARRAY_MT);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    rd__json_init(L);
+    luaL_getmetatable(L, RD_JSON_ARRAY_MT);
+  }
+  lua_pushboolean(L, 0);            /* the string cache, made on first use */
+  lua_pushboolean(L, 0);
+  lua_pushcclosure(L, fn, 3);
+}
+
+/* No protected call: nothing here owns memory that a Lua error (running
+ * out of memory, or an error raised by a finalizer that the collector runs
+ * in an allocation) could leak, since the scratch buffer belongs to the
+ * cache's userdata and the frames are on the C stack. */
+int rd__json_decode_here(lua_State *L, const char *text, size_t len,
+                         const rd_json_opts *opts, rd_error *err) {
+  int max_depth = effective_depth(opts);
+  if (max_depth > RD_JSON_MAX_DEPTH || lua_gethook(L) != NULL)
+    return rd__json_decode(L, text, len, opts, err);
+  if (!text && len) return rd_error_set(err, RD_EINVAL, "decode: NULL text");
+  if (!text) text = "";
+  rd_error_clear(err);
+  if (!lua_checkstack(L, 4)) return rd_error_set(err, RD_ENOMEM, "decode: Lua stack full");
+  int base = lua_gettop(L);
+  keycache *kc = lua_touserdata(L, lua_upvalueindex(2));
+  if (!kc) kc = kc_new(L);
+  frame frames[RD_JSON_MAX_DEPTH];
+  dec d;
+  memset(&d, 0, sizeof d);
+  d.L = L;
+  d.start = d.p = (const unsigned char *)text;
+  d.end = d.start + len;
+  d.max_depth = max_depth;
+  d.err = err;
+  d.rc = RD_OK;
+  d.frames = frames;
+  d.kc = kc;
+  d.sb = &kc->sb;
+  kc->sb.len = 0;
+  kc->sb.oom = 0;
+  int ok = dec_go(L, &d);
+  if (kc->sb.cap > 65536) rd__buf_free(&kc->sb);
+  if (!ok) {
+    lua_settop(L, base);
+    return d.rc;
+  }
+  lua_replace(L, base + 1);
+  lua_settop(L, base + 1);
   return RD_OK;
 }
 

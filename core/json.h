@@ -72,6 +72,25 @@ void rd__json_init(lua_State *L);
 int rd__json_decode(lua_State *L, const char *text, size_t len,
                     const rd_json_opts *opts, rd_error *err);
 
+/* Push a C closure of `fn` whose upvalues are what rd__json_decode_here
+ * needs (the array metatable, and a string cache made on first use, freed
+ * with the closure). Runs rd__json_init if needed. Raises only on memory
+ * errors. */
+void rd__json_push_decoder(lua_State *L, lua_CFunction fn);
+
+/* rd__json_decode for a lua_CFunction made by rd__json_push_decoder, run
+ * while that function runs: same results, same errors, but without a
+ * protected call of its own (faster: this is core.json.decode). A Lua
+ * memory error raises through it, as it would through any Lua API call,
+ * and leaks nothing (its scratch memory belongs to the closure's cache).
+ * Returns RD_OK (one value pushed) or RD_EJSON / RD_ENOMEM / RD_EINVAL
+ * (nothing pushed, message in err). When L has a debug hook set, or
+ * opts->max_depth is above RD_JSON_MAX_DEPTH, it calls rd__json_decode.
+ * The closure's string cache (as rd__json_decode's, about 32 KB) also keeps
+ * the scratch buffer of strings with escapes between calls, up to 64 KB. */
+int rd__json_decode_here(lua_State *L, const char *text, size_t len,
+                         const rd_json_opts *opts, rd_error *err);
+
 /* Encode the value at stack index `idx` of L, appending to `out`.
  * Returns RD_OK, RD_EJSON (unencodable value, message names its pointer and
  * type) or RD_ENOMEM. Never modifies L's stack (net). */

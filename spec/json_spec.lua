@@ -70,6 +70,25 @@ describe("core.json", function()
     it("lets the last of duplicate keys win", function()
       assert.equal(2, json.decode('{"a":1,"a":2}').a)
     end)
+
+    -- objects whose first key was seen before are made at the size of the
+    -- last such object: repeated, shrinking, growing and nested shapes
+    it("decodes repeated and changing object shapes the same", function()
+      for _ = 1, 3 do
+        assert.equal('{"b":2,"id":1}', rt('{"id":1,"b":2}', sorted))
+        assert.equal('{"id":1}', rt('{"id":1}', sorted))
+        assert.equal('{"b":2,"c":3,"d":4,"e":5,"f":6,"id":1}', rt('{"id":1,"b":2,"c":3,"d":4,"e":5,"f":6}', sorted))
+        assert.equal('{"id":3,"x":2}', rt('{"id":1,"x":2,"id":3}', sorted))
+        assert.equal('{"id":{"id":{"id":[{"id":{}}]}},"z":1}', rt('{"id":{"id":{"id":[{"id":{}}]}},"z":1}', sorted))
+        local keys = {}
+        for i = 1, 300 do keys[i] = ('"k%d":%d'):format(i, i) end
+        local big = json.decode('{"id":0,' .. table.concat(keys, ",") .. "}")
+        local n = 0
+        for _ in pairs(big) do n = n + 1 end
+        assert.equal(301, n)
+        assert.equal(300, big.k300)
+      end
+    end)
   end)
 
   describe("numbers", function()

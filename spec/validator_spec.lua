@@ -628,6 +628,62 @@ describe("rubberduck.validator", function()
       assert.is_nil(getmetatable(errs[1]))
     end)
 
+    -- core/format.c is a transcription of the Lua checkers: both must give
+    -- the same answer on every string, here seeds and thousands of
+    -- mutations of them (bytes changed, inserted, deleted, cut)
+    it("checks the hot formats in C exactly as the Lua checkers do", function()
+      local formats = require "rubberduck.validator.formats"
+      if not formats.c then return pending("the C core is not on package.cpath") end
+      local seeds = {
+        date = { "2020-01-31", "2024-02-29", "2023-02-29", "1900-02-29", "2000-02-29", "2021-04-31", "2021-12-01" },
+        time = { "23:59:60Z", "12:00:00+01:00", "00:00:00.123z", "23:59:60-00:00", "00:59:60+01:00", "12:00:00", "24:00:00Z" },
+        ["date-time"] = { "1998-12-31T23:59:60Z", "2020-01-31t10:20:30.5+05:30", "2024-02-29T00:00:00-12:00", "2020-13-01T00:00:00Z" },
+        duration = { "P1DT2H", "PT", "P2W", "P1Y2M3DT4H5M6S", "PT36H", "P1W2D", "P", "P1M1Y", "PT1S2M" },
+        ipv4 = { "192.168.0.1", "256.1.1.1", "01.1.1.1", "0.0.0.0", "1.2.3", "1.2.3.4.5", "255.255.255.255" },
+        hostname = { "example.com", "-bad.com", "xn--bcher-kva.example", "ab--cd.com", "a.b.", "a" .. ("b"):rep(62) .. ".c", ("a."):rep(126) .. "b" },
+        uuid = { "2eb8aa08-aa98-11ea-b4aa-73b441d16380", "2EB8AA08-AA98-11EA-B4AA-73B441D16380", "2eb8aa08aa9811eab4aa73b441d16380" },
+        uri = { "https://example.com/a?b#c", "/relative", "http://exa mple.com", "urn:isbn:0451450523", "http://[::1]:80/x",
+                "http://u@[v1.x]/", "http://a]b/", "s://h%20x#f#g", "mailto:a@b.c", "x:", "http://u@h@[::1]/" },
+        email = { "a.b@example.com", "a..b@example.com", "nope", "\"q x\"@example.com", "a@[127.0.0.1]", "a@[IPv6:::1]",
+                  ".a@b.c", "a.@b.c", "a@b@c", "a@-b.c", "x+tag@sub.example.org" },
+      }
+      local alphabet = { "0", "1", "2", "5", "9", "-", ".", ":", "T", "Z", "z", "+", "@", "[", "]", "/", "?", "#",
+                         "%", "a", "F", "x", "n", "W", "Y", "M", "D", "H", "S", "P", " ", "\0", "\n", "\195", "\"" }
+      local seed = 12345
+      local function rnd(n)
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        return seed % n + 1
+      end
+      local checked = 0
+      for name, list in pairs(seeds) do
+        local fast, slow = formats.checkers[name], formats.slow[name]
+        assert.is_function(fast, name)
+        assert.is_function(slow, name)
+        local function same(x)
+          assert.are.equal(slow(x) and true or false, fast(x) and true or false, name .. " " .. ("%q"):format(x))
+          checked = checked + 1
+        end
+        same("")
+        for _, x in ipairs(list) do
+          same(x)
+          for _ = 1, 600 do
+            local y, k = x, rnd(4)
+            local i = rnd(#y + 1)
+            if k == 1 then y = y:sub(1, i - 1) .. alphabet[rnd(#alphabet)] .. y:sub(i + 1)
+            elseif k == 2 then y = y:sub(1, i - 1) .. alphabet[rnd(#alphabet)] .. y:sub(i)
+            elseif k == 3 then y = y:sub(1, i - 1) .. y:sub(i + 1)
+            else y = y:sub(1, i - 1) end
+            same(y)
+            for d = 0, 9 do   -- digits in every position: dates, times, quads
+              local z = y:sub(1, i - 1) .. d .. y:sub(i + 1)
+              same(z)
+            end
+          end
+        end
+      end
+      assert.is_true(checked > 100000)
+    end)
+
     it("checks formats with regexes and falls back to Lua for the rare cases", function()
       local v = compile { type = "object", properties = {
         d = { format = "date" }, t = { format = "date-time" }, e = { format = "email" } } }

@@ -10,6 +10,7 @@
 #include <lauxlib.h>
 
 int rd__luaopen_json(lua_State *L);       /* l_json.c: core.json */
+int rd__luaopen_format(lua_State *L);     /* l_format.c: core.format */
 int rd__luaopen_telemetry(lua_State *L);  /* l_telemetry.c: core.telemetry */
 int rd__luaopen_lstate(lua_State *L);     /* l_lstate.c: core.lstate */
 int rd__luaopen_loop(lua_State *L);       /* l_loop.c: core.loop */

@@ -111,6 +111,8 @@ int luaopen_rubberduck_core(lua_State *L) {
   lua_setfield(L, -2, "version");
   rd__luaopen_json(L);
   lua_setfield(L, -2, "json");
+  rd__luaopen_format(L);
+  lua_setfield(L, -2, "format");
   rd__luaopen_loop(L);
   lua_setfield(L, -2, "loop");
   rd__luaopen_lstate(L);

@@ -80,7 +80,7 @@ static int l_decode(lua_State *L) {
   luaL_checktype(L, 1, LUA_TSTRING);
   const char *s = lua_tolstring(L, 1, &len);
   check_opts(L, 2, &o);
-  int rc = rd__json_decode(L, s, len, &o, &err);
+  int rc = rd__json_decode_here(L, s, len, &o, &err);
   if (rc == RD_OK) return 1;
   return failure(L, rc, &err);
 }
@@ -163,7 +163,6 @@ static int l_utf8_valid(lua_State *L) {
 
 int rd__luaopen_json(lua_State *L) {
   static const luaL_Reg fns[] = {
-    {"decode", l_decode},
     {"array", l_array},
     {"object", l_object},
     {"is_array", l_is_array},
@@ -173,6 +172,8 @@ int rd__luaopen_json(lua_State *L) {
   rd__json_init(L);
   lua_newtable(L);
   luaL_register(L, NULL, fns);
+  rd__json_push_decoder(L, l_decode);
+  lua_setfield(L, -2, "decode");
   lua_pushcfunction(L, encode_push);
   lua_pushboolean(L, 0);
   lua_pushcclosure(L, l_encode, 2);

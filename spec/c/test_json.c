@@ -1184,6 +1184,168 @@ TEST(lua_memory_errors) {
   lua_close(L);
 }
 
+/* An object whose first key is in the string cache is made at once with
+ * the size of the last object that began with that key: the size may be
+ * wrong (more or fewer members, a nested object with the same first key,
+ * duplicate keys, a huge object) and the value must come out the same. */
+TEST(objects_sized_from_the_last_shape) {
+  lua_State *L = new_state();
+  rd_json_opts sorted = {.sort_keys = 1};
+  for (int round = 0; round < 3; round++) {
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"b\":2,\"c\":3}", &sorted), "{\"b\":2,\"c\":3,\"id\":1}");
+    CHECK_STR(rt_opts(L, "{\"id\":1}", &sorted), "{\"id\":1}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"b\":2,\"c\":3,\"d\":4,\"e\":5,\"f\":6,\"g\":7,\"h\":8,\"i\":9}", &sorted),
+              "{\"b\":2,\"c\":3,\"d\":4,\"e\":5,\"f\":6,\"g\":7,\"h\":8,\"i\":9,\"id\":1}");
+    /* the last of duplicate keys wins in a table made in advance too */
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"id\":2,\"x\":3,\"id\":4}", &sorted), "{\"id\":4,\"x\":3}");
+    CHECK_STR(rt_opts(L, "{\"id\":{\"id\":{\"id\":5,\"z\":6},\"y\":[{\"id\":7}]},\"id2\":8,\"id\":9}", &sorted),
+              "{\"id\":9,\"id2\":8}");
+    CHECK_STR(rt_opts(L, "{\"id\":{\"id\":{\"id\":5,\"z\":6},\"y\":[{\"id\":7},{}]},\"id2\":8}", &sorted),
+              "{\"id\":{\"id\":{\"id\":5,\"z\":6},\"y\":[{\"id\":7},{}]},\"id2\":8}");
+    /* the key that followed last time, or one alike: a prefix, a longer
+     * one, one differing in the last byte, one that needs escapes, one
+     * near the end of the input */
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"abcdefgh\":2,\"abcdefghijklmnop\":3,\"ab\":4}", &sorted),
+              "{\"ab\":4,\"abcdefgh\":2,\"abcdefghijklmnop\":3,\"id\":1}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"abcdefghi\":2,\"abcdefghijklmnoq\":3,\"abc\":4}", &sorted),
+              "{\"abc\":4,\"abcdefghi\":2,\"abcdefghijklmnoq\":3,\"id\":1}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"abcdefg\":2,\"abcdefghijklmnopq\":3,\"a\\u0062\":4}", &sorted),
+              "{\"ab\":4,\"abcdefg\":2,\"abcdefghijklmnopq\":3,\"id\":1}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"abcdefgh\":2}", &sorted), "{\"abcdefgh\":2,\"id\":1}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"abcdefgX\":2}", &sorted), "{\"abcdefgX\":2,\"id\":1}");
+    CHECK_STR(dec_err(L, "{\"id\":1,\"abcdefgh\"}"),
+              "invalid JSON at line 1, column 19 (byte 18): expected ':' after an object key, got '}'");
+    CHECK_STR(dec_err(L, "{\"id\":1,\"abcdefgh"),
+              "invalid JSON at line 1, column 9 (byte 8): unterminated string (expected '\"' before the end of input)");
+    /* empty keys, also where a key was expected to follow */
+    CHECK_STR(rt_opts(L, "{\"\":1,\"\":2,\"a\":{\"\":3}}", &sorted), "{\"\":2,\"a\":{\"\":3}}");
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"\":2}", &sorted), "{\"\":2,\"id\":1}");
+    /* a huge object, then small ones with the same first key */
+    rd_buf t = RD_BUF_INIT;
+    rd__buf_puts(&t, "{\"id\":0");
+    for (int i = 1; i < 5000; i++) rd__buf_printf(&t, ",\"m%d\":%d", i, i);
+    rd__buf_putc(&t, '}');
+    rd_error err;
+    CHECK(rd__json_decode(L, t.data, t.len, NULL, &err) == RD_OK);
+    int count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      count++;
+      lua_pop(L, 1);
+    }
+    CHECK(count == 5000);
+    lua_getfield(L, -1, "m4999");
+    CHECK(lua_tonumber(L, -1) == 4999);
+    lua_pop(L, 2);
+    rd__buf_free(&t);
+    CHECK_STR(rt_opts(L, "{\"id\":1,\"b\":2}", &sorted), "{\"b\":2,\"id\":1}");
+    /* an object as deep as allowed, every level with the same first key */
+    t = (rd_buf)RD_BUF_INIT;
+    for (int i = 0; i < 127; i++) rd__buf_puts(&t, "{\"k\":1,\"v\":");
+    rd__buf_puts(&t, "{\"k\":2}");
+    for (int i = 0; i < 127; i++) rd__buf_puts(&t, ",\"w\":3}");
+    CHECK(rd__json_decode(L, t.data, t.len, NULL, &err) == RD_OK);
+    for (int i = 0; i < 127; i++) {
+      lua_getfield(L, -1, "w");
+      CHECK(lua_tonumber(L, -1) == 3);
+      lua_pop(L, 1);
+      lua_getfield(L, -1, "v");
+      lua_remove(L, -2);
+    }
+    lua_getfield(L, -1, "k");
+    CHECK(lua_tonumber(L, -1) == 2);
+    lua_pop(L, 2);
+    CHECK(lua_gettop(L) == 0);
+    rd__buf_free(&t);
+  }
+  lua_close(L);
+}
+
+/* core.json.decode runs the decoder without a protected call of its own
+ * (rd__json_decode_here): the same values and errors, a clean stack on
+ * failure, and the scratch buffer of escaped strings reused and released. */
+TEST(decode_here_from_lua) {
+  lua_State *L = new_state();
+  const char *code =
+      "local j = json\n"
+      "for round = 1, 3 do\n"
+      "  local v = assert(j.decode('{\"a\":[1,2,{\"b\":\"x\\\\ny\"}],\"c\":{},\"d\":null}'))\n"
+      "  assert(v.a[3].b == 'x\\ny' and j.is_array(v.a) and not j.is_array(v.c) and v.d == j.null)\n"
+      "  local r, e = j.decode('{\"a\":1,}')\n"
+      "  assert(r == nil and e:find('line 1, column 8', 1, true), e)\n"
+      "  r, e = j.decode('[\"\\\\ud800\"]')\n"
+      "  assert(r == nil and e:find('lone surrogate', 1, true), e)\n"
+      "  r, e = j.decode(('['):rep(129) .. (']'):rep(129))\n"
+      "  assert(r == nil and e:find('deeper than 128', 1, true), e)\n"
+      "  r, e = j.decode(('['):rep(300) .. (']'):rep(300), {max_depth = 300})\n"
+      "  assert(r and e == nil)\n"
+      "  local big = ('a\\\\tb'):rep(40000)\n"
+      "  local s = assert(j.decode('\"' .. big .. '\"'))\n"
+      "  assert(#s == 120000 and s:sub(1, 4) == 'a\\tba')\n"
+      "  assert(j.decode('\"\\\\u00e9\"') == '\\195\\169')\n"
+      "  assert(j.decode('1e400') == nil)\n"
+      "  assert(j.decode('-0.5e-3') == -0.0005 and j.decode('9007199254740993') == 9007199254740992)\n"
+      "  assert(select('#', j.decode('[]')) == 1 and select('#', j.decode('[')) == 2)\n"
+      "end\n"
+      "return true\n";
+  int rc = luaL_dostring(L, code);
+  if (rc) fprintf(stderr, "  %s\n", lua_tostring(L, -1));
+  CHECK(rc == 0);
+  lua_settop(L, 0);
+  /* the same under a debug hook, where it takes the protected path */
+  lua_sethook(L, noop_hook, LUA_MASKCOUNT, 1000);
+  rc = luaL_dostring(L, code);
+  if (rc) fprintf(stderr, "  %s\n", lua_tostring(L, -1));
+  CHECK(rc == 0);
+  lua_close(L);
+}
+
+/* A Lua memory error in core.json.decode raises "not enough memory" and
+ * leaks nothing (ASan checks): the scratch buffer belongs to the cache. */
+TEST(decode_here_memory_errors) {
+  lua_limit = (size_t)-1;
+  lua_used = 0;
+  lua_State *L = lua_newstate(limited_alloc, NULL);
+  if (!L) {
+    fprintf(stderr, "  (lua_newstate with a custom allocator unsupported; skipped)\n");
+    return;
+  }
+  luaL_openlibs(L);
+  rd__luaopen_json(L);
+  lua_setglobal(L, "json");
+  rd_buf in = RD_BUF_INIT;
+  rd__buf_putc(&in, '[');
+  for (int i = 0; i < 20000; i++)
+    rd__buf_printf(&in, "%s{\"k%d\":\"value \\\"%d\\\" %s\"}", i ? "," : "", i % 50, i,
+                   i % 100 ? "" : "padding padding padding padding padding padding");
+  rd__buf_putc(&in, ']');
+  lua_getglobal(L, "json");
+  lua_getfield(L, -1, "decode");
+  lua_pushlstring(L, in.data, in.len);
+  lua_setglobal(L, "text");
+  lua_setglobal(L, "decode");
+  lua_pop(L, 1);
+  CHECK(luaL_dostring(L, "assert(#decode(text) == 20000)") == 0);
+  int failed = 0;
+  for (size_t extra = 16 * 1024; extra <= 1024 * 1024; extra *= 2) {
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    lua_limit = lua_used + extra;
+    int rc = luaL_dostring(L, "local v = decode(text) return v");
+    lua_limit = (size_t)-1;
+    if (rc != 0) {
+      CHECK_HAS(lua_tostring(L, -1), "not enough memory");
+      failed++;
+    }
+    lua_settop(L, 0);
+  }
+  CHECK(failed > 0);
+  CHECK(luaL_dostring(L, "return #decode(text) == 20000") == 0);
+  CHECK(lua_toboolean(L, -1));
+  lua_settop(L, 0);
+  rd__buf_free(&in);
+  lua_close(L);
+}
+
 /* ---- the binding, seen from C ---------------------------------------------------------- */
 
 TEST(binding_basics) {

@@ -485,6 +485,44 @@ for name, rx in pairs(RX) do
     end
   end
 end
+
+-----------------------------------------------------------------------------
+-- Faster still: the same checks in C (core/format.c, a transcription of the
+-- Lua checkers above), called through the FFI when the C core is there
+-- (`rubberduck.core`, from core.so on package.cpath or preloaded by the
+-- rduck binary), which hands them over as function pointers (core.format):
+-- a uuid or a date costs a tenth of a regex match. The regexes above remain
+-- for a validator used without the C core.
+
+local function c_formats()
+  local okf, ffi = pcall(require, "ffi")
+  if not okf then return nil end
+  local okc, core = pcall(require, "rubberduck.core")
+  if not okc or type(core) ~= "table" or type(core.format) ~= "table" then return nil end
+  local fns = {}
+  for _, n in ipairs { "date", "time", "date_time", "duration", "ipv4", "hostname", "uuid", "uri", "email" } do
+    local p = core.format[n]
+    if type(p) ~= "userdata" then return nil end
+    fns[n] = ffi.cast("int (*)(const char *, size_t)", p)
+  end
+  return fns
+end
+
+local C = c_formats()
+M.c = C ~= nil
+if C then
+  local function wrap(fn) return function(s) return fn(s, #s) == 1 end end
+  M.duration, M.ipv4, M.uuid, M.hostname, M.uri =
+    wrap(C.duration), wrap(C.ipv4), wrap(C.uuid), wrap(C.hostname), wrap(C.uri)
+  M.date, M.time, M["date-time"] = wrap(C.date), wrap(C.time), wrap(C.date_time)
+  local c_email, lua_email = C.email, slow.email
+  M.email = function(s)
+    local r = c_email(s, #s)
+    if r == 2 then return (lua_email(s)) end   -- a domain literal
+    return r == 1
+  end
+end
+
 duration, ipv4, uuid, hostname, email, uri =
   M.duration or duration, M.ipv4 or ipv4, M.uuid or uuid, M.hostname or hostname, M.email or email, M.uri or uri
 date, time, date_time = M.date or date, M.time or time, M["date-time"] or date_time

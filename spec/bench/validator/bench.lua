@@ -9,6 +9,11 @@
 --
 --   check  prints  ID <TAB> valid|invalid <TAB> error count
 --   bench  prints  ID|mixed <TAB> decoded|json <TAB> ops per second
+--   serve  one measurement round per command read from stdin, for compare.js:
+--            rows             -> one line per row: decoded|json <TAB> ID|mixed
+--            MODE ROW SECONDS -> ops per second of one round of that row
+--                               (the first round of a row warms it up first)
+--            quit
 --
 -- decoded: each op is v(instance) on a table decoded once up front.
 -- json:    each op is v(json.decode(text)) with the C codec.
@@ -19,7 +24,7 @@
 -- Environment: RD_BENCH_TIME seconds per repetition (0.5), RD_BENCH_WARMUP
 -- seconds (0.2), RD_BENCH_REPS repetitions, median reported (3),
 -- RD_BENCH_ALL_ERRORS 1|0 (1: collect all errors, the validator's default),
--- RD_BENCH_CLOCK wall|cpu (wall).
+-- RD_BENCH_CLOCK wall|cpu|thread (wall).
 
 local ffi = require "ffi"
 local validator = require "rubberduck.validator"
@@ -28,8 +33,8 @@ local json = require "rubberduck.json"
 local dir, cmd = arg[1], arg[2]
 local ids = {}
 for i = 3, #arg do ids[#ids + 1] = arg[i] end
-if not dir or (cmd ~= "check" and cmd ~= "bench") or #ids == 0 then
-  io.stderr:write("usage: bench.lua DIR check|bench NAME.LABEL...\n")
+if not dir or (cmd ~= "check" and cmd ~= "bench" and cmd ~= "serve") or #ids == 0 then
+  io.stderr:write("usage: bench.lua DIR check|bench|serve NAME.LABEL...\n")
   os.exit(2)
 end
 
@@ -46,7 +51,9 @@ local ts = ffi.new("struct rd_bench_timespec")
 -- RD_BENCH_CLOCK=wall (default): CLOCK_MONOTONIC; cpu: the process's CPU
 -- time (CLOCK_PROCESS_CPUTIME_ID), which time spent waiting for a core on a
 -- loaded machine does not inflate
-local CLOCK = os.getenv("RD_BENCH_CLOCK") == "cpu" and 2 or 1
+-- loaded machine does not inflate; thread: the main thread's CPU time
+-- (CLOCK_THREAD_CPUTIME_ID; LuaJIT runs on one thread, so the same here)
+local CLOCK = ({ cpu = 2, thread = 3 })[os.getenv("RD_BENCH_CLOCK") or ""] or 1
 local function now()
   ffi.C.clock_gettime(CLOCK, ts)
   return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
@@ -135,9 +142,8 @@ end
 
 local sink = 0
 
--- run(n) performs n * per validations; returns the median ops/s of REPS runs
-local function measure(run, per)
-  -- warm-up, and find a batch size of about 2 ms
+-- Warm-up: run for WARMUP seconds, and find a batch size of about 2 ms.
+local function warm(run)
   local n, t0 = 1, now()
   while true do
     local b0 = now()
@@ -145,18 +151,28 @@ local function measure(run, per)
     local dt = now() - b0
     if dt < 0.002 then n = n * 2 elseif now() - t0 >= WARMUP then break end
   end
+  return n
+end
+
+-- One round: whole batches of n runs for at least `time` seconds, after a
+-- full GC; returns ops/s (run(n) performs n * per validations).
+local function round(run, n, per, time)
+  collectgarbage()
+  collectgarbage()
+  local ops, start, t = 0, now(), 0
+  repeat
+    sink = sink + run(n)
+    ops = ops + n * per
+    t = now()
+  until t - start >= time
+  return ops / (t - start)
+end
+
+-- the median ops/s of REPS rounds
+local function measure(run, per)
+  local n = warm(run)
   local results = {}
-  for r = 1, REPS do
-    collectgarbage()
-    collectgarbage()
-    local ops, start, t = 0, now(), 0
-    repeat
-      sink = sink + run(n)
-      ops = ops + n * per
-      t = now()
-    until t - start >= TIME
-    results[r] = ops / (t - start)
-  end
+  for r = 1, REPS do results[r] = round(run, n, per, TIME) end
   table.sort(results)
   return results[math.floor((REPS + 1) / 2)]
 end
@@ -167,19 +183,60 @@ local function emit(id, mode, ops)
   io.flush()
 end
 
-for _, mode in ipairs({ "decoded", "json" }) do
-  for _, c in ipairs(cases) do
-    local run = mode == "decoded" and loop("single_decoded", c.v, c.value)
-      or loop("single_json", c.v, c.text, decode)
-    emit(c.id, mode, measure(run, 1))
+-- The rows, in the order both sides list them: per mode, every case, then
+-- the mixed row. make_row returns the loop and the validations per run.
+local function make_row(mode, idx)
+  if idx <= #cases then
+    local c = cases[idx]
+    if mode == "decoded" then return loop("single_decoded", c.v, c.value), 1 end
+    return loop("single_json", c.v, c.text, decode), 1
   end
   local vs, xs = {}, {}
   for i, c in ipairs(cases) do
     vs[i] = c.v
     xs[i] = mode == "decoded" and c.value or c.text
   end
-  local run = mode == "decoded" and loop("mixed_decoded", vs, xs, #cases)
-    or loop("mixed_json", vs, xs, #cases, decode)
-  emit("mixed", mode, measure(run, #cases))
+  if mode == "decoded" then return loop("mixed_decoded", vs, xs, #cases), #cases end
+  return loop("mixed_json", vs, xs, #cases, decode), #cases
+end
+local function row_id(idx) return idx <= #cases and cases[idx].id or "mixed" end
+
+if cmd == "serve" then
+  local rows = {}
+  for line in io.stdin:lines() do
+    local mode, id, secs = line:match("^(%S+)%s+(%S+)%s+(%S+)$")
+    if line == "quit" then
+      break
+    elseif line == "rows" then
+      for _, m in ipairs({ "decoded", "json" }) do
+        for idx = 1, #cases + 1 do io.write(m, "\t", row_id(idx), "\n") end
+      end
+      io.write("end\n")
+    elseif mode and (mode == "decoded" or mode == "json") then
+      local idx
+      for i = 1, #cases + 1 do if row_id(i) == id then idx = i end end
+      if not idx then error("serve: unknown row " .. id) end
+      local key = mode .. "\t" .. id
+      local r = rows[key]
+      if not r then
+        local run, per = make_row(mode, idx)
+        r = { run = run, per = per }
+        r.n = warm(run)
+        rows[key] = r
+      end
+      io.write(string.format("%.0f\n", round(r.run, r.n, r.per, tonumber(secs))))
+    else
+      error("serve: bad command " .. line)
+    end
+    io.flush()
+  end
+  os.exit(0)
+end
+
+for _, mode in ipairs({ "decoded", "json" }) do
+  for idx = 1, #cases + 1 do
+    local run, per = make_row(mode, idx)
+    emit(row_id(idx), mode, measure(run, per))
+  end
 end
 io.stderr:write(sink == -1 and "" or "") -- keep sink observable
