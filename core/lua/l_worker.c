@@ -394,6 +394,20 @@ static void zg_readable(uv_poll_t *h, int status, int events) {
   }
 }
 
+/* Watch the zygote's control socket on the loop (one more open handle);
+ * events go to the function at stack index `ev`; z and its userdata u are
+ * tied together. */
+static void zg_watch(lua_State *L, zg *z, rd_loop *loop, int ev, zud *u) {
+  uv_poll_init(&loop->uv, &z->poll, z->fd);
+  z->poll.data = z;
+  z->open_handles++;
+  uv_poll_start(&z->poll, UV_READABLE, zg_readable);
+  lua_pushvalue(L, ev);
+  z->evref = luaL_ref(L, LUA_REGISTRYINDEX);
+  z->ud = u;
+  u->z = z;
+}
+
 static int l_zg_new(lua_State *L) {
   rd_loop *loop = rd__loop_check(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -466,14 +480,8 @@ static int l_zg_new(lua_State *L) {
     return 2;
   }
   z->proc.data = z;
-  uv_poll_init(&loop->uv, &z->poll, z->fd);
-  z->poll.data = z;
-  z->open_handles = 2;
-  uv_poll_start(&z->poll, UV_READABLE, zg_readable);
-  lua_pushvalue(L, 3);
-  z->evref = luaL_ref(L, LUA_REGISTRYINDEX);
-  z->ud = u;
-  u->z = z;
+  z->open_handles = 1;
+  zg_watch(L, z, loop, 3, u);
   lua_pushvalue(L, -1);
   return 1;
 }
@@ -508,14 +516,8 @@ static int l_zg_adopt(lua_State *L) {
   wu->w = NULL;
   w->ud = NULL;
   wk_close(w);
-  uv_poll_init(&loop->uv, &z->poll, z->fd);
-  z->poll.data = z;
-  z->open_handles = 1;
-  uv_poll_start(&z->poll, UV_READABLE, zg_readable);
-  lua_pushvalue(L, 3);
-  z->evref = luaL_ref(L, LUA_REGISTRYINDEX);
-  z->ud = u;
-  u->z = z;
+  z->open_handles = 0;
+  zg_watch(L, z, loop, 3, u);
   return 1;
 }
 

@@ -49,8 +49,10 @@ end
 
 -- gap_ms: a pause before each call (not timed); calls per second then
 -- counts the calls' own time only.
-local function measure(name, n, gap_ms)
-  for _ = 1, math.min(50, n) do engine:execute(name, {}, OP) end
+-- n timed calls of one() after up to 50 untimed ones: p50, p99 (µs),
+-- calls per second.
+local function timed(n, gap_ms, one)
+  for _ = 1, math.min(50, n) do one() end
   local t = {}
   local start = core.mono_ms()
   local paused = 0
@@ -61,13 +63,19 @@ local function measure(name, n, gap_ms)
       paused = paused + core.mono_ms() - p0
     end
     local t0 = core.mono_ms()
-    local env = engine:execute(name, {}, OP)
+    one()
     t[i] = core.mono_ms() - t0
-    if env.status ~= "ok" then error(name .. ": " .. env.error.kind .. ": " .. env.error.message) end
   end
   local total = core.mono_ms() - start - paused
   table.sort(t)
   return t[math.ceil(n * 0.5)] * 1000, t[math.ceil(n * 0.99)] * 1000, n / (total / 1000)
+end
+
+local function measure(name, n, gap_ms)
+  return timed(n, gap_ms, function()
+    local env = engine:execute(name, {}, OP)
+    if env.status ~= "ok" then error(name .. ": " .. env.error.kind .. ": " .. env.error.message) end
+  end)
 end
 
 -- The sandbox layer alone: take the tool's state (or worker), run the
@@ -81,7 +89,6 @@ local function measure_layer(name, n, gap_ms)
   local lim = { cpu_ms = sec.max_cpu, timeout_ms = t.def.execution.timeout, max_output = sec.max_output }
   local caller = engine.auth:caller(OP)
   local spin_us = require("rubberduck.workers").SPIN_US
-  local waiting = {}
   local function one()
     local st = assert(engine.registry:checkout(t, nil))
     local done, ok, status
@@ -97,22 +104,7 @@ local function measure_layer(name, n, gap_ms)
     engine.registry:checkin(t, st)
     if not (ok and status.status == "ok") then error(name .. ": " .. tostring(status)) end
   end
-  for _ = 1, math.min(50, n) do one() end
-  local lat = {}
-  local start, paused = core.mono_ms(), 0
-  for i = 1, n do
-    if gap_ms then
-      local p0 = core.mono_ms()
-      pause(gap_ms)
-      paused = paused + core.mono_ms() - p0
-    end
-    local t0 = core.mono_ms()
-    one()
-    lat[i] = core.mono_ms() - t0
-  end
-  local total = core.mono_ms() - start - paused
-  table.sort(lat)
-  return lat[math.ceil(n * 0.5)] * 1000, lat[math.ceil(n * 0.99)] * 1000, n / (total / 1000)
+  return timed(n, gap_ms, one)
 end
 
 local ROWS = { "strict", "strict/5ms", "balanced", "relaxed", "none" }
