@@ -78,12 +78,17 @@ void rd__loop_post(rd_loop *l, rd_done *d) {
   atomic_fetch_sub(&l->posting, 1);
 }
 
+/* Answers awaited for longer than this on average are awaited asleep (see
+ * auto_spin). */
+#define AUTO_SPIN_MAX_US 300.0
+
 void rd__loop_expect(rd_loop *l) { l->expected++; }
 
 void rd__loop_answered(rd_loop *l, double us) {
   if (l->expected > 0) l->expected--;
   if (us < 0) return;
-  if (us > 1e6) us = 1e6;
+  /* one slow answer moves the average by at most a quarter of the limit */
+  if (us > 2 * AUTO_SPIN_MAX_US) us = 2 * AUTO_SPIN_MAX_US;
   l->answer_us = l->answer_us == 0 ? us : 0.875 * l->answer_us + 0.125 * us;
 }
 
@@ -204,7 +209,6 @@ static int spin_once(rd_loop *l, double us) {
  * itself (an asynchronous client) gets a quick answer as soon as a
  * synchronous one does. Slow answers (a strict worker's process, a
  * sleeping tool) are waited for asleep. */
-#define AUTO_SPIN_MAX_US 300.0
 
 static double auto_spin(const rd_loop *l) {
   if (l->expected <= 0 || l->answer_us <= 0 || l->answer_us > AUTO_SPIN_MAX_US) return 0;

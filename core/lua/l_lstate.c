@@ -75,6 +75,7 @@ struct lcore {
   int given_up;              /* abandoned while on a thread (under q_lock) */
   uint64_t started_ns;       /* when start() handed the call over */
   uint64_t queued_ns;        /* when it entered the call threads' queue */
+  uint64_t finished_ns;      /* when its thread was done with it */
   /* the call in flight */
   double cpu_ms;
   uint64_t deadline_ns;
@@ -270,6 +271,7 @@ static void *call_thread(void *arg) {
     q_busy++;
     pthread_mutex_unlock(&q_lock);
     run(c, cpu_start);
+    c->finished_ns = rd__mono_ns();
     pthread_mutex_lock(&q_lock);
     q_busy--;
     if (c->given_up) q_given_up--;
@@ -656,7 +658,10 @@ static void answered(lcore *c, double us) {
 
 static void after_run(lcore *c) {
   c->running = 0;
-  answered(c, (double)(rd__mono_ns() - c->started_ns) / 1e3);
+  /* The call's own time, up to its end on the thread: not when the loop
+   * noticed, or a loop that did not spin would learn that answers are
+   * slow and go on not spinning. */
+  answered(c, (double)(c->finished_ns - c->started_ns) / 1e3);
   uv_timer_stop(&c->timer);
   drain(c);
   if (c->abandoned || c->ud_gone) {
