@@ -345,6 +345,24 @@ describe("the executor", function()
       end
     end
 
+    it("lets a quick in-process call through while more long calls run than there are CPUs", function()
+      -- the call threads run as many calls as there are CPUs; calls that
+      -- have run long (sleeping here) make room for the ones waiting
+      local ncpu = 2
+      local p = io.popen("nproc 2>/dev/null")
+      if p then ncpu = tonumber(p:read("*l")) or 2; p:close() end
+      local n = math.min(math.max(ncpu, 2), 64) + 1
+      local e = H.open_engine(dir, { max_running = n + 8 })
+      local long = {}
+      for i = 1, n do long[i] = submit_running(e, "wait_" .. LEVELS[i % 2 + 1], 20000) end
+      local q = e:submit("quick_relaxed", {})
+      assert.equals("ok", q:wait(10000).status)
+      for i = 1, n do assert.equals("running", long[i]:stage()) end
+      for i = 1, n do long[i]:cancel() end
+      for i = 1, n do fails(long[i]:wait(), "cancelled") end
+      e:close()
+    end)
+
     it("runs 50 concurrent calls across levels, every one ok", function()
       local e = H.open_engine(dir, { max_running = 64 })
       local hs = {}

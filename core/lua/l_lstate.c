@@ -256,11 +256,23 @@ static double wait_for_work(int spin, unsigned *skip_pause) {
   return rd__thread_cpu_ms();
 }
 
+/* Each call thread's slot, on its own stack (the threads never end), in
+ * a list under q_lock: since when it runs its call (0: idle). The
+ * watchdog counts the calls that have run for STUCK_NS. */
+typedef struct q_slot {
+  struct q_slot *next;
+  uint64_t busy_ns;
+} q_slot;
+static q_slot *q_slots;
+
 static void *call_thread(void *arg) {
   RD_UNUSED(arg);
   int spin = 0; /* a new thread has its call queued already */
   unsigned skip_pause = 0;
+  q_slot slot = { NULL, 0 };
   pthread_mutex_lock(&q_lock);
+  slot.next = q_slots;
+  q_slots = &slot;
   for (;;) {
     double cpu_start = wait_for_work(spin, &skip_pause);
     spin = 1;
@@ -269,10 +281,12 @@ static void *call_thread(void *arg) {
     if (!q_head) q_tail = NULL;
     q_queued--;
     q_busy++;
+    slot.busy_ns = rd__mono_ns();
     pthread_mutex_unlock(&q_lock);
     run(c, cpu_start);
     c->finished_ns = rd__mono_ns();
     pthread_mutex_lock(&q_lock);
+    slot.busy_ns = 0;
     q_busy--;
     if (c->given_up) q_given_up--;
     pthread_mutex_unlock(&q_lock);
@@ -285,9 +299,13 @@ static void *call_thread(void *arg) {
 
 /* How many calls run at once before a queued call waits for one of them:
  * as many as there are CPUs (at least 2). More threads than that only
- * share the CPUs, and each would cost a wake-up. A call that waits longer
- * than STUCK_NS gets a thread of its own all the same (the watchdog below),
- * so calls stuck in C or sleeping never hold up the others for long. */
+ * share the CPUs, and each would cost a wake-up. A call that has run for
+ * STUCK_NS (stuck in C, sleeping, or just long) no longer counts: while
+ * calls wait, the watchdog below lets another thread run in its place, so
+ * such calls never hold up the others for long. Calls that are merely
+ * slow to be taken, because the CPUs are busy, get no more threads: those
+ * would only share the same CPUs (and a closed loop of short calls under
+ * load once grew to dozens of threads, each call dearer than the last). */
 static int active_cap;
 #define STUCK_NS 1000000u
 
@@ -307,10 +325,17 @@ static int start_thread(void) {
   return rc;
 }
 
-/* With q_lock held: give every queued call a thread now (wake sleeping
- * ones, start new ones up to MAX_THREADS). */
-static void grow_for_queue(void) {
+/* With q_lock held: let queued calls run in the place of calls that have
+ * run for STUCK_NS by `now`: wake sleeping threads or start new ones (up to
+ * MAX_THREADS) until the calls running that are not stuck reach active_cap
+ * or no call is left waiting. */
+static void grow_for_queue(uint64_t now) {
+  int stuck = 0;
+  for (q_slot *s = q_slots; s; s = s->next)
+    if (s->busy_ns && now - s->busy_ns >= STUCK_NS) stuck++;
   int want = q_queued - q_spinning;
+  int room = active_cap + stuck - q_busy;
+  if (want > room) want = room;
   int sleeping = q_idle - q_spinning;
   for (int i = 0; i < want && i < sleeping; i++) pthread_cond_signal(&q_cond);
   for (int i = sleeping; i < want && q_threads < MAX_THREADS; i++)
@@ -318,8 +343,8 @@ static void grow_for_queue(void) {
 }
 
 /* The watchdog: while calls are queued, checks every STUCK_NS that the
- * oldest one was taken; if not, every active thread is busy with a long
- * call, and the queued calls get threads of their own. */
+ * oldest one was taken; if not, calls that have run for STUCK_NS make
+ * room for queued ones (grow_for_queue). */
 static void *watchdog(void *arg) {
   RD_UNUSED(arg);
   pthread_mutex_lock(&q_lock);
@@ -334,7 +359,8 @@ static void *watchdog(void *arg) {
     ts.tv_nsec += STUCK_NS;
     if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
     pthread_cond_timedwait(&wd_cond, &q_lock, &ts);
-    if (q_head && rd__mono_ns() - q_head->queued_ns >= STUCK_NS) grow_for_queue();
+    uint64_t now = rd__mono_ns();
+    if (q_head && now - q_head->queued_ns >= STUCK_NS) grow_for_queue(now);
   }
   return NULL;
 }
@@ -363,6 +389,7 @@ static int submit(lcore *c) {
       pthread_cond_init(&q_cond, NULL);
       pthread_cond_init(&wd_cond, NULL);
       q_head = q_tail = NULL;
+      q_slots = NULL;
       q_threads = q_idle = q_queued = q_spinning = q_busy = q_given_up = 0;
       wd_running = wd_waiting = 0;
       long n = sysconf(_SC_NPROCESSORS_ONLN);
