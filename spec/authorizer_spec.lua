@@ -124,6 +124,48 @@ describe("authorizer", function()
       end
     end)
 
+    it("normalizes a caller table passed again anew whenever it changed in between", function()
+      local c = { principal = "bob", roles = { "user" }, capabilities = { "fs.read" }, n = 1 }
+      local a = assert(engine.auth:caller(c))
+      assert.equals(a, engine.auth:caller(c)) -- unchanged: the same normalized caller
+      local steps = {
+        function() c.roles[1] = "admin" end,
+        function() c.roles[2] = "user" end,
+        function() c.roles[2] = nil end,
+        function() c.capabilities = { "fs.read" } end, -- an equal list: still the same caller
+        function() c.capabilities[1] = "*" end,
+        function() c.n = 2 end,
+        function() c.principal = "carol" end,
+        function() c.extra = "x" end,
+        function() c.extra = nil end,
+      }
+      for i, step in ipairs(steps) do
+        step()
+        local b = assert(engine.auth:caller(c))
+        local fresh = assert(authorizer.caller(c))
+        assert.same(fresh, b, "after step " .. i)
+      end
+      assert.same({ "admin" }, engine.auth:caller(c).roles)
+      assert.equals("carol", engine.auth:caller(c).principal)
+      -- a change that makes the caller invalid is refused, not served from memory
+      c.roles.x = "y"
+      local none, why = engine.auth:caller(c)
+      assert.is_nil(none)
+      assert.truthy(why:find("caller.roles", 1, true), why)
+      c.roles.x = nil
+      c.capabilities[1] = 7
+      none, why = engine.auth:caller(c)
+      assert.is_nil(none)
+      assert.truthy(why:find("caller.capabilities[1]", 1, true), why)
+      c.capabilities[1] = "*"
+      assert.equals("carol", assert(engine.auth:caller(c)).principal)
+      -- a caller with a nested custom field is never remembered
+      local d = { principal = "dan", ctx = { a = 1 } }
+      assert.equals(1, assert(engine.auth:caller(d)).ctx.a)
+      d.ctx.a = 2
+      assert.equals(2, assert(engine.auth:caller(d)).ctx.a)
+    end)
+
     it("keeps plain extra fields (trace ids) and passes them on", function()
       local c = assert(authorizer.caller({ principal = "bob", trace = { id = "t1" }, n = 3 }))
       assert.same({ id = "t1" }, c.trace)

@@ -33,6 +33,11 @@ void *rd__lua_newobj(lua_State *L, size_t size, const char *mt_name);
  * the code's text when it has none) and the code's name; returns 3. */
 int rd__lua_fail(lua_State *L, const rd_error *err);
 
+/* Raise a Lua argument error unless the value at idx can be called: a
+ * function, or a table or userdata whose metatable has __call (a call's
+ * handle wakes its coroutine that way, with no closure made per call). */
+void rd__lua_checkcallable(lua_State *L, int idx);
+
 /* Entry point of the module (also put into package.preload by rduck). */
 int luaopen_rubberduck_core(lua_State *L);
 

@@ -65,6 +65,16 @@ void *rd__lua_newobj(lua_State *L, size_t size, const char *mt_name) {
   return p;
 }
 
+void rd__lua_checkcallable(lua_State *L, int idx) {
+  int t = lua_type(L, idx);
+  if (t == LUA_TFUNCTION) return;
+  if ((t == LUA_TTABLE || t == LUA_TUSERDATA) && luaL_getmetafield(L, idx, "__call")) {
+    lua_pop(L, 1);
+    return;
+  }
+  luaL_typerror(L, idx, "callable");
+}
+
 int rd__lua_fail(lua_State *L, const rd_error *err) {
   lua_pushnil(L);
   lua_pushstring(L, err->message[0] ? err->message : rd_strerror(err->code));

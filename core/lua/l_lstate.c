@@ -6,9 +6,11 @@
  *                                       boot = "rubberduck.toolstate" })
  *   st:call(fname, arg, limits)  -> true, r1, r2, stats
  *                                 | false, kind, message, stats
- *   st:start(fname, arg, limits, fn) -> true     (fn gets what call returns)
+ *   st:start(fname, arg, limits, fn) -> true     (fn gets what call returns;
+ *                                     fn may be a table with __call)
  *   st:stop("timeout" | "cancel")   ask a running call to stop
- *   st:on_notify(fn)   fn(kind, a, b, text) for ctx.log / ctx.progress
+ *   st:on_notify(fn [, arg])   fn(kind, a, b, text) for ctx.log / ctx.progress;
+ *                      with arg: fn(arg, kind, a, b, text)
  *   st:set_max_memory(bytes), st:heap(), st:busy(), st:close()
  *
  * `fname` names a function of the tool state's bootstrap module (`boot`,
@@ -70,6 +72,7 @@ struct lcore {
   pthread_t thread;          /* the call thread running it (while running) */
   rd_done done;              /* posted to the loop when run() returned */
   int cbref, notifyref;      /* in the host (loop->cbL) */
+  int notifyarg;             /* on_notify's arg (LUA_NOREF: none) */
   int running, abandoned, ud_gone, closing, handles_open;
   int awaited;               /* counted in loop->expected (rd__loop_expect) */
   int given_up;              /* abandoned while on a thread (under q_lock) */
@@ -81,6 +84,7 @@ struct lcore {
   uint64_t deadline_ns;
   size_t max_output;
   int status;                /* lua_pcall result */
+  int gc_owed_kb;            /* collection prepare() held back (run pays) */
   rd_breach breach;
   double used_cpu;
   size_t peak;
@@ -138,11 +142,13 @@ static void drain(lcore *c) {
     if (c->notifyref != LUA_NOREF && !c->abandoned && !c->ud_gone) {
       lua_State *H = c->loop->cbL;
       lua_rawgeti(H, LUA_REGISTRYINDEX, c->notifyref);
+      int has_arg = c->notifyarg != LUA_NOREF;
+      if (has_arg) lua_rawgeti(H, LUA_REGISTRYINDEX, c->notifyarg);
       lua_pushstring(H, n->kind);
       lua_pushnumber(H, n->a);
       lua_pushnumber(H, n->b);
       lua_pushlstring(H, n->text, n->len);
-      rd__loop_pcall(c->loop, 4);
+      rd__loop_pcall(c->loop, 4 + has_arg);
     }
     rd__freemem(n);
     n = next;
@@ -454,7 +460,8 @@ static void core_close(lcore *c) {
   lua_State *H = c->loop->cbL;
   luaL_unref(H, LUA_REGISTRYINDEX, c->cbref);
   luaL_unref(H, LUA_REGISTRYINDEX, c->notifyref);
-  c->cbref = c->notifyref = LUA_NOREF;
+  luaL_unref(H, LUA_REGISTRYINDEX, c->notifyarg);
+  c->cbref = c->notifyref = c->notifyarg = LUA_NOREF;
   if (c->running) return; /* after_run finishes the job */
   uv_timer_stop(&c->timer);
   uv_close((uv_handle_t *)&c->async, handle_closed);
@@ -499,7 +506,7 @@ static int l_new(lua_State *L) {
   pthread_mutex_init(&c->qlock, NULL);
   c->owner.close_all = close_all;
   c->loop = loop;
-  c->cbref = c->notifyref = LUA_NOREF;
+  c->cbref = c->notifyref = c->notifyarg = LUA_NOREF;
   uv_async_init(&loop->uv, &c->async, on_async);
   uv_timer_init(&loop->uv, &c->timer);
   c->async.data = c->timer.data = c;
@@ -572,11 +579,18 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
     rd__lstate_set_max_memory(c->s, cap);
     luaL_error(L, "tool state has no function '%s'", fname);
   }
+  /* The copy's garbage collection is left to the call's thread (run):
+   * a step here would run on the loop thread, walking the tool's heap. */
+  size_t heap0 = rd__lstate_heap(c->s);
+  lua_gc(T, LUA_GCSTOP, 0);
   rd_error err;
   int rc = rd__xcopy(L, argidx, T, NULL, NULL, &err);
+  size_t heap1 = rd__lstate_heap(c->s);
+  c->gc_owed_kb = heap1 > heap0 ? (int)((heap1 - heap0 + 1023) >> 10) : 0;
   rd__lstate_set_max_memory(c->s, cap);
   if (rc != RD_OK) {
     lua_settop(T, 0);
+    lua_gc(T, LUA_GCRESTART, 0);
     luaL_error(L, "argument %s", err.message);
   }
   rd__lstate_clear_stop(c->s);
@@ -586,12 +600,25 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
   c->max_output = lim->max_output;
 }
 
+/* The collector's work prepare() held back: as much as allocating
+ * gc_owed_kb would have done. Under lua_cpcall, as an error in a __gc
+ * finalizer (or a limit's) is raised from inside the step. */
+static int gc_pay(lua_State *T) {
+  lua_gc(T, LUA_GCSTEP, *(int *)lua_touserdata(T, 1));
+  return 0;
+}
+
 /* On the thread that runs the call (loop thread for call(), pool for start()). */
 static void run(lcore *c, double cpu_start_ms) {
   lua_State *T = rd__lstate_L(c->s);
   c->thread = pthread_self();
   rd__lstate_arm_at(c->s, c->cpu_ms, c->deadline_ns, cpu_start_ms);
-  c->status = lua_pcall(T, 1, 2, 0);
+  /* the collection held back by prepare(), under the call's limits (a
+   * finalizer that loops is stopped like the tool's own code): on failure
+   * the error is on top, as after a failed lua_pcall */
+  lua_gc(T, LUA_GCRESTART, 0);
+  c->status = c->gc_owed_kb ? lua_cpcall(T, gc_pay, &c->gc_owed_kb) : 0;
+  if (c->status == 0) c->status = lua_pcall(T, 1, 2, 0);
   c->breach = rd__lstate_disarm(c->s, &c->used_cpu, &c->peak);
 }
 
@@ -757,7 +784,7 @@ static int l_start(lua_State *L) {
   luaL_checkany(L, 3);
   limits lim;
   read_limits(L, 4, &lim);
-  luaL_checktype(L, 5, LUA_TFUNCTION);
+  rd__lua_checkcallable(L, 5);
   if (c->running) return luaL_error(L, "tool state is busy");
   prepare(L, c, fname, 3, &lim);
   lua_pushvalue(L, 5);
@@ -767,6 +794,7 @@ static int l_start(lua_State *L) {
     luaL_unref(L, LUA_REGISTRYINDEX, c->cbref);
     c->cbref = LUA_NOREF;
     lua_settop(rd__lstate_L(c->s), 0);
+    lua_gc(rd__lstate_L(c->s), LUA_GCRESTART, 0);
     lua_pushnil(L);
     lua_pushfstring(L, "cannot start a call thread: %s", strerror(rc));
     return 2;
@@ -799,11 +827,16 @@ static int l_on_notify(lua_State *L) {
   lcore *c = check_open(L, 1);
   lua_State *H = c->loop->cbL;
   if (c->notifyref != LUA_NOREF) luaL_unref(H, LUA_REGISTRYINDEX, c->notifyref);
-  c->notifyref = LUA_NOREF;
+  if (c->notifyarg != LUA_NOREF) luaL_unref(H, LUA_REGISTRYINDEX, c->notifyarg);
+  c->notifyref = c->notifyarg = LUA_NOREF;
   if (!lua_isnoneornil(L, 2)) {
-    luaL_checktype(L, 2, LUA_TFUNCTION);
+    rd__lua_checkcallable(L, 2);
     lua_pushvalue(L, 2);
     c->notifyref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (!lua_isnoneornil(L, 3)) {
+      lua_pushvalue(L, 3);
+      c->notifyarg = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
   }
   return 0;
 }
@@ -843,7 +876,8 @@ static int l_close(lua_State *L) {
     rd__lstate_request_stop(c->s, RD_BREACH_CANCEL);
     c->ud_gone = 1;
     luaL_unref(L, LUA_REGISTRYINDEX, c->notifyref);
-    c->notifyref = LUA_NOREF;
+    luaL_unref(L, LUA_REGISTRYINDEX, c->notifyarg);
+    c->notifyref = c->notifyarg = LUA_NOREF;
     return 0; /* after_run frees it */
   }
   c->ud_gone = 1;

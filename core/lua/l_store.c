@@ -661,7 +661,7 @@ static int l_hist_append_async(lua_State *L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  luaL_checktype(L, 4, LUA_TFUNCTION);
+  rd__lua_checkcallable(L, 4);
   if (!u->b) {
     bridge *b = rd__calloc(1, sizeof *b);
     if (!b) return luaL_error(L, "out of memory");

@@ -353,7 +353,59 @@ end
 
 -- Normalize a caller, verifying its token if it has one. Returns caller |
 -- nil, reason (the engine refuses the call as unauthorized).
+-- The last caller table normalized without a token, flattened:
+-- key, value, ... with a list value as key, LIST, length, elements. An
+-- embedder that passes one caller table for many calls gets the same
+-- normalized caller back while that table is unchanged (normalizing costs
+-- more than the rest of a cached authorization). Tables that hold other
+-- tables (custom fields) are not remembered.
+local LIST = {}
+
+local function flatten(c, into)
+  local n = 0
+  for k, v in next, c do
+    into[n + 1] = k
+    if type(v) == "table" then
+      if k ~= "roles" and k ~= "capabilities" then return nil end
+      local len = #v
+      into[n + 2], into[n + 3] = LIST, len
+      n = n + 3
+      for j = 1, len do into[n + j] = rawget(v, j) end
+      n = n + len
+    else
+      into[n + 2] = v
+      n = n + 2
+    end
+  end
+  return n
+end
+
+-- Is c still what `flat` (n entries) holds? Any key added, removed or
+-- changed, in c or its lists, is a difference.
+local function unchanged(c, flat, n)
+  local i = 0
+  for k, v in next, c do
+    if flat[i + 1] ~= k then return false end
+    if type(v) == "table" then
+      if flat[i + 2] ~= LIST then return false end
+      local len = flat[i + 3]
+      local count = 0
+      for _ in next, v do count = count + 1 end
+      if count ~= len then return false end
+      i = i + 3
+      for j = 1, len do if rawget(v, j) ~= flat[i + j] then return false end end
+      i = i + len
+    else
+      if flat[i + 2] ~= v then return false end
+      i = i + 2
+    end
+  end
+  return i == n
+end
+
 function Auth:caller(c)
+  local last = self.last_caller
+  if last and c == last.input and unchanged(c, last.flat, last.n) then return last.out end
   if type(c) == "table" and rawget(c, "token") ~= nil then
     local t = rawget(c, "token")
     for _, k in ipairs({ "principal", "roles", "capabilities" }) do
@@ -393,7 +445,18 @@ function Auth:caller(c)
     NORMALIZED[out] = true
     return out
   end
-  return M.caller(c)
+  local out, err = M.caller(c)
+  if out and type(c) == "table" then
+    last = last or { flat = {} }
+    local n = flatten(c, last.flat)
+    if n then
+      last.input, last.out, last.n = c, out, n
+      self.last_caller = last
+    else
+      self.last_caller = nil
+    end
+  end
+  return out, err
 end
 
 -- ---- decisions --------------------------------------------------------------------

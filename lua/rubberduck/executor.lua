@@ -35,7 +35,8 @@ function M.new(engine, opts)
     end
     return v
   end
-  return setmetatable({
+  local self
+  self = setmetatable({
     engine = engine,
     max_running = limit("max_running", M.MAX_RUNNING, 1),
     max_queue = limit("max_queue", M.MAX_QUEUE, 0),
@@ -44,6 +45,10 @@ function M.new(engine, opts)
     queue = {},        -- handles, oldest first
     rejected = 0,      -- calls refused as overloaded
   }, Exec)
+  -- made once: a closure made where it is used would keep LuaJIT from
+  -- compiling that function (schedule runs at the end of every call)
+  self.dispatcher = function() self:_dispatch() end
+  return self
 end
 
 local function fits(self, name, limit)
@@ -82,7 +87,16 @@ end
 
 local function schedule(self)
   if self.pending or #self.queue == 0 then return end
-  self.pending = self.engine.loop:timer(0, function() self:_dispatch() end)
+  self.pending = self.engine.loop:timer(0, self.dispatcher)
+end
+
+-- A timer that ends the wait of queued call h at its deadline (a function
+-- of its own: a closure made in admit() would keep LuaJIT from compiling
+-- admit's fast path).
+local function deadline_timer(self, h, t0)
+  return self.engine.loop:timer(math.max(0, h.deadline - t0), function()
+    if not h.admitted and unqueue(self, h) then h:_resume("deadline") end
+  end)
 end
 
 -- In the call's coroutine: wait for a slot for tool `name` whose own limit
@@ -105,12 +119,7 @@ function Exec:admit(h, name, limit)
   h.slot_tool, h.slot_limit, h.admitted = name, limit, false
   self.queue[#self.queue + 1] = h
   h.stage_name = "queued"
-  local dl
-  if h.deadline then
-    dl = self.engine.loop:timer(math.max(0, h.deadline - t0), function()
-      if not h.admitted and unqueue(self, h) then h:_resume("deadline") end
-    end)
-  end
+  local dl = h.deadline and deadline_timer(self, h, t0)
   -- a slot may be free already (the queue held only calls of full tools)
   schedule(self)
   local why

@@ -246,15 +246,24 @@ function Handle:_resume(...)
   end
 end
 
--- A function that resumes the call's coroutine with its arguments (made
--- once per call: tool states, timers and the registry all wake it).
-function Handle:waker()
-  local w = self.wake
-  if not w then
-    w = function(...) self:_resume(...) end
-    self.wake = w
-  end
-  return w
+-- A handle is callable: h(...) resumes the call's coroutine with those
+-- arguments (tool states, timers, the history and the registry all wake it
+-- that way, with no closure made per call).
+Handle.__call = Handle._resume
+
+-- What wakes the call (kept for callers that ask for a function-like value).
+function Handle:waker() return self end
+
+-- on_done, from a zero-delay timer: a completion callback never runs inside
+-- submit(), so a caller can rely on having its handle before the callback
+-- sees the result.
+local function call_on_done(fn, env)
+  local ok, err = pcall(fn, env)
+  if not ok then io.stderr:write("rubberduck: on_done raised: ", tostring(err), "\n") end
+end
+
+local function on_done_later(h, fn, env)
+  h.engine.loop:timer(0, function() call_on_done(fn, env) end)
 end
 
 function Handle:_finish(env)
@@ -265,14 +274,9 @@ function Handle:_finish(env)
   local e = self.engine
   e.n_inflight = e.n_inflight - 1
   if e.n_inflight == 0 then e.handles = setmetatable({}, WEAK_VALUES) end
-  if self.on_done then
-    local function call()
-      local ok, err = pcall(self.on_done, env)
-      if not ok then io.stderr:write("rubberduck: on_done raised: ", tostring(err), "\n") end
-    end
-    -- A completion callback never runs inside submit(): a caller can rely
-    -- on having its handle before the callback sees the result.
-    if self.in_submit then self.engine.loop:timer(0, call) else call() end
+  local fn = self.on_done
+  if fn then
+    if self.in_submit then on_done_later(self, fn, env) else call_on_done(fn, env) end
   end
 end
 

@@ -39,7 +39,10 @@ local function copy(v, depth)
   if type(v) ~= "table" then return v end
   if depth > json.max_depth then error("parameters nested deeper than " .. json.max_depth, 0) end
   local out = {}
-  for k, x in pairs(v) do out[k] = copy(x, depth + 1) end
+  -- (an empty table, the common case, enters no loop: compiled whole)
+  if next(v) ~= nil then
+    for k, x in pairs(v) do out[k] = copy(x, depth + 1) end
+  end
   local mt = getmetatable(v)
   if mt == json.array_mt or mt == json.object_mt then setmetatable(out, mt) end
   return out
@@ -50,43 +53,49 @@ local function is_object(v)
     and (next(v) == nil or not json.is_array(v))
 end
 
+-- ctx.log / print / ctx.progress of the call h's running attempt (the
+-- state's notify callback, with h as its argument: no closure per call).
+-- What a call may push through them is capped like its output: past
+-- max_output bytes, notes are dropped (one "truncated" entry says so).
+local function on_note(h, kind, a, b, text)
+  local engine, name = h.engine, h.tool.name
+  local budget = h.note_budget - #text - 16
+  h.note_budget = budget
+  if budget < 0 then
+    if not h.logs_truncated then
+      h.logs_truncated = true
+      engine:emit("execution.log", nil, { execution_id = h.id, tool = name, level = "warn",
+        message = "log truncated: more than max_output bytes" })
+    end
+    return
+  end
+  if kind == "progress" then
+    engine:emit("execution.progress", { done = a, total = b },
+      { execution_id = h.id, tool = name, message = text })
+    if h.on_progress then
+      local ok, err = pcall(h.on_progress, a, b, text)
+      if not ok then io.stderr:write("rubberduck: on_progress raised: ", tostring(err), "\n") end
+    end
+  elseif kind == "log" then
+    local level, msg = text:match("^([^\t]*)\t(.*)$")
+    engine:emit("execution.log", nil,
+      { execution_id = h.id, tool = name, level = level or "info", message = msg or text })
+  end
+end
+
 -- Run one attempt in the tool state. Returns ok, status|kind, output|msg, stats.
-local function attempt_call(engine, h, t, st, arg, limits)
-  -- What a call may push through ctx.log / print / ctx.progress is capped
-  -- like its output: past max_output bytes, notes are dropped (one
-  -- "truncated" entry says so).
-  local budget = limits.max_output
-  st:on_notify(function(kind, a, b, text)
-    budget = budget - #text - 16
-    if budget < 0 then
-      if not h.logs_truncated then
-        h.logs_truncated = true
-        engine:emit("execution.log", nil, { execution_id = h.id, tool = t.name, level = "warn",
-          message = "log truncated: more than max_output bytes" })
-      end
-      return
-    end
-    if kind == "progress" then
-      engine:emit("execution.progress", { done = a, total = b },
-        { execution_id = h.id, tool = t.name, message = text })
-      if h.on_progress then
-        local ok, err = pcall(h.on_progress, a, b, text)
-        if not ok then io.stderr:write("rubberduck: on_progress raised: ", tostring(err), "\n") end
-      end
-    elseif kind == "log" then
-      local level, msg = text:match("^([^\t]*)\t(.*)$")
-      engine:emit("execution.log", nil,
-        { execution_id = h.id, tool = t.name, level = level or "info", message = msg or text })
-    end
-  end)
-  local ok, err = st:start("execute", arg, limits, h:waker())
+local function attempt_call(h, st, arg, limits)
+  h.note_budget = limits.max_output
+  st:on_notify(on_note, h)
+  -- the handle is callable: it resumes the call's coroutine
+  local ok, err = st:start("execute", arg, limits, h)
   if not ok then return false, "internal", err, {} end
   h.state = st
   h.stage_name = "running"
-  local r = { yield() }
+  local r1, r2, r3, r4 = yield()
   h.state = nil
   st:on_notify(nil)
-  return r[1], r[2], r[3], r[4] or {}
+  return r1, r2, r3, r4 or {}
 end
 
 -- The wait before attempt n+1: min(max, initial * factor^(n-1)) ms, with
@@ -204,7 +213,7 @@ local function body(engine, h, meta)
       execution_id = h.id, tool = t.name, attempt = attempt, caller = h.caller,
       deadline = core.now() * 1000 + timeout,
     } }
-    local ok, a, b, stats = attempt_call(engine, h, t, st, arg,
+    local ok, a, b, stats = attempt_call(h, st, arg,
       { cpu_ms = sec.max_cpu, timeout_ms = timeout, max_output = sec.max_output })
     meta.cpu_ms = (meta.cpu_ms or 0) + (stats.cpu_ms or 0)
     if (stats.peak_memory_bytes or 0) > (meta.peak_memory_bytes or 0) then

@@ -192,11 +192,15 @@ function Registry:get(name) return self.tools[name] end
 -- lets the definition run while the loop goes on). The caller (the executor) has made sure fewer than
 -- def.execution.concurrency calls of `t` run. Returns state | nil, why.
 function Registry:checkout(t, wait)
-  while #t.idle > 0 do
-    local st = table.remove(t.idle)
+  local idle = t.idle
+  local n = #idle
+  if n > 0 then -- (no loop here: LuaJIT compiles a loop-free function whole)
+    local st = idle[n]
+    idle[n] = nil
     if st:usable() then return st end
     st:close()
     t.live = t.live - 1
+    return self:checkout(t, wait)
   end
   t.live = t.live + 1
   if M.REMOTE[t.def.security.level] then

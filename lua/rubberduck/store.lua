@@ -391,13 +391,13 @@ function M.record(engine, h, env, nowait)
     if not ok then warn(engine, "history", err, code) end
     return
   end
-  local done, ok, err, code = false, nil, nil, nil
-  local queued, qerr, qcode = hist:append_async(rec, engine.loop, function(o, e, c)
-    done, ok, err, code = true, o, e, c
-    h:_resume("recorded")
-  end)
+  -- the handle is callable: the history's answer, (ok, message, code),
+  -- resumes the coroutine (a closure per call would keep LuaJIT from
+  -- compiling this). Any other wake-up (a cancel: a string) waits on.
+  local queued, qerr, qcode = hist:append_async(rec, engine.loop, h)
   if not queued then warn(engine, "history", qerr, qcode); return end
-  while not done do coroutine.yield() end
+  local ok, err, code
+  repeat ok, err, code = coroutine.yield() until type(ok) == "boolean"
   if not ok then warn(engine, "history", err, code) end
 end
 

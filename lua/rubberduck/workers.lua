@@ -415,7 +415,7 @@ end
 
 function Remote:busy() return self.call ~= nil end
 function Remote:usable() return not self.closed end
-function Remote:on_notify(fn) self.notify = fn end
+function Remote:on_notify(fn, arg) self.notify, self.notify_arg = fn, arg end
 
 function Remote:_finish(ok, a, b, stats)
   local call = self.call
@@ -497,7 +497,9 @@ function Remote:_frame(w, text, why)
   if m.op == "ready" then
     call.base_cpu = m.proc_cpu_ms
   elseif m.op == "note" then
-    if self.notify then self.notify(m.kind, m.a, m.b, m.text) end
+    local fn, arg = self.notify, self.notify_arg
+    if fn and arg ~= nil then fn(arg, m.kind, m.a, m.b, m.text)
+    elseif fn then fn(m.kind, m.a, m.b, m.text) end
   elseif m.op == "result" then
     call.last = m.last
     local stats = m.stats
