@@ -12,6 +12,9 @@
  *   st:on_notify(fn [, arg])   fn(kind, a, b, text) for ctx.log / ctx.progress;
  *                      with arg: fn(arg, kind, a, b, text)
  *   st:set_max_memory(bytes), st:heap(), st:busy(), st:close()
+ *   core.lstate.pressure() -> queued, cap   (calls waiting for a call
+ *                      thread, process-wide; calls run at once before one
+ *                      waits)
  *
  * `fname` names a function of the tool state's bootstrap module (`boot`,
  * by default lua/rubberduck/toolstate.lua; the policy loader uses
@@ -885,6 +888,22 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
+/* core.lstate.pressure() -> queued, cap: calls waiting for a call thread
+ * (in every engine of the process), and how many calls the threads run at
+ * once before a queued one waits (the CPUs, at least 2). */
+static int l_pressure(lua_State *L) {
+  pthread_mutex_lock(&q_lock);
+  int queued = q_queued, cap = active_cap;
+  pthread_mutex_unlock(&q_lock);
+  if (cap <= 0) { /* before the first call of this process */
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    cap = n < 2 ? 2 : n > 64 ? 64 : (int)n;
+  }
+  lua_pushinteger(L, queued);
+  lua_pushinteger(L, cap);
+  return 2;
+}
+
 int rd__luaopen_lstate(lua_State *L) {
   static const luaL_Reg m[] = {
     {"call", l_call}, {"start", l_start}, {"stop", l_stop},
@@ -892,5 +911,8 @@ int rd__luaopen_lstate(lua_State *L) {
     {"heap", l_heap}, {"busy", l_busy}, {"usable", l_usable},
     {"close", l_close}, {"__gc", l_close}, {NULL, NULL},
   };
-  return rd__lua_class(L, LSTATE_MT, m, l_new);
+  rd__lua_class(L, LSTATE_MT, m, l_new);
+  lua_pushcfunction(L, l_pressure);
+  lua_setfield(L, -2, "pressure");
+  return 1;
 }

@@ -203,7 +203,10 @@ local function body(engine, h, meta)
     end
     h.stage_name = "starting"
     local st, serr = engine.registry:checkout(t, h)
-    if not st then return nil, errors.new("internal", serr) end
+    if not st then
+      if h.cancelled then return nil, errors.new("cancelled", "cancelled by the caller") end
+      return nil, errors.new("internal", serr)
+    end
     h.held = st
     if h.cancelled then
       give_back(engine, h, t, st)
