@@ -12,9 +12,9 @@
  *   st:on_notify(fn [, arg])   fn(kind, a, b, text) for ctx.log / ctx.progress;
  *                      with arg: fn(arg, kind, a, b, text)
  *   st:set_max_memory(bytes), st:heap(), st:busy(), st:close()
- *   core.lstate.pressure() -> queued, cap   (calls waiting for a call
- *                      thread, process-wide; calls run at once before one
- *                      waits)
+ *   core.lstate.pressure() -> queued, cap, long   (calls waiting for a
+ *                      call thread, process-wide; calls run at once before
+ *                      one waits; running calls that have run for 1 ms)
  *
  * `fname` names a function of the tool state's bootstrap module (`boot`,
  * by default lua/rubberduck/toolstate.lua; the policy loader uses
@@ -888,12 +888,16 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
-/* core.lstate.pressure() -> queued, cap: calls waiting for a call thread
- * (in every engine of the process), and how many calls the threads run at
- * once before a queued one waits (the CPUs, at least 2). */
+/* core.lstate.pressure() -> queued, cap, long: calls waiting for a call
+ * thread (in every engine of the process), how many calls the threads run
+ * at once before a queued one waits (the CPUs, at least 2), and how many
+ * running calls have run for STUCK_NS (sleeping, stuck in C, or long). */
 static int l_pressure(lua_State *L) {
   pthread_mutex_lock(&q_lock);
-  int queued = q_queued, cap = active_cap;
+  int queued = q_queued, cap = active_cap, stuck = 0;
+  uint64_t now = rd__mono_ns();
+  for (q_slot *s = q_slots; s; s = s->next)
+    if (s->busy_ns && now - s->busy_ns >= STUCK_NS) stuck++;
   pthread_mutex_unlock(&q_lock);
   if (cap <= 0) { /* before the first call of this process */
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -901,7 +905,8 @@ static int l_pressure(lua_State *L) {
   }
   lua_pushinteger(L, queued);
   lua_pushinteger(L, cap);
-  return 2;
+  lua_pushinteger(L, stuck);
+  return 3;
 }
 
 int rd__luaopen_lstate(lua_State *L) {

@@ -195,21 +195,20 @@ function Registry:get(name) return self.tools[name] end
 -- ---- the in-process gate ------------------------------------------------------
 --
 -- Calls of in-process levels (relaxed, none) hold a tool state from
--- checkout to checkin, and wait for a call thread in between. When more of
--- them are held than twice the calls the threads run at once and some
--- already wait for a thread, a new call waits here instead, before taking
--- a state: a closed loop of 256 trivial calls of one tool otherwise made
--- 256 tool states and went through them in turn, each call missing the
--- CPU caches (twice the CPU time per call of 8 states). Calls that wait
--- for a thread because the running ones are long (sleeping, stuck in C)
--- get threads of their own after a millisecond (core/lua/l_lstate.c);
--- the waiting queue empties and the gate lets the next ones through (it
--- looks again every millisecond while calls wait here).
+-- checkout to checkin, and wait for a call thread in between. While this
+-- engine holds twice as many as the call threads run at once, a new call
+-- waits here instead, before taking a state: a closed loop of 256 trivial
+-- calls of one tool otherwise made 256 tool states and went through them
+-- in turn, each call missing the CPU caches (twice the CPU time per call
+-- of 8 states). Calls that have run for a millisecond (sleeping, stuck in
+-- C, or long) do not count: they get threads of their own
+-- (core/lua/l_lstate.c), and as many more calls pass (the gate looks
+-- again every millisecond while calls wait here).
 local GATE_RECHECK_MS = 1
 
 local function gate_open(self)
-  local queued, cap = core.lstate.pressure()
-  return self.inproc < 2 * cap or queued == 0
+  local _, cap, long = core.lstate.pressure()
+  return self.inproc < 2 * cap + long
 end
 
 -- Look at the gate in `ms` (0: on the loop's next turn, as a state was
