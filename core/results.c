@@ -298,6 +298,125 @@ int rd__result_normalize(lua_State *L, int idx, const rd_result_opts *o,
   return rc;
 }
 
+/* ---- normalization in place --------------------------------------------- */
+
+/* Is the table at idx an array whose keys are exactly 1..n? (no failure
+ * message: the copying path gives those) */
+static int plain_array(lua_State *L, int idx, size_t *n) {
+  size_t count = 0;
+  double max = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TNUMBER) { lua_pop(L, 1); return 0; }
+    double k = lua_tonumber(L, -1);
+    if (!(k >= 1 && k <= TWO_53 && floor(k) == k)) { lua_pop(L, 1); return 0; }
+    count++;
+    if (k > max) max = k;
+  }
+  *n = count;
+  return (double)count == max;
+}
+
+typedef struct ictx {
+  lua_State *L;
+  int max_depth;
+  const void *array_mt, *object_mt;  /* the markers (lua_topointer) */
+  int array_idx;                     /* stack index of the array marker */
+  const void *stack[RD_JSON_MAX_DEPTH * 4 + 1];
+} ictx;
+
+static int inplace(ictx *c, int idx, int depth);
+
+static int inplace_table(ictx *c, int idx, int depth) {
+  lua_State *L = c->L;
+  if (depth >= c->max_depth || !lua_checkstack(L, 6)) return RD_RESULT_NEEDS_COPY;
+  const void *p = lua_topointer(L, idx);
+  for (int i = 0; i < depth; i++)
+    if (c->stack[i] == p) return RD_RESULT_NEEDS_COPY;
+  c->stack[depth] = p;
+  int m = 0;
+  if (lua_getmetatable(L, idx)) {
+    const void *mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    if (mt == c->array_mt) m = 'a';
+    else if (mt == c->object_mt) m = 'o';
+    else return RD_RESULT_NEEDS_COPY; /* a metatable of its own: the copy decides */
+  }
+  int array;
+  if (m) {
+    array = m == 'a';
+  } else {
+    lua_pushnil(L);
+    if (!lua_next(L, idx)) return RD_OK; /* {}: as the copy makes it */
+    array = lua_type(L, -2) == LUA_TNUMBER;
+    lua_pop(L, 2);
+  }
+  if (array) {
+    size_t n;
+    if (!plain_array(L, idx, &n)) return RD_RESULT_NEEDS_COPY;
+    for (size_t i = 1; i <= n; i++) {
+      lua_rawgeti(L, idx, (int)i);
+      int rc = inplace(c, lua_gettop(L), depth + 1);
+      lua_pop(L, 1);
+      if (rc) return rc;
+    }
+    if (m != 'a') {
+      lua_pushvalue(L, c->array_idx);
+      lua_setmetatable(L, idx);
+    }
+    return RD_OK;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    size_t kl;
+    const char *k;
+    if (lua_type(L, -2) != LUA_TSTRING || (k = lua_tolstring(L, -2, &kl), !rd__utf8_valid(k, kl, NULL))) {
+      lua_pop(L, 2);
+      return RD_RESULT_NEEDS_COPY;
+    }
+    int rc = inplace(c, lua_gettop(L), depth + 1);
+    lua_pop(L, 1);
+    if (rc) { lua_pop(L, 1); return rc; }
+  }
+  if (m == 'o') { /* the copy's objects carry no marker */
+    lua_pushnil(L);
+    lua_setmetatable(L, idx);
+  }
+  return RD_OK;
+}
+
+static int inplace(ictx *c, int idx, int depth) {
+  lua_State *L = c->L;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+    case LUA_TBOOLEAN: return RD_OK;
+    case LUA_TNUMBER: return isfinite(lua_tonumber(L, idx)) ? RD_OK : RD_RESULT_NEEDS_COPY;
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      return rd__utf8_valid(s, n, NULL) ? RD_OK : RD_RESULT_NEEDS_COPY;
+    }
+    case LUA_TLIGHTUSERDATA: return lua_touserdata(L, idx) == RD_JSON_NULL ? RD_OK : RD_RESULT_NEEDS_COPY;
+    case LUA_TTABLE: return inplace_table(c, idx, depth);
+    default: return RD_RESULT_NEEDS_COPY;
+  }
+}
+
+int rd__result_normalize_in_place(lua_State *L, int idx, int array_idx,
+                                   int object_idx, int max_depth) {
+  if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+  if (!lua_checkstack(L, 4)) return RD_RESULT_NEEDS_COPY;
+  ictx c; /* the cycle stack is written before it is read */
+  c.L = L;
+  c.max_depth = max_depth > 0 ? max_depth : RD_JSON_MAX_DEPTH;
+  if (c.max_depth > RD_JSON_MAX_DEPTH * 4) c.max_depth = RD_JSON_MAX_DEPTH * 4;
+  c.array_idx = array_idx;
+  c.array_mt = lua_topointer(L, array_idx);
+  c.object_mt = lua_topointer(L, object_idx);
+  return inplace(&c, idx, 0);
+}
+
 /* ---- YAML --------------------------------------------------------------- */
 
 static int yaml_write(void *data, unsigned char *buffer, size_t size) {

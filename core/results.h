@@ -54,6 +54,21 @@ typedef struct rd_result_opts {
 int rd__result_normalize(lua_State *L, int idx, const rd_result_opts *o,
                          rd_error *err);
 
+/* Bring the value at `idx` of L into the normalized shape in place, when
+ * that needs no copy: arrays (keys exactly 1..n) get the array marker,
+ * object-marked tables lose theirs, as in rd__result_normalize's copy. The
+ * value must be the caller's own (its tables are changed). array_idx and
+ * object_idx: stack indexes (absolute) of L's RD_JSON_ARRAY_MT and
+ * RD_JSON_OBJECT_MT metatables. Allocates nothing. Runs no
+ * metamethods. Returns RD_OK (the value is normal, with no binary string),
+ * RD_RESULT_NEEDS_COPY (positive: the copying normalization is needed: a binary string, a number
+ * key in an object, a table with another metatable, a value that cannot
+ * be normalized, too deep or cyclic; markers may have been fixed on some
+ * tables meanwhile, which the copy gives anyway). */
+#define RD_RESULT_NEEDS_COPY 1
+int rd__result_normalize_in_place(lua_State *L, int idx, int array_idx,
+                                   int object_idx, int max_depth);
+
 /* Append to `out` the YAML of the normalized value at `idx` of L: one
  * document, no directives, block style (empty containers in flow style),
  * UTF-8 unescaped where printable. Readable as YAML 1.2 (core schema) and

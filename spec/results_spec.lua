@@ -58,6 +58,59 @@ describe("results", function()
   lazy_setup(function() tmp = H.tmpdir() end)
   lazy_teardown(function() H.cleanup() end)
 
+  -- ---- the in-place fast path gives what the copying path gives ---------------------
+  describe("normalization in place (R.finish)", function()
+    local function build()
+      local cyc = { x = {} }
+      cyc.x.back = cyc
+      local shared = { 1, 2 }
+      local deep = {}
+      for _ = 1, 200 do deep = { deep } end
+      return {
+        { ok = true }, {}, json.array({}), json.object({}), { 1, 2, 3 }, { "a", { b = { 1, { c = json.null } } } },
+        json.object({ a = json.array({}), b = json.object({}) }), { list = json.array({ 1, json.object({}) }) },
+        "text", 42, 1.5, false, json.null, { s = "h\xc3\xa9" }, { two = shared, again = shared },
+        -- the copying path decides these (binary strings, number keys in
+        -- objects, holes, other metatables, invalid values)
+        { b = "\xff\xfe" }, json.object({ [1] = "x", [2] = "y" }), { [1] = "a", [3] = "c" },
+        setmetatable({ 1 }, { __index = {} }), { x = 0 / 0 }, { f = print }, { [true] = 1 },
+        { ["\xff"] = 1 }, cyc, deep,
+      }
+    end
+
+    it("normalizes in place exactly as the copy, or leaves the value to the copy", function()
+      local originals, copies = build(), build()
+      for i = 1, #originals do
+        local raw, bins = R.normalize(originals[i])
+        local fast, nbytes, digest, text = R.finish(copies[i], true)
+        if fast then
+          assert.is_table(bins)
+          assert.equals(0, #bins, "case " .. i)
+          local canonical = assert(json.canonical(raw))
+          assert.equals(canonical, text, "case " .. i)
+          assert.equals(#canonical, nbytes, "case " .. i)
+          assert.equals(R.digest(canonical), digest, "case " .. i)
+          -- the same shape, markers included, as the copy
+          assert.same(raw, copies[i], "case " .. i)
+          assert.is_true(same(raw, copies[i]), "case " .. i)
+          if type(raw) == "table" then
+            assert.equals(getmetatable(raw), getmetatable(copies[i]), "case " .. i)
+          end
+        else
+          assert.is_false(fast)
+          -- the copying path still gives its answer (an error or binary paths)
+          assert.truthy(raw == nil or #bins > 0 or type(copies[i]) == "table", "case " .. i)
+        end
+      end
+    end)
+
+    it("takes the fast path for plain outputs, the copy for the rest", function()
+      local v = build()
+      for i = 1, 15 do assert.is_true((R.finish(v[i])), "plain case " .. i) end
+      for i = 16, #v do assert.is_false((R.finish(v[i])), "copy case " .. i) end
+    end)
+  end)
+
   -- ---- 1 normalization, the same at every level ------------------------------------
   describe("normalization at every level", function()
     local engine

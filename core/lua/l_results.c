@@ -74,6 +74,48 @@ static int l_digest(lua_State *L) {
   return 1;
 }
 
+typedef struct finish_call {
+  rd_buf buf;
+  int rc;
+  rd_error err;
+} finish_call;
+
+
+/* finish(v [, want_text]) -> true, bytes, digest [, canonical]
+ *                          | false (the copying path is needed)
+ * The fast path of results.process for a value the pipeline owns: v is
+ * normalized in place (rd__result_normalize_in_place), and the length and
+ * BLAKE2b digest of its canonical JSON computed without making that text a
+ * Lua string unless asked. */
+static int l_finish(lua_State *L) {
+  luaL_checkany(L, 1);
+  int want = lua_toboolean(L, 2);
+  lua_settop(L, 1);
+  finish_call f;
+  f.buf = (rd_buf)RD_BUF_INIT;
+  f.rc = rd__result_normalize_in_place(L, 1, lua_upvalueindex(1), lua_upvalueindex(2), 0);
+  if (f.rc == RD_OK) {
+    rd_json_opts o;
+    memset(&o, 0, sizeof o);
+    o.canonical = 1;
+    f.rc = rd__json_encode(L, 1, &f.buf, &o, &f.err);
+  }
+  if (f.rc != RD_OK) {
+    rd__buf_free(&f.buf);
+    if (f.rc == RD_ENOMEM) return luaL_error(L, "not enough memory");
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  char hex[65];
+  rd__result_digest(f.buf.data ? f.buf.data : "", f.buf.len, hex);
+  lua_pushboolean(L, 1);
+  lua_pushnumber(L, (double)f.buf.len);
+  lua_pushlstring(L, hex, 64);
+  if (want) lua_pushlstring(L, f.buf.data ? f.buf.data : "", f.buf.len);
+  rd__buf_free(&f.buf);
+  return want ? 4 : 3;
+}
+
 static int l_base64(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
@@ -236,6 +278,11 @@ int rd__luaopen_results(lua_State *L) {
   lua_pop(L, 1); /* keys come from results.box_key */
   lua_newtable(L);
   luaL_register(L, NULL, fns);
+  rd__json_init(L);
+  luaL_getmetatable(L, RD_JSON_ARRAY_MT);
+  luaL_getmetatable(L, RD_JSON_OBJECT_MT);
+  lua_pushcclosure(L, l_finish, 2);
+  lua_setfield(L, -2, "finish");
   lua_createtable(L, (int)RD_COUNTOF(reasons), 0);
   for (size_t i = 0; i < RD_COUNTOF(reasons); i++) {
     lua_pushstring(L, reasons[i]);

@@ -358,6 +358,26 @@ function M.process(engine, h, output, err, meta)
   end
   meta.format = o.format
 
+  -- The common case: nothing to redact, truncate or encode as binary, and
+  -- an output that is already plain data: normalized in place (the
+  -- pipeline owns it: a copy out of the tool state, or decoded), its
+  -- canonical JSON measured and digested in one C call.
+  if not o.redact and not o.truncate and o.format ~= "binary" and output ~= nil then
+    local persist = engine.persist
+    local fast, nbytes, digest, canonical = R.finish(output, persist ~= nil)
+    if fast then
+      local ok, serr = validate(t, output)
+      if not ok then return nil, serr end
+      local fok, ferr = formats.check(output, o.format)
+      if not fok then return nil, errors.new("invalid_output", ferr) end
+      meta.output_bytes, meta.output_digest = nbytes, digest
+      if persist and nbytes > (engine.persist_threshold or M.PERSIST_THRESHOLD) then
+        M.persist(engine, h, canonical, meta)
+      end
+      return output, nil
+    end
+  end
+
   -- 1 normalize
   local raw, bins = R.normalize(output)
   if type(bins) == "string" then return nil, M.encode_error(bins) end
