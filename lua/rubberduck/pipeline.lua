@@ -83,18 +83,33 @@ local function on_note(h, kind, a, b, text)
   end
 end
 
+-- Each tool state's notify callback is set once, with a slot naming the
+-- call it runs (setting it per call cost two registry references).
+local slots = setmetatable({}, { __mode = "k" })
+
+local function on_slot_note(slot, kind, a, b, text)
+  local h = slot.h
+  if h then on_note(h, kind, a, b, text) end
+end
+
 -- Run one attempt in the tool state. Returns ok, status|kind, output|msg, stats.
 local function attempt_call(h, st, arg, limits)
   h.note_budget = limits.max_output
-  st:on_notify(on_note, h)
+  local slot = slots[st]
+  if not slot then
+    slot = {}
+    slots[st] = slot
+    st:on_notify(on_slot_note, slot)
+  end
+  slot.h = h
   -- the handle is callable: it resumes the call's coroutine
   local ok, err = st:start("execute", arg, limits, h)
-  if not ok then return false, "internal", err, {} end
+  if not ok then slot.h = nil; return false, "internal", err, {} end
   h.state = st
   h.stage_name = "running"
   local r1, r2, r3, r4 = yield()
   h.state = nil
-  st:on_notify(nil)
+  slot.h = nil
   return r1, r2, r3, r4 or {}
 end
 

@@ -206,9 +206,13 @@ function Registry:get(name) return self.tools[name] end
 -- again every millisecond while calls wait here).
 local GATE_RECHECK_MS = 1
 
+local gate_base -- 2 x the calls the threads run at once (fixed per process)
+
 local function gate_open(self)
+  if gate_base and self.inproc < gate_base then return true end
   local _, cap, long = core.lstate.pressure()
-  return self.inproc < 2 * cap + long
+  gate_base = 2 * cap
+  return self.inproc < gate_base + long
 end
 
 -- Look at the gate in `ms` (0: on the loop's next turn, as a state was
