@@ -239,22 +239,31 @@ function Registry:_gate_dispatch()
   gate_arm(self, GATE_RECHECK_MS)
 end
 
--- In h's coroutine: wait for the gate. Returns true, or nil when h was
--- cancelled meanwhile.
+-- In h's coroutine, queued: yield until the gate lets h through (true) or
+-- h is cancelled (nil). A wake-up for neither yields again, by a tail call:
+-- no loop in the path LuaJIT compiles through checkout.
+local function gate_wait_more(self, h)
+  coroutine.yield()
+  if h.gate_passed then
+    h.gate_passed = nil
+    return true
+  end
+  if h.cancelled then
+    local w = self.inproc_waiters
+    for i = 1, #w do
+      if w[i] == h then table.remove(w, i); break end
+    end
+    return nil
+  end
+  return gate_wait_more(self, h)
+end
+
 local function gate_wait(self, h)
   local w = self.inproc_waiters
   w[#w + 1] = h
   gate_arm(self, GATE_RECHECK_MS)
   h.stage_name = "starting"
-  repeat coroutine.yield() until h.gate_passed or h.cancelled
-  if h.gate_passed then
-    h.gate_passed = nil
-    return true
-  end
-  for i = 1, #w do
-    if w[i] == h then table.remove(w, i); break end
-  end
-  return nil
+  return gate_wait_more(self, h)
 end
 
 -- A state for one call of `t`: an idle one, or a new one (from the tool's

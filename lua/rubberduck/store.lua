@@ -370,6 +370,15 @@ function M.history_record(engine, h, env)
   return rec
 end
 
+-- Yield until the history's answer (ok, message, code) resumes the
+-- coroutine; any other wake-up (a cancel: a string) yields again, by a
+-- tail call (no loop in the compiled path).
+local function wait_answer()
+  local ok, err, code = coroutine.yield()
+  if type(ok) == "boolean" then return ok, err, code end
+  return wait_answer()
+end
+
 -- At the end of the pipeline: record the envelope, and wait (yielding the
 -- execution's coroutine) until the record is durable; with `nowait`, the
 -- record goes into the next group commit and the call does not wait. A
@@ -396,8 +405,7 @@ function M.record(engine, h, env, nowait)
   -- compiling this). Any other wake-up (a cancel: a string) waits on.
   local queued, qerr, qcode = hist:append_async(rec, engine.loop, h)
   if not queued then warn(engine, "history", qerr, qcode); return end
-  local ok, err, code
-  repeat ok, err, code = coroutine.yield() until type(ok) == "boolean"
+  local ok, err, code = wait_answer()
   if not ok then warn(engine, "history", err, code) end
 end
 
