@@ -72,12 +72,16 @@ local function cell(engine, name, conc, warm, secs)
   local t_start, t_end = math.huge, math.huge
   local warm_done = 0
   local lat, n, errors, first_error = {}, 0, 0, nil
-  local inflight, live = 0, {}
+  local inflight, started = 0, {}   -- execution id -> submit time (ms)
   local submit
-  local function done(h, t0, env)
+  -- One on_done and one options table for every call (a lean client: no
+  -- closure or table made per call on this side of the measurement).
+  local function done(env)
     local t1 = now()
+    local id = env.execution_id
+    local t0 = started[id]
+    started[id] = nil
     inflight = inflight - 1
-    live[h] = nil
     if t_start == math.huge then
       warm_done = warm_done + 1
       if warm_done >= 2 * conc and t1 - t_begin >= warm * 1000 then
@@ -94,12 +98,12 @@ local function cell(engine, name, conc, warm, secs)
     end
     if t1 < t_end then submit() end
   end
+  local opts, params = { on_done = done }, {}
   submit = function()
     inflight = inflight + 1
     local t0 = now()
-    local h
-    h = engine:submit(name, {}, OP, { on_done = function(env) done(h, t0, env) end })
-    live[h] = true
+    local h = engine:submit(name, params, OP, opts)
+    started[h.id] = t0
   end
   for _ = 1, conc do submit() end
   -- a timer, so that a call the engine never answers cannot hold the loop
@@ -107,9 +111,9 @@ local function cell(engine, name, conc, warm, secs)
   local function tick()
     tick_timer = nil
     if now() > t_end + DRAIN_MS then
-      for h in pairs(live) do
+      for id in pairs(started) do
         stuck = stuck + 1
-        h:cancel()
+        engine:cancel(id)
       end
     else
       tick_timer = engine.loop:timer(100, tick)
