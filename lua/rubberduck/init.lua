@@ -246,13 +246,21 @@ function Handle:_resume(...)
   end
 end
 
--- A handle is callable: h(...) resumes the call's coroutine with those
--- arguments (tool states, timers, the history and the registry all wake it
--- that way, with no closure made per call).
-Handle.__call = Handle._resume
+-- What wakes the call: a callable object, w(...) resumes the call's
+-- coroutine with those arguments (tool states, timers and the history
+-- call it back). Made once per call, as a table: a closure made per call
+-- would keep LuaJIT from compiling the path that makes it. Not the handle
+-- itself, which the caller holds: calling it must not wake the call.
+local Waker = { __call = function(w, ...) return w.h:_resume(...) end }
 
--- What wakes the call (kept for callers that ask for a function-like value).
-function Handle:waker() return self end
+function Handle:waker()
+  local w = self.wake
+  if not w then
+    w = setmetatable({ h = self }, Waker)
+    self.wake = w
+  end
+  return w
+end
 
 -- on_done, from a zero-delay timer: a completion callback never runs inside
 -- submit(), so a caller can rely on having its handle before the callback

@@ -102,8 +102,7 @@ local function attempt_call(h, st, arg, limits)
     st:on_notify(on_slot_note, slot)
   end
   slot.h = h
-  -- the handle is callable: it resumes the call's coroutine
-  local ok, err = st:start("execute", arg, limits, h)
+  local ok, err = st:start("execute", arg, limits, h:waker())
   if not ok then slot.h = nil; return false, "internal", err, {} end
   h.state = st
   h.stage_name = "running"

@@ -400,10 +400,10 @@ function M.record(engine, h, env, nowait)
     if not ok then warn(engine, "history", err, code) end
     return
   end
-  -- the handle is callable: the history's answer, (ok, message, code),
-  -- resumes the coroutine (a closure per call would keep LuaJIT from
+  -- the history's answer, (ok, message, code), resumes the coroutine
+  -- through the call's waker (a closure per call would keep LuaJIT from
   -- compiling this). Any other wake-up (a cancel: a string) waits on.
-  local queued, qerr, qcode = hist:append_async(rec, engine.loop, h)
+  local queued, qerr, qcode = hist:append_async(rec, engine.loop, h:waker())
   if not queued then warn(engine, "history", qerr, qcode); return end
   local ok, err, code = wait_answer()
   if not ok then warn(engine, "history", err, code) end
