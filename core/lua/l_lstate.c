@@ -64,6 +64,7 @@ struct lcore {
   rd_lstate *s;
   rd_loop *loop;
   int modref;                /* bootstrap module, in the tool state */
+  rd_xcopy_memo memo;        /* the caller of the last call (arg.ctx.caller), kept in the state */
   uv_async_t async;
   uv_timer_t timer;
   struct lcore *qnext;       /* in the run queue of the call threads */
@@ -472,6 +473,11 @@ static int l_new(lua_State *L) {
   pthread_mutex_init(&c->qlock, NULL);
   c->owner.close_all = close_all;
   c->loop = loop;
+  /* A tool's calls mostly come from one caller: its copy is kept in the
+   * state and compared with the next call's caller (see xcopy.h). */
+  c->memo.k1 = "ctx";
+  c->memo.k2 = "caller";
+  c->memo.ref = LUA_NOREF;
   c->cbref = c->notifyref = LUA_NOREF;
   uv_async_init(&loop->uv, &c->async, on_async);
   uv_timer_init(&loop->uv, &c->timer);
@@ -546,7 +552,7 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
     luaL_error(L, "tool state has no function '%s'", fname);
   }
   rd_error err;
-  int rc = rd__xcopy(L, argidx, T, NULL, NULL, &err);
+  int rc = rd__xcopy_memo(L, argidx, T, NULL, &c->memo, NULL, &err);
   rd__lstate_set_max_memory(c->s, cap);
   if (rc != RD_OK) {
     lua_settop(T, 0);

@@ -15,7 +15,9 @@
 #include <time.h>
 
 /* Instructions between two hook checks. Small enough that a breach is seen
- * within microseconds, large enough to cost little (a clock read per call). */
+ * within microseconds, large enough to cost little (a read of the
+ * monotonic clock, in the vDSO; the thread's CPU clock, a system call, is
+ * read only when the CPU budget could be spent, see hook()). */
 #define HOOK_COUNT 1000
 /* C stack a run may use below where it was armed. Tool code can recurse in
  * C (string.gsub callbacks, table.sort comparators), which LuaJIT does not
@@ -38,6 +40,7 @@ struct rd_lstate {
   char breach_msg[256];  /* what the first breach since arm said */
   const char *stack_base; /* a frame address of the thread when armed */
   uint64_t arm_ns;       /* rd__mono_ns() when armed */
+  uint64_t cpu_check_ns; /* the hook reads the CPU clock from then on */
   int hooked;            /* the hook ran since arm */
   /* the arena (opts.arena): base and cap fixed, the rest is restored */
   char *a_base;
@@ -163,13 +166,21 @@ static void hook(lua_State *L, lua_Debug *ar) {
   s->hooked = 1;
   if (s->breach == RD_BREACH_NONE) {
     int req = atomic_load(&s->stop_req);
-    if (req != RD_BREACH_NONE)
+    uint64_t now = s->deadline_ns || s->cpu_limit_ms > 0 ? rd__mono_ns() : 0;
+    if (req != RD_BREACH_NONE) {
       s->breach = (rd_breach)req;
-    else if (s->deadline_ns && rd__mono_ns() >= s->deadline_ns)
+    } else if (s->deadline_ns && now >= s->deadline_ns) {
       s->breach = RD_BREACH_TIMEOUT;
-    else if (s->cpu_limit_ms > 0 &&
-             rd__thread_cpu_ms() - s->cpu_start_ms > s->cpu_limit_ms)
-      s->breach = RD_BREACH_CPU;
+    } else if (s->cpu_limit_ms > 0 && now >= s->cpu_check_ns) {
+      /* The thread's CPU clock is a system call (microseconds on a VM,
+       * as much as a thousand instructions of Lua): read it only when
+       * the budget could be spent. A thread's CPU time grows no faster
+       * than wall time, so with `left` ms of budget no breach can come
+       * before `left` ms of wall time have passed. */
+      double used = rd__thread_cpu_ms() - s->cpu_start_ms;
+      if (used > s->cpu_limit_ms) s->breach = RD_BREACH_CPU;
+      else s->cpu_check_ns = now + (uint64_t)((s->cpu_limit_ms - used) * 1e6);
+    }
   }
   if (s->breach == RD_BREACH_NONE && s->stack_base) {
     const char *here = __builtin_frame_address(0);
@@ -295,6 +306,9 @@ void rd__lstate_arm_at(rd_lstate *s, double cpu_ms, uint64_t deadline_ns,
   s->cpu_limit_ms = cpu_ms;
   s->cpu_start_ms = cpu_start_ms;
   s->arm_ns = rd__mono_ns();
+  /* The first check reads the clock: cpu_start_ms may be older than
+   * this arm (see lstate.h), so part of the budget may be spent already. */
+  s->cpu_check_ns = s->arm_ns;
   s->hooked = 0;
   s->deadline_ns = deadline_ns;
   s->peak = s->heap;

@@ -671,6 +671,76 @@ TEST(xcopy_shared_subtable_is_not_a_cycle) {
   lua_close(T);
 }
 
+/* Tables of every shape survive the copy whatever their size: small ones
+ * are made at their exact size, big ones (past the pairs gathered on the
+ * stack) filled as they come, and wide tables nested deep (where the
+ * target stack stops gathering) too. */
+TEST(xcopy_table_shapes_and_sizes) {
+  lua_State *F = plain_state(), *T = plain_state();
+  push_value(F,
+    "local big, mixed, sparse, hash = {}, {}, { [1] = 'a', [3] = 'c', [100] = 'z' }, {}\n"
+    "for i = 1, 1000 do big[i] = i * 2 end\n"
+    "for i = 1, 40 do mixed[i] = i; mixed['k' .. i] = -i end\n"
+    "for i = 1, 300 do hash['h' .. i] = { i } end\n"
+    "local deep = {} local cur = deep\n"
+    "for d = 1, 120 do for k = 1, 40 do cur['w' .. k] = d * 100 + k end cur.x = {} cur = cur.x end\n"
+    "local narrow = {} cur = narrow\n"
+    "for d = 1, 120 do for k = 1, 20 do cur['w' .. k] = d * 100 + k end cur.x = {} cur = cur.x end\n"
+    "return { narrow = narrow, big = setmetatable(big, ARRAY_MT), mixed = mixed, sparse = sparse, hash = hash,\n"
+    "         deep = deep, n = { [0] = 'zero', [1.5] = 'half', [-1] = 'minus', [2^40] = 'far' },\n"
+    "         exact = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,\n"
+    "                   17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32 } }\n");
+  rd_error err;
+  int rc = rd__xcopy(F, -1, T, NULL, NULL, &err);
+  CHECK(rc == RD_OK);
+  if (rc) fprintf(stderr, "  %s\n", err.message);
+  if (rc == RD_OK)
+    check_in(T,
+      "local v = ...\n"
+      "assert(#v.big == 1000 and getmetatable(v.big) == ARRAY_MT)\n"
+      "for i = 1, 1000 do assert(v.big[i] == i * 2) end\n"
+      "local n = 0 for k, x in pairs(v.mixed) do n = n + 1 end assert(n == 80)\n"
+      "for i = 1, 40 do assert(v.mixed[i] == i and v.mixed['k' .. i] == -i) end\n"
+      "assert(v.sparse[1] == 'a' and v.sparse[3] == 'c' and v.sparse[100] == 'z' and v.sparse[2] == nil)\n"
+      "n = 0 for k, x in pairs(v.hash) do n = n + 1 assert(x[1] == tonumber(k:sub(2))) end assert(n == 300)\n"
+      "local cur = v.deep\n"
+      "for d = 1, 120 do for k = 1, 40 do assert(cur['w' .. k] == d * 100 + k) end cur = cur.x end\n"
+      "assert(next(cur) == nil)\n"
+      "cur = v.narrow\n"
+      "for d = 1, 120 do for k = 1, 20 do assert(cur['w' .. k] == d * 100 + k) end cur = cur.x end\n"
+      "assert(next(cur) == nil)\n"
+      "assert(v.n[0] == 'zero' and v.n[1.5] == 'half' and v.n[-1] == 'minus' and v.n[2^40] == 'far')\n"
+      "assert(#v.exact == 32 and v.exact[32] == 32)\n");
+  CHECK(lua_gettop(T) == 0);
+  lua_close(F);
+  lua_close(T);
+}
+
+/* Copies after one another into one state reuse nothing of each other:
+ * each is a table of its own, and a failed copy leaves nothing behind. */
+TEST(xcopy_repeated_copies_are_independent) {
+  lua_State *F = plain_state(), *T = plain_state();
+  rd_error err;
+  for (int i = 0; i < 3; i++) {
+    push_value(F, "return { a = { 1, 2 }, s = 'x' }");
+    CHECK(rd__xcopy(F, -1, T, NULL, NULL, &err) == RD_OK);
+    lua_settop(F, 0);
+  }
+  CHECK(lua_gettop(T) == 3);
+  CHECK(lua_topointer(T, 1) != lua_topointer(T, 2));
+  lua_getfield(T, 1, "a");
+  lua_getfield(T, 2, "a");
+  CHECK(lua_topointer(T, -1) != lua_topointer(T, -2));
+  lua_settop(T, 3);
+  char msg[RD_ERROR_MSG_MAX];
+  copy_fails(F, T, "local t = {} for i = 1, 40 do t[i] = i end t[41] = print return { ok = {}, t = t }",
+             NULL, RD_EINVAL, msg, sizeof msg);
+  CHECK(starts_with(msg, "/t/40: function"));
+  CHECK(lua_gettop(T) == 3);
+  lua_close(F);
+  lua_close(T);
+}
+
 TEST(xcopy_marker_dropped_when_target_has_none) {
   lua_State *F = plain_state();
   lua_State *T = luaL_newstate(); /* no rd__json_init */
