@@ -34,6 +34,7 @@ struct rd_lstate {
   size_t heap, peak, max_memory;
   int armed;
   double cpu_limit_ms, cpu_start_ms;
+  int cpu_start_known;   /* 0: armed without a reading (see rd__lstate_arm_at) */
   uint64_t deadline_ns;
   atomic_int stop_req;   /* rd_breach asked for by another thread */
   rd_breach breach;      /* recorded on the thread running the state */
@@ -177,7 +178,14 @@ static void hook(lua_State *L, lua_Debug *ar) {
        * the budget could be spent. A thread's CPU time grows no faster
        * than wall time, so with `left` ms of budget no breach can come
        * before `left` ms of wall time have passed. */
-      double used = rd__thread_cpu_ms() - s->cpu_start_ms;
+      double cpu = rd__thread_cpu_ms();
+      if (!s->cpu_start_known) {
+        /* Armed without a reading: charge the run its wall time up to
+         * now (an upper bound of its CPU time) and count from here. */
+        s->cpu_start_ms = cpu - (double)(now - s->arm_ns) / 1e6;
+        s->cpu_start_known = 1;
+      }
+      double used = cpu - s->cpu_start_ms;
       if (used > s->cpu_limit_ms) s->breach = RD_BREACH_CPU;
       else s->cpu_check_ns = now + (uint64_t)((s->cpu_limit_ms - used) * 1e6);
     }
@@ -284,7 +292,7 @@ size_t rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory) {
   return old;
 }
 
-double rd__lstate_cpu_start(rd_lstate *s) { return s->cpu_start_ms; }
+double rd__lstate_cpu_start(rd_lstate *s) { return s->cpu_start_known ? s->cpu_start_ms : -1; }
 
 size_t rd__lstate_heap(rd_lstate *s) { return s->heap; }
 
@@ -305,6 +313,7 @@ void rd__lstate_arm_at(rd_lstate *s, double cpu_ms, uint64_t deadline_ns,
   s->breach_msg[0] = '\0';
   s->cpu_limit_ms = cpu_ms;
   s->cpu_start_ms = cpu_start_ms;
+  s->cpu_start_known = cpu_start_ms >= 0;
   s->arm_ns = rd__mono_ns();
   /* The first check reads the clock: cpu_start_ms may be older than
    * this arm (see lstate.h), so part of the budget may be spent already. */
@@ -323,7 +332,7 @@ rd_breach rd__lstate_disarm(rd_lstate *s, double *cpu_ms, size_t *peak_bytes) {
   if (cpu_ms) {
     /* CPU time never exceeds wall time on one thread: a run too short for
      * the hook to have run reports its wall time (no clock system call). */
-    if (s->hooked) *cpu_ms = rd__thread_cpu_ms() - s->cpu_start_ms;
+    if (s->hooked && s->cpu_start_known) *cpu_ms = rd__thread_cpu_ms() - s->cpu_start_ms;
     else *cpu_ms = (double)(rd__mono_ns() - s->arm_ns) / 1e6;
   }
   if (peak_bytes) *peak_bytes = s->peak;

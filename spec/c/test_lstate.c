@@ -203,6 +203,43 @@ TEST(cpu_plain_loop) {
   rd__lstate_free(s);
 }
 
+/* Armed without a reading of the CPU clock (cpu_start_ms < 0): the
+ * budget still holds, the first check supplies the start, and the CPU
+ * time reported covers the run. */
+TEST(cpu_armed_without_a_reading) {
+  rd_lstate *s = new_state(0);
+  if (!s) return;
+  rd__lstate_arm_at(s, 50, rd__mono_ns() + NET_NS, -1);
+  CHECK(rd__lstate_cpu_start(s) < 0);
+  char msg[512];
+  CHECK(run_code(s, "while true do end", msg, sizeof msg) != 0);
+  CHECK(strstr(msg, "cpu_limit") != NULL);
+  CHECK(rd__lstate_cpu_start(s) >= 0);
+  double cpu = 0;
+  CHECK(rd__lstate_disarm(s, &cpu, NULL) == RD_BREACH_CPU);
+  CHECK(cpu >= 50);
+  /* a short run without a budget: its wall time, no clock read needed */
+  rd__lstate_arm_at(s, 0, 0, -1);
+  CHECK(run_code(s, "local x = 0 for i = 1, 1e5 do x = x + i end", msg, sizeof msg) == 0);
+  CHECK(rd__lstate_disarm(s, &cpu, NULL) == RD_BREACH_NONE);
+  CHECK(cpu > 0 && cpu < 10000);
+  rd__lstate_free(s);
+}
+
+/* A long run under its budget reads the CPU clock a few times, not at
+ * every hook: it ends well, and its CPU time is the thread's. */
+TEST(cpu_under_budget_runs_to_the_end) {
+  rd_lstate *s = new_state(0);
+  if (!s) return;
+  rd__lstate_arm(s, 60000, rd__mono_ns() + NET_NS);
+  char msg[512];
+  CHECK(run_code(s, "local x = 0 for i = 1, 3e6 do x = x + i % 7 end", msg, sizeof msg) == 0);
+  double cpu = 0;
+  CHECK(rd__lstate_disarm(s, &cpu, NULL) == RD_BREACH_NONE);
+  CHECK(cpu > 0);
+  rd__lstate_free(s);
+}
+
 TEST(cpu_pcall_in_a_loop) {
   cpu_case("pcall", "for i = 1, 1e9 do pcall(function() while true do end end) end");
 }
