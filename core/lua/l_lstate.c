@@ -552,7 +552,10 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
     luaL_error(L, "tool state has no function '%s'", fname);
   }
   rd_error err;
-  int rc = rd__xcopy_memo(L, argidx, T, NULL, &c->memo, NULL, &err);
+  /* What a call did to the JSON markers (shared by every array and
+   * object of the state) does not reach the data of the next one. */
+  int rc = rd__xcopy_reset_markers(T, &err);
+  if (rc == RD_OK) rc = rd__xcopy_memo(L, argidx, T, NULL, &c->memo, NULL, &err);
   rd__lstate_set_max_memory(c->s, cap);
   if (rc != RD_OK) {
     lua_settop(T, 0);

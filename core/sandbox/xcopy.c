@@ -375,11 +375,52 @@ typedef struct job {
 /* The copy, run on `to` under lua_pcall: an allocation failure in `to`
  * becomes a status, not an unprotected error. Upvalues: the target's
  * array and object markers (or nil). Returns the copy, or nothing. */
+static void reset_marker(lua_State *T, int m);
+
 static int protected_copy(lua_State *T) {
   job *j = lua_touserdata(T, 1);
   lua_settop(T, 0);
+  if (!j->c) { /* rd__xcopy_reset_markers */
+    reset_marker(T, 1);
+    reset_marker(T, 2);
+    return 0;
+  }
   j->rc = copy(j->c, j->idx, 0);
   return j->rc == RD_OK ? 1 : 0;
+}
+
+/* Put the target's marker m back to { __jsontype = "array" | "object" }
+ * without a metatable, if code in the state changed it. */
+static void reset_marker(lua_State *T, int m) {
+  if (!push_target_marker(T, m)) return;
+  const char *want = m == 1 ? "array" : "object";
+  int t = lua_gettop(T), ok = 1, n = 0;
+  if (lua_getmetatable(T, t)) {
+    lua_pop(T, 1);
+    ok = 0;
+  }
+  lua_pushnil(T);
+  while (ok && lua_next(T, t) != 0) {
+    size_t kl = 0;
+    const char *k = lua_type(T, -2) == LUA_TSTRING ? lua_tolstring(T, -2, &kl) : NULL;
+    const char *v = lua_type(T, -1) == LUA_TSTRING ? lua_tostring(T, -1) : NULL;
+    ok = ++n == 1 && k && kl == 10 && memcmp(k, "__jsontype", 10) == 0 && v && strcmp(v, want) == 0;
+    lua_pop(T, ok ? 1 : 2);
+  }
+  if (!ok) {
+    lua_pushnil(T);
+    lua_setmetatable(T, t);
+    lua_pushnil(T);
+    while (lua_next(T, t) != 0) { /* clearing fields while traversing is allowed */
+      lua_pop(T, 1);
+      lua_pushvalue(T, -1);
+      lua_pushnil(T);
+      lua_rawset(T, t);
+    }
+    lua_pushstring(T, want);
+    lua_setfield(T, t, "__jsontype");
+  }
+  lua_settop(T, t - 1);
 }
 
 /* The registry key of a state's copy function. */
@@ -396,6 +437,34 @@ static int make_copy_fn(lua_State *T) {
   lua_pushvalue(T, -2);
   lua_rawset(T, LUA_REGISTRYINDEX);
   return 0;
+}
+
+/* Push the copy function of `to` (made the first time); 0 if it cannot be
+ * made (nothing pushed). */
+static int push_copy_fn(lua_State *to) {
+  int top = lua_gettop(to);
+  if (!lua_checkstack(to, 3)) return 0;
+  lua_pushlightuserdata(to, (void *)&copy_fn_key);
+  lua_rawget(to, LUA_REGISTRYINDEX);
+  if (lua_isfunction(to, -1)) return 1;
+  lua_pop(to, 1);
+  if (lua_cpcall(to, make_copy_fn, NULL) != 0) {
+    lua_settop(to, top);
+    return 0;
+  }
+  lua_pushlightuserdata(to, (void *)&copy_fn_key);
+  lua_rawget(to, LUA_REGISTRYINDEX);
+  return 1;
+}
+
+int rd__xcopy_reset_markers(lua_State *L, rd_error *err) {
+  int top = lua_gettop(L);
+  job j = {NULL, 0, RD_OK};
+  if (!push_copy_fn(L)) return rd_error_set(err, RD_ENOMEM, "out of memory in the state");
+  lua_pushlightuserdata(L, &j);
+  int rc = lua_pcall(L, 1, 0, 0);
+  lua_settop(L, top);
+  return rc == 0 ? RD_OK : rd_error_set(err, RD_ENOMEM, "out of memory in the state");
 }
 
 int rd__xcopy(lua_State *from, int idx, lua_State *to,
@@ -427,18 +496,7 @@ int rd__xcopy_memo(lua_State *from, int idx, lua_State *to,
   int top_to = lua_gettop(to), top_from = lua_gettop(from);
   job j = {&c, idx, RD_OK};
   int rc = RD_OK;
-  if (!lua_checkstack(to, 3)) return rd_error_set(err, RD_ENOMEM, "cannot grow the target stack");
-  lua_pushlightuserdata(to, (void *)&copy_fn_key);
-  lua_rawget(to, LUA_REGISTRYINDEX);
-  if (!lua_isfunction(to, -1)) {
-    lua_pop(to, 1);
-    if (lua_cpcall(to, make_copy_fn, NULL) != 0) {
-      lua_settop(to, top_to);
-      return rd_error_set(err, RD_ENOMEM, "out of memory in the target state");
-    }
-    lua_pushlightuserdata(to, (void *)&copy_fn_key);
-    lua_rawget(to, LUA_REGISTRYINDEX);
-  }
+  if (!push_copy_fn(to)) return rd_error_set(err, RD_ENOMEM, "out of memory in the target state");
   lua_pushlightuserdata(to, &j);
   if (lua_pcall(to, 1, 1, 0) != 0) {
     lua_settop(to, top_to);

@@ -57,4 +57,14 @@ int rd__xcopy_memo(lua_State *from, int idx, lua_State *to,
                    const rd_xcopy_opts *opts, rd_xcopy_memo *memo,
                    size_t *bytes, rd_error *err);
 
+/* Put the JSON marker metatables of L (rd__json_init) back as they were
+ * made, { __jsontype = "array" } and { __jsontype = "object" } without a
+ * metatable, if code running in L changed them (getmetatable() on a
+ * marked table gives the marker itself: a field added there would show
+ * in every array or object of the state). A state that runs call after
+ * call calls this before each one, so that what one call did to them
+ * never reaches the data the next one is given. Runs protected; RD_OK,
+ * or RD_ENOMEM. Nothing to do in a state without markers. */
+int rd__xcopy_reset_markers(lua_State *L, rd_error *err);
+
 #endif
