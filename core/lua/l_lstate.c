@@ -478,6 +478,9 @@ static int l_new(lua_State *L) {
   c->memo.k1 = "ctx";
   c->memo.k2 = "caller";
   c->memo.ref = LUA_NOREF;
+  /* What a call did to the JSON markers (shared by every array and
+   * object of the state) must not reach the data of the next one. */
+  c->memo.reset_markers = 1;
   c->cbref = c->notifyref = LUA_NOREF;
   uv_async_init(&loop->uv, &c->async, on_async);
   uv_timer_init(&loop->uv, &c->timer);
@@ -552,10 +555,7 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
     luaL_error(L, "tool state has no function '%s'", fname);
   }
   rd_error err;
-  /* What a call did to the JSON markers (shared by every array and
-   * object of the state) does not reach the data of the next one. */
-  int rc = rd__xcopy_reset_markers(T, &err);
-  if (rc == RD_OK) rc = rd__xcopy_memo(L, argidx, T, NULL, &c->memo, NULL, &err);
+  int rc = rd__xcopy_memo(L, argidx, T, NULL, &c->memo, NULL, &err);
   rd__lstate_set_max_memory(c->s, cap);
   if (rc != RD_OK) {
     lua_settop(T, 0);

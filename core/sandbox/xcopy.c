@@ -380,10 +380,10 @@ static void reset_marker(lua_State *T, int m);
 static int protected_copy(lua_State *T) {
   job *j = lua_touserdata(T, 1);
   lua_settop(T, 0);
-  if (!j->c) { /* rd__xcopy_reset_markers */
+  if (!j->c || (j->c->memo && j->c->memo->reset_markers)) {
     reset_marker(T, 1);
     reset_marker(T, 2);
-    return 0;
+    if (!j->c) return 0; /* rd__xcopy_reset_markers */
   }
   j->rc = copy(j->c, j->idx, 0);
   return j->rc == RD_OK ? 1 : 0;

@@ -32,6 +32,8 @@ typedef struct rd_xcopy_memo {
   const char *k1, *k2;    /* the path of the table: value[k1][k2] */
   int ref;                /* the kept copy in `to`, or LUA_NOREF */
   int reused;             /* out: 1 if the last copy used the kept copy */
+  int reset_markers;      /* 1: first, as rd__xcopy_reset_markers (one
+                           * protected call for both) */
 } rd_xcopy_memo;
 
 typedef struct rd_xcopy_opts {

@@ -778,6 +778,42 @@ TEST(xcopy_repeated_copies_are_independent) {
   lua_close(T);
 }
 
+/* The markers are put back as rd__json_init made them, whatever code in
+ * the state did to them; a state without markers is left alone. */
+TEST(xcopy_reset_markers) {
+  lua_State *T = plain_state();
+  lua_pushnil(T);
+  check_in(T,
+    "local a, o = ARRAY_MT, OBJECT_MT\n"
+    "a.__index = function() return 'injected' end\n"
+    "a.__jsontype = 'object'\n"
+    "setmetatable(a, { __index = function() return 'meta' end })\n"
+    "o.__jsontype = nil\n"
+    "o[1] = true\n");
+  rd_error err;
+  CHECK(rd__xcopy_reset_markers(T, &err) == RD_OK);
+  CHECK(lua_gettop(T) == 0);
+  lua_pushnil(T);
+  check_in(T,
+    "local n = 0\n"
+    "for k, v in pairs(ARRAY_MT) do n = n + 1 assert(k == '__jsontype' and v == 'array') end\n"
+    "for k, v in pairs(OBJECT_MT) do n = n + 1 assert(k == '__jsontype' and v == 'object') end\n"
+    "assert(n == 2 and getmetatable(ARRAY_MT) == nil and getmetatable(OBJECT_MT) == nil)\n"
+    "assert(setmetatable({}, ARRAY_MT)[5] == nil)\n");
+  /* untouched markers stay the very same tables */
+  lua_getfield(T, LUA_REGISTRYINDEX, RD_JSON_ARRAY_MT);
+  const void *before = lua_topointer(T, -1);
+  lua_pop(T, 1);
+  CHECK(rd__xcopy_reset_markers(T, &err) == RD_OK);
+  lua_getfield(T, LUA_REGISTRYINDEX, RD_JSON_ARRAY_MT);
+  CHECK(lua_topointer(T, -1) == before);
+  lua_close(T);
+  lua_State *P = luaL_newstate(); /* no rd__json_init */
+  CHECK(rd__xcopy_reset_markers(P, &err) == RD_OK);
+  CHECK(lua_gettop(P) == 0);
+  lua_close(P);
+}
+
 TEST(xcopy_marker_dropped_when_target_has_none) {
   lua_State *F = plain_state();
   lua_State *T = luaL_newstate(); /* no rd__json_init */
