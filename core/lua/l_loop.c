@@ -175,10 +175,15 @@ static int spin_once(rd_loop *l, double us) {
     /* Pausing only pays when what we wait for runs on another core: after
      * a spin that needed the yielding phase, the next 32 skip the pause. */
     int pausing = now - start < PAUSE_NS && !l->skip_pause;
-    /* a worker's socket or a timer: ask epoll now and then */
-    if (!pausing || (i & 63) == 0) {
+    /* a worker's socket or a timer: ask epoll now and then. epoll_wait is
+     * a system call (3 us on the 2-core VM): while yielding, only every
+     * 8th look asks, so that a look first gives the CPU to the thread we
+     * wait for (it saved ~1.7 us of a relaxed call's hand-off there). */
+    if ((i & (pausing ? 63u : 7u)) == 0) {
       uv_run(&l->uv, UV_RUN_NOWAIT);
       if (l->ncalls != before) { got = 1; break; }
+    }
+    if (!pausing || (i & 63) == 0) {
       now = rd__mono_ns();
       if (now >= until) break;
     }

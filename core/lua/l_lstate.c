@@ -69,6 +69,8 @@ struct lcore {
   rd_lstate *s;
   rd_loop *loop;
   int modref;                /* bootstrap module, in the tool state */
+  int gcref;                 /* gc_pay, in the tool state */
+  rd_xcopy_memo memo;        /* the caller of the last call (arg.ctx.caller), kept in the state */
   uv_async_t async;
   uv_timer_t timer;
   struct lcore *qnext;       /* in the run queue of the call threads */
@@ -196,6 +198,7 @@ static void q_atfork_child(void) { q_forked = 1; }
 static void q_register(void) { pthread_atfork(NULL, NULL, q_atfork_child); }
 
 static void run(lcore *c, double cpu_start_ms);
+static int gc_pay(lua_State *T);
 
 /* After a call, a thread watches the queue this long before it sleeps:
  * a caller issuing calls one after another then finds it awake, and the
@@ -509,6 +512,14 @@ static int l_new(lua_State *L) {
   pthread_mutex_init(&c->qlock, NULL);
   c->owner.close_all = close_all;
   c->loop = loop;
+  /* A tool's calls mostly come from one caller: its copy is kept in the
+   * state and compared with the next call's caller (see xcopy.h). */
+  c->memo.k1 = "ctx";
+  c->memo.k2 = "caller";
+  c->memo.ref = LUA_NOREF;
+  /* What a call did to the JSON markers (shared by every array and
+   * object of the state) must not reach the data of the next one. */
+  c->memo.reset_markers = 1;
   c->cbref = c->notifyref = c->notifyarg = LUA_NOREF;
   uv_async_init(&loop->uv, &c->async, on_async);
   uv_timer_init(&loop->uv, &c->timer);
@@ -538,6 +549,9 @@ static int l_new(lua_State *L) {
     return lua_error(L);
   }
   c->modref = luaL_ref(T, LUA_REGISTRYINDEX);
+  /* made once: lua_cpcall would allocate a closure at every call */
+  lua_pushcfunction(T, gc_pay);
+  c->gcref = luaL_ref(T, LUA_REGISTRYINDEX);
   /* The cap counts from here: the bootstrap is part of every state. */
   rd__lstate_set_max_memory(c->s, max_memory);
   return 1;
@@ -587,7 +601,7 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
   size_t heap0 = rd__lstate_heap(c->s);
   lua_gc(T, LUA_GCSTOP, 0);
   rd_error err;
-  int rc = rd__xcopy(L, argidx, T, NULL, NULL, &err);
+  int rc = rd__xcopy_memo(L, argidx, T, NULL, &c->memo, NULL, &err);
   size_t heap1 = rd__lstate_heap(c->s);
   c->gc_owed_kb = heap1 > heap0 ? (int)((heap1 - heap0 + 1023) >> 10) : 0;
   rd__lstate_set_max_memory(c->s, cap);
@@ -604,7 +618,7 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
 }
 
 /* The collector's work prepare() held back: as much as allocating
- * gc_owed_kb would have done. Under lua_cpcall, as an error in a __gc
+ * gc_owed_kb would have done. Called protected, as an error in a __gc
  * finalizer (or a limit's) is raised from inside the step. */
 static int gc_pay(lua_State *T) {
   lua_gc(T, LUA_GCSTEP, *(int *)lua_touserdata(T, 1));
@@ -620,7 +634,12 @@ static void run(lcore *c, double cpu_start_ms) {
    * finalizer that loops is stopped like the tool's own code): on failure
    * the error is on top, as after a failed lua_pcall */
   lua_gc(T, LUA_GCRESTART, 0);
-  c->status = c->gc_owed_kb ? lua_cpcall(T, gc_pay, &c->gc_owed_kb) : 0;
+  c->status = 0;
+  if (c->gc_owed_kb && lua_checkstack(T, 2)) {
+    lua_rawgeti(T, LUA_REGISTRYINDEX, c->gcref);
+    lua_pushlightuserdata(T, &c->gc_owed_kb);
+    c->status = lua_pcall(T, 1, 0, 0);
+  }
   if (c->status == 0) c->status = lua_pcall(T, 1, 2, 0);
   c->breach = rd__lstate_disarm(c->s, &c->used_cpu, &c->peak);
 }
@@ -699,7 +718,9 @@ static int l_call(lua_State *L) {
   if (c->running) return luaL_error(L, "tool state is busy");
   prepare(L, c, fname, 3, &lim);
   c->running = 1;
-  run(c, rd__thread_cpu_ms());
+  /* No reading of the thread's CPU clock (a system call, microseconds on
+   * a VM) on the way in: the budget's first check reads it (lstate.h). */
+  run(c, -1);
   c->running = 0;
   push_results(L, c);
   return 4;

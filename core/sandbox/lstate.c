@@ -15,7 +15,9 @@
 #include <time.h>
 
 /* Instructions between two hook checks. Small enough that a breach is seen
- * within microseconds, large enough to cost little (a clock read per call). */
+ * within microseconds, large enough to cost little (a read of the
+ * monotonic clock, in the vDSO; the thread's CPU clock, a system call, is
+ * read only when the CPU budget could be spent, see hook()). */
 #define HOOK_COUNT 1000
 /* C stack a run may use below where it was armed. Tool code can recurse in
  * C (string.gsub callbacks, table.sort comparators), which LuaJIT does not
@@ -32,12 +34,14 @@ struct rd_lstate {
   size_t heap, peak, max_memory;
   int armed;
   double cpu_limit_ms, cpu_start_ms;
+  int cpu_start_known;   /* 0: armed without a reading (see rd__lstate_arm_at) */
   uint64_t deadline_ns;
   atomic_int stop_req;   /* rd_breach asked for by another thread */
   rd_breach breach;      /* recorded on the thread running the state */
   char breach_msg[256];  /* what the first breach since arm said */
   const char *stack_base; /* a frame address of the thread when armed */
   uint64_t arm_ns;       /* rd__mono_ns() when armed */
+  uint64_t cpu_check_ns; /* the hook reads the CPU clock from then on */
   int hooked;            /* the hook ran since arm */
   /* the arena (opts.arena): base and cap fixed, the rest is restored */
   char *a_base;
@@ -163,13 +167,28 @@ static void hook(lua_State *L, lua_Debug *ar) {
   s->hooked = 1;
   if (s->breach == RD_BREACH_NONE) {
     int req = atomic_load(&s->stop_req);
-    if (req != RD_BREACH_NONE)
+    uint64_t now = s->deadline_ns || s->cpu_limit_ms > 0 ? rd__mono_ns() : 0;
+    if (req != RD_BREACH_NONE) {
       s->breach = (rd_breach)req;
-    else if (s->deadline_ns && rd__mono_ns() >= s->deadline_ns)
+    } else if (s->deadline_ns && now >= s->deadline_ns) {
       s->breach = RD_BREACH_TIMEOUT;
-    else if (s->cpu_limit_ms > 0 &&
-             rd__thread_cpu_ms() - s->cpu_start_ms > s->cpu_limit_ms)
-      s->breach = RD_BREACH_CPU;
+    } else if (s->cpu_limit_ms > 0 && now >= s->cpu_check_ns) {
+      /* The thread's CPU clock is a system call (microseconds on a VM,
+       * as much as a thousand instructions of Lua): read it only when
+       * the budget could be spent. A thread's CPU time grows no faster
+       * than wall time, so with `left` ms of budget no breach can come
+       * before `left` ms of wall time have passed. */
+      double cpu = rd__thread_cpu_ms();
+      if (!s->cpu_start_known) {
+        /* Armed without a reading: charge the run its wall time up to
+         * now (an upper bound of its CPU time) and count from here. */
+        s->cpu_start_ms = cpu - (double)(now - s->arm_ns) / 1e6;
+        s->cpu_start_known = 1;
+      }
+      double used = cpu - s->cpu_start_ms;
+      if (used > s->cpu_limit_ms) s->breach = RD_BREACH_CPU;
+      else s->cpu_check_ns = now + (uint64_t)((s->cpu_limit_ms - used) * 1e6);
+    }
   }
   if (s->breach == RD_BREACH_NONE && s->stack_base) {
     const char *here = __builtin_frame_address(0);
@@ -273,7 +292,7 @@ size_t rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory) {
   return old;
 }
 
-double rd__lstate_cpu_start(rd_lstate *s) { return s->cpu_start_ms; }
+double rd__lstate_cpu_start(rd_lstate *s) { return s->cpu_start_known ? s->cpu_start_ms : -1; }
 
 size_t rd__lstate_heap(rd_lstate *s) { return s->heap; }
 
@@ -294,7 +313,11 @@ void rd__lstate_arm_at(rd_lstate *s, double cpu_ms, uint64_t deadline_ns,
   s->breach_msg[0] = '\0';
   s->cpu_limit_ms = cpu_ms;
   s->cpu_start_ms = cpu_start_ms;
+  s->cpu_start_known = cpu_start_ms >= 0;
   s->arm_ns = rd__mono_ns();
+  /* The first check reads the clock: cpu_start_ms may be older than
+   * this arm (see lstate.h), so part of the budget may be spent already. */
+  s->cpu_check_ns = s->arm_ns;
   s->hooked = 0;
   s->deadline_ns = deadline_ns;
   s->peak = s->heap;
@@ -309,7 +332,7 @@ rd_breach rd__lstate_disarm(rd_lstate *s, double *cpu_ms, size_t *peak_bytes) {
   if (cpu_ms) {
     /* CPU time never exceeds wall time on one thread: a run too short for
      * the hook to have run reports its wall time (no clock system call). */
-    if (s->hooked) *cpu_ms = rd__thread_cpu_ms() - s->cpu_start_ms;
+    if (s->hooked && s->cpu_start_known) *cpu_ms = rd__thread_cpu_ms() - s->cpu_start_ms;
     else *cpu_ms = (double)(rd__mono_ns() - s->arm_ns) / 1e6;
   }
   if (peak_bytes) *peak_bytes = s->peak;

@@ -79,7 +79,12 @@ void rd__lstate_arm(rd_lstate *s, double cpu_ms, uint64_t deadline_ns);
  * caller beforehand, at a moment after which the thread did nothing that
  * should not count (e.g. just before it waited for the call): spares the
  * clock's system call on the way into a call. A stale reading only makes
- * the run's CPU count larger, never smaller. */
+ * the run's CPU count larger, never smaller. cpu_start_ms < 0: no reading
+ * at all; the first check of the CPU budget (at the hook's first run)
+ * reads the clock and charges the run its wall time up to then (an upper
+ * bound of its CPU time), and rd__lstate_cpu_start() is -1 until then: a
+ * caller that must tell CPU from wall time from another thread (a call
+ * stuck in C before its first check) passes a reading. */
 void rd__lstate_arm_at(rd_lstate *s, double cpu_ms, uint64_t deadline_ns,
                        double cpu_start_ms);
 /* Remove the limits; returns the breach recorded while armed (and clears it).
@@ -87,7 +92,8 @@ void rd__lstate_arm_at(rd_lstate *s, double cpu_ms, uint64_t deadline_ns,
  * the heap high-water mark since arm. A run that ended before the hook's
  * first check (under HOOK_COUNT instructions, see lstate.c) reports its
  * wall time as *cpu_ms, an upper bound of its CPU time, without a read of
- * the CPU clock (a system call, microseconds on a VM). */
+ * the CPU clock (a system call, microseconds on a VM); so does a run armed
+ * without a reading (cpu_start_ms < 0) that had no CPU budget to check. */
 rd_breach rd__lstate_disarm(rd_lstate *s, double *cpu_ms, size_t *peak_bytes);
 
 /* What the breach returned by the last rd__lstate_disarm said ("fs.read:
@@ -121,8 +127,10 @@ size_t rd__lstate_set_max_memory(rd_lstate *s, size_t max_memory);
 int rd__lstate_sleep(lua_State *L, double ms);
 
 /* CPU time (ms, of the thread that armed it) when the current run was
- * armed. Readable from another thread (a racy read of a double written
- * once per run), with pthread_getcpuclockid, to tell CPU from wall time. */
+ * armed, or -1 when it was armed without a reading that no check has
+ * read yet (rd__lstate_arm_at). Readable from another thread (a racy
+ * read of a double written once per run), with pthread_getcpuclockid, to
+ * tell CPU from wall time. */
 double rd__lstate_cpu_start(rd_lstate *s);
 
 /* Heap bytes currently allocated by the state. */

@@ -315,6 +315,10 @@ local function ctx_progress(done, total, message)
     message ~= nil and tostring(message) or "")
 end
 
+-- The status of a call that went well: one table for every call (only the
+-- engine sees it, through a copy; tool code never gets hold of it).
+local OK = { status = "ok" }
+
 function M.execute(arg)
   if not tool_fns then return fail("internal", "tool state has no tool") end
   local params, ctx = arg.params, arg.ctx or {}
@@ -349,7 +353,7 @@ function M.execute(arg)
   if res == nil and err2 ~= nil then
     return fail("tool_error", error_text(err2))
   end
-  return { status = "ok" }, res
+  return OK, res
 end
 
 return M

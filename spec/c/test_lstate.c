@@ -203,6 +203,43 @@ TEST(cpu_plain_loop) {
   rd__lstate_free(s);
 }
 
+/* Armed without a reading of the CPU clock (cpu_start_ms < 0): the
+ * budget still holds, the first check supplies the start, and the CPU
+ * time reported covers the run. */
+TEST(cpu_armed_without_a_reading) {
+  rd_lstate *s = new_state(0);
+  if (!s) return;
+  rd__lstate_arm_at(s, 50, rd__mono_ns() + NET_NS, -1);
+  CHECK(rd__lstate_cpu_start(s) < 0);
+  char msg[512];
+  CHECK(run_code(s, "while true do end", msg, sizeof msg) != 0);
+  CHECK(strstr(msg, "cpu_limit") != NULL);
+  CHECK(rd__lstate_cpu_start(s) >= 0);
+  double cpu = 0;
+  CHECK(rd__lstate_disarm(s, &cpu, NULL) == RD_BREACH_CPU);
+  CHECK(cpu >= 50);
+  /* a short run without a budget: its wall time, no clock read needed */
+  rd__lstate_arm_at(s, 0, 0, -1);
+  CHECK(run_code(s, "local x = 0 for i = 1, 1e5 do x = x + i end", msg, sizeof msg) == 0);
+  CHECK(rd__lstate_disarm(s, &cpu, NULL) == RD_BREACH_NONE);
+  CHECK(cpu > 0 && cpu < 10000);
+  rd__lstate_free(s);
+}
+
+/* A long run under its budget reads the CPU clock a few times, not at
+ * every hook: it ends well, and its CPU time is the thread's. */
+TEST(cpu_under_budget_runs_to_the_end) {
+  rd_lstate *s = new_state(0);
+  if (!s) return;
+  rd__lstate_arm(s, 60000, rd__mono_ns() + NET_NS);
+  char msg[512];
+  CHECK(run_code(s, "local x = 0 for i = 1, 3e6 do x = x + i % 7 end", msg, sizeof msg) == 0);
+  double cpu = 0;
+  CHECK(rd__lstate_disarm(s, &cpu, NULL) == RD_BREACH_NONE);
+  CHECK(cpu > 0);
+  rd__lstate_free(s);
+}
+
 TEST(cpu_pcall_in_a_loop) {
   cpu_case("pcall", "for i = 1, 1e9 do pcall(function() while true do end end) end");
 }
@@ -669,6 +706,112 @@ TEST(xcopy_shared_subtable_is_not_a_cycle) {
   check_in(T, "local v = ... assert(v.a[2] == 2 and v.b[1] == 1 and v.c[2][2] == 2)");
   lua_close(F);
   lua_close(T);
+}
+
+/* Tables of every shape survive the copy whatever their size: small ones
+ * are made at their exact size, big ones (past the pairs gathered on the
+ * stack) filled as they come, and wide tables nested deep (where the
+ * target stack stops gathering) too. */
+TEST(xcopy_table_shapes_and_sizes) {
+  lua_State *F = plain_state(), *T = plain_state();
+  push_value(F,
+    "local big, mixed, sparse, hash = {}, {}, { [1] = 'a', [3] = 'c', [100] = 'z' }, {}\n"
+    "for i = 1, 1000 do big[i] = i * 2 end\n"
+    "for i = 1, 40 do mixed[i] = i; mixed['k' .. i] = -i end\n"
+    "for i = 1, 300 do hash['h' .. i] = { i } end\n"
+    "local deep = {} local cur = deep\n"
+    "for d = 1, 120 do for k = 1, 40 do cur['w' .. k] = d * 100 + k end cur.x = {} cur = cur.x end\n"
+    "local narrow = {} cur = narrow\n"
+    "for d = 1, 120 do for k = 1, 20 do cur['w' .. k] = d * 100 + k end cur.x = {} cur = cur.x end\n"
+    "return { narrow = narrow, big = setmetatable(big, ARRAY_MT), mixed = mixed, sparse = sparse, hash = hash,\n"
+    "         deep = deep, n = { [0] = 'zero', [1.5] = 'half', [-1] = 'minus', [2^40] = 'far' },\n"
+    "         exact = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,\n"
+    "                   17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32 } }\n");
+  rd_error err;
+  int rc = rd__xcopy(F, -1, T, NULL, NULL, &err);
+  CHECK(rc == RD_OK);
+  if (rc) fprintf(stderr, "  %s\n", err.message);
+  if (rc == RD_OK)
+    check_in(T,
+      "local v = ...\n"
+      "assert(#v.big == 1000 and getmetatable(v.big) == ARRAY_MT)\n"
+      "for i = 1, 1000 do assert(v.big[i] == i * 2) end\n"
+      "local n = 0 for k, x in pairs(v.mixed) do n = n + 1 end assert(n == 80)\n"
+      "for i = 1, 40 do assert(v.mixed[i] == i and v.mixed['k' .. i] == -i) end\n"
+      "assert(v.sparse[1] == 'a' and v.sparse[3] == 'c' and v.sparse[100] == 'z' and v.sparse[2] == nil)\n"
+      "n = 0 for k, x in pairs(v.hash) do n = n + 1 assert(x[1] == tonumber(k:sub(2))) end assert(n == 300)\n"
+      "local cur = v.deep\n"
+      "for d = 1, 120 do for k = 1, 40 do assert(cur['w' .. k] == d * 100 + k) end cur = cur.x end\n"
+      "assert(next(cur) == nil)\n"
+      "cur = v.narrow\n"
+      "for d = 1, 120 do for k = 1, 20 do assert(cur['w' .. k] == d * 100 + k) end cur = cur.x end\n"
+      "assert(next(cur) == nil)\n"
+      "assert(v.n[0] == 'zero' and v.n[1.5] == 'half' and v.n[-1] == 'minus' and v.n[2^40] == 'far')\n"
+      "assert(#v.exact == 32 and v.exact[32] == 32)\n");
+  CHECK(lua_gettop(T) == 0);
+  lua_close(F);
+  lua_close(T);
+}
+
+/* Copies after one another into one state reuse nothing of each other:
+ * each is a table of its own, and a failed copy leaves nothing behind. */
+TEST(xcopy_repeated_copies_are_independent) {
+  lua_State *F = plain_state(), *T = plain_state();
+  rd_error err;
+  for (int i = 0; i < 3; i++) {
+    push_value(F, "return { a = { 1, 2 }, s = 'x' }");
+    CHECK(rd__xcopy(F, -1, T, NULL, NULL, &err) == RD_OK);
+    lua_settop(F, 0);
+  }
+  CHECK(lua_gettop(T) == 3);
+  CHECK(lua_topointer(T, 1) != lua_topointer(T, 2));
+  lua_getfield(T, 1, "a");
+  lua_getfield(T, 2, "a");
+  CHECK(lua_topointer(T, -1) != lua_topointer(T, -2));
+  lua_settop(T, 3);
+  char msg[RD_ERROR_MSG_MAX];
+  copy_fails(F, T, "local t = {} for i = 1, 40 do t[i] = i end t[41] = print return { ok = {}, t = t }",
+             NULL, RD_EINVAL, msg, sizeof msg);
+  CHECK(starts_with(msg, "/t/40: function"));
+  CHECK(lua_gettop(T) == 3);
+  lua_close(F);
+  lua_close(T);
+}
+
+/* The markers are put back as rd__json_init made them, whatever code in
+ * the state did to them; a state without markers is left alone. */
+TEST(xcopy_reset_markers) {
+  lua_State *T = plain_state();
+  lua_pushnil(T);
+  check_in(T,
+    "local a, o = ARRAY_MT, OBJECT_MT\n"
+    "a.__index = function() return 'injected' end\n"
+    "a.__jsontype = 'object'\n"
+    "setmetatable(a, { __index = function() return 'meta' end })\n"
+    "o.__jsontype = nil\n"
+    "o[1] = true\n");
+  rd_error err;
+  CHECK(rd__xcopy_reset_markers(T, &err) == RD_OK);
+  CHECK(lua_gettop(T) == 0);
+  lua_pushnil(T);
+  check_in(T,
+    "local n = 0\n"
+    "for k, v in pairs(ARRAY_MT) do n = n + 1 assert(k == '__jsontype' and v == 'array') end\n"
+    "for k, v in pairs(OBJECT_MT) do n = n + 1 assert(k == '__jsontype' and v == 'object') end\n"
+    "assert(n == 2 and getmetatable(ARRAY_MT) == nil and getmetatable(OBJECT_MT) == nil)\n"
+    "assert(setmetatable({}, ARRAY_MT)[5] == nil)\n");
+  /* untouched markers stay the very same tables */
+  lua_getfield(T, LUA_REGISTRYINDEX, RD_JSON_ARRAY_MT);
+  const void *before = lua_topointer(T, -1);
+  lua_pop(T, 1);
+  CHECK(rd__xcopy_reset_markers(T, &err) == RD_OK);
+  lua_getfield(T, LUA_REGISTRYINDEX, RD_JSON_ARRAY_MT);
+  CHECK(lua_topointer(T, -1) == before);
+  lua_close(T);
+  lua_State *P = luaL_newstate(); /* no rd__json_init */
+  CHECK(rd__xcopy_reset_markers(P, &err) == RD_OK);
+  CHECK(lua_gettop(P) == 0);
+  lua_close(P);
 }
 
 TEST(xcopy_marker_dropped_when_target_has_none) {
