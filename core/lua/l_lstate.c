@@ -227,10 +227,13 @@ static inline void cpu_relax(uint64_t spun_ns, unsigned skip_pause) {
 }
 
 /* A call may be charged CPU time the thread spun before it, up to this
- * much: the thread's CPU clock is a system call (microseconds on a VM), so
- * the spin reads it only this often and the call starts from the last
- * reading. */
-#define CPU_STALE_NS 20000u
+ * much (a whole spin): the thread's CPU clock is a system call (about 3 µs
+ * on this VM), read when the spin starts, right after the previous call's
+ * answer went out, not when the next call is picked up, where the read
+ * would sit between the loop's hand-off and the call. Only a run long
+ * enough for the hook's budget checks (or one given up at its deadline)
+ * uses that start; a short run reports its wall time. */
+#define CPU_STALE_NS SPIN_NS
 
 /* With q_lock held: wait until the queue has a call. Spins (lock
  * released) for up to SPIN_NS after the thread's last call, then sleeps;
