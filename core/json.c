@@ -158,6 +158,35 @@ void rd__json_init(lua_State *L) {
   lua_pop(L, 2);
 }
 
+/* The markers also sit in the registry under light-userdata keys: a
+ * lookup by a string name (luaL_getmetatable) hashes and interns the name,
+ * several hundred instructions on every copy, encode and check. */
+static char array_mt_key, object_mt_key;
+
+static const void *marker_ptr(lua_State *L, char *key, const char *name) {
+  lua_pushlightuserdata(L, key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    luaL_getmetatable(L, name);
+    if (!lua_istable(L, -1)) {
+      lua_pop(L, 1);
+      return NULL;
+    }
+    lua_pushlightuserdata(L, key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  const void *p = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  return p;
+}
+
+void rd__json_markers(lua_State *L, const void **array_mt, const void **object_mt) {
+  *array_mt = marker_ptr(L, &array_mt_key, RD_JSON_ARRAY_MT);
+  *object_mt = marker_ptr(L, &object_mt_key, RD_JSON_OBJECT_MT);
+}
+
 /* Push the cached closure of `fn` (registry[key]), creating it if needed;
  * with_mt: its upvalue 1 is the array metatable (which must exist), 2 and 3
  * the key cache (see keycache). */
@@ -1644,16 +1673,11 @@ static int enc_value(enc *e, int idx, int nlev) {
 static int encode_protected(lua_State *L) {
   enc_call *c = lua_touserdata(L, 1);
   enc *e = &c->e;
-  luaL_getmetatable(L, RD_JSON_ARRAY_MT);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
+  rd__json_markers(L, &e->array_mt, &e->object_mt);
+  if (!e->array_mt) {
     rd__json_init(L);
-    luaL_getmetatable(L, RD_JSON_ARRAY_MT);
+    rd__json_markers(L, &e->array_mt, &e->object_mt);
   }
-  e->array_mt = lua_topointer(L, -1);
-  luaL_getmetatable(L, RD_JSON_OBJECT_MT);
-  e->object_mt = lua_topointer(L, -1);
-  lua_pop(L, 2);
   if (enc_value(e, 2, 0) && e->out->oom) enomem(e);
   return 0;
 }
@@ -1722,11 +1746,7 @@ int rd__json_is_array(lua_State *L, int idx) {
   memset(&e, 0, sizeof e);
   e.L = L;
   luaL_checkstack(L, 4, "json.is_array");
-  luaL_getmetatable(L, RD_JSON_ARRAY_MT);
-  e.array_mt = lua_topointer(L, -1);
-  luaL_getmetatable(L, RD_JSON_OBJECT_MT);
-  e.object_mt = lua_topointer(L, -1);
-  lua_pop(L, 2);
+  rd__json_markers(L, &e.array_mt, &e.object_mt);
   int marker = table_marker(&e, idx);
   if (marker) return marker == 'a';
   size_t count = 0;

@@ -59,6 +59,12 @@ typedef struct rd_json_opts {
                      * (rd__result_normalize lists their pointers). */
 } rd_json_opts;
 
+/* The marker metatables of L (as lua_topointer gives them; NULL when L has
+ * none yet), looked up by light-userdata keys (cheaper than by name; the
+ * first lookup in a state records them under those keys). Leaves the
+ * stack as it was. May raise a Lua memory error on that first lookup. */
+void rd__json_markers(lua_State *L, const void **array_mt, const void **object_mt);
+
 /* Ensure both marker metatables exist in L's registry (idempotent). */
 void rd__json_init(lua_State *L);
 
