@@ -192,6 +192,15 @@ int rd__seccomp_compile_drop(rd_seccomp_prog **out, rd_error *err);
  * LeakSanitizer check that exit() runs clones and ptraces, which kills. */
 int rd__seccomp_apply(const rd_seccomp_prog *p, rd_error *err);
 
+/* Stack p on the filter already in force in the calling process (which
+ * therefore has no_new_privs): one seccomp() system call, TSYNC, and
+ * nothing recorded for rd__limits_report — a strict worker forked from its
+ * template loads the drop program so, without writing a report (each page
+ * written there is a page fault on its way to its call).
+ * Errors: RD_EINVAL (p NULL), RD_EIO (the kernel refused: errno in the
+ * message; the filters in force stay). */
+int rd__seccomp_stack(const rd_seccomp_prog *p, rd_error *err);
+
 /* Release a program (NULL is fine). Thread-safe with other programs. */
 void rd__seccomp_free(rd_seccomp_prog *p);
 

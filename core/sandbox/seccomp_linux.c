@@ -478,3 +478,16 @@ int rd__seccomp_apply(const rd_seccomp_prog *p, rd_error *err) {
                   p->len, how, applied > 1 ? ", stacked" : "");
   return RD_OK;
 }
+
+int rd__seccomp_stack(const rd_seccomp_prog *p, rd_error *err) {
+  if (!p) return rd_error_set(err, RD_EINVAL, "seccomp: no program");
+  struct sock_fprog fp;
+  fp.len = (unsigned short)p->len;
+  fp.filter = (struct sock_filter *)p->insns;
+  long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &fp);
+  if (r != 0)
+    return rd_error_set(err, RD_EIO, "seccomp: stacking a filter: %s",
+                        r > 0 ? "a thread could not be synchronized" : strerror(errno));
+  applied++;
+  return RD_OK;
+}

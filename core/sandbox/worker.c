@@ -47,6 +47,11 @@ static blob boot[N_BOOT];
 static rd_seccomp_prog *seccomp_prog;
 static rd_seccomp_prog *spawner_prog;   /* a template's (the policy + fork) */
 static rd_seccomp_prog *drop_prog;      /* its workers' (spawner + drop = policy) */
+/* The control state's (W.C) allocator: an arena, so that a worker forked
+ * from a template writes few pages (rd__lstate_forked). What does not fit
+ * comes from malloc. */
+static rd_lstate *control;
+#define CONTROL_ARENA (32u * 1024 * 1024)
 static int ctrl = -1;
 
 /* Memory a worker needs besides the tool's Lua heap: the binary, libc,
@@ -275,7 +280,9 @@ static int enter_sandbox(worker *w, int tidx) {
   int rc = rd__landlock_restrict(paths, np, &err);
   lua_pop(C, 2); /* allowed_paths, security */
   /* fs roots hold descriptors (closed by __gc): no snapshots for those */
-  if (!w->once && np == 0) {
+  /* A template's state lives in an arena too, not for snapshots: so that
+   * each worker forked from it writes few pages (rd__lstate_forked). */
+  if ((!w->once && np == 0) || w->template) {
     double a = 2 * max_memory + 64.0 * 1024 * 1024;
     double b = max_memory + 256.0 * 1024 * 1024;
     w->arena = (size_t)(a < b ? a : b);
@@ -665,6 +672,11 @@ static void worker_main(int fd) {
       w->tool_ref = luaL_ref(w->C, LUA_REGISTRYINDEX);
       /* Define the tool now, inside the sandbox, so the call finds it
        * ready: the engine may send this message long before the call. */
+      if (w->template && warm) {
+        /* the warm state has no arena: a template makes its own */
+        rd__lstate_free(warm);
+        warm = fresh_state(w);
+      }
       make_next(w, warm);
       warm = NULL;
       if (w->template) {
@@ -876,6 +888,14 @@ static void __attribute__((noinline)) prefault(void) {
  * are the worker policy (seccomp_linux.c). */
 static void template_child(int fd) {
   W.def_ms = 0; /* the definition was the template's, not this call's */
+  /* Write as few of the pages shared with the template as can be: the
+   * states' new blocks come from their arenas' untouched ends, and the
+   * control state's collector (which marks every live object, writing to
+   * each page it visits) stays off — this process decodes one call and
+   * encodes one answer, then exits. */
+  rd__lstate_forked(control);
+  if (W.next) rd__lstate_forked(W.next);
+  lua_gc(W.C, LUA_GCSTOP, 0);
   rd_limits lim;
   memset(&lim, 0, sizeof lim);
   lim.cpu_seconds = W.child_cpu_s;
@@ -893,7 +913,7 @@ static void template_child(int fd) {
   (void)sched_setscheduler(0, SCHED_OTHER, &sp);
   /* a template exists only with the spawner program, which comes with
    * the drop program (rd__zygote_main) */
-  if (!drop_prog || rd__seccomp_apply(drop_prog, &err) != RD_OK) _exit(7);
+  if (!drop_prog || rd__seccomp_stack(drop_prog, &err) != RD_OK) _exit(7);
   worker_main(fd);
   _exit(0);
 }
@@ -935,8 +955,12 @@ int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
   if (load_boot(lua_dir) != 0) return 3;
   W.fd = -1;
   W.tool_ref = LUA_NOREF;
-  W.C = luaL_newstate();
-  if (!W.C) return 3;
+  {
+    rd_lstate_opts co = {0, 0, CONTROL_ARENA};
+    rd_error e0;
+    if (rd__lstate_new(&control, &co, &e0) != RD_OK) return 3;
+    W.C = rd__lstate_L(control);
+  }
   rd__json_init(W.C);
   zygote_state = fresh_state(&W); /* NULL: each worker makes its own */
 
