@@ -986,7 +986,8 @@ static const struct { const char *name; int (*fn)(void); } probes[] = {
  * "name=result/errno;" per probe to msg. */
 static int child_probes(void *arg, int msg) {
   if (*(int *)arg) {
-    if (apply_or_fail(spawner) != RD_OK || apply_or_fail(drop) != RD_OK) return 1;
+    rd_error e2;
+    if (apply_or_fail(spawner) != RD_OK || rd__seccomp_stack(drop, &e2) != RD_OK) return 1;
   } else if (apply_or_fail(the_prog()) != RD_OK) {
     return 1;
   }
@@ -1020,6 +1021,7 @@ TEST(seccomp_spawner_plus_drop_is_the_worker_policy) {
   CHECK(rd__seccomp_compile_spawner(&spawner, &err) == RD_OK);
   CHECK(rd__seccomp_compile_drop(&drop, &err) == RD_OK);
   CHECK(rd__seccomp_compile_drop(NULL, &err) == RD_EINVAL);
+  CHECK(rd__seccomp_stack(NULL, &err) == RD_EINVAL);
   if (!spawner || !drop) return;
   CHECK(rd__seccomp_size(drop) < rd__seccomp_size(the_prog()) / 2);
   char worker_says[4096], pair_says[4096];
