@@ -262,10 +262,13 @@ int rd__lstate_restore(rd_lstate *s, rd_error *err) {
   return RD_OK;
 }
 
-void rd__lstate_forked(rd_lstate *s) {
+void rd__lstate_forked(rd_lstate *s, size_t touch) {
   if (!s || !s->a_base) return;
   s->a_floor = s->a_top;
   for (unsigned k = 0; k < ARENA_CLASSES; k++) s->a_free[k] = NULL;
+  if (touch > s->a_cap - s->a_top) touch = s->a_cap - s->a_top;
+  volatile char *p = s->a_base + s->a_top;
+  for (size_t i = 0; i < touch; i += 4096) p[i] = 0; /* never handed out yet */
 }
 
 lua_State *rd__lstate_L(rd_lstate *s) { return s->L; }

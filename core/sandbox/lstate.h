@@ -71,8 +71,11 @@ int rd__lstate_restore(rd_lstate *s, rd_error *err);
  * this way a run writes the pages of its own objects, packed together,
  * instead of a free block here and there across the inherited heap. The
  * inherited blocks stay allocated until the process exits: at most the
- * heap the state had at the fork. Without an arena: no effect. */
-void rd__lstate_forked(rd_lstate *s);
+ * heap the state had at the fork. `touch` bytes of that untouched end
+ * (rounded up to pages, within the region) are written now: a process
+ * that prepares itself before its run (a stocked worker) takes those page
+ * faults then rather than during the run. Without an arena: no effect. */
+void rd__lstate_forked(rd_lstate *s, size_t touch);
 
 /* The Lua state inside (borrowed, valid until rd__lstate_free). */
 lua_State *rd__lstate_L(rd_lstate *s);

@@ -845,16 +845,21 @@ static int sigchld_fd(void) {
   return signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 }
 
-/* Make private, while the worker waits in stock, the pages its call will
+/* Make present, while the worker waits in stock, the pages its call will
  * write: after fork every page is shared with the template, and the first
- * write to each costs a copy-on-write fault (14 µs each on the reference
- * virtual machine) that would otherwise land on the call's path. A dummy
- * call's data takes the call's way (JSON decode, copies into the tool state
- * and back, encode) without running anything of the tool. Nothing more:
- * every page written here is a fault this process pays whether its call
- * needs the page or not, and one more page its exit frees (touching 256 KiB
- * of free heap and 48 KiB of stack as well took 16 more faults per process
- * and saved the trivial call none). */
+ * write to each costs a page fault (14 µs each on the reference virtual
+ * machine) that would otherwise land on the call's path. A dummy call's
+ * data takes the call's way (JSON decode, copies into the tool state and
+ * back, encode) without running anything of the tool: it writes what a
+ * call writes in the inherited heaps (string tables, registries, the
+ * allocators' state), which is most of it. Then PREFAULT_ARENA bytes of
+ * each state's arena beyond what the dummy took, where the call's own
+ * objects go (rd__lstate_forked). No more than that: every page written
+ * here is a fault this process pays whether its call needs the page or
+ * not, and a page its exit frees (touching 256 KiB of free heap and 48 KiB
+ * of stack as well took 16 more faults per process and saved the trivial
+ * call none). */
+#define PREFAULT_ARENA (8 * 1024)
 static void __attribute__((noinline)) prefault(void) {
   lua_State *C = W.C;
   rd_error err;
@@ -888,24 +893,29 @@ static void __attribute__((noinline)) prefault(void) {
  * are the worker policy (seccomp_linux.c). */
 static void template_child(int fd) {
   W.def_ms = 0; /* the definition was the template's, not this call's */
-  /* Write as few of the pages shared with the template as can be: the
-   * states' new blocks come from their arenas' untouched ends, and the
-   * control state's collector (which marks every live object, writing to
-   * each page it visits) stays off — this process decodes one call and
-   * encodes one answer, then exits. */
-  rd__lstate_forked(control);
-  if (W.next) rd__lstate_forked(W.next);
-  lua_gc(W.C, LUA_GCSTOP, 0);
   rd_limits lim;
   memset(&lim, 0, sizeof lim);
   lim.cpu_seconds = W.child_cpu_s;
   lim.quiet = 1;
   rd_error err;
   if (rd__limits_apply(&lim, &err) != RD_OK) _exit(7);
+  /* Write as few of the pages shared with the template as can be: the
+   * states' new blocks come from their arenas' untouched ends, and the
+   * control state's collector (which marks every live object, writing to
+   * each page it visits) stays off — this process decodes one call and
+   * encodes one answer, then exits. */
+  rd__lstate_forked(control, 0);
+  if (W.next) rd__lstate_forked(W.next, 0);
+  lua_gc(W.C, LUA_GCSTOP, 0);
   /* A call already waiting (the stock ran dry): no prefault, the call
    * takes only the faults it needs. */
   char c;
-  if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) prefault();
+  if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) {
+    prefault();
+    /* the dummy's objects are garbage: the call's come after them */
+    rd__lstate_forked(control, PREFAULT_ARENA);
+    if (W.next) rd__lstate_forked(W.next, PREFAULT_ARENA);
+  }
   /* Ready: back to the normal policy (the template forks and this child
    * got ready as SCHED_BATCH, never preempting a call; a call woken on a
    * busy machine should run at once). Refused: it stays batch. */

@@ -346,7 +346,7 @@ TEST(forked_state_never_reuses_inherited_blocks) {
   rd_lstate *s = arena_state(0, 64u << 20);
   if (!s) return;
   CHECK(run_code(s, "old = {} for i = 1, 2000 do old[i] = { i } end", NULL, 0) == 0);
-  rd__lstate_forked(s);
+  rd__lstate_forked(s, 64 * 1024);
   size_t at_fork = rd__lstate_heap(s);
   /* the inherited objects die: the heap shrinks, the tool sees nothing */
   CHECK(run_code(s, "old = nil collectgarbage() collectgarbage()", NULL, 0) == 0);
@@ -367,8 +367,8 @@ TEST(forked_state_never_reuses_inherited_blocks) {
   /* without an arena: nothing changes */
   s = new_state(0);
   if (!s) return;
-  rd__lstate_forked(s);
-  rd__lstate_forked(NULL);
+  rd__lstate_forked(s, 4096);
+  rd__lstate_forked(NULL, 0);
   CHECK(run_code(s, "local t = {} for i = 1, 1000 do t[i] = { i } end", NULL, 0) == 0);
   rd__lstate_free(s);
 }
