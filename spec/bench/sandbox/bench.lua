@@ -14,7 +14,10 @@
 -- costs on this machine at all (forkfloor.c: fork + _exit + waitpid of a
 -- minimal C program), measured in the same run; after them, the resident
 -- size of the strict tool's template (what each strict process is forked
--- from) and the floor for a process of that size.
+-- from) and the floor for a process of that size. "fork+filter": the
+-- floor with a seccomp filter of 16 instructions loaded in each child (a
+-- strict worker loads one of about that size, seccomp_linux.c's drop
+-- program): the least a process with a filter of its own costs.
 --   luajit bench.lua N_STRICT N_OTHER [FORKFLOOR]
 local rd = require "rubberduck"
 local core = require "rubberduck.core"
@@ -114,9 +117,9 @@ local function measure_layer(name, n, gap_ms)
 end
 
 -- The forkfloor helper's row (and its CPU line), for a process of `mib`.
-local function floor_row(mib, label)
+local function floor_row(mib, label, insns)
   if not forkfloor then return end
-  local p = assert(io.popen(("'%s' %d %d '%s'"):format(forkfloor, n_strict, mib, label)))
+  local p = assert(io.popen(("'%s' %d %d '%s' %d"):format(forkfloor, n_strict, mib, label, insns or 0)))
   io.write(p:read("*a"))
   p:close()
 end
@@ -138,6 +141,7 @@ local ROWS = { "strict", "strict/5ms", "balanced", "relaxed", "none" }
 for _, layer in ipairs({ false, true }) do
   if layer then print("sandbox layer only (checkout, run in the tool's state or worker, output back, checkin):") end
   floor_row(0, "fork floor")
+  floor_row(0, "fork+filter", 16)
   for _, level in ipairs(ROWS) do
     local name, gap = level:match("^(%a+)/(%d+)ms$")
     name = name or level
