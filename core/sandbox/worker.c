@@ -900,13 +900,11 @@ static void template_child(int fd) {
   rd_error err;
   if (rd__limits_apply(&lim, &err) != RD_OK) _exit(7);
   /* Write as few of the pages shared with the template as can be: the
-   * states' new blocks come from their arenas' untouched ends, and the
-   * control state's collector (which marks every live object, writing to
-   * each page it visits) stays off — this process decodes one call and
-   * encodes one answer, then exits. */
+   * states' new blocks come from their arenas' untouched ends. (The
+   * control state's collector stays on: it hardly ever runs in a call, and
+   * what it holds grows with what the tool does: ctx.progress notes.) */
   rd__lstate_forked(control, 0);
   if (W.next) rd__lstate_forked(W.next, 0);
-  lua_gc(W.C, LUA_GCSTOP, 0);
   /* A call already waiting (the stock ran dry): no prefault, the call
    * takes only the faults it needs. */
   char c;

@@ -23,8 +23,7 @@
  * Each such worker, before it reads its call: RLIMIT_CPU counted from its
  * fork and RLIMIT_NPROC = 0 (rd__limits_apply), its heaps switched to
  * "forked" mode (rd__lstate_forked: new objects packed at the arenas'
- * untouched ends, inherited blocks never rewritten; the control state's
- * collector off), a prefault of the pages its call writes (page faults off
+ * untouched ends, inherited blocks never rewritten), a prefault of the pages its call writes (page faults off
  * the call's path; skipped when the call is already waiting), the normal
  * scheduling policy (it was prepared as SCHED_BATCH), and the small drop
  * program stacked on the template's spawner program — together exactly
