@@ -211,6 +211,50 @@ describe("workers", function()
     assert.is_false(alive(tpid3), "a template outlived its engine")
   end)
 
+  -- A process forked from the template writes as few inherited pages as it
+  -- can (core/sandbox/lstate.h, rd__lstate_forked): its heaps hand out new
+  -- blocks only, inherited ones are never reused. Hostile uses of that: the
+  -- tool frees what it inherited and churns garbage many times its cap, floods
+  -- notes, or bombs its memory; each call still ends as at any level.
+  it("strict: a forked process keeps its memory cap and reuses its own garbage", function()
+    if skip_unless_runnable("strict") then return end
+    local dir = H.tmpdir()
+    H.write_tool(dir, "churn", H.tool_source({ name = "churn", level = "strict",
+      security = "max_memory = 8 * 1024 * 1024, max_cpu = 5000",
+      execution = "timeout = 20000",
+      prelude = "local big = {} for i = 1, 20000 do big[i] = { i, tostring(i) } end",
+      handler = [[function(p, ctx)
+        if p.mode == "churn" then
+          big = nil -- inherited: freed by the collector, never reused
+          for r = 1, 100 do
+            local t = {}
+            for i = 1, 2000 do t[i] = ("x"):rep(200) .. i end
+          end
+          return { ok = true }
+        elseif p.mode == "notes" then
+          for i = 1, 20000 do ctx.progress(i, 20000, "step") end
+          return { ok = true }
+        end
+        local t = {}
+        for i = 1, 1e7 do t[i] = ("y"):rep(100) .. i end
+        return { ok = false }
+      end]] }))
+    local engine = H.open_engine(dir)
+    -- twice each: the first call may find no stocked process, the second does
+    for i = 1, 2 do
+      local env = engine:execute("churn", { mode = "churn" }, OP)
+      assert.equal("ok", env.status, "churn " .. i .. ": " .. H.encode(env.error))
+      env = engine:execute("churn", { mode = "notes" }, OP)
+      assert.equal("ok", env.status, "notes " .. i .. ": " .. H.encode(env.error))
+      local stocked = engine.workers.stocked[1]
+      assert.is_truthy(stocked and stocked.template, "the tool has no template: its processes were not forked")
+      env = engine:execute("churn", { mode = "bomb" }, OP)
+      assert.equal("error", env.status)
+      assert.equal("memory_limit", env.error.kind, H.encode(env.error))
+    end
+    engine:close()
+  end)
+
   it("strict without templates: each process defines the tool itself", function()
     if skip_unless_runnable("strict") then return end
     local dir = H.tmpdir()

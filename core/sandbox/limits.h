@@ -88,6 +88,11 @@ typedef struct rd_limits {
   int keep_nproc;          /* non-zero: leave RLIMIT_NPROC as it is (a process
                               that still forks workers, each of which sets
                               it to 0 with its own rd__limits_apply). */
+  int quiet;               /* non-zero: do not record the result for
+                              rd__limits_report (no formatting, no reads of
+                              the limits back): a strict worker forked from
+                              its template, which reports nothing, and on
+                              whose path each page written costs a fault. */
 } rd_limits;
 
 /* setrlimit() each non-zero field of *l, and always RLIMIT_CORE = 0 (no core
@@ -163,6 +168,19 @@ int rd__seccomp_compile(rd_seccomp_prog **out, rd_error *err);
  * Errors and ownership as rd__seccomp_compile. */
 int rd__seccomp_compile_spawner(rd_seccomp_prog **out, rd_error *err);
 
+/* The DROP program: what a process under the spawner program loads to be
+ * back under exactly the worker policy, for a fraction of the worker
+ * program's size. It allows every call except those the spawner program
+ * adds to the worker policy, and gives each of those the worker policy's
+ * answer: clone kills (SIGSYS); socketpair, prctl, seccomp,
+ * sched_setscheduler, wait4, signalfd4 and prlimit64 with a new limit fail
+ * with EPERM. Stacked, the kernel takes the stricter answer of the two
+ * programs for each call, so spawner + drop = worker policy, call for call
+ * (spec/c/test_limits.c checks both against each other). Load it only on
+ * top of the spawner program: alone it restricts almost nothing.
+ * Errors and ownership as rd__seccomp_compile. */
+int rd__seccomp_compile_drop(rd_seccomp_prog **out, rd_error *err);
+
 /* Load p into the calling process: no_new_privs if not set yet, then
  * seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC) (all threads),
  * or prctl(PR_SET_SECCOMP) on kernels without the seccomp() call. Filters
@@ -173,6 +191,15 @@ int rd__seccomp_compile_spawner(rd_seccomp_prog **out, rd_error *err);
  * A filtered process must leave with _exit(): in ASan builds the
  * LeakSanitizer check that exit() runs clones and ptraces, which kills. */
 int rd__seccomp_apply(const rd_seccomp_prog *p, rd_error *err);
+
+/* Stack p on the filter already in force in the calling process (which
+ * therefore has no_new_privs): one seccomp() system call, TSYNC, and
+ * nothing recorded for rd__limits_report — a strict worker forked from its
+ * template loads the drop program so, without writing a report (each page
+ * written there is a page fault on its way to its call).
+ * Errors: RD_EINVAL (p NULL), RD_EIO (the kernel refused: errno in the
+ * message; the filters in force stay). */
+int rd__seccomp_stack(const rd_seccomp_prog *p, rd_error *err);
 
 /* Release a program (NULL is fine). Thread-safe with other programs. */
 void rd__seccomp_free(rd_seccomp_prog *p);

@@ -211,17 +211,18 @@ int rd__limits_apply(const rd_limits *l, rd_error *err) {
     int clamped = 0;
     if (set_limit(set[i].res, set[i].soft, set[i].hard, &clamped) != 0) {
       int e = errno;
-      rd__limits_note(RD_LIM_RLIMITS, "unavailable (setrlimit(%s): %s)",
+      if (!l->quiet) rd__limits_note(RD_LIM_RLIMITS, "unavailable (setrlimit(%s): %s)",
                       set[i].name, strerror(e));
       rd__buf_free(&why);
       return rd_error_set(err, RD_EIO, "setrlimit(%s, %llu): %s", set[i].name,
                           (unsigned long long)set[i].soft, strerror(e));
     }
-    if (clamped) {
+    if (clamped && !l->quiet) {
       rd__buf_printf(&why, "%s%s", clamped_any ? ", " : "", set[i].name);
       clamped_any = 1;
     }
   }
+  if (l->quiet) return RD_OK;
   struct rlimit as, cpu, fsz, nof;
   getrlimit(RLIMIT_AS, &as);
   getrlimit(RLIMIT_CPU, &cpu);

@@ -47,6 +47,7 @@ struct rd_lstate {
   char *a_base;
   size_t a_cap, a_top;
   void *a_free[ARENA_CLASSES];
+  size_t a_floor;        /* rd__lstate_forked: blocks below are never reused */
   size_t a_outside;      /* live allocations from malloc */
   /* the snapshot: a copy of this struct and of a_base[0, a_top) */
   struct rd_lstate *snap;
@@ -115,6 +116,7 @@ static void a_free(rd_lstate *s, void *p, size_t osize) {
     s->a_outside--;
     return;
   }
+  if ((char *)p < s->a_base + s->a_floor) return; /* inherited: see forked */
   unsigned k = a_class(osize);
   *(void **)p = s->a_free[k];
   s->a_free[k] = p;
@@ -277,6 +279,15 @@ int rd__lstate_restore(rd_lstate *s, rd_error *err) {
   s->snap_mem = mem;
   atomic_store(&s->stop_req, RD_BREACH_NONE);
   return RD_OK;
+}
+
+void rd__lstate_forked(rd_lstate *s, size_t touch) {
+  if (!s || !s->a_base) return;
+  s->a_floor = s->a_top;
+  for (unsigned k = 0; k < ARENA_CLASSES; k++) s->a_free[k] = NULL;
+  if (touch > s->a_cap - s->a_top) touch = s->a_cap - s->a_top;
+  volatile char *p = s->a_base + s->a_top;
+  for (size_t i = 0; i < touch; i += 4096) p[i] = 0; /* never handed out yet */
 }
 
 lua_State *rd__lstate_L(rd_lstate *s) { return s->L; }

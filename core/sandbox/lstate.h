@@ -61,6 +61,22 @@ void rd__lstate_free(rd_lstate *s);
 int rd__lstate_snapshot(rd_lstate *s, rd_error *err);
 int rd__lstate_restore(rd_lstate *s, rd_error *err);
 
+/* For a process forked from the one that made s (with opts.arena), which
+ * uses s for one run and then exits (a strict worker forked from its
+ * tool's template): from now on the heap blocks allocated before the fork
+ * are never reused and freeing one writes nothing (its bytes still leave
+ * the accounting: the memory cap sees it freed), and new blocks come from
+ * the region's never touched end, then from what this process freed. After
+ * a fork every page is shared, and each one written costs a page fault:
+ * this way a run writes the pages of its own objects, packed together,
+ * instead of a free block here and there across the inherited heap. The
+ * inherited blocks stay allocated until the process exits: at most the
+ * heap the state had at the fork. `touch` bytes of that untouched end
+ * (rounded up to pages, within the region) are written now: a process
+ * that prepares itself before its run (a stocked worker) takes those page
+ * faults then rather than during the run. Without an arena: no effect. */
+void rd__lstate_forked(rd_lstate *s, size_t touch);
+
 /* The Lua state inside (borrowed, valid until rd__lstate_free). */
 lua_State *rd__lstate_L(rd_lstate *s);
 

@@ -95,9 +95,16 @@
  * prlimit64 on itself (pid 0) to set limits as well as read them,
  * seccomp(SECCOMP_SET_MODE_FILTER) (a worker stacks the worker filter),
  * sched_setscheduler(0 = itself, SCHED_OTHER) (a worker leaves the batch
- * policy it was prepared under), wait4 and signalfd4 (reaping). Every worker it forks loads the worker
- * filter above on top of it before it reads its call, so a worker's
- * allow-list is exactly the worker policy.
+ * policy it was prepared under), wait4 and signalfd4 (reaping). Every worker it forks loads the DROP
+ * program on top of it before it reads its call (rd__seccomp_compile_drop):
+ * a few instructions that allow everything but those additions, and give
+ * each addition the worker policy's answer (clone kills; socketpair,
+ * prctl, seccomp, sched_setscheduler, wait4, signalfd4, prlimit64 setting
+ * a limit fail with EPERM). The kernel takes the stricter answer of
+ * stacked filters, so a worker's allow-list is exactly the worker policy;
+ * loading the small program instead of the whole worker program again
+ * saves its verification and JIT compilation in each worker, and every
+ * later system call runs one long program instead of two.
  *
  * Sanitizer builds (-DRD_SANITIZE=ON) use the same filter: nothing extra
  * is needed by the ASan/UBSan runtime while it runs (checked under strace:
@@ -379,6 +386,50 @@ int rd__seccomp_compile_spawner(rd_seccomp_prog **out, rd_error *err) {
   return compile(1, out, err);
 }
 
+/* The drop program (limits.h): allow all but the spawner's additions,
+ * each given the worker policy's answer. */
+int rd__seccomp_compile_drop(rd_seccomp_prog **out, rd_error *err) {
+  if (!out) return rd_error_set(err, RD_EINVAL, "seccomp: out is NULL");
+  *out = NULL;
+  if (seccomp_arch_native() == 0)
+    return rd_error_set(err, RD_ENOSYS,
+                        "seccomp: libseccomp does not know this architecture");
+  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+  if (!ctx) return rd_error_set(err, RD_ENOMEM, "seccomp: seccomp_init failed");
+  const char *failed = "attribute CTL_NNP";
+  int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
+  /* another ABI: the spawner program under it kills already */
+  if (rc == 0) {
+    failed = "attribute ACT_BADARCH";
+    rc = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS);
+  }
+  if (rc == 0) {
+    failed = "clone";
+    rc = seccomp_rule_add(ctx, SCMP_ACT_KILL_PROCESS, SCMP_SYS(clone), 0);
+  }
+  static const int eperm[] = {SCMP_SYS(socketpair), SCMP_SYS(prctl), SCMP_SYS(seccomp),
+                              SCMP_SYS(sched_setscheduler), SCMP_SYS(wait4),
+                              SCMP_SYS(signalfd4)};
+  for (size_t i = 0; rc == 0 && i < RD_COUNTOF(eperm); i++) {
+    failed = "an EPERM rule";
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), eperm[i], 0);
+  }
+  /* prlimit64 (0, res, new, old): the worker policy reads only (new NULL) */
+  if (rc == 0) {
+    failed = "prlimit64";
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(prlimit64), 1,
+                          SCMP_A2(SCMP_CMP_NE, 0));
+  }
+  if (rc < 0) {
+    seccomp_release(ctx);
+    return rd_error_set(err, RD_EIO, "seccomp: building the drop program (%s): %s",
+                        failed, strerror(-rc));
+  }
+  rc = export_bpf(ctx, out, err);
+  seccomp_release(ctx);
+  return rc;
+}
+
 size_t rd__seccomp_size(const rd_seccomp_prog *p) {
   return p ? p->len : 0;
 }
@@ -425,5 +476,18 @@ int rd__seccomp_apply(const rd_seccomp_prog *p, rd_error *err) {
   applied++;
   rd__limits_note(RD_LIM_SECCOMP, "available (%zu BPF instructions, %s%s)",
                   p->len, how, applied > 1 ? ", stacked" : "");
+  return RD_OK;
+}
+
+int rd__seccomp_stack(const rd_seccomp_prog *p, rd_error *err) {
+  if (!p) return rd_error_set(err, RD_EINVAL, "seccomp: no program");
+  struct sock_fprog fp;
+  fp.len = (unsigned short)p->len;
+  fp.filter = (struct sock_filter *)p->insns;
+  long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &fp);
+  if (r != 0)
+    return rd_error_set(err, RD_EIO, "seccomp: stacking a filter: %s",
+                        r > 0 ? "a thread could not be synchronized" : strerror(errno));
+  applied++;
   return RD_OK;
 }

@@ -46,6 +46,12 @@ typedef struct blob {
 static blob boot[N_BOOT];
 static rd_seccomp_prog *seccomp_prog;
 static rd_seccomp_prog *spawner_prog;   /* a template's (the policy + fork) */
+static rd_seccomp_prog *drop_prog;      /* its workers' (spawner + drop = policy) */
+/* The control state's (W.C) allocator: an arena, so that a worker forked
+ * from a template writes few pages (rd__lstate_forked). What does not fit
+ * comes from malloc. */
+static rd_lstate *control;
+#define CONTROL_ARENA (32u * 1024 * 1024)
 static int ctrl = -1;
 
 /* Memory a worker needs besides the tool's Lua heap: the binary, libc,
@@ -274,7 +280,9 @@ static int enter_sandbox(worker *w, int tidx) {
   int rc = rd__landlock_restrict(paths, np, &err);
   lua_pop(C, 2); /* allowed_paths, security */
   /* fs roots hold descriptors (closed by __gc): no snapshots for those */
-  if (!w->once && np == 0) {
+  /* A template's state lives in an arena too, not for snapshots: so that
+   * each worker forked from it writes few pages (rd__lstate_forked). */
+  if ((!w->once && np == 0) || w->template) {
     double a = 2 * max_memory + 64.0 * 1024 * 1024;
     double b = max_memory + 256.0 * 1024 * 1024;
     w->arena = (size_t)(a < b ? a : b);
@@ -664,6 +672,11 @@ static void worker_main(int fd) {
       w->tool_ref = luaL_ref(w->C, LUA_REGISTRYINDEX);
       /* Define the tool now, inside the sandbox, so the call finds it
        * ready: the engine may send this message long before the call. */
+      if (w->template && warm) {
+        /* the warm state has no arena: a template makes its own */
+        rd__lstate_free(warm);
+        warm = fresh_state(w);
+      }
       make_next(w, warm);
       warm = NULL;
       if (w->template) {
@@ -832,14 +845,21 @@ static int sigchld_fd(void) {
   return signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 }
 
-/* Make private, while the worker waits in stock, the pages its call will
+/* Make present, while the worker waits in stock, the pages its call will
  * write: after fork every page is shared with the template, and the first
- * write to each costs a copy-on-write fault (tens of microseconds each on
- * some virtual machines) that would otherwise land on the call's path. A
- * dummy call's data takes the call's way (JSON decode, copies into the tool
- * state and back, encode) without running anything of the tool; the
- * allocator's free memory and the stack are touched too. */
-#define PREFAULT_HEAP (256 * 1024)
+ * write to each costs a page fault (14 µs each on the reference virtual
+ * machine) that would otherwise land on the call's path. A dummy call's
+ * data takes the call's way (JSON decode, copies into the tool state and
+ * back, encode) without running anything of the tool: it writes what a
+ * call writes in the inherited heaps (string tables, registries, the
+ * allocators' state), which is most of it. Then PREFAULT_ARENA bytes of
+ * each state's arena beyond what the dummy took, where the call's own
+ * objects go (rd__lstate_forked). No more than that: every page written
+ * here is a fault this process pays whether its call needs the page or
+ * not, and a page its exit frees (touching 256 KiB of free heap and 48 KiB
+ * of stack as well took 16 more faults per process and saved the trivial
+ * call none). */
+#define PREFAULT_ARENA (8 * 1024)
 static void __attribute__((noinline)) prefault(void) {
   lua_State *C = W.C;
   rd_error err;
@@ -863,37 +883,45 @@ static void __attribute__((noinline)) prefault(void) {
     rd__buf_free(&b);
   }
   lua_settop(C, top);
-  /* the allocator's free memory a call will take (kept: M_TRIM_THRESHOLD) */
-  void *p = malloc(PREFAULT_HEAP);
-  if (p) {
-    memset(p, 0, PREFAULT_HEAP);
-    free(p);
-  }
-  volatile char stack[48 * 1024];
-  for (size_t i = 0; i < sizeof stack; i += 4096) stack[i] = 0;
 }
 
 /* A worker forked by a template: the tool is defined (W.next), the
  * template's limits are inherited; what is per process comes now, before
- * the call is read: RLIMIT_CPU from zero and nproc = 0, then the worker
- * filter on top of the template's. */
+ * the call is read: RLIMIT_CPU from zero and nproc = 0 (quiet: this
+ * process reports nothing, and formatting a report writes pages), then the
+ * drop program on top of the template's spawner program, which together
+ * are the worker policy (seccomp_linux.c). */
 static void template_child(int fd) {
   W.def_ms = 0; /* the definition was the template's, not this call's */
   rd_limits lim;
   memset(&lim, 0, sizeof lim);
   lim.cpu_seconds = W.child_cpu_s;
+  lim.quiet = 1;
   rd_error err;
   if (rd__limits_apply(&lim, &err) != RD_OK) _exit(7);
+  /* Write as few of the pages shared with the template as can be: the
+   * states' new blocks come from their arenas' untouched ends. (The
+   * control state's collector stays on: it hardly ever runs in a call, and
+   * what it holds grows with what the tool does: ctx.progress notes.) */
+  rd__lstate_forked(control, 0);
+  if (W.next) rd__lstate_forked(W.next, 0);
   /* A call already waiting (the stock ran dry): no prefault, the call
    * takes only the faults it needs. */
   char c;
-  if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) prefault();
+  if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) {
+    prefault();
+    /* the dummy's objects are garbage: the call's come after them */
+    rd__lstate_forked(control, PREFAULT_ARENA);
+    if (W.next) rd__lstate_forked(W.next, PREFAULT_ARENA);
+  }
   /* Ready: back to the normal policy (the template forks and this child
    * got ready as SCHED_BATCH, never preempting a call; a call woken on a
    * busy machine should run at once). Refused: it stays batch. */
   struct sched_param sp = {0};
   (void)sched_setscheduler(0, SCHED_OTHER, &sp);
-  if (seccomp_prog && rd__seccomp_apply(seccomp_prog, &err) != RD_OK) _exit(7);
+  /* a template exists only with the spawner program, which comes with
+   * the drop program (rd__zygote_main) */
+  if (!drop_prog || rd__seccomp_stack(drop_prog, &err) != RD_OK) _exit(7);
   worker_main(fd);
   _exit(0);
 }
@@ -935,8 +963,12 @@ int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
   if (load_boot(lua_dir) != 0) return 3;
   W.fd = -1;
   W.tool_ref = LUA_NOREF;
-  W.C = luaL_newstate();
-  if (!W.C) return 3;
+  {
+    rd_lstate_opts co = {0, 0, CONTROL_ARENA};
+    rd_error e0;
+    if (rd__lstate_new(&control, &co, &e0) != RD_OK) return 3;
+    W.C = rd__lstate_L(control);
+  }
   rd__json_init(W.C);
   zygote_state = fresh_state(&W); /* NULL: each worker makes its own */
 
@@ -946,7 +978,9 @@ int rd__zygote_main(int ctrl_fd, const char *lua_dir) {
   if (rd__seccomp_compile(&seccomp_prog, &err) != RD_OK) {
     seccomp_prog = NULL;
     warn("seccomp: %s (workers run without a syscall filter)", err.message);
-  } else if (rd__seccomp_compile_spawner(&spawner_prog, &err) != RD_OK) {
+  } else if (rd__seccomp_compile_spawner(&spawner_prog, &err) != RD_OK ||
+             rd__seccomp_compile_drop(&drop_prog, &err) != RD_OK) {
+    rd__seccomp_free(spawner_prog);
     spawner_prog = NULL; /* strict tools then get no template */
   }
   {

@@ -21,12 +21,17 @@
  * clone, socketpair(AF_UNIX), wait4, ... — seccomp_linux.c), defines the
  * tool once, and then forks single-use workers on the engine's request.
  * Each such worker, before it reads its call: RLIMIT_CPU counted from its
- * fork and RLIMIT_NPROC = 0 (rd__limits_apply), a prefault of the pages
- * its call writes (copy-on-write faults off the call's path), the normal
- * scheduling policy (it was prepared as SCHED_BATCH), and the worker
- * filter stacked on the template's — so it runs under exactly the worker
- * policy, with a state no execution has touched. A worker lowers its
- * priority to nice 19 before it exits, so its teardown yields to calls.
+ * fork and RLIMIT_NPROC = 0 (rd__limits_apply), its heaps switched to
+ * "forked" mode (rd__lstate_forked: new objects packed at the arenas'
+ * untouched ends, inherited blocks never rewritten), a prefault of the pages its call writes (page faults off
+ * the call's path; skipped when the call is already waiting), the normal
+ * scheduling policy (it was prepared as SCHED_BATCH), and the small drop
+ * program stacked on the template's spawner program — together exactly
+ * the worker policy (seccomp_linux.c) — so it runs under the worker
+ * policy, with a state no execution has touched. Every page such a worker
+ * writes is a page fault (the fork shares them all), so it writes as few as
+ * it can. A worker lowers its priority to nice 19 before it exits, so its
+ * teardown yields to calls.
  */
 #ifndef RD_WORKER_H
 #define RD_WORKER_H

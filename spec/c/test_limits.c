@@ -19,6 +19,8 @@
 #include "testlib.h"
 
 #include <lauxlib.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <lua.h>
 #include <lualib.h>
 
@@ -924,6 +926,128 @@ TEST(seccomp_spawner_forks_workers_that_stack_the_worker_filter) {
   if (!spawner) return;
   CHECK(rd__seccomp_size(spawner) > rd__seccomp_size(the_prog()));
   CHECK(exited_ok(in_child(child_spawner, NULL, 20, NULL, 0)));
+  rd__seccomp_free(spawner);
+  spawner = NULL;
+}
+
+/* The drop program: a strict tool's worker, forked from its template (under
+ * the spawner program), loads it instead of the whole worker program. The
+ * pair must answer every call as the worker program alone does: the same
+ * result and errno for each probe below (the spawner's additions first,
+ * then calls both refuse or allow), and the same death for fatal calls. */
+static rd_seccomp_prog *drop;
+
+static int probe_socketpair_unix(void) { int sv[2]; return socketpair(AF_UNIX, SOCK_STREAM, 0, sv); }
+static int probe_socketpair_inet(void) { int sv[2]; return socketpair(AF_INET, SOCK_STREAM, 0, sv); }
+static int probe_pdeathsig(void) { return prctl(PR_SET_PDEATHSIG, SIGKILL); }
+static int probe_no_new_privs(void) { return prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); }
+static int probe_seccomp(void) {
+  struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+  struct sock_fprog fp = {1, &allow};
+  return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp);
+}
+static int probe_sched_other(void) { struct sched_param sp = {0}; return sched_setscheduler(0, SCHED_OTHER, &sp); }
+static int probe_sched_batch(void) { struct sched_param sp = {0}; return sched_setscheduler(0, SCHED_BATCH, &sp); }
+static int probe_wait4(void) { int st; return (int)wait4(-1, &st, WNOHANG, NULL); }
+static int probe_signalfd(void) {
+  sigset_t m;
+  sigemptyset(&m);
+  return (int)syscall(SYS_signalfd4, -1, &m, sizeof(uint64_t), 0);
+}
+static int probe_prlimit_set(void) {
+  struct rlimit r = {8, 8};
+  return prlimit(0, RLIMIT_NOFILE, &r, NULL);
+}
+static int probe_prlimit_get(void) { struct rlimit r; return prlimit(0, RLIMIT_NOFILE, NULL, &r) == 0 ? 0 : -1; }
+static int probe_prlimit_parent(void) { struct rlimit r; return prlimit(getppid(), RLIMIT_NOFILE, NULL, &r); }
+static int probe_setrlimit(void) { struct rlimit r = {8, 8}; return setrlimit(RLIMIT_NOFILE, &r); }
+static int probe_socket(void) { return socket(AF_INET, SOCK_STREAM, 0); }
+static int probe_kill(void) { return kill(getppid(), 0); }
+static int probe_dup(void) { return dup(1); }
+static int probe_clone3(void) { return (int)syscall(SYS_clone3, NULL, 0); }
+static int probe_nice19(void) { return setpriority(PRIO_PROCESS, 0, 19); }
+static int probe_nice0(void) { return setpriority(PRIO_PROCESS, 0, 0); }
+static int probe_getpid(void) { return getpid() > 0 ? 0 : -1; }
+static int probe_fcntl_setown(void) { return fcntl(1, F_SETOWN, getppid()); }
+
+static const struct { const char *name; int (*fn)(void); } probes[] = {
+  {"socketpair(AF_UNIX)", probe_socketpair_unix}, {"socketpair(AF_INET)", probe_socketpair_inet},
+  {"prctl(PR_SET_PDEATHSIG)", probe_pdeathsig}, {"prctl(PR_GET_NO_NEW_PRIVS)", probe_no_new_privs},
+  {"seccomp(SET_MODE_FILTER)", probe_seccomp}, {"sched_setscheduler(OTHER)", probe_sched_other},
+  {"sched_setscheduler(BATCH)", probe_sched_batch}, {"wait4", probe_wait4},
+  {"signalfd4", probe_signalfd}, {"prlimit64(set)", probe_prlimit_set},
+  {"prlimit64(get)", probe_prlimit_get}, {"prlimit64(parent)", probe_prlimit_parent},
+  {"setrlimit", probe_setrlimit}, {"socket", probe_socket}, {"kill", probe_kill},
+  {"dup", probe_dup}, {"clone3", probe_clone3}, {"setpriority(19)", probe_nice19},
+  {"setpriority(0)", probe_nice0}, {"getpid", probe_getpid}, {"fcntl(F_SETOWN)", probe_fcntl_setown},
+};
+
+/* arg: 0 = the worker program alone, 1 = spawner then drop. Writes one
+ * "name=result/errno;" per probe to msg. */
+static int child_probes(void *arg, int msg) {
+  if (*(int *)arg) {
+    rd_error e2;
+    if (apply_or_fail(spawner) != RD_OK || rd__seccomp_stack(drop, &e2) != RD_OK) return 1;
+  } else if (apply_or_fail(the_prog()) != RD_OK) {
+    return 1;
+  }
+  for (size_t i = 0; i < RD_COUNTOF(probes); i++) {
+    errno = 0;
+    int r = probes[i].fn();
+    say(msg, "%s=%d/%d;", probes[i].name, r < 0 ? -1 : 0, r < 0 ? errno : 0);
+  }
+  return 0;
+}
+
+/* arg: index into fatal[]; under spawner + drop. */
+static int child_drop_fatal(void *arg, int msg) {
+  size_t i = *(const size_t *)arg;
+  if (apply_or_fail(spawner) != RD_OK || apply_or_fail(drop) != RD_OK) return 1;
+  fatal[i].fn();
+  return 3;
+}
+
+/* Under the spawner alone a fork works (the test above); with the drop
+ * program on top it kills, whatever flags clone gets. */
+static int child_drop_clone_fork_flags(void *arg, int msg) {
+  if (apply_or_fail(spawner) != RD_OK || apply_or_fail(drop) != RD_OK) return 1;
+  syscall(SYS_clone, (unsigned long)(CLONE_CHILD_CLEARTID | CLONE_CHILD_SETTID | SIGCHLD), 0, NULL, NULL, 0);
+  return 3;
+}
+
+TEST(seccomp_spawner_plus_drop_is_the_worker_policy) {
+  if (!the_prog()) return;
+  rd_error err;
+  CHECK(rd__seccomp_compile_spawner(&spawner, &err) == RD_OK);
+  CHECK(rd__seccomp_compile_drop(&drop, &err) == RD_OK);
+  CHECK(rd__seccomp_compile_drop(NULL, &err) == RD_EINVAL);
+  CHECK(rd__seccomp_stack(NULL, &err) == RD_EINVAL);
+  if (!spawner || !drop) return;
+  CHECK(rd__seccomp_size(drop) < rd__seccomp_size(the_prog()) / 2);
+  char worker_says[4096], pair_says[4096];
+  int mode = 0;
+  CHECK(exited_ok(in_child(child_probes, &mode, 20, worker_says, sizeof worker_says)));
+  mode = 1;
+  CHECK(exited_ok(in_child(child_probes, &mode, 20, pair_says, sizeof pair_says)));
+  CHECK_STR(pair_says, worker_says);
+  /* and the answers are the refusals the policy documents */
+  CHECK(strstr(worker_says, "socketpair(AF_UNIX)=-1/1;") != NULL);
+  CHECK(strstr(worker_says, "seccomp(SET_MODE_FILTER)=-1/1;") != NULL);
+  CHECK(strstr(worker_says, "wait4=-1/1;") != NULL);
+  CHECK(strstr(worker_says, "prlimit64(set)=-1/1;") != NULL);
+  CHECK(strstr(worker_says, "prlimit64(get)=0/0;") != NULL);
+  CHECK(strstr(worker_says, "setpriority(19)=0/0;") != NULL);
+  for (size_t i = 0; i < RD_COUNTOF(fatal); i++) {
+    if (strcmp(fatal[i].name, "int 0x80") == 0) continue; /* the spawner's own arch check */
+    int st = in_child(child_drop_fatal, &i, 20, NULL, 0);
+    if (!killed_by(st, SIGSYS)) {
+      fprintf(stderr, "  ... for %s under spawner + drop\n", fatal[i].name);
+      CHECK(!"escape attempt not killed under spawner + drop");
+    }
+  }
+  CHECK(killed_by(in_child(child_drop_clone_fork_flags, NULL, 20, NULL, 0), SIGSYS));
+  rd__seccomp_free(drop);
+  drop = NULL;
   rd__seccomp_free(spawner);
   spawner = NULL;
 }

@@ -375,6 +375,41 @@ TEST(arena_keeps_the_memory_cap) {
   rd__lstate_free(s);
 }
 
+/* rd__lstate_forked (a strict worker forked from its template): the state
+ * still works and keeps its cap; blocks made before are freed for the
+ * accounting but never handed out again; blocks made after are reused, so
+ * garbage churn stays inside the cap and inside the arena's new part. */
+TEST(forked_state_never_reuses_inherited_blocks) {
+  rd_lstate *s = arena_state(0, 64u << 20);
+  if (!s) return;
+  CHECK(run_code(s, "old = {} for i = 1, 2000 do old[i] = { i } end", NULL, 0) == 0);
+  rd__lstate_forked(s, 64 * 1024);
+  size_t at_fork = rd__lstate_heap(s);
+  /* the inherited objects die: the heap shrinks, the tool sees nothing */
+  CHECK(run_code(s, "old = nil collectgarbage() collectgarbage()", NULL, 0) == 0);
+  size_t after = rd__lstate_heap(s);
+  CHECK(after < at_fork);
+  /* churn: garbage made after the fork is reused, within a cap of 1 MiB */
+  rd__lstate_set_max_memory(s, after + (1u << 20));
+  rd__lstate_arm(s, 0, rd__mono_ns() + NET_NS);
+  CHECK(run_code(s,
+    "for r = 1, 200 do local t = {} for i = 1, 1000 do t[i] = { i } end end\n"
+    "assert(string.upper('a') == 'A')", NULL, 0) == 0);
+  CHECK(rd__lstate_disarm(s, NULL, NULL) == RD_BREACH_NONE);
+  /* and the cap still holds */
+  rd__lstate_arm(s, 0, rd__mono_ns() + NET_NS);
+  CHECK(run_code(s, "local t = {} for i = 1, 1e6 do t[i] = { i } end", NULL, 0) != 0);
+  CHECK(rd__lstate_disarm(s, NULL, NULL) == RD_BREACH_MEMORY);
+  rd__lstate_free(s);
+  /* without an arena: nothing changes */
+  s = new_state(0);
+  if (!s) return;
+  rd__lstate_forked(s, 4096);
+  rd__lstate_forked(NULL, 0);
+  CHECK(run_code(s, "local t = {} for i = 1, 1000 do t[i] = { i } end", NULL, 0) == 0);
+  rd__lstate_free(s);
+}
+
 /* ---- deadline and cancellation ---------------------------------------------------------- */
 
 TEST(deadline) {

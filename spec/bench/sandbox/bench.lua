@@ -10,12 +10,21 @@
 -- "strict" back to back measures the cost of a process per call (a fork of
 -- the tool's template, its limits, its exit), "strict/5ms" the hand-off to
 -- a process that is ready.
---   luajit bench.lua N_STRICT N_OTHER
+-- Before the strict rows of each part, "fork floor": what a fresh process
+-- costs on this machine at all (forkfloor.c: fork + _exit + waitpid of a
+-- minimal C program), measured in the same run; after them, the resident
+-- size of the strict tool's template (what each strict process is forked
+-- from) and the floor for a process of that size. "fork+filter": the
+-- floor with a seccomp filter of 16 instructions loaded in each child (a
+-- strict worker loads one of about that size, seccomp_linux.c's drop
+-- program): the least a process with a filter of its own costs.
+--   luajit bench.lua N_STRICT N_OTHER [FORKFLOOR]
 local rd = require "rubberduck"
 local core = require "rubberduck.core"
 
 local n_strict = tonumber(arg[1]) or 500
 local n_other = tonumber(arg[2]) or 5000
+local forkfloor = arg[3]
 local OP = { principal = "bench", capabilities = { "*" } }
 
 local dir = os.tmpname()
@@ -107,15 +116,45 @@ local function measure_layer(name, n, gap_ms)
   return timed(n, gap_ms, one)
 end
 
+-- The forkfloor helper's row (and its CPU line), for a process of `mib`.
+local function floor_row(mib, label, insns)
+  if not forkfloor then return end
+  local p = assert(io.popen(("'%s' %d %d '%s' %d"):format(forkfloor, n_strict, mib, label, insns or 0)))
+  io.write(p:read("*a"))
+  p:close()
+end
+
+-- The strict tool's template: resident size and page tables (kB).
+local function template_size()
+  for _, r in ipairs(engine.workers.stocked or {}) do
+    local z = r.template and r.template.z
+    local f = z and io.open("/proc/" .. z:pid() .. "/status")
+    if f then
+      local s = f:read("*a")
+      f:close()
+      return tonumber(s:match("VmRSS:%s*(%d+)")), tonumber(s:match("VmPTE:%s*(%d+)"))
+    end
+  end
+end
+
 local ROWS = { "strict", "strict/5ms", "balanced", "relaxed", "none" }
 for _, layer in ipairs({ false, true }) do
   if layer then print("sandbox layer only (checkout, run in the tool's state or worker, output back, checkin):") end
+  floor_row(0, "fork floor")
+  floor_row(0, "fork+filter", 16)
   for _, level in ipairs(ROWS) do
     local name, gap = level:match("^(%a+)/(%d+)ms$")
     name = name or level
     local n = name == "strict" and n_strict or n_other
     local p50, p99, tput = (layer and measure_layer or measure)("t_" .. name, n, tonumber(gap))
     print(string.format("%-10s %10.1f %10.1f %12.0f", level, p50, p99, tput))
+    if level == "strict/5ms" and not layer then
+      local rss, pte = template_size()
+      if rss then
+        print(string.format("  (the strict tool's template: %d kB resident, %d kB of page tables)", rss, pte or 0))
+        floor_row(math.ceil(rss / 1024), "fork+tmpl")
+      end
+    end
   end
 end
 engine:close()
