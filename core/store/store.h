@@ -413,6 +413,9 @@ int rd__store_mdb_error(rd_store_env *env, rd_error *err, int rc, const char *wh
 /* Big-endian u64 in 8 bytes (keys sort by number). */
 void rd__store_be64(unsigned char *p, uint64_t v);
 uint64_t rd__store_get_be64(const unsigned char *p);
+/* The cache entries' key comparator: LMDB's default order (bytes unsigned,
+ * then the shorter first), computed a word at a time. */
+int rd__store_cmp_bytes(const MDB_val *a, const MDB_val *b);
 
 /* The Lua binding (core/lua/l_store.c). */
 #include <lua.h>
