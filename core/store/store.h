@@ -363,6 +363,7 @@ int rd_store_raw_delete(rd_store_env *env, const char *db, const void *key,
 
 /* ---- internals shared by the store files ---------------------------------- */
 #include <lmdb.h>
+#include <stdatomic.h>
 
 enum { RD__DB_META, RD__DB_KV, RD__DB_HIST, RD__DB_HIDX, RD__DB_AUDIT,
        RD__DB_ENTRIES = 1, RD__DB_ORDER, RD__DB_EXPIRY, RD__DB_MAX = 5 };
@@ -385,23 +386,30 @@ int rd__store_read_renew(rd_store_env *env, MDB_txn **slot, rd_error *err);
  * of the file (its txn id equals the last committed one, as the meta page
  * says: any commit of any process changes it), else renews it. The env
  * resets every attached reader's snapshot before it remaps (map growth),
- * so a snapshot never outlives the map it points into. One user at a time
- * (the caller excludes others); attach before use, detach before the env's
- * last reference goes. */
+ * so a snapshot never outlives the map it points into. Threads share it
+ * through `busy`: begin takes it (or answers RD__READER_IN_USE: use a
+ * pooled txn), end gives it back. While its snapshot is live and no resize
+ * runs, a begin takes no lock: the reader is PINNED and a resize waits
+ * for it (as for a shared lock holder, within the same time limit);
+ * otherwise it is LOCKED, under the resize lock (shared). Attach before
+ * use, detach (not in use) before the env's last reference goes. */
+enum { RD__READER_FREE = 0, RD__READER_PINNED = 1, RD__READER_LOCKED = 2 };
+#define RD__READER_IN_USE 1 /* rd__store_reader_begin: another user has it */
 typedef struct rd__store_reader {
   MDB_txn *txn;      /* NULL, or a read txn: live (live = 1) or reset */
   int live;
   size_t id;         /* the live snapshot's txn id */
+  atomic_int busy;   /* RD__READER_FREE / PINNED / LOCKED */
   struct rd__store_reader *next;
 } rd__store_reader;
 void rd__store_reader_attach(rd_store_env *env, rd__store_reader *r);
 void rd__store_reader_detach(rd_store_env *env, rd__store_reader *r);
-/* On success r->txn is live and the resize lock is held (shared) until
- * rd__store_reader_end; on error nothing is held. */
+/* Take the reader: RD_OK with r->txn live (until rd__store_reader_end),
+ * RD__READER_IN_USE (nothing held), or an error (nothing held). */
 int rd__store_reader_begin(rd_store_env *env, rd__store_reader *r, rd_error *err);
 void rd__store_reader_end(rd_store_env *env, rd__store_reader *r);
-/* Drop the snapshot (reset the txn, keeping its reader slot): pins no
- * old pages until the next begin. */
+/* Drop the snapshot (reset the txn, keeping its reader slot) unless the
+ * reader is in use: pins no old pages until the next begin. */
 void rd__store_reader_idle(rd_store_env *env, rd__store_reader *r);
 void rd__cache_view_end(rd_store_view *v);
 MDB_dbi rd__store_dbi(rd_store_env *env, int which);

@@ -9,6 +9,7 @@
 #include "testlib.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -449,6 +450,67 @@ TEST(cache_reader_txn_is_reused_and_stays_fresh) {
   rd_cache_stats s;
   CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 2 + 200 + 600);
   rd_cache_close(c);
+  rd_store_env_close(env);
+}
+
+/* A get on a handle's live snapshot takes no lock: the reader is pinned,
+ * and a map resize waits for it like for a lock holder: a view held on it
+ * makes growth wait (then storage_full after the limit, its bytes intact),
+ * and growth goes on once the view is released. */
+typedef struct grow_arg { rd_cache *c; int rc; } grow_arg;
+
+static void *grow_thread(void *p) {
+  grow_arg *g = p;
+  static char big[8000];
+  memset(big, 'w', sizeof big);
+  g->rc = RD_OK;
+  for (int i = 0; i < 200 && g->rc == RD_OK; i++) {
+    char k[32];
+    snprintf(k, sizeof k, "w%d", i);
+    g->rc = rd_cache_put(g->c, k, strlen(k), big, sizeof big, 0, NULL);
+  }
+  return NULL;
+}
+
+TEST(cache_map_growth_waits_for_a_pinned_view) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_CACHE, 64 << 10, 64 << 20);
+  rd_cache *a, *b;
+  rd_cache_config fifo = {0, 0, RD_CACHE_FIFO};
+  CHECK(rd_cache_open(&a, env, &fifo, NULL) == RD_OK);
+  CHECK(rd_cache_open(&b, env, &fifo, NULL) == RD_OK);
+  CHECK(rd_cache_put(a, "k", 1, "v", 1, 0, NULL) == RD_OK);
+  CHECK(cache_is(a, "k", "v") && cache_is(a, "k", "v")); /* the snapshot is live */
+  rd_store_view v;
+  CHECK(rd_cache_get(a, "k", 1, &v, NULL) == RD_OK); /* pinned, no lock */
+  rd_error err;
+  int rc = RD_OK;
+  char big[8000];
+  memset(big, 'g', sizeof big);
+  for (int i = 0; i < 200 && rc == RD_OK; i++) {
+    char k[32];
+    snprintf(k, sizeof k, "g%d", i);
+    rc = rd_cache_put(b, k, strlen(k), big, sizeof big, 0, &err);
+  }
+  CHECK(rc == RD_EFULL && strstr(err.message, "could not grow") != NULL);
+  CHECK(v.len == 1 && memcmp(v.data, "v", 1) == 0);
+  CHECK(cache_has(b, "g0")); /* what was acknowledged stays */
+  /* another thread grows while the view is held; released 0.3 s later */
+  grow_arg g = {b, RD_OK};
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, grow_thread, &g) == 0);
+  usleep(300000);
+  CHECK(v.len == 1 && memcmp(v.data, "v", 1) == 0);
+  rd_store_view_release(&v);
+  pthread_join(t, NULL);
+  CHECK(g.rc == RD_OK);
+  rd_store_env_info info;
+  rd_store_env_info_get(env, &info);
+  CHECK(info.map_size > (64 << 10));
+  CHECK(cache_is(a, "k", "v") && cache_has(a, "w199") && cache_has(a, "g0"));
+  rd_cache_close(a);
+  rd_cache_close(b);
   rd_store_env_close(env);
 }
 
