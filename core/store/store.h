@@ -130,13 +130,19 @@ void rd_store_hash(unsigned char out[32], size_t n, const void *const *parts,
  * meta page, read without a lock) and renews the txn when any process
  * committed since. So every get sees the latest commit of any process,
  * and a get with no write in between costs no txn renewal, no lock-table
- * access and no allocation. The kept snapshot is dropped after the
+ * access, no lock (one compare-and-swap pins the handle's reader; a map
+ * resize waits for pinned readers, like for any read, up to its time
+ * limit) and no allocation. The kept snapshot is dropped after the
  * handle's own writes, by rd_cache_idle (the engine's timer) and before a
  * map resize; until then a write elsewhere cannot reuse the pages it
  * freed. While a view from the handle's txn is held, or another thread is
- * in a get, further gets use fresh pooled txns of the env. A handle (like its env: LMDB) is not usable in a forked
+ * in a get, further gets use fresh pooled txns of the env. A held view
+ * makes a map growth of this process wait (then RD_EFULL): release views
+ * before writing. A handle (like its env: LMDB) is not usable in a forked
  * child. File layout (format rubberduck.cache.v2): the entries are LMDB's
- * main database; a file of an older format is rebuilt empty at open.
+ * main database, compared by the cache's own comparator in LMDB's default
+ * order (so any LMDB reader walks the file); a file of an older format is
+ * rebuilt empty at open.
  */
 #define RD_CACHE_MAX_VALUE (64u << 20)
 #define RD_CACHE_TOUCH_SLOTS 4096
