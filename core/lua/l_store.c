@@ -51,7 +51,24 @@
 #define HIST_MT "rubberduck.store.history"
 
 typedef struct env_ud { rd_store_env *env; } env_ud;
-typedef struct cache_ud { rd_cache *c; } cache_ud;
+/* A cache handle. `c` first: the FFI read path (store_ffi.lua) reads it
+ * (NULL once closed). `view` is the handle's one Lua view (store_ffi's
+ * viewer): the value it points at stays mapped until the next viewer get,
+ * a write through this handle, idle, close or collection, which all
+ * release it (ud_view_drop) and bump `gen`; a viewer whose gen is not
+ * the current one refuses to read. */
+typedef struct cache_ud {
+  rd_cache *c;
+  rd_store_view view;
+  double gen;             /* a double: Lua reads it unboxed, exact to 2^53 */
+} cache_ud;
+
+static void ud_view_drop(cache_ud *u) {
+  if (u->view.txn_) {
+    rd_store_view_release(&u->view);
+    u->gen++;
+  }
+}
 
 
 static rd_store_env *check_env(lua_State *L, int i) {
@@ -60,9 +77,13 @@ static rd_store_env *check_env(lua_State *L, int i) {
   return u->env;
 }
 
+/* The handle at i, its Lua view released: every method but get goes
+ * through here, so a write never runs while the handle's view pins a
+ * snapshot (nor waits on it to grow the map). */
 static rd_cache *check_cache(lua_State *L, int i) {
   cache_ud *u = luaL_checkudata(L, i, CACHE_MT);
   if (!u->c) luaL_argerror(L, i, "cache is closed");
+  ud_view_drop(u);
   return u->c;
 }
 
@@ -415,7 +436,7 @@ static int l_cache(lua_State *L) {
     lua_pop(L, 1);
   }
   cache_ud *u = lua_newuserdata(L, sizeof *u);
-  u->c = NULL;
+  memset(u, 0, sizeof *u);
   luaL_getmetatable(L, CACHE_MT);
   lua_setmetatable(L, -2);
   rd_error err;
@@ -513,6 +534,7 @@ static int l_cache_set_time(lua_State *L) {
 
 static int l_cache_close(lua_State *L) {
   cache_ud *u = luaL_checkudata(L, 1, CACHE_MT);
+  ud_view_drop(u);
   if (u->c) { rd_cache_close(u->c); u->c = NULL; }
   return 0;
 }
@@ -789,6 +811,19 @@ int rd__luaopen_store(lua_State *L) {
   lua_setfield(L, -2, "view_len_offset");
   lua_pushinteger(L, (lua_Integer)sizeof(cache_ud));
   lua_setfield(L, -2, "cache_ud_size");
+  lua_pushinteger(L, (lua_Integer)offsetof(cache_ud, view));
+  lua_setfield(L, -2, "cache_ud_view_offset");
+  lua_pushinteger(L, (lua_Integer)offsetof(cache_ud, gen));
+  lua_setfield(L, -2, "cache_ud_gen_offset");
+  lua_pushinteger(L, (lua_Integer)sizeof(rd_error));
+  lua_setfield(L, -2, "error_size");
+  lua_newtable(L); /* code -> kind name, for errors met on the FFI path */
+#define RD__ERR_NAME(code, name, msg) \
+  lua_pushstring(L, name);            \
+  lua_rawseti(L, -2, RD_##code);
+  RD_ERRNO_MAP(RD__ERR_NAME)
+#undef RD__ERR_NAME
+  lua_setfield(L, -2, "error_names");
   lua_pushinteger(L, RD_OK);
   lua_setfield(L, -2, "OK");
   lua_pushinteger(L, RD_ENOENT);

@@ -47,7 +47,7 @@ struct rd_cache {
   rd_cache_config cfg;
   atomic_uint_fast64_t hits, misses, evictions, expirations, puts;
   /* hits and misses of the gets on the handle's reader: only the holder
-   * of rbusy writes them, so a plain load and store (no locked add) */
+   * of the reader writes them, so a plain load and store (no locked add) */
   atomic_uint_fast64_t own_hits, own_misses;
   pthread_mutex_t mu;          /* guards the notes: slots, used, arena */
   slot *slots;                 /* RD_CACHE_TOUCH_SLOTS */
@@ -60,11 +60,10 @@ struct rd_cache {
   double coarse_margin;        /* its resolution + COARSE_MARGIN */
   /* This handle's reader: a read txn whose snapshot is kept between gets
    * while no commit happened since (rd__store_reader), dropped after this
-   * handle's writes and by rd_cache_idle. rbusy: 1 while a get or a view
-   * uses it; a concurrent get (another thread, a view not released yet)
-   * takes a fresh txn from the env's pool instead. */
+   * handle's writes and by rd_cache_idle. It is in use (reader.busy)
+   * while a get or a view holds it; a concurrent get (another thread, a
+   * view not released yet) takes a fresh txn from the env's pool instead. */
   rd__store_reader reader;
-  atomic_int rbusy;
   MDB_dbi entries;
 };
 
@@ -168,7 +167,6 @@ int rd_cache_open(rd_cache **out, rd_store_env *env, const rd_cache_config *cfg,
     c->coarse_ok = 1;
     c->coarse_margin = (double)res.tv_nsec / 1e9 + COARSE_MARGIN;
   }
-  atomic_init(&c->rbusy, 0);
   c->entries = rd__store_dbi(env, RD__DB_ENTRIES);
   pthread_mutex_init(&c->mu, NULL);
   rd__store_reader_attach(env, &c->reader);
@@ -517,35 +515,24 @@ int rd_cache_put(rd_cache *c, const void *key, size_t klen, const void *val,
  * it is the newest, else renewed), else a txn from the env's pool. *own
  * says which. */
 static int read_begin(rd_cache *c, MDB_txn **txn, int *own, rd_error *err) {
-  if (atomic_exchange_explicit(&c->rbusy, 1, memory_order_acquire) == 0) {
-    int rc = rd__store_reader_begin(c->env, &c->reader, err);
-    if (rc == RD_OK) { *txn = c->reader.txn; *own = 1; return RD_OK; }
-    atomic_store_explicit(&c->rbusy, 0, memory_order_release);
-    return rc;
-  }
+  int rc = rd__store_reader_begin(c->env, &c->reader, err);
+  if (rc == RD_OK) { *txn = c->reader.txn; *own = 1; return RD_OK; }
+  if (rc != RD__READER_IN_USE) return rc;
   *own = 0;
   return rd__store_read_begin(c->env, txn, err);
 }
 
 static void read_end(rd_cache *c, MDB_txn *txn, int own) {
-  if (own) {
-    rd__store_reader_end(c->env, &c->reader);
-    atomic_store_explicit(&c->rbusy, 0, memory_order_release);
-  } else {
-    rd__store_read_end(c->env, txn);
-  }
+  if (own) rd__store_reader_end(c->env, &c->reader);
+  else rd__store_read_end(c->env, txn);
 }
 
 void rd_cache_idle(rd_cache *c) {
-  if (!c) return;
-  if (atomic_exchange_explicit(&c->rbusy, 1, memory_order_acquire) == 0) {
-    rd__store_reader_idle(c->env, &c->reader);
-    atomic_store_explicit(&c->rbusy, 0, memory_order_release);
-  }
+  if (c) rd__store_reader_idle(c->env, &c->reader);
 }
 
 static void count(rd_cache *c, int own, int hit) {
-  if (own) { /* only the rbusy holder writes these */
+  if (own) { /* only the reader's holder writes these */
     atomic_uint_fast64_t *n = hit ? &c->own_hits : &c->own_misses;
     atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1,
                           memory_order_relaxed);

@@ -40,6 +40,8 @@ struct rd_store_env {
   MDB_dbi dbi[RD__DB_MAX];
   int ndbi;
   pthread_rwlock_t resize;     /* shared by every txn, exclusive to resize */
+  atomic_int resizing;         /* 1 while a resize holds `resize` exclusive and
+                                * waits for the pinned readers (see below) */
   pthread_mutex_t free_mu;
   MDB_txn *free_txn[FREE_TXNS];/* reset read txns, ready to renew */
   int nfree;
@@ -194,6 +196,40 @@ static void cloexec_fds(const char *path) {
   closedir(d);
 }
 
+/* ---- key order ------------------------------------------------------------------
+ * The cache's entries (LMDB's main database) are compared by
+ * rd__store_cmp_bytes: the order of LMDB's default (mdb_cmp_memn: bytes
+ * compared unsigned, then the shorter first), so a file written with it
+ * is the same B-tree any LMDB reader walks with the default, and the
+ * other way round; only cheaper: eight bytes per step as big-endian
+ * words and one overlapping word for the tail, no call to memcmp. */
+static inline uint64_t be64_at(const unsigned char *p) {
+  uint64_t x;
+  memcpy(&x, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  x = __builtin_bswap64(x);
+#endif
+  return x;
+}
+
+int rd__store_cmp_bytes(const MDB_val *a, const MDB_val *b) {
+  size_t la = a->mv_size, lb = b->mv_size, n = la < lb ? la : lb;
+  const unsigned char *p = a->mv_data, *q = b->mv_data;
+  uint64_t x, y;
+  if (n >= 8) {
+    const unsigned char *pe = p + n - 8;
+    for (; p < pe; p += 8, q += 8)
+      if ((x = be64_at(p)) != (y = be64_at(q))) return x < y ? -1 : 1;
+    /* the last 8 bytes (overlapping the last word: those bytes are equal) */
+    q += pe - p;
+    if ((x = be64_at(pe)) != (y = be64_at(q))) return x < y ? -1 : 1;
+  } else {
+    for (size_t i = 0; i < n; i++)
+      if (p[i] != q[i]) return p[i] < q[i] ? -1 : 1;
+  }
+  return la < lb ? -1 : la > lb;
+}
+
 /* Called with the resize lock exclusive (or with no txn in use): no read
  * is in progress, so the attached readers' snapshots can be dropped. */
 static void free_txns(rd_store_env *env) {
@@ -253,6 +289,9 @@ static int try_open(rd_store_env *env, size_t map_size, char *why, size_t whylen
       return rc;
     }
   }
+  /* the entries' comparator (the default's order): before any access */
+  if (env->kind == RD_STORE_CACHE)
+    mdb_set_compare(txn, env->dbi[RD__DB_ENTRIES], rd__store_cmp_bytes);
   const char *fmt = FORMAT[env->kind];
   MDB_val k = {6, "format"}, v;
   rc = mdb_get(txn, env->dbi[RD__DB_META], &k, &v);
@@ -350,6 +389,7 @@ static int env_open(rd_store_env **out, const char *dir, rd_store_kind kind,
   env->kind = kind;
   atomic_init(&env->refs, 1);
   pthread_rwlock_init(&env->resize, NULL);
+  atomic_init(&env->resizing, 0);
   pthread_mutex_init(&env->free_mu, NULL);
   size_t map = cfg && cfg->map_size ? cfg->map_size : DEFAULT_MAP;
   env->max_map_size = cfg && cfg->max_map_size ? cfg->max_map_size : DEFAULT_MAX_MAP;
@@ -441,11 +481,46 @@ void rd_store_env_info_get(rd_store_env *env, rd_store_env_info *info) {
 
 /* ---- transactions ------------------------------------------------------------ */
 
+/* Exclusive use of the map for a resize: the resize lock exclusive (no
+ * txn in use but the readers' pinned ones), then `resizing` set and every
+ * pinned reader waited for, all within GROW_WAIT_S. A reader that pins
+ * after `resizing` is set sees it and takes the lock instead (so it waits
+ * for the resize); one that pinned before is seen pinned here (both sides
+ * store, then load, sequentially consistent). 0, or nonzero with nothing
+ * held. Undo with wrunlock. */
+static int any_pinned(rd_store_env *env) {
+  int pinned = 0;
+  pthread_mutex_lock(&env->free_mu);
+  for (rd__store_reader *r = env->readers; r && !pinned; r = r->next)
+    pinned = atomic_load(&r->busy) == RD__READER_PINNED;
+  pthread_mutex_unlock(&env->free_mu);
+  return pinned;
+}
+
 static int wrlock_timed(rd_store_env *env) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   ts.tv_sec += GROW_WAIT_S;
-  return pthread_rwlock_timedwrlock(&env->resize, &ts);
+  int rc = pthread_rwlock_timedwrlock(&env->resize, &ts);
+  if (rc) return rc;
+  atomic_store(&env->resizing, 1);
+  while (any_pinned(env)) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (now.tv_sec > ts.tv_sec || (now.tv_sec == ts.tv_sec && now.tv_nsec >= ts.tv_nsec)) {
+      atomic_store(&env->resizing, 0);
+      pthread_rwlock_unlock(&env->resize);
+      return ETIMEDOUT;
+    }
+    struct timespec nap = {0, 100000}; /* 0.1 ms */
+    nanosleep(&nap, NULL);
+  }
+  return 0;
+}
+
+static void wrunlock(rd_store_env *env) {
+  atomic_store(&env->resizing, 0);
+  pthread_rwlock_unlock(&env->resize);
 }
 
 /* Another process grew the map: adopt its size. */
@@ -459,7 +534,7 @@ static int adopt_size(rd_store_env *env, rd_error *err) {
   mdb_env_info(env->mdb, &ei);
   env->map_size = ei.me_mapsize;
   if (env->map_size > env->max_map_size) env->max_map_size = env->map_size;
-  pthread_rwlock_unlock(&env->resize);
+  wrunlock(env);
   return rc ? rd__store_mdb_error(env, err, rc, "resize") : RD_OK;
 }
 
@@ -470,7 +545,7 @@ static int grow(rd_store_env *env, size_t seen, rd_error *err) {
   int rc = RD_OK;
   if (env->map_size == seen) { /* nobody grew it meanwhile */
     if (env->map_size >= env->max_map_size) {
-      pthread_rwlock_unlock(&env->resize);
+      wrunlock(env);
       return rd__store_mdb_error(env, err, MDB_MAP_FULL, "write");
     }
     size_t want = env->map_size * 2;
@@ -480,7 +555,7 @@ static int grow(rd_store_env *env, size_t seen, rd_error *err) {
     if (mrc) rc = rd__store_mdb_error(env, err, mrc, "grow map");
     else env->map_size = want;
   }
-  pthread_rwlock_unlock(&env->resize);
+  wrunlock(env);
   return rc;
 }
 
@@ -589,9 +664,15 @@ void rd__store_reader_detach(rd_store_env *env, rd__store_reader *r) {
   memset(r, 0, sizeof *r);
 }
 
+/* The reader's states (r->busy): FREE; PINNED, in use without the resize
+ * lock (the fast path: its snapshot is live and the newest) while no
+ * resize runs, a resize waiting for it; LOCKED, in use under the resize
+ * lock (shared), as every other read. */
 int rd__store_reader_begin(rd_store_env *env, rd__store_reader *r, rd_error *err) {
-  pthread_rwlock_rdlock(&env->resize);
-  if (r->live) {
+  int expect = RD__READER_FREE;
+  if (!atomic_compare_exchange_strong(&r->busy, &expect, RD__READER_PINNED))
+    return RD__READER_IN_USE;
+  if (r->live && !atomic_load(&env->resizing)) {
     /* mdb_env_info reads the newer of the two meta pages (no lock): a
      * commit writes its meta page before it returns, so a read that
      * starts after a commit (of any process) sees its id here. A commit
@@ -600,26 +681,41 @@ int rd__store_reader_begin(rd_store_env *env, rd__store_reader *r, rd_error *err
     MDB_envinfo ei;
     if (mdb_env_info(env->mdb, &ei) == 0 && (size_t)ei.me_last_txnid == r->id)
       return RD_OK;
+  }
+  /* unpinned (a resize waiting for it goes on), then under the lock */
+  atomic_store(&r->busy, RD__READER_LOCKED);
+  pthread_rwlock_rdlock(&env->resize);
+  if (r->live) {
+    MDB_envinfo ei;
+    if (mdb_env_info(env->mdb, &ei) == 0 && (size_t)ei.me_last_txnid == r->id)
+      return RD_OK;
     mdb_txn_reset(r->txn);
     r->live = 0;
   }
   pthread_rwlock_unlock(&env->resize);
   int rc = rd__store_read_renew(env, &r->txn, err);
-  if (rc) return rc;
+  if (rc) {
+    atomic_store_explicit(&r->busy, RD__READER_FREE, memory_order_release);
+    return rc;
+  }
   r->id = mdb_txn_id(r->txn);
   r->live = 1;
   return RD_OK;
 }
 
 void rd__store_reader_end(rd_store_env *env, rd__store_reader *r) {
-  (void)r;
-  pthread_rwlock_unlock(&env->resize);
+  if (atomic_load_explicit(&r->busy, memory_order_relaxed) == RD__READER_LOCKED)
+    pthread_rwlock_unlock(&env->resize);
+  atomic_store_explicit(&r->busy, RD__READER_FREE, memory_order_release);
 }
 
 void rd__store_reader_idle(rd_store_env *env, rd__store_reader *r) {
+  int expect = RD__READER_FREE;
+  if (!atomic_compare_exchange_strong(&r->busy, &expect, RD__READER_LOCKED)) return;
   pthread_rwlock_rdlock(&env->resize);
   if (r->live) { mdb_txn_reset(r->txn); r->live = 0; }
   pthread_rwlock_unlock(&env->resize);
+  atomic_store_explicit(&r->busy, RD__READER_FREE, memory_order_release);
 }
 
 void rd__store_read_end(rd_store_env *env, MDB_txn *txn) {

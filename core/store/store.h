@@ -130,13 +130,19 @@ void rd_store_hash(unsigned char out[32], size_t n, const void *const *parts,
  * meta page, read without a lock) and renews the txn when any process
  * committed since. So every get sees the latest commit of any process,
  * and a get with no write in between costs no txn renewal, no lock-table
- * access and no allocation. The kept snapshot is dropped after the
+ * access, no lock (one compare-and-swap pins the handle's reader; a map
+ * resize waits for pinned readers, like for any read, up to its time
+ * limit) and no allocation. The kept snapshot is dropped after the
  * handle's own writes, by rd_cache_idle (the engine's timer) and before a
  * map resize; until then a write elsewhere cannot reuse the pages it
  * freed. While a view from the handle's txn is held, or another thread is
- * in a get, further gets use fresh pooled txns of the env. A handle (like its env: LMDB) is not usable in a forked
+ * in a get, further gets use fresh pooled txns of the env. A held view
+ * makes a map growth of this process wait (then RD_EFULL): release views
+ * before writing. A handle (like its env: LMDB) is not usable in a forked
  * child. File layout (format rubberduck.cache.v2): the entries are LMDB's
- * main database; a file of an older format is rebuilt empty at open.
+ * main database, compared by the cache's own comparator in LMDB's default
+ * order (so any LMDB reader walks the file); a file of an older format is
+ * rebuilt empty at open.
  */
 #define RD_CACHE_MAX_VALUE (64u << 20)
 #define RD_CACHE_TOUCH_SLOTS 4096
@@ -363,6 +369,7 @@ int rd_store_raw_delete(rd_store_env *env, const char *db, const void *key,
 
 /* ---- internals shared by the store files ---------------------------------- */
 #include <lmdb.h>
+#include <stdatomic.h>
 
 enum { RD__DB_META, RD__DB_KV, RD__DB_HIST, RD__DB_HIDX, RD__DB_AUDIT,
        RD__DB_ENTRIES = 1, RD__DB_ORDER, RD__DB_EXPIRY, RD__DB_MAX = 5 };
@@ -385,23 +392,30 @@ int rd__store_read_renew(rd_store_env *env, MDB_txn **slot, rd_error *err);
  * of the file (its txn id equals the last committed one, as the meta page
  * says: any commit of any process changes it), else renews it. The env
  * resets every attached reader's snapshot before it remaps (map growth),
- * so a snapshot never outlives the map it points into. One user at a time
- * (the caller excludes others); attach before use, detach before the env's
- * last reference goes. */
+ * so a snapshot never outlives the map it points into. Threads share it
+ * through `busy`: begin takes it (or answers RD__READER_IN_USE: use a
+ * pooled txn), end gives it back. While its snapshot is live and no resize
+ * runs, a begin takes no lock: the reader is PINNED and a resize waits
+ * for it (as for a shared lock holder, within the same time limit);
+ * otherwise it is LOCKED, under the resize lock (shared). Attach before
+ * use, detach (not in use) before the env's last reference goes. */
+enum { RD__READER_FREE = 0, RD__READER_PINNED = 1, RD__READER_LOCKED = 2 };
+#define RD__READER_IN_USE 1 /* rd__store_reader_begin: another user has it */
 typedef struct rd__store_reader {
   MDB_txn *txn;      /* NULL, or a read txn: live (live = 1) or reset */
   int live;
   size_t id;         /* the live snapshot's txn id */
+  atomic_int busy;   /* RD__READER_FREE / PINNED / LOCKED */
   struct rd__store_reader *next;
 } rd__store_reader;
 void rd__store_reader_attach(rd_store_env *env, rd__store_reader *r);
 void rd__store_reader_detach(rd_store_env *env, rd__store_reader *r);
-/* On success r->txn is live and the resize lock is held (shared) until
- * rd__store_reader_end; on error nothing is held. */
+/* Take the reader: RD_OK with r->txn live (until rd__store_reader_end),
+ * RD__READER_IN_USE (nothing held), or an error (nothing held). */
 int rd__store_reader_begin(rd_store_env *env, rd__store_reader *r, rd_error *err);
 void rd__store_reader_end(rd_store_env *env, rd__store_reader *r);
-/* Drop the snapshot (reset the txn, keeping its reader slot): pins no
- * old pages until the next begin. */
+/* Drop the snapshot (reset the txn, keeping its reader slot) unless the
+ * reader is in use: pins no old pages until the next begin. */
 void rd__store_reader_idle(rd_store_env *env, rd__store_reader *r);
 void rd__cache_view_end(rd_store_view *v);
 MDB_dbi rd__store_dbi(rd_store_env *env, int which);
@@ -413,6 +427,9 @@ int rd__store_mdb_error(rd_store_env *env, rd_error *err, int rc, const char *wh
 /* Big-endian u64 in 8 bytes (keys sort by number). */
 void rd__store_be64(unsigned char *p, uint64_t v);
 uint64_t rd__store_get_be64(const unsigned char *p);
+/* The cache entries' key comparator: LMDB's default order (bytes unsigned,
+ * then the shorter first), computed a word at a time. */
+int rd__store_cmp_bytes(const MDB_val *a, const MDB_val *b);
 
 /* The Lua binding (core/lua/l_store.c). */
 #include <lua.h>

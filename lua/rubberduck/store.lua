@@ -81,6 +81,9 @@ Cache.__index = Cache
 
 -- (the FFI read path when LuaJIT has it: rubberduck.store_ffi)
 function Cache:get(key) return self.fast_get(key) end
+-- A zero-copy view on this cache (rubberduck.store_ffi.viewer: one per
+-- handle, valid until its next get, its release or any other method).
+function Cache:viewer() return require("rubberduck.store_ffi").viewer(self.c) end
 function Cache:put(key, value, ttl) return self.c:put(key, value, ttl or 0) end
 function Cache:delete(key) return self.c:delete(key) end
 function Cache:clear() return self.c:clear() end

@@ -9,6 +9,7 @@
 #include "testlib.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -282,6 +283,92 @@ TEST(cache_eviction_policies) {
   rd_cache_close(c);
 }
 
+/* The cache entries' comparator orders keys exactly as LMDB's default
+ * does (bytes unsigned, then the shorter first): a file the cache writes is
+ * the same B-tree for any LMDB reader with the default comparator. */
+static int memn_sign(const MDB_val *a, const MDB_val *b) {
+  size_t n = a->mv_size < b->mv_size ? a->mv_size : b->mv_size;
+  int d = n ? memcmp(a->mv_data, b->mv_data, n) : 0;
+  if (d) return d < 0 ? -1 : 1;
+  return a->mv_size < b->mv_size ? -1 : a->mv_size > b->mv_size;
+}
+
+TEST(cache_key_order_is_lmdbs_default) {
+  /* random pairs over a small alphabet (long equal prefixes, 0x00, 0xff),
+   * every length from 0 to 40, and each key against itself */
+  static const unsigned char alpha[] = {0x00, 0x01, 'a', 'b', 0x7f, 0x80, 0xfe, 0xff};
+  unsigned char ka[48], kb[48];
+  unsigned seed = 12345;
+  for (int t = 0; t < 200000; t++) {
+    size_t la = (seed = seed * 1103515245u + 12345u) >> 16 & 63, lb;
+    la %= 41;
+    lb = (t & 3) == 0 ? la : ((seed = seed * 1103515245u + 12345u) >> 16) % 41;
+    for (size_t i = 0; i < la; i++) ka[i] = alpha[((seed = seed * 1103515245u + 12345u) >> 16) & 7];
+    for (size_t i = 0; i < lb; i++)
+      kb[i] = (t & 1) && i < la ? ka[i] : alpha[((seed = seed * 1103515245u + 12345u) >> 16) & 7];
+    if ((t & 7) == 0 && lb > 0) kb[lb - 1] ^= 1; /* differ only in the last byte */
+    MDB_val a = {la, ka}, b = {lb, kb};
+    int want = memn_sign(&a, &b), got = rd__store_cmp_bytes(&a, &b);
+    got = got < 0 ? -1 : got > 0;
+    if (got != want) {
+      fprintf(stderr, "order differs at pair %d (lengths %zu, %zu): %d, want %d\n", t, la, lb, got, want);
+      CHECK(0);
+      return;
+    }
+    CHECK(rd__store_cmp_bytes(&a, &a) == 0);
+  }
+
+  /* a cache file read by plain LMDB: keys in the default's order, each found */
+  char d[128], path[200];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_CACHE, 0, 0);
+  rd_cache *c;
+  CHECK(rd_cache_open(&c, env, NULL, NULL) == RD_OK);
+  char key[64];
+  for (int i = 0; i < 600; i++) {
+    size_t kl = (size_t)snprintf(key, sizeof key, "%s%d", i % 3 ? "key:" : "\xff\x01", i * 7919 % 600);
+    if (i % 5 == 0) kl = (size_t)(i % 9) + 1; /* short prefixes of each other */
+    CHECK(rd_cache_put(c, key, kl, "v", 1, 0, NULL) == RD_OK);
+  }
+  CHECK(rd_cache_put(c, "key:1", 5, "v", 1, 0, NULL) == RD_OK);
+  CHECK(rd_cache_put(c, "\xff\x01" "0", 3, "v", 1, 0, NULL) == RD_OK);
+  rd_cache_close(c);
+  rd_store_env_close(env);
+  snprintf(path, sizeof path, "%s/cache.mdb", d);
+  MDB_env *raw;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  MDB_cursor *cur;
+  CHECK(mdb_env_create(&raw) == 0);
+  mdb_env_set_maxdbs(raw, 8);
+  CHECK(mdb_env_open(raw, path, MDB_NOSUBDIR | MDB_RDONLY, 0600) == 0);
+  CHECK(mdb_txn_begin(raw, NULL, MDB_RDONLY, &txn) == 0);
+  CHECK(mdb_dbi_open(txn, NULL, 0, &dbi) == 0);
+  CHECK(mdb_cursor_open(txn, dbi, &cur) == 0);
+  MDB_val k, v, prev = {0, NULL};
+  int n = 0, ordered = 1, found = 1;
+  unsigned char pk[512];
+  while (mdb_cursor_get(cur, &k, &v, n ? MDB_NEXT : MDB_FIRST) == 0) {
+    if (n && memn_sign(&prev, &k) >= 0) ordered = 0;
+    memcpy(pk, k.mv_data, k.mv_size);
+    prev.mv_size = k.mv_size;
+    prev.mv_data = pk;
+    MDB_val g;
+    if (mdb_get(txn, dbi, &k, &g) != 0) found = 0;
+    n++;
+  }
+  CHECK(ordered && found);
+  CHECK(n > 600 / 2); /* the entries (some keys repeat) and the named databases */
+  mdb_cursor_close(cur);
+  mdb_txn_abort(txn);
+  mdb_env_close(raw);
+  env = open_env(d, RD_STORE_CACHE, 0, 0);
+  CHECK(rd_cache_open(&c, env, NULL, NULL) == RD_OK);
+  CHECK(cache_has(c, "key:1") && cache_has(c, "\xff\x01" "0"));
+  rd_cache_close(c);
+  rd_store_env_close(env);
+}
+
 /* Each cache handle keeps one read txn, reset between gets and renewed per
  * get: every get sees the latest commit, two views may be held at once (the
  * second takes a pooled txn), and map growth by this process or another
@@ -363,6 +450,67 @@ TEST(cache_reader_txn_is_reused_and_stays_fresh) {
   rd_cache_stats s;
   CHECK(rd_cache_stats_get(c, &s, NULL) == RD_OK && s.entries == 2 + 200 + 600);
   rd_cache_close(c);
+  rd_store_env_close(env);
+}
+
+/* A get on a handle's live snapshot takes no lock: the reader is pinned,
+ * and a map resize waits for it like for a lock holder: a view held on it
+ * makes growth wait (then storage_full after the limit, its bytes intact),
+ * and growth goes on once the view is released. */
+typedef struct grow_arg { rd_cache *c; int rc; } grow_arg;
+
+static void *grow_thread(void *p) {
+  grow_arg *g = p;
+  static char big[8000];
+  memset(big, 'w', sizeof big);
+  g->rc = RD_OK;
+  for (int i = 0; i < 200 && g->rc == RD_OK; i++) {
+    char k[32];
+    snprintf(k, sizeof k, "w%d", i);
+    g->rc = rd_cache_put(g->c, k, strlen(k), big, sizeof big, 0, NULL);
+  }
+  return NULL;
+}
+
+TEST(cache_map_growth_waits_for_a_pinned_view) {
+  char d[128];
+  fresh_dir(d, sizeof d);
+  rd_store_env *env = open_env(d, RD_STORE_CACHE, 64 << 10, 64 << 20);
+  rd_cache *a, *b;
+  rd_cache_config fifo = {0, 0, RD_CACHE_FIFO};
+  CHECK(rd_cache_open(&a, env, &fifo, NULL) == RD_OK);
+  CHECK(rd_cache_open(&b, env, &fifo, NULL) == RD_OK);
+  CHECK(rd_cache_put(a, "k", 1, "v", 1, 0, NULL) == RD_OK);
+  CHECK(cache_is(a, "k", "v") && cache_is(a, "k", "v")); /* the snapshot is live */
+  rd_store_view v;
+  CHECK(rd_cache_get(a, "k", 1, &v, NULL) == RD_OK); /* pinned, no lock */
+  rd_error err;
+  int rc = RD_OK;
+  char big[8000];
+  memset(big, 'g', sizeof big);
+  for (int i = 0; i < 200 && rc == RD_OK; i++) {
+    char k[32];
+    snprintf(k, sizeof k, "g%d", i);
+    rc = rd_cache_put(b, k, strlen(k), big, sizeof big, 0, &err);
+  }
+  CHECK(rc == RD_EFULL && strstr(err.message, "could not grow") != NULL);
+  CHECK(v.len == 1 && memcmp(v.data, "v", 1) == 0);
+  CHECK(cache_has(b, "g0")); /* what was acknowledged stays */
+  /* another thread grows while the view is held; released 0.3 s later */
+  grow_arg g = {b, RD_OK};
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, grow_thread, &g) == 0);
+  usleep(300000);
+  CHECK(v.len == 1 && memcmp(v.data, "v", 1) == 0);
+  rd_store_view_release(&v);
+  pthread_join(t, NULL);
+  CHECK(g.rc == RD_OK);
+  rd_store_env_info info;
+  rd_store_env_info_get(env, &info);
+  CHECK(info.map_size > (64 << 10));
+  CHECK(cache_is(a, "k", "v") && cache_has(a, "w199") && cache_has(a, "g0"));
+  rd_cache_close(a);
+  rd_cache_close(b);
   rd_store_env_close(env);
 }
 

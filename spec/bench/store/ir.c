@@ -1,5 +1,6 @@
 /*
- * ir.c — one kind of get, N times, over 1000 keys (spec/bench/store/ir runs
+ * ir.c — one kind of get, N times, over 1000 keys (RD_IR_KEYS: another
+ * count, e.g. 10000 for a tree one level deeper; spec/bench/store/ir runs
  * it under callgrind twice and prints instructions per get: a figure that,
  * unlike ops per second, does not move with the machine's load).
  *
@@ -12,13 +13,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NKEYS 1000
+#define MAXKEYS 1000000
+static int NKEYS = 1000; /* RD_IR_KEYS */
 
 int main(int argc, char **argv) {
   if (argc != 4) { fprintf(stderr, "usage: ir DIR MODE N\n"); return 2; }
   const char *dir = argv[1], *mode = argv[2];
   unsigned n = (unsigned)atoi(argv[3]);
-  static char keys[NKEYS][16];
+  const char *nk = getenv("RD_IR_KEYS");
+  if (nk && atoi(nk) > 0 && atoi(nk) <= MAXKEYS) NKEYS = atoi(nk);
+  static char keys[MAXKEYS][16];
   for (int i = 0; i < NKEYS; i++) snprintf(keys[i], sizeof keys[i], "key:%08u", i);
   char val[100];
   memset(val, 'v', sizeof val);
@@ -32,7 +36,7 @@ int main(int argc, char **argv) {
     int named = strcmp(mode, "raw_renew_named") == 0;
     mdb_env_create(&env);
     mdb_env_set_maxdbs(env, 8);
-    mdb_env_set_mapsize(env, 1u << 26);
+    mdb_env_set_mapsize(env, 1u << 30);
     if (mdb_env_open(env, path, MDB_NOSUBDIR | MDB_NOSYNC | MDB_NOTLS, 0600)) return 1;
     mdb_txn_begin(env, NULL, 0, &txn);
     mdb_dbi_open(txn, named ? "entries" : NULL, MDB_CREATE, &dbi);
@@ -64,7 +68,8 @@ int main(int argc, char **argv) {
   } else {
     rd_store_env *env;
     rd_error err;
-    if (rd_store_env_open(&env, dir, RD_STORE_CACHE, NULL, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
+    rd_store_env_config ecfg = {1u << 30, 1u << 30};
+    if (rd_store_env_open(&env, dir, RD_STORE_CACHE, &ecfg, &err)) { fprintf(stderr, "%s\n", err.message); return 1; }
     rd_cache *c;
     rd_cache_config cc = {0, 0, strcmp(mode, "cache_lru") == 0 ? RD_CACHE_LRU : RD_CACHE_FIFO};
     if (rd_cache_open(&c, env, &cc, &err)) return 1;
