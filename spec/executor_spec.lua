@@ -53,11 +53,6 @@ local TOOLS = {
     parameters = [[{ type = "object", properties = { n = { type = "integer" } } }]],
     handler = "function(p, ctx) ctx.sleep(5) return { n = p.n, sq = p.n * p.n, id = ctx.execution_id } end",
   },
-  swift = {
-    execution = "concurrency = 256",
-    parameters = [[{ type = "object", properties = { n = { type = "integer" } } }]],
-    handler = "function(p) return { sq = p.n * p.n } end",
-  },
   dies = {
     -- its process is killed (by the spec) in every attempt
     execution = "retries = 2, timeout = 20000, backoff = { initial = 1, max = 2 }",
@@ -365,23 +360,6 @@ describe("the executor", function()
       for i = 1, n do assert.equals("running", long[i]:stage()) end
       for i = 1, n do long[i]:cancel() end
       for i = 1, n do fails(long[i]:wait(), "cancelled") end
-      e:close()
-    end)
-
-    it("serves 256 concurrent quick in-process calls from a few tool states", function()
-      local e = H.open_engine(dir, { max_running = 256 })
-      local hs = {}
-      for i = 1, 256 do hs[i] = e:submit("swift_relaxed", { n = i }) end
-      for i = 1, 256 do
-        local env = hs[i]:wait()
-        assert.equals("ok", env.status, env.error ~= H.json().null and env.error.message or nil)
-        assert.equals(i * i, env.output.sq)
-      end
-      -- calls beyond the call threads' capacity waited for a state to be
-      -- given back instead of each making one
-      local t = e.registry:get("swift_relaxed")
-      assert.is_true(t.live <= 32, "tool states made: " .. t.live)
-      assert.equals(0, e.registry.inproc)
       e:close()
     end)
 

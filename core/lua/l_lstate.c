@@ -12,9 +12,6 @@
  *   st:on_notify(fn [, arg])   fn(kind, a, b, text) for ctx.log / ctx.progress;
  *                      with arg: fn(arg, kind, a, b, text)
  *   st:set_max_memory(bytes), st:heap(), st:busy(), st:close()
- *   core.lstate.pressure() -> queued, cap, long   (calls waiting for a
- *                      call thread, process-wide; calls run at once before
- *                      one waits; running calls that have run for 1 ms)
  *
  * `fname` names a function of the tool state's bootstrap module (`boot`,
  * by default lua/rubberduck/toolstate.lua; the policy loader uses
@@ -912,27 +909,6 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
-/* core.lstate.pressure() -> queued, cap, long: calls waiting for a call
- * thread (in every engine of the process), how many calls the threads run
- * at once before a queued one waits (the CPUs, at least 2), and how many
- * running calls have run for STUCK_NS (sleeping, stuck in C, or long). */
-static int l_pressure(lua_State *L) {
-  pthread_mutex_lock(&q_lock);
-  int queued = q_queued, cap = active_cap, stuck = 0;
-  uint64_t now = rd__mono_ns();
-  for (q_slot *s = q_slots; s; s = s->next)
-    if (s->busy_ns && now - s->busy_ns >= STUCK_NS) stuck++;
-  pthread_mutex_unlock(&q_lock);
-  if (cap <= 0) { /* before the first call of this process */
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    cap = n < 2 ? 2 : n > 64 ? 64 : (int)n;
-  }
-  lua_pushinteger(L, queued);
-  lua_pushinteger(L, cap);
-  lua_pushinteger(L, stuck);
-  return 3;
-}
-
 int rd__luaopen_lstate(lua_State *L) {
   static const luaL_Reg m[] = {
     {"call", l_call}, {"start", l_start}, {"stop", l_stop},
@@ -940,8 +916,5 @@ int rd__luaopen_lstate(lua_State *L) {
     {"heap", l_heap}, {"busy", l_busy}, {"usable", l_usable},
     {"close", l_close}, {"__gc", l_close}, {NULL, NULL},
   };
-  rd__lua_class(L, LSTATE_MT, m, l_new);
-  lua_pushcfunction(L, l_pressure);
-  lua_setfield(L, -2, "pressure");
-  return 1;
+  return rd__lua_class(L, LSTATE_MT, m, l_new);
 }

@@ -29,12 +29,7 @@ local Registry = {}
 Registry.__index = Registry
 
 function M.new(engine)
-  local self = setmetatable({ engine = engine, tools = {}, order = {},
-    inproc = 0, inproc_waiters = {} }, Registry)
-  -- made once (a closure per call would keep LuaJIT from compiling the
-  -- paths that arm it)
-  self.gate_dispatch = function() self:_gate_dispatch() end
-  return self
+  return setmetatable({ engine = engine, tools = {}, order = {} }, Registry)
 end
 
 local function read_file(path)
@@ -192,104 +187,11 @@ end
 
 function Registry:get(name) return self.tools[name] end
 
--- ---- the in-process gate ------------------------------------------------------
---
--- Calls of in-process levels (relaxed, none) hold a tool state from
--- checkout to checkin, and wait for a call thread in between. While this
--- engine holds twice as many as the call threads run at once, a new call
--- waits here instead, before taking a state: a closed loop of 256 trivial
--- calls of one tool otherwise made 256 tool states and went through them
--- in turn, each call missing the CPU caches (twice the CPU time per call
--- of 8 states). Calls that have run for a millisecond (sleeping, stuck in
--- C, or long) do not count: they get threads of their own
--- (core/lua/l_lstate.c), and as many more calls pass (the gate looks
--- again every millisecond while calls wait here).
-local GATE_RECHECK_MS = 1
-
-local gate_base -- 2 x the calls the threads run at once (fixed per process)
-
-local function gate_open(self)
-  if gate_base and self.inproc < gate_base then return true end
-  local _, cap, long = core.lstate.pressure()
-  gate_base = 2 * cap
-  return self.inproc < gate_base + long
-end
-
--- Look at the gate in `ms` (0: on the loop's next turn, as a state was
--- given back; a pending later look is brought forward).
-local function gate_arm(self, ms)
-  if #self.inproc_waiters == 0 then return end
-  if self.gate_timer then
-    if ms > 0 or self.gate_soon then return end
-    self.gate_timer:stop()
-  end
-  self.gate_timer = self.engine.loop:timer(ms, self.gate_dispatch)
-  self.gate_soon = ms == 0 or nil
-end
-
-function Registry:_gate_dispatch()
-  self.gate_timer, self.gate_soon = nil, nil
-  local w = self.inproc_waiters
-  while #w > 0 and gate_open(self) do
-    local h = table.remove(w, 1)
-    self.inproc = self.inproc + 1 -- taken for h, which goes on from its yield
-    h.gate_passed = true
-    h:_resume("gate")
-  end
-  gate_arm(self, GATE_RECHECK_MS)
-end
-
--- In h's coroutine, queued: yield until the gate lets h through (true) or
--- h is cancelled (nil). A wake-up for neither yields again, by a tail call:
--- no loop in the path LuaJIT compiles through checkout.
-local function gate_wait_more(self, h)
-  coroutine.yield()
-  if h.gate_passed then
-    h.gate_passed = nil
-    return true
-  end
-  if h.cancelled then
-    local w = self.inproc_waiters
-    for i = 1, #w do
-      if w[i] == h then table.remove(w, i); break end
-    end
-    return nil
-  end
-  return gate_wait_more(self, h)
-end
-
-local function gate_wait(self, h)
-  local w = self.inproc_waiters
-  w[#w + 1] = h
-  gate_arm(self, GATE_RECHECK_MS)
-  h.stage_name = "starting"
-  return gate_wait_more(self, h)
-end
-
 -- A state for one call of `t`: an idle one, or a new one (from the tool's
 -- source for an in-process level: `wait`, the calling execution's handle,
 -- lets the definition run while the loop goes on). The caller (the executor) has made sure fewer than
 -- def.execution.concurrency calls of `t` run. Returns state | nil, why.
 function Registry:checkout(t, wait)
-  if not M.REMOTE[t.def.security.level] then
-    if wait and (#self.inproc_waiters > 0 or not gate_open(self)) then
-      if not gate_wait(self, wait) then return nil, "cancelled" end
-    else
-      self.inproc = self.inproc + 1
-    end
-    local st, why = self:_take(t, wait)
-    if not st then self:_gate_release() end
-    return st, why
-  end
-  return self:_take(t, wait)
-end
-
-function Registry:_gate_release()
-  self.inproc = self.inproc - 1
-  gate_arm(self, 0)
-end
-
-function Registry:_take(t, wait)
   local idle = t.idle
   local n = #idle
   if n > 0 then -- (no loop here: LuaJIT compiles a loop-free function whole)
@@ -298,7 +200,7 @@ function Registry:_take(t, wait)
     if st:usable() then return st end
     st:close()
     t.live = t.live - 1
-    return self:_take(t, wait)
+    return self:checkout(t, wait)
   end
   t.live = t.live + 1
   if M.REMOTE[t.def.security.level] then
@@ -315,7 +217,6 @@ end
 -- Give a state back after a call. `recycle`: it breached a limit (or was
 -- stopped) and must not serve again.
 function Registry:checkin(t, st, recycle)
-  if not M.REMOTE[t.def.security.level] then self:_gate_release() end
   if recycle or t.retired or not st:usable() then
     st:close()
     t.live = t.live - 1
@@ -331,7 +232,6 @@ function Registry:list()
 end
 
 function Registry:close()
-  if self.gate_timer then self.gate_timer:stop(); self.gate_timer = nil end
   for _, name in ipairs(self.order) do M.close_tool(self.tools[name]) end
 end
 
