@@ -1,12 +1,13 @@
 -- sandbox_ctx_spec.lua — what the engine gives a tool (ctx.caller) cannot be
 -- poisoned by one call for the next one, at the in-process levels.
 --
--- A tool state keeps its copy of the caller from one call to the next
--- (core/sandbox/xcopy.h, rd_xcopy_memo): the engine compares it, raw and
--- deep, with the next call's caller and uses it again only when it holds
--- exactly the same data. These hostile tools write into ctx.caller, set
--- metatables on it, swap its subtables, keep references to it and change
--- it later: every next call must see the caller as the engine gave it.
+-- A tool state keeps a copy of the caller from one call to the next
+-- (l_lstate.c, st:execute): the engine sends the caller again only when it
+-- is another table, and the tool state's bootstrap gives every call a
+-- fresh copy of the one it keeps, which tool code never sees. These
+-- hostile tools write into ctx.caller, set metatables on it, swap its
+-- subtables, keep references to it and change it later: every next call
+-- must see the caller as the engine gave it.
 
 local H = require "helpers"
 
@@ -151,12 +152,12 @@ local function check_level(level)
       assert.same(PRISTINE, o, msg)
     end
 
-    it("gives the same caller data to every call, and keeps its copy between calls", function()
+    it("gives the same caller data to every call, each time in a table of its own", function()
       pristine(call("look"))
       local second = call("look")
       pristine(second)
-      -- the kept copy was used: the tool got the very table it saw before
-      assert.is_true(second.same)
+      -- never the table a call before saw (and could have kept)
+      assert.is_false(second.same)
     end)
 
     for _, attack in ipairs({ "write", "add", "add_top", "clear", "metatables", "unmark", "swap_other", "type", "markers" }) do

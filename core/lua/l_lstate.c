@@ -58,6 +58,11 @@ typedef struct note {
 } note;
 
 typedef struct lcore lcore;
+
+/* lcore.given_up: a call on a thread is RUNNING until the thread finishes
+ * it (FINISHED) or the loop gives up on it first (UP): whichever side
+ * moves it from RUNNING decides whether the call counted in q_given_up. */
+enum { GIVEN_RUNNING, GIVEN_UP, GIVEN_FINISHED };
 typedef struct lud { lcore *c; } lud;
 
 struct lcore {
@@ -68,6 +73,13 @@ struct lcore {
   int modref;                /* bootstrap module, in the tool state */
   int gcref;                 /* gc_pay, in the tool state */
   rd_xcopy_memo memo;        /* the caller of the last call (arg.ctx.caller), kept in the state */
+  /* st:execute (the pipeline's calls): */
+  int execref;               /* the bootstrap's `execute_with`, in the tool state */
+  int caller_href;           /* the host caller whose copy the state keeps, or LUA_NOREF */
+  int caller_pending;        /* the host caller sent with the call in flight, or LUA_NOREF */
+  int okref;                 /* the host's { status = "ok" }, or LUA_NOREF */
+  int fast;                  /* the call in flight came from st:execute */
+  int nargs;                 /* its arguments on the tool state's stack */
   uv_async_t async;
   uv_timer_t timer;
   struct lcore *qnext;       /* in the run queue of the call threads */
@@ -77,7 +89,7 @@ struct lcore {
   int notifyarg;             /* on_notify's arg (LUA_NOREF: none) */
   int running, abandoned, ud_gone, closing, handles_open;
   int awaited;               /* counted in loop->expected (rd__loop_expect) */
-  int given_up;              /* abandoned while on a thread (under q_lock) */
+  int given_up;              /* GIVEN_*: abandoned while on a thread? */
   uint64_t started_ns;       /* when start() handed the call over */
   uint64_t queued_ns;        /* when it entered the call threads' queue */
   uint64_t finished_ns;      /* when its thread was done with it */
@@ -277,8 +289,21 @@ typedef struct q_slot {
 } q_slot;
 static q_slot *q_slots;
 
+/* Call threads (and the watchdog) run under SCHED_BATCH: a woken one
+ * waits for the CPU it lands on to reschedule instead of preempting the
+ * thread running there, most often the loop thread, which each preemption
+ * costs a context switch in the middle of its work. They get the same
+ * share of the CPU as before; only wake-up preemption goes. */
+static void batch_self(void) {
+#ifdef SCHED_BATCH
+  struct sched_param sp = { 0 };
+  (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+#endif
+}
+
 static void *call_thread(void *arg) {
   RD_UNUSED(arg);
+  batch_self();
   int spin = 0; /* a new thread has its call queued already */
   unsigned skip_pause = 0;
   q_slot slot = { NULL, 0 };
@@ -297,14 +322,17 @@ static void *call_thread(void *arg) {
     pthread_mutex_unlock(&q_lock);
     run(c, cpu_start);
     c->finished_ns = rd__mono_ns();
+    /* Finished: from now on the loop's on_overdue no longer counts the
+     * call as given up (the exchange settles a race with it without the
+     * lock). The post, the only message back, goes out before this thread
+     * takes the lock again; after it the loop may free c at any time. */
+    int given_up = __atomic_exchange_n(&c->given_up, GIVEN_FINISHED, __ATOMIC_ACQ_REL)
+                   == GIVEN_UP;
+    rd__loop_post(c->loop, &c->done);
     pthread_mutex_lock(&q_lock);
     slot.busy_ns = 0;
     q_busy--;
-    if (c->given_up) q_given_up--;
-    pthread_mutex_unlock(&q_lock);
-    /* The only message back: after this the loop may free c at any time. */
-    rd__loop_post(c->loop, &c->done);
-    pthread_mutex_lock(&q_lock);
+    if (given_up) q_given_up--;
   }
   return NULL;
 }
@@ -356,21 +384,37 @@ static void grow_for_queue(uint64_t now) {
 
 /* The watchdog: while calls are queued, checks every STUCK_NS that the
  * oldest one was taken; if not, calls that have run for STUCK_NS make
- * room for queued ones (grow_for_queue). */
+ * room for queued ones (grow_for_queue). While calls run and none waits
+ * it looks less and less often (up to every WD_MAX_NS); with no call at
+ * all it sleeps. In both cases it is woken by the next call that is left
+ * waiting in the queue (submit), and only by such a call: a call taken at
+ * once costs the loop thread no wake-up of the watchdog. */
+#define WD_MAX_NS 64000000u
+
 static void *watchdog(void *arg) {
   RD_UNUSED(arg);
+  batch_self();
   pthread_mutex_lock(&q_lock);
+  uint64_t interval = STUCK_NS;
   for (;;) {
-    while (!q_head) {
+    if (!q_head && !q_busy) {
       wd_waiting = 1;
-      pthread_cond_wait(&wd_cond, &q_lock);
+      while (!q_head) pthread_cond_wait(&wd_cond, &q_lock);
+      interval = STUCK_NS;
+    } else if (q_head) {
+      interval = STUCK_NS;
       wd_waiting = 0;
+    } else {
+      interval = interval * 2 > WD_MAX_NS ? WD_MAX_NS : interval * 2;
+      wd_waiting = 1;
     }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += STUCK_NS;
-    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+    uint64_t ns = (uint64_t)ts.tv_nsec + interval;
+    ts.tv_sec += (time_t)(ns / 1000000000u);
+    ts.tv_nsec = (long)(ns % 1000000000u);
     pthread_cond_timedwait(&wd_cond, &q_lock, &ts);
+    wd_waiting = 0;
     uint64_t now = rd__mono_ns();
     if (q_head && now - q_head->queued_ns >= STUCK_NS) grow_for_queue(now);
   }
@@ -385,6 +429,7 @@ static int submit(lcore *c) {
   int rc = 0;
   c->done.fn = on_run_done;
   c->qnext = NULL;
+  c->given_up = GIVEN_RUNNING;
   /* submit() is only called on loop threads. In a forked child (which has
    * none of the parent's threads, and may have inherited the lock held or
    * the condition with waiters) everything starts again. The atfork
@@ -437,7 +482,8 @@ static int submit(lcore *c) {
     else __atomic_store_n(&q_head, c, __ATOMIC_RELEASE);
     q_tail = c;
     q_queued++;
-    if (wd_waiting) pthread_cond_signal(&wd_cond);
+    /* a call no spinning thread takes: the watchdog must look soon */
+    if (waiting > 0 && wd_waiting) pthread_cond_signal(&wd_cond);
   }
   pthread_mutex_unlock(&q_lock);
   return rc;
@@ -467,7 +513,11 @@ static void core_close(lcore *c) {
   luaL_unref(H, LUA_REGISTRYINDEX, c->cbref);
   luaL_unref(H, LUA_REGISTRYINDEX, c->notifyref);
   luaL_unref(H, LUA_REGISTRYINDEX, c->notifyarg);
+  luaL_unref(H, LUA_REGISTRYINDEX, c->caller_href);
+  luaL_unref(H, LUA_REGISTRYINDEX, c->caller_pending);
+  luaL_unref(H, LUA_REGISTRYINDEX, c->okref);
   c->cbref = c->notifyref = c->notifyarg = LUA_NOREF;
+  c->caller_href = c->caller_pending = c->okref = LUA_NOREF;
   if (c->running) return; /* after_run finishes the job */
   uv_timer_stop(&c->timer);
   uv_close((uv_handle_t *)&c->async, handle_closed);
@@ -521,6 +571,7 @@ static int l_new(lua_State *L) {
    * object of the state) must not reach the data of the next one. */
   c->memo.reset_markers = 1;
   c->cbref = c->notifyref = c->notifyarg = LUA_NOREF;
+  c->execref = c->caller_href = c->caller_pending = c->okref = LUA_NOREF;
   uv_async_init(&loop->uv, &c->async, on_async);
   uv_timer_init(&loop->uv, &c->timer);
   c->async.data = c->timer.data = c;
@@ -548,6 +599,8 @@ static int l_new(lua_State *L) {
     core_close(c);
     return lua_error(L);
   }
+  lua_getfield(T, -1, "execute_with");
+  c->execref = luaL_ref(T, LUA_REGISTRYINDEX); /* LUA_REFNIL if none */
   c->modref = luaL_ref(T, LUA_REGISTRYINDEX);
   /* made once: lua_cpcall would allocate a closure at every call */
   lua_pushcfunction(T, gc_pay);
@@ -640,7 +693,7 @@ static void run(lcore *c, double cpu_start_ms) {
     lua_pushlightuserdata(T, &c->gc_owed_kb);
     c->status = lua_pcall(T, 1, 0, 0);
   }
-  if (c->status == 0) c->status = lua_pcall(T, 1, 2, 0);
+  if (c->status == 0) c->status = lua_pcall(T, c->nargs, 2, 0);
   c->breach = rd__lstate_disarm(c->s, &c->used_cpu, &c->peak);
 }
 
@@ -670,10 +723,51 @@ static void push_error_text(lua_State *L, lua_State *T) {
   }
 }
 
+/* A result that could not be copied out: false, kind, message. */
+static void push_copy_failure(lua_State *L, int rc, const rd_error *err) {
+  lua_pushboolean(L, 0);
+  if (rc == RD_ELIMIT && strstr(err->message, "larger than"))
+    lua_pushliteral(L, "output_limit");
+  else
+    lua_pushliteral(L, "invalid_output");
+  lua_pushstring(L, err->message);
+}
+
+/* After an st:execute call (run or not): the caller sent with it is the
+ * one the state keeps if the bootstrap got to keep it (the call ran and
+ * returned); otherwise no caller is known to the state, and the next call
+ * sends its caller again. */
+static void complete_caller(lua_State *L, lcore *c, int ran) {
+  if (c->caller_pending == LUA_NOREF) return;
+  if (ran) {
+    c->caller_href = c->caller_pending;
+  } else {
+    luaL_unref(L, LUA_REGISTRYINDEX, c->caller_pending);
+  }
+  c->caller_pending = LUA_NOREF;
+}
+
 /* Push the results of the finished call onto L: 4 values, as documented. */
 static void push_results(lua_State *L, lcore *c) {
   lua_State *T = rd__lstate_L(c->s);
   size_t cap = rd__lstate_set_max_memory(c->s, 0);
+  if (c->fast && c->breach == RD_BREACH_NONE && c->status == 0 &&
+      lua_type(T, -2) == LUA_TBOOLEAN && lua_toboolean(T, -2)) {
+    /* execute_with's "went well": the host's shared status table */
+    lua_pushboolean(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->okref);
+    rd_error err;
+    rd_xcopy_opts oo = {0, c->max_output, 0};
+    int rc = rd__xcopy(T, -1, L, &oo, NULL, &err);
+    if (rc != RD_OK) {
+      lua_pop(L, 2);
+      push_copy_failure(L, rc, &err);
+    }
+    push_stats(L, c);
+    lua_settop(T, 0);
+    rd__lstate_set_max_memory(c->s, cap);
+    return;
+  }
   if (c->breach != RD_BREACH_NONE) {
     const char *msg = rd__lstate_breach_message(c->s);
     lua_pushboolean(L, 0);
@@ -696,12 +790,7 @@ static void push_results(lua_State *L, lcore *c) {
     }
     if (rc != RD_OK) {
       lua_settop(L, base);
-      lua_pushboolean(L, 0);
-      if (rc == RD_ELIMIT && strstr(err.message, "larger than"))
-        lua_pushliteral(L, "output_limit");
-      else
-        lua_pushliteral(L, "invalid_output");
-      lua_pushstring(L, err.message);
+      push_copy_failure(L, rc, &err);
     }
   }
   push_stats(L, c);
@@ -717,6 +806,8 @@ static int l_call(lua_State *L) {
   read_limits(L, 4, &lim);
   if (c->running) return luaL_error(L, "tool state is busy");
   prepare(L, c, fname, 3, &lim);
+  c->fast = 0;
+  c->nargs = 1;
   c->running = 1;
   /* No reading of the thread's CPU clock (a system call, microseconds on
    * a VM) on the way in: the budget's first check reads it (lstate.h). */
@@ -750,6 +841,7 @@ static void after_run(lcore *c) {
     return;
   }
   lua_State *H = c->loop->cbL;
+  complete_caller(H, c, c->status == 0 && c->breach == RD_BREACH_NONE);
   int ref = c->cbref;
   c->cbref = LUA_NOREF;
   lua_rawgeti(H, LUA_REGISTRYINDEX, ref);
@@ -766,8 +858,10 @@ static void on_overdue(uv_timer_t *t) {
   c->abandoned = 1;
   answered(c, -1);
   pthread_mutex_lock(&q_lock);
-  c->given_up = 1;
-  q_given_up++;
+  int running = GIVEN_RUNNING;
+  if (__atomic_compare_exchange_n(&c->given_up, &running, GIVEN_UP, 0,
+                                  __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    q_given_up++; /* the thread has not finished: it is stuck */
   pthread_mutex_unlock(&q_lock);
   rd__lstate_request_stop(c->s, RD_BREACH_TIMEOUT);
   /* Busy in C (a pattern match) or blocked (a sleeping C call)? The
@@ -801,8 +895,11 @@ static void on_overdue(uv_timer_t *t) {
   rd__loop_pcall(c->loop, 4);
 }
 
+/* Hand the prepared call to a call thread; fn (at fnidx) gets its
+ * results. Returns what start/execute return. */
+static int launch(lua_State *L, lcore *c, const limits *lim, int fnidx);
+
 static int l_start(lua_State *L) {
-  lud *u = luaL_checkudata(L, 1, LSTATE_MT);
   lcore *c = check_open(L, 1);
   const char *fname = luaL_checkstring(L, 2);
   luaL_checkany(L, 3);
@@ -811,7 +908,106 @@ static int l_start(lua_State *L) {
   rd__lua_checkcallable(L, 5);
   if (c->running) return luaL_error(L, "tool state is busy");
   prepare(L, c, fname, 3, &lim);
-  lua_pushvalue(L, 5);
+  c->fast = 0;
+  c->nargs = 1;
+  return launch(L, c, &lim, 5);
+}
+
+/* Is the value at idx of L the one L's registry holds at ref? */
+static int host_is(lua_State *L, int idx, int ref) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  int same = lua_rawequal(L, idx, -1);
+  lua_pop(L, 1);
+  return same;
+}
+
+/* st:execute(params, caller, id, attempt, deadline, cpu_ms, timeout_ms,
+ *            max_output, fn)
+ * The pipeline's call: the bootstrap's execute_with(params, caller, id,
+ * attempt, deadline) builds ctx in the tool state, on the call thread.
+ * The caller table is copied only when it is not the host table the state
+ * already has a copy of (the bootstrap keeps that copy where tool code
+ * cannot reach it and gives each call a fresh copy of it): then nil goes
+ * in its place. The host table is held by reference, so "the same table"
+ * means the same object, never a new one at a recycled address; the
+ * engine never changes a normalized caller. fn gets what start's fn gets,
+ * except that a call that went well gives the host one shared table
+ * { status = "ok" } (read only). */
+static int l_execute(lua_State *L) {
+  lcore *c = check_open(L, 1);
+  luaL_checkany(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_checktype(L, 4, LUA_TSTRING);
+  double attempt = luaL_checknumber(L, 5), deadline = luaL_checknumber(L, 6);
+  limits lim;
+  lim.cpu_ms = luaL_optnumber(L, 7, 0);
+  lim.timeout_ms = luaL_optnumber(L, 8, 0);
+  lim.max_output = (size_t)luaL_optnumber(L, 9, 0);
+  lim.grace_ms = DEFAULT_GRACE_MS;
+  rd__lua_checkcallable(L, 10);
+  if (c->running) return luaL_error(L, "tool state is busy");
+  if (c->execref == LUA_REFNIL || c->execref == LUA_NOREF)
+    return luaL_error(L, "tool state has no function 'execute_with'");
+  if (c->okref == LUA_NOREF) {
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "ok");
+    lua_setfield(L, -2, "status");
+    c->okref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_State *T = rd__lstate_L(c->s);
+  size_t cap = rd__lstate_set_max_memory(c->s, 0);
+  lua_settop(T, 0);
+  lua_rawgeti(T, LUA_REGISTRYINDEX, c->execref);
+  size_t heap0 = rd__lstate_heap(c->s);
+  lua_gc(T, LUA_GCSTOP, 0); /* as in prepare() */
+  rd_error err;
+  /* no kept copy: only the markers put back, as before every call */
+  rd_xcopy_memo reset = { NULL, NULL, LUA_NOREF, 0, 1 };
+  const char *what = "params";
+  int rc = rd__xcopy_memo(L, 2, T, NULL, &reset, NULL, &err);
+  int same = c->caller_href != LUA_NOREF && host_is(L, 3, c->caller_href);
+  if (rc == RD_OK && same) {
+    lua_pushnil(T);
+  } else if (rc == RD_OK) {
+    what = "caller";
+    rc = rd__xcopy(L, 3, T, NULL, NULL, &err);
+  }
+  if (rc == RD_OK) {
+    what = "id";
+    rc = rd__xcopy(L, 4, T, NULL, NULL, &err);
+  }
+  if (rc == RD_OK) {
+    lua_pushnumber(T, attempt);
+    lua_pushnumber(T, deadline);
+  }
+  size_t heap1 = rd__lstate_heap(c->s);
+  c->gc_owed_kb = heap1 > heap0 ? (int)((heap1 - heap0 + 1023) >> 10) : 0;
+  rd__lstate_set_max_memory(c->s, cap);
+  if (rc != RD_OK) {
+    lua_settop(T, 0);
+    lua_gc(T, LUA_GCRESTART, 0);
+    return luaL_error(L, "%s: %s", what, err.message);
+  }
+  if (!same) {
+    /* The state's kept copy is this caller's only once the call has
+     * run (complete_caller): until then no caller is known to it. */
+    luaL_unref(L, LUA_REGISTRYINDEX, c->caller_href);
+    c->caller_href = LUA_NOREF;
+    lua_pushvalue(L, 3);
+    c->caller_pending = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  rd__lstate_clear_stop(c->s);
+  c->cpu_ms = lim.cpu_ms;
+  c->deadline_ns = lim.timeout_ms > 0
+      ? rd__mono_ns() + (uint64_t)(lim.timeout_ms * 1e6) : 0;
+  c->max_output = lim.max_output;
+  c->fast = 1;
+  c->nargs = 5;
+  return launch(L, c, &lim, 10);
+}
+
+static int launch(lua_State *L, lcore *c, const limits *lim, int fnidx) {
+  lua_pushvalue(L, fnidx);
   c->cbref = luaL_ref(L, LUA_REGISTRYINDEX);
   int rc = submit(c);
   if (rc != 0) {
@@ -819,6 +1015,7 @@ static int l_start(lua_State *L) {
     c->cbref = LUA_NOREF;
     lua_settop(rd__lstate_L(c->s), 0);
     lua_gc(rd__lstate_L(c->s), LUA_GCRESTART, 0);
+    complete_caller(L, c, 0);
     lua_pushnil(L);
     lua_pushfstring(L, "cannot start a call thread: %s", strerror(rc));
     return 2;
@@ -830,10 +1027,9 @@ static int l_start(lua_State *L) {
   /* The loop's clock is cached: the host may not have run the loop for a
    * while (a synchronous caller), so refresh it or the timer fires early. */
   uv_update_time(&c->loop->uv);
-  if (lim.timeout_ms > 0)
+  if (lim->timeout_ms > 0)
     uv_timer_start(&c->timer, on_overdue,
-                   (uint64_t)(lim.timeout_ms + lim.grace_ms), 0);
-  RD_UNUSED(u);
+                   (uint64_t)(lim->timeout_ms + lim->grace_ms), 0);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -912,7 +1108,7 @@ static int l_close(lua_State *L) {
 int rd__luaopen_lstate(lua_State *L) {
   static const luaL_Reg m[] = {
     {"call", l_call}, {"start", l_start}, {"stop", l_stop},
-    {"on_notify", l_on_notify}, {"set_max_memory", l_set_max_memory},
+    {"on_notify", l_on_notify}, {"execute", l_execute}, {"set_max_memory", l_set_max_memory},
     {"heap", l_heap}, {"busy", l_busy}, {"usable", l_usable},
     {"close", l_close}, {"__gc", l_close}, {NULL, NULL},
   };

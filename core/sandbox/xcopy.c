@@ -545,7 +545,7 @@ int rd__xcopy_memo(lua_State *from, int idx, lua_State *to,
   c.allow_nonfinite = opts->allow_nonfinite;
   c.err = err;
   c.memo = memo;
-  c.memo_level = c.memo ? 0 : 2;
+  c.memo_level = c.memo && c.memo->k1 ? 0 : 2;
   if (c.memo) c.memo->reused = 0;
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(from) + idx + 1;
   int top_to = lua_gettop(to), top_from = lua_gettop(from);

@@ -29,7 +29,8 @@
  * first use; ref is a reference in the target's registry (luaL_unref it
  * to drop the kept copy, or let the state close). */
 typedef struct rd_xcopy_memo {
-  const char *k1, *k2;    /* the path of the table: value[k1][k2] */
+  const char *k1, *k2;    /* the path of the table: value[k1][k2]; k1 NULL:
+                           * nothing kept (reset_markers alone) */
   int ref;                /* the kept copy in `to`, or LUA_NOREF */
   int reused;             /* out: 1 if the last copy used the kept copy */
   int reset_markers;      /* 1: first, as rd__xcopy_reset_markers (one

@@ -93,8 +93,8 @@ local function on_slot_note(slot, kind, a, b, text)
 end
 
 -- Run one attempt in the tool state. Returns ok, status|kind, output|msg, stats.
-local function attempt_call(h, st, arg, limits)
-  h.note_budget = limits.max_output
+local function attempt_call(h, st, params, attempt, deadline, sec, timeout)
+  h.note_budget = sec.max_output
   local slot = slots[st]
   if not slot then
     slot = {}
@@ -102,7 +102,8 @@ local function attempt_call(h, st, arg, limits)
     st:on_notify(on_slot_note, slot)
   end
   slot.h = h
-  local ok, err = st:start("execute", arg, limits, h:waker())
+  local ok, err = st:execute(params, h.caller, h.id, attempt, deadline,
+    sec.max_cpu, timeout, sec.max_output, h:waker())
   if not ok then slot.h = nil; return false, "internal", err, {} end
   h.state = st
   h.stage_name = "running"
@@ -226,12 +227,7 @@ local function body(engine, h, meta)
       give_back(engine, h, t, st)
       return nil, errors.new("cancelled", "cancelled by the caller")
     end
-    local arg = { params = params, ctx = {
-      execution_id = h.id, tool = t.name, attempt = attempt, caller = h.caller,
-      deadline = core.now() * 1000 + timeout,
-    } }
-    local ok, a, b, stats = attempt_call(h, st, arg,
-      { cpu_ms = sec.max_cpu, timeout_ms = timeout, max_output = sec.max_output })
+    local ok, a, b, stats = attempt_call(h, st, params, attempt, core.now() * 1000 + timeout, sec, timeout)
     meta.cpu_ms = (meta.cpu_ms or 0) + (stats.cpu_ms or 0)
     if (stats.peak_memory_bytes or 0) > (meta.peak_memory_bytes or 0) then
       meta.peak_memory_bytes = stats.peak_memory_bytes

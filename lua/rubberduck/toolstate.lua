@@ -319,9 +319,8 @@ end
 -- engine sees it, through a copy; tool code never gets hold of it).
 local OK = { status = "ok" }
 
-function M.execute(arg)
+local function run_call(params, ctx)
   if not tool_fns then return fail("internal", "tool state has no tool") end
-  local params, ctx = arg.params, arg.ctx or {}
   ctx.log, ctx.sleep, ctx.progress = ctx_log, ctx_sleep, ctx_progress
 
   -- Custom constraints, after the schema (the host ran the schema).
@@ -354,6 +353,35 @@ function M.execute(arg)
     return fail("tool_error", error_text(err2))
   end
   return OK, res
+end
+
+function M.execute(arg)
+  return run_call(arg.params, arg.ctx or {})
+end
+
+-- The caller of the calls so far (see execute_with): tool code never sees
+-- this table, only copies of it.
+local kept_caller
+
+-- A fresh copy of plain data made by the engine (no cycles, only the JSON
+-- markers as metatables): what a call does to its copy stays there.
+local function fresh(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in next, v do t[k] = fresh(x) end
+  return setmetatable(t, getmetatable(v))
+end
+
+-- The pipeline's call (l_lstate.c's st:execute): ctx is made here, on the
+-- call's thread. `caller` is nil when the engine sends the same caller as
+-- last time: kept_caller is then its copy. Returns true, output when the
+-- call went well, else what execute returns.
+function M.execute_with(params, caller, id, attempt, deadline)
+  if caller ~= nil then kept_caller = caller end
+  local status, res = run_call(params, { execution_id = id, tool = tool_def and tool_def.metadata.name,
+    attempt = attempt, caller = fresh(kept_caller), deadline = deadline })
+  if status == OK then return true, res end
+  return status, res
 end
 
 return M

@@ -520,6 +520,15 @@ function Remote:_frame(w, text, why)
   end
 end
 
+-- The pipeline's call, as core.lstate's st:execute takes it (l_lstate.c):
+-- a worker gets the whole ctx in its call frame.
+function Remote:execute(params, caller, id, attempt, deadline, cpu_ms, timeout_ms, max_output, cb)
+  local tool = self.tool and self.tool.name
+  return self:start("execute", { params = params, ctx = { execution_id = id, tool = tool,
+    attempt = attempt, caller = caller, deadline = deadline } },
+    { cpu_ms = cpu_ms, timeout_ms = timeout_ms, max_output = max_output }, cb)
+end
+
 function Remote:start(fname, arg, limits, cb)
   assert(fname == "execute", "a remote state only executes")
   if self.closed then return nil, "tool state is closed" end
