@@ -101,9 +101,8 @@ local function measure_layer(name, n, gap_ms)
   local function one()
     local st = assert(engine.registry:checkout(t, nil))
     local done, ok, status
-    local started, err = st:start("execute", { params = {}, ctx = { execution_id = "bench", tool = name,
-      attempt = 1, caller = caller, deadline = core.now() * 1000 + lim.timeout_ms } }, lim,
-      function(a, b) done, ok, status = true, a, b end)
+    local started, err = st:execute({}, caller, "bench", 1, core.now() * 1000 + lim.timeout_ms,
+      lim.cpu_ms, lim.timeout_ms, lim.max_output, function(a, b) done, ok, status = true, a, b end)
     assert(started, err)
     local spin_until = core.mono_ms() + spin_us / 1000
     while not done do
