@@ -8,6 +8,8 @@
  *                                 | false, kind, message, stats
  *   st:start(fname, arg, limits, fn) -> true     (fn gets what call returns;
  *                                     fn may be a table with __call)
+ *   st:execute(params, caller, id, attempt, deadline, cpu_ms, timeout_ms,
+ *              max_output, fn) -> true   (the pipeline's call: see l_execute)
  *   st:stop("timeout" | "cancel")   ask a running call to stop
  *   st:on_notify(fn [, arg])   fn(kind, a, b, text) for ctx.log / ctx.progress;
  *                      with arg: fn(arg, kind, a, b, text)
