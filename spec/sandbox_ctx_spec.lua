@@ -110,6 +110,13 @@ local PROBE = [[function(p, ctx)
   elseif m == "type" then
     c.n = "5"
     c.flag = 1
+  elseif m == "raise" then
+    c.principal = "admin"
+    error("the tool failed")
+  elseif m == "bomb" then
+    c.principal = "admin"
+    local t = {}
+    for i = 1, 1e8 do t[i] = ("x"):rep(64) .. i end
   end
   LAST = c
   return seen
@@ -121,7 +128,7 @@ local function check_level(level)
 
     setup(function()
       local dir = H.tmpdir()
-      H.write_tool(dir, "probe", H.tool_source{ name = "probe", level = level, handler = PROBE })
+      H.write_tool(dir, "probe", H.tool_source{ name = "probe", level = level, handler = PROBE, security = "max_memory = 8 * 1024 * 1024" })
       engine = H.open_engine(dir)
       assert.same({}, engine.problems)
     end)
@@ -184,6 +191,24 @@ local function check_level(level)
       local after = call("look")
       pristine(after, "after the kept and planted tables were changed")
       assert.is_false(after.same)
+    end)
+
+    it("gives the caller as given after calls that failed, with it or with another caller", function()
+      call("look")
+      local env = engine:execute("probe", { mode = "raise" }, CALLER)
+      assert.equals("tool_error", env.error.kind)
+      pristine(call("look"), "after a call that raised")
+      env = engine:execute("probe", { mode = "bomb" }, CALLER)
+      assert.equals("memory_limit", env.error.kind)
+      pristine(call("look"), "after a call that breached its memory cap")
+      env = engine:execute("probe", { mode = "raise" }, OTHER)
+      assert.equals("tool_error", env.error.kind)
+      pristine(call("look"), "after another caller's call that raised")
+      env = engine:execute("probe", { mode = "bomb" }, OTHER)
+      assert.equals("memory_limit", env.error.kind)
+      pristine(call("look"), "after another caller's call that breached")
+      local bob = call("look", OTHER)
+      assert.equals("bob", bob.principal)
     end)
 
     it("gives another caller its own data, and the first one its own again", function()
