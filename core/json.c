@@ -1128,7 +1128,12 @@ typedef struct enc {
   enc_level *lv;
   enc_key *keys;
   size_t nkeys, capkeys;
+  enc_key *keys_small;  /* the caller's array keys starts in (not freed) */
 } enc;
+
+/* Keys an encode gathers before it needs the heap (sorted objects): a
+ * small result is encoded without a malloc for them. */
+#define ENC_KEYS_SMALL 16
 
 typedef struct enc_call {
   enc e;
@@ -1520,7 +1525,13 @@ static int enc_object_sorted(enc *e, int idx, int nlev, int numkeys) {
     lua_pop(L, 1);
     if (e->nkeys == e->capkeys) {
       size_t cap = e->capkeys ? e->capkeys * 2 : 32;
-      enc_key *k = rd__realloc(e->keys, cap * sizeof *k);
+      enc_key *k;
+      if (e->keys && e->keys == e->keys_small) {
+        k = rd__malloc(cap * sizeof *k);
+        if (k) memcpy(k, e->keys, e->nkeys * sizeof *k);
+      } else {
+        k = rd__realloc(e->keys, cap * sizeof *k);
+      }
       if (!k) return enomem(e);
       e->keys = k;
       e->capkeys = cap;
@@ -1685,6 +1696,7 @@ static int encode_protected(lua_State *L) {
 int rd__json_encode(lua_State *L, int idx, rd_buf *out,
                     const rd_json_opts *opts, rd_error *err) {
   enc_level lv_small[RD_JSON_MAX_DEPTH];
+  enc_key keys_small[ENC_KEYS_SMALL];
   enc_call c;
   size_t orig = out->len;
   rd_error_clear(err);
@@ -1704,6 +1716,8 @@ int rd__json_encode(lua_State *L, int idx, rd_buf *out,
   }
   c.e.err = err;
   c.e.rc = RD_OK;
+  c.e.keys = c.e.keys_small = keys_small;
+  c.e.capkeys = ENC_KEYS_SMALL;
   if (c.e.max_depth <= RD_JSON_MAX_DEPTH) {
     c.e.lv = lv_small;
   } else {
@@ -1728,7 +1742,7 @@ int rd__json_encode(lua_State *L, int idx, rd_buf *out,
       rc = c.e.rc;
     }
   }
-  rd__freemem(c.e.keys);
+  if (c.e.keys != keys_small) rd__freemem(c.e.keys);
   if (c.e.lv != lv_small) rd__freemem(c.e.lv);
   if (rc != RD_OK) {
     out->len = orig;

@@ -298,6 +298,21 @@ describe("core.json", function()
                    json.encode({ b = 1, a = 2, B = 3, aa = 5, [""] = 6 }, sorted))
     end)
 
+    it("sort_keys sorts objects of many keys, nested in one another", function()
+      -- more keys than the encoder gathers before it takes the heap, with
+      -- sorted objects inside, whose keys are gathered after their parent's
+      local t, want = {}, {}
+      for i = 1, 100 do
+        local k = ("k%03d"):format(101 - i)
+        t[k] = { ["z" .. i] = i, a = i }
+      end
+      for i = 1, 100 do
+        local n = 101 - i
+        want[i] = ('"k%03d":{"a":%d,"z%d":%d}'):format(i, n, n, n)
+      end
+      assert.equal("{" .. table.concat(want, ",") .. "}", json.encode(t, sorted))
+    end)
+
     it("pretty indents by two spaces", function()
       local want = table.concat({
         "{",
