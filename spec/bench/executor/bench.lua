@@ -27,7 +27,12 @@ if os.getenv("RD_BENCH_LEVELS") then
   LEVELS = {}
   for l in os.getenv("RD_BENCH_LEVELS"):gmatch("%a+") do LEVELS[#LEVELS + 1] = l end
 end
+-- RD_BENCH_CONC="16": only those concurrencies (1, 16 and 256 by default)
 local CONCURRENCY = { 1, 16, 256 }
+if os.getenv("RD_BENCH_CONC") then
+  CONCURRENCY = {}
+  for c in os.getenv("RD_BENCH_CONC"):gmatch("%d+") do CONCURRENCY[#CONCURRENCY + 1] = tonumber(c) end
+end
 
 local function tmpdir()
   local dir = os.tmpname()
