@@ -601,7 +601,12 @@ static int l_new(lua_State *L) {
     core_close(c);
     return lua_error(L);
   }
-  lua_getfield(T, -1, "execute_with");
+  if (lua_istable(T, -1)) {
+    lua_pushliteral(T, "execute_with");
+    lua_rawget(T, -2);
+  } else {
+    lua_pushnil(T);
+  }
   c->execref = luaL_ref(T, LUA_REGISTRYINDEX); /* LUA_REFNIL if none */
   c->modref = luaL_ref(T, LUA_REGISTRYINDEX);
   /* made once: lua_cpcall would allocate a closure at every call */
