@@ -639,12 +639,12 @@ static rd_lstate *zygote_state;
 
 static void template_main(int fd) __attribute__((noreturn));
 
-/* A template's worker reads its call into this buffer, reserved (and
- * written, when it prefaults) before the call comes: the first sizeable
- * malloc in a process forked from a template costs ~1 ms on the reference
- * VM (the allocator walks its inherited free lists, and every page it
- * reads or writes is a first touch for this process), so it is taken
- * while the worker waits in stock, not on the call's path. */
+/* A template's workers read their call into this buffer, allocated by the
+ * template before it forks them: a worker that mallocs it itself pays
+ * for the allocator's first larger request in a forked heap (it sorts the
+ * free chunks the template left, writing headers on page after page: a
+ * copy-on-write fault each, 1-3 ms of CPU per worker on the reference
+ * VM). The template's own request sorts them once, for all its workers. */
 #define FRAME_RESERVE (16 * 1024)
 static rd_buf frame_in = RD_BUF_INIT;
 
@@ -926,7 +926,6 @@ static void template_child(int fd) {
   /* A call already waiting (the stock ran dry): no prefault, the call
    * takes only the faults it needs. */
   char c;
-  (void)rd__buf_reserve(&frame_in, FRAME_RESERVE);
   if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) {
     if (frame_in.data) memset(frame_in.data, 0, 4096);
     prefault();
@@ -958,6 +957,7 @@ static void template_main(int fd) {
    * per page, 1-3 ms of CPU per worker on the reference VM. mallopt
    * consolidates them here, once; freed chunks then merge at once. */
   (void)mallopt(M_MXFAST, 0);
+  (void)rd__buf_reserve(&frame_in, FRAME_RESERVE);
   ctrl = fd;
   n_children = 0;
   int sigfd = sigchld_fd();
