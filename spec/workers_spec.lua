@@ -370,23 +370,6 @@ describe("workers", function()
     engine:close()
   end)
 
-  it("pin_here ties a worker process to the caller's CPU", function()
-    if skip_unless_runnable("balanced") then return end
-    local engine = H.open_engine(H.tmpdir(), { store = false })
-    local w
-    engine.workers:take(function(x) w = x end)
-    assert.is_true(run_until(engine, 10000, function() return w ~= nil end))
-    local cpu = w:pin_here()
-    assert.is_number(cpu, "sched_setaffinity refused")
-    local f = assert(io.open("/proc/" .. w:pid() .. "/status"))
-    local status = f:read("*a")
-    f:close()
-    assert.equal(tostring(cpu), status:match("Cpus_allowed_list:%s*(%S+)"))
-    w:kill(9)
-    w:close()
-    engine:close()
-  end)
-
   it("strict without templates: each process defines the tool itself", function()
     if skip_unless_runnable("strict") then return end
     local dir = H.tmpdir()

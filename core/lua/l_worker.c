@@ -20,8 +20,6 @@
  *   w:pid(); w:send(json_text); w:on_frame(fn)   fn(text) per frame,
  *       fn(nil, "eof") when the worker's socket closes
  *   w:kill(signal_number); w:close()
- *   w:pin_here() -> cpu | nil   the worker process may run only on the CPU
- *       the caller runs on now (sched_setaffinity); nil where that fails
  * Every callback runs on the loop (rd__loop_pcall).
  */
 #include "rd.h"
@@ -32,7 +30,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -221,23 +218,6 @@ static int l_wk_cpu_ms(lua_State *L) {
     return 0;
   long hz = sysconf(_SC_CLK_TCK);
   lua_pushnumber(L, (double)(ut + st) * 1000.0 / (double)(hz > 0 ? hz : 100));
-  return 1;
-}
-
-/* Tie the worker process to the CPU this thread runs on. A strict call's
- * process is woken by the call and the caller then sleeps until it
- * answers: on the caller's CPU it runs at once, where a wake-up on the
- * other, idle CPU costs an inter-processor interrupt (100 µs and more
- * on a virtual machine whose idle vCPUs halt). */
-static int l_wk_pin_here(lua_State *L) {
-  wud *u = luaL_checkudata(L, 1, WORKER_MT);
-  int cpu = sched_getcpu();
-  if (!u->w || u->w->pid <= 0 || cpu < 0 || cpu >= CPU_SETSIZE) return 0;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  if (sched_setaffinity(u->w->pid, sizeof set, &set) != 0) return 0;
-  lua_pushinteger(L, cpu);
   return 1;
 }
 
@@ -579,7 +559,7 @@ static int l_zg_close(lua_State *L) {
 int rd__luaopen_worker(lua_State *L) {
   static const luaL_Reg wm[] = {
     {"send", l_wk_send}, {"on_frame", l_wk_on_frame}, {"pid", l_wk_pid}, {"eof", l_wk_eof},
-    {"kill", l_wk_kill}, {"cpu_ms", l_wk_cpu_ms}, {"pin_here", l_wk_pin_here}, {"close", l_wk_close}, {"__gc", l_wk_close}, {NULL, NULL},
+    {"kill", l_wk_kill}, {"cpu_ms", l_wk_cpu_ms}, {"close", l_wk_close}, {"__gc", l_wk_close}, {NULL, NULL},
   };
   static const luaL_Reg zm[] = {
     {"spawn", l_zg_spawn}, {"pid", l_zg_pid}, {"close", l_zg_close},

@@ -727,6 +727,13 @@ static void worker_main(int fd) {
          * of page-table work on some virtual machines) must not compete
          * with the engine reading it, nor with the next call. */
         (void)setpriority(PRIO_PROCESS, 0, 19);
+        /* A strict process waits for the engine to close its socket
+         * (it does once it has read the answer) before it exits: its
+         * teardown then runs after the engine's wake-up, not beside it. */
+        if (w->once) {
+          char c;
+          while (read(fd, &c, 1) > 0) {}
+        }
         _exit(0);
       }
       /* The next call's state, while the engine has no call for us. */

@@ -35,17 +35,12 @@ M.RESPAWN_MS = 5       -- a refused request to the zygote is sent again after th
 M.SPIN_US = 300
 -- ... except for a strict call (M.spin_us): its answer comes from a process
 -- woken for it, which needs a CPU; a caller that sleeps at once leaves it
--- its own (the strict process is placed on the caller's CPU, see
--- Remote:start), and a spin would only delay both.
+-- its own, and a spin would only delay both.
 M.SPIN_US_STRICT = 0
 -- A strict tool's processes are forked from its template (a process that
 -- defined the tool once, inside the sandbox); false: each one gets the
 -- tool message and defines it itself.
 M.TEMPLATES = true
--- A strict call's process is tied to the CPU the engine runs on when the
--- call is sent (core.worker's pin_here): the engine then sleeps until the
--- answer, so the process runs there at once, without waking the other CPU.
-M.PIN = true
 
 local SIGKILL, SIGXCPU, SIGSYS, SIGXFSZ = 9, 24, 31, 25
 
@@ -604,7 +599,6 @@ function Remote:start(fname, arg, limits, cb)
       if not w:send(tool_message(self)) then return dead(w, stocked) end
       if not self.once then self.worker = w end
     end
-    if self.once and M.PIN then w:pin_here() end
     if not w:send(json.encode({ op = "call", arg = arg, limits = limits })) then
       return dead(w, stocked)
     end
