@@ -280,13 +280,14 @@ describe("workers", function()
       prelude = "local n = 0",
       handler = [[function(p) n = n + 1; g = (g or 0) + 1; return { n = n, g = g } end]] }))
     local engine = H.open_engine(dir, { max_running = 16, store = false })
-    local outs = {}
+    local outs, peak = {}, 0
     local pids = with_call_pids(function()
       -- back to back: each call finds the stock drained more often than not
       for i = 1, 30 do
         local env = engine:execute("once", {}, OP)
         assert.equal("ok", env.status, i .. ": " .. H.encode(env.error))
         outs[#outs + 1] = env.output
+        peak = math.max(peak, last_state(engine, "once").s.depth)
       end
       -- 16 at once, twice over
       local left, inflight = 32, 0
@@ -313,18 +314,27 @@ describe("workers", function()
       assert.is_nil(seen[pid], "process " .. pid .. " served two calls")
       seen[pid] = true
     end
-    -- the stock grew past its resting size, within its bound, and what it
-    -- holds now are processes no call has used
+    -- the stock grew past its resting size under back-to-back calls,
+    -- within its bound, and what it holds now are processes no call has used
     local st = last_state(engine, "once").s
-    assert.is_true(st.depth > workers.STOCK and st.depth <= workers.STOCK_MAX, "depth " .. st.depth)
+    assert.is_true(peak > workers.STOCK and peak <= workers.STOCK_MAX, "depth " .. peak)
+    assert.is_true(st.depth >= workers.STOCK and st.depth <= workers.STOCK_MAX, "depth " .. st.depth)
     assert.is_true(run_until(engine, 10000, function() return #st.stock == st.depth end),
       "the stock did not fill to its depth")
     for _, e in ipairs(st.stock) do
       assert.is_nil(seen[e.pid], "a used process is back in the stock")
       assert.is_true(alive(e.pid))
     end
+    -- calls that find the stock full shrink it back to its resting size
+    for _ = 1, 2 * workers.STOCK_MAX do
+      assert.is_true(run_until(engine, 10000, function() return #st.stock >= st.depth end))
+      assert.equal("ok", engine:execute("once", {}, OP).status)
+    end
+    assert.equal(workers.STOCK, st.depth)
     -- a call takes one and asks for its replacement at once
-    assert.equal(0, st.stock_pending)
+    assert.is_true(run_until(engine, 10000, function()
+      return #st.stock == st.depth and st.stock_pending == 0
+    end))
     local h = engine:submit("once", {}, OP)
     assert.equal(st.depth - 1, #st.stock)
     assert.equal(1, st.stock_pending, "no replacement asked for when the call took its process")

@@ -257,7 +257,7 @@ end
 -- takes a process asks for its replacement at once, so the fork overlaps
 -- the call. It holds `depth` processes: M.STOCK, one more each time a call
 -- finds none ready (calls coming faster than they are replaced), up to
--- M.STOCK_MAX. It is given up when the tool is closed (its last state) or
+-- M.STOCK_MAX, one fewer each time a call finds it full. It is given up when the tool is closed (its last state) or
 -- is no longer among the M.STOCK_TOOLS most recently used.
 --
 -- The stock comes from the tool's template: a worker that sandboxed itself
@@ -615,9 +615,13 @@ function Remote:start(fname, arg, limits, cb)
     st.running = st.running + 1
     local e = table.remove(st.stock, 1)
     -- a call that finds no process ready while the tool holds a stock:
-    -- its calls come faster than the stock refills, keep more ready
+    -- its calls come faster than the stock refills, keep more ready; one
+    -- that finds it full: they come slower, keep one fewer (down to
+    -- M.STOCK)
     if not e and st.depth < M.STOCK_MAX and self.pool:stocks(st) then
       st.depth = st.depth + 1
+    elseif e and #st.stock + 1 >= st.depth and st.depth > M.STOCK then
+      st.depth = st.depth - 1
     end
     if e then go(e.worker, nil, e) else st:_want(go) end
     -- the replacement is asked for now, not when this call ends: its fork
