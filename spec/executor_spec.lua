@@ -543,7 +543,7 @@ describe("the executor", function()
           local t = e.registry:get("wait_" .. level)
           for _, st in ipairs(t.idle) do
             if st.worker then pids[#pids + 1] = st.worker:pid() end
-            for _, x in ipairs(st.stock or {}) do pids[#pids + 1] = x.pid end
+            for _, x in ipairs(st.s and st.s.stock or {}) do pids[#pids + 1] = x.pid end
           end
           assert.is_true(#pids > 0)
           for _, pid in ipairs(pids) do os.execute("kill -9 " .. pid) end

@@ -96,13 +96,14 @@ describe("workers", function()
     local dir = H.tmpdir()
     H.write_tool(dir, "poison", H.tool_source({ name = "poison", level = "strict", handler = POISON }))
     local engine = H.open_engine(dir)
-    local function stock() return last_state(engine, "poison").stock end
+    local function stock() return last_state(engine, "poison").s.stock end
+    local function depth() return last_state(engine, "poison").s.depth end
     -- no stock before the first call
     assert.equal(0, #stock())
     assert.equal("ok", engine:execute("poison", {}, OP).status)
     assert.is_true(run_until(engine, 10000, function()
       local s = stock()
-      if #s < workers.STOCK then return false end
+      if #s < depth() then return false end
       for _, e in ipairs(s) do if not e.base_cpu then return false end end
       return true
     end), "the stock did not fill")
@@ -118,7 +119,7 @@ describe("workers", function()
     for _, e in ipairs(stock()) do assert.are_not.equal(used, e.pid) end
 
     -- a stocked process that dies is dropped; calls go on
-    assert.is_true(run_until(engine, 10000, function() return #stock() == workers.STOCK end))
+    assert.is_true(run_until(engine, 10000, function() return #stock() == depth() end))
     local victim = stock()[1].pid
     os.execute("kill -9 " .. victim)
     assert.is_true(run_until(engine, 5000, function()
@@ -128,7 +129,7 @@ describe("workers", function()
     for _ = 1, 3 do assert.equal("ok", engine:execute("poison", {}, OP).status) end
 
     -- reloading the tool gives the old stock up (its processes are killed)
-    assert.is_true(run_until(engine, 10000, function() return #stock() == workers.STOCK end))
+    assert.is_true(run_until(engine, 10000, function() return #stock() == depth() end))
     local old = {}
     for _, e in ipairs(stock()) do old[#old + 1] = e.pid end
     assert.is_true((engine:load_tools(nil, { dir .. "/poison.lua" })))
@@ -167,13 +168,13 @@ describe("workers", function()
       assert.equal("ok", env.status, i .. ": " .. H.encode(env.error))
       assert.same({ n = 1, upper = true }, env.output, "call " .. i)
     end
-    local st = last_state(engine, "tp")
+    local st = last_state(engine, "tp").s
     local t = st.template
     assert.is_table(t, "the tool has no template")
     assert.is_truthy(t.z, "the template is not serving")
     local tpid = t.z:pid()
     assert.is_true(alive(tpid))
-    assert.is_true(run_until(engine, 10000, function() return #st.stock == workers.STOCK end),
+    assert.is_true(run_until(engine, 10000, function() return #st.stock == st.depth end),
       "the stock did not fill")
     for _, e in ipairs(st.stock) do
       assert.equal(tpid, ppid(e.pid), "a stocked process not forked from the template")
@@ -193,7 +194,7 @@ describe("workers", function()
     end), "no new template")
     -- reloading the tool ends its template and its stock
     local tpid2 = st.template.z:pid()
-    assert.is_true(run_until(engine, 10000, function() return #st.stock == workers.STOCK end))
+    assert.is_true(run_until(engine, 10000, function() return #st.stock == st.depth end))
     local old = { tpid2 }
     for _, e in ipairs(st.stock) do old[#old + 1] = e.pid end
     assert.is_true((engine:load_tools(nil, { dir .. "/tp.lua" })))
@@ -202,7 +203,7 @@ describe("workers", function()
       return true
     end), "the replaced tool's template or stock outlived it")
     assert.equal("ok", engine:execute("tp", {}, OP).status)
-    local tpid3 = last_state(engine, "tp").template.z:pid()
+    local tpid3 = last_state(engine, "tp").s.template.z:pid()
     engine:close()
     for _ = 1, 40 do
       if not alive(tpid3) then break end
@@ -255,6 +256,130 @@ describe("workers", function()
     engine:close()
   end)
 
+  -- The pid of every worker process a call frame was sent to (the
+  -- worker's send method, wrapped for the duration of fn).
+  local function with_call_pids(fn)
+    local mt = debug.getregistry()["rubberduck.worker"]
+    local real = mt.send
+    local pids = {}
+    mt.send = function(w, text)
+      if text:find('"op":"call"', 1, true) then pids[#pids + 1] = w:pid() end
+      return real(w, text)
+    end
+    local ok, err = pcall(fn, pids)
+    mt.send = real
+    assert(ok, err)
+    return pids
+  end
+
+  it("strict: a stock refilled ahead and deepened under load still gives each call its own process", function()
+    if skip_unless_runnable("strict") then return end
+    local dir = H.tmpdir()
+    H.write_tool(dir, "once", H.tool_source({ name = "once", level = "strict",
+      execution = "concurrency = 16, timeout = 20000",
+      prelude = "local n = 0",
+      handler = [[function(p) n = n + 1; g = (g or 0) + 1; return { n = n, g = g } end]] }))
+    local engine = H.open_engine(dir, { max_running = 16, store = false })
+    local outs, peak = {}, 0
+    local pids = with_call_pids(function()
+      -- back to back: each call finds the stock drained more often than not
+      for i = 1, 30 do
+        local env = engine:execute("once", {}, OP)
+        assert.equal("ok", env.status, i .. ": " .. H.encode(env.error))
+        outs[#outs + 1] = env.output
+        peak = math.max(peak, last_state(engine, "once").s.depth)
+      end
+      -- 16 at once, twice over
+      local left, inflight = 32, 0
+      local function submit()
+        left = left - 1
+        inflight = inflight + 1
+        engine:submit("once", {}, OP, { on_done = function(env)
+          inflight = inflight - 1
+          assert.equal("ok", env.status, H.encode(env.error))
+          outs[#outs + 1] = env.output
+          if left > 0 then submit() end
+        end })
+      end
+      for _ = 1, 16 do submit() end
+      while inflight > 0 do engine.loop:run("once") end
+    end)
+    assert.equal(62, #outs)
+    -- every call started from the definition's state, in a process no
+    -- other call used
+    for i, o in ipairs(outs) do assert.same({ n = 1, g = 1 }, o, "call " .. i) end
+    assert.equal(62, #pids)
+    local seen = {}
+    for _, pid in ipairs(pids) do
+      assert.is_nil(seen[pid], "process " .. pid .. " served two calls")
+      seen[pid] = true
+    end
+    -- the stock grew past its resting size under back-to-back calls,
+    -- within its bound, and what it holds now are processes no call has used
+    local st = last_state(engine, "once").s
+    assert.is_true(peak > workers.STOCK and peak <= workers.STOCK_MAX, "depth " .. peak)
+    assert.is_true(st.depth >= workers.STOCK and st.depth <= workers.STOCK_MAX, "depth " .. st.depth)
+    assert.is_true(run_until(engine, 10000, function() return #st.stock == st.depth end),
+      "the stock did not fill to its depth")
+    for _, e in ipairs(st.stock) do
+      assert.is_nil(seen[e.pid], "a used process is back in the stock")
+      assert.is_true(alive(e.pid))
+    end
+    -- calls that find the stock full shrink it back to its resting size
+    for _ = 1, 2 * workers.STOCK_MAX do
+      assert.is_true(run_until(engine, 10000, function() return #st.stock >= st.depth end))
+      assert.equal("ok", engine:execute("once", {}, OP).status)
+    end
+    assert.equal(workers.STOCK, st.depth)
+    -- a call takes one and asks for its replacement at once
+    assert.is_true(run_until(engine, 10000, function()
+      return #st.stock == st.depth and st.stock_pending == 0
+    end))
+    local h = engine:submit("once", {}, OP)
+    assert.equal(st.depth - 1, #st.stock)
+    assert.equal(1, st.stock_pending, "no replacement asked for when the call took its process")
+    assert.equal("ok", h:wait().status)
+    engine:close()
+  end)
+
+  it("spinning for the answer is chosen per level: never for strict", function()
+    if skip_unless_runnable("strict") or skip_unless_runnable("balanced") then return end
+    local dir = H.tmpdir()
+    H.write_tool(dir, "s", H.tool_source({ name = "s", level = "strict" }))
+    H.write_tool(dir, "b", H.tool_source({ name = "b", level = "balanced" }))
+    local engine = H.open_engine(dir, { store = false })
+    assert.equal(workers.SPIN_US_STRICT, workers.spin_us(engine.registry:get("s")))
+    assert.equal(workers.SPIN_US, workers.spin_us(engine.registry:get("b")))
+    assert.equal(workers.SPIN_US, workers.spin_us(nil))
+    assert.equal(0, workers.SPIN_US_STRICT)
+    -- what Handle:wait hands the loop: a spin time for balanced, none
+    -- for strict
+    local mt = getmetatable(engine.loop)
+    local real = mt.__index.run
+    local spins
+    mt.__index.run = function(loop, mode, spin)
+      if spins and mode == "once" then spins[#spins + 1] = spin or 0 end
+      return real(loop, mode, spin)
+    end
+    local function max_spin(name)
+      engine:execute(name, {}, OP) -- warm: the first call starts processes
+      spins = {}
+      local env = engine:execute(name, {}, OP)
+      local m = 0
+      for _, v in ipairs(spins) do if v > m then m = v end end
+      spins = nil
+      assert.equal("ok", env.status)
+      return m
+    end
+    local ok, err = pcall(function()
+      assert.equal(0, max_spin("s"))
+      assert.is_true(max_spin("b") > 0)
+    end)
+    mt.__index.run = real
+    assert(ok, err)
+    engine:close()
+  end)
+
   it("strict without templates: each process defines the tool itself", function()
     if skip_unless_runnable("strict") then return end
     local dir = H.tmpdir()
@@ -268,9 +393,9 @@ describe("workers", function()
         assert.is_nil(env.output.count)
         assert.is_true(env.output.upper)
       end
-      local st = last_state(engine, "nt")
+      local st = last_state(engine, "nt").s
       assert.is_nil(st.template)
-      assert.is_true(run_until(engine, 10000, function() return #st.stock == workers.STOCK end))
+      assert.is_true(run_until(engine, 10000, function() return #st.stock == st.depth end))
       -- each defined its tool itself: a child of the zygote, not of a template
       local zpid = engine.workers.zygote:pid()
       for _, e in ipairs(st.stock) do assert.equal(zpid, ppid(e.pid)) end
@@ -292,11 +417,11 @@ describe("workers", function()
     run_until(engine, 200, function() return false end)
     local with = 0
     for i = 1, n do
-      local st = last_state(engine, "s" .. i)
+      local st = last_state(engine, "s" .. i).s
       if #st.stock + st.stock_pending > 0 then with = with + 1 end
     end
     assert.is_true(with <= workers.STOCK_TOOLS, with .. " tools keep a stock")
-    assert.equal(0, #last_state(engine, "s1").stock)
+    assert.equal(0, #last_state(engine, "s1").s.stock)
     engine:close()
   end)
 

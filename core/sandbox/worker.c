@@ -141,6 +141,7 @@ typedef struct worker {
   double def_cpu, def_ms;
   size_t def_peak;
   double cpu_idle;       /* thread CPU (ms) when it began to wait for a frame */
+  uint64_t t_recv;       /* CLOCK_MONOTONIC (ns) when the call's frame was read */
   /* Pool mode, a tool without allowed_paths: its states live in an arena
    * (rd__lstate_snapshot), and after a call the state used is restored to
    * its snapshot taken right after the definition, instead of being
@@ -544,6 +545,12 @@ static int serve_call(worker *w, int cidx) {
   lua_setfield(C, -2, "define_ms");
   lua_pushnumber(C, (double)(rd__mono_ns() - t_run) / 1e6);
   lua_setfield(C, -2, "execute_ms");
+  /* CLOCK_MONOTONIC (ms, as core.mono_ms) when the call was read and when
+   * the answer went out: with the engine's clock, the two hand-offs */
+  lua_pushnumber(C, (double)w->t_recv / 1e6);
+  lua_setfield(C, -2, "recv_at_ms");
+  lua_pushnumber(C, (double)rd__mono_ns() / 1e6);
+  lua_setfield(C, -2, "answer_at_ms");
   lua_setfield(C, ans, "stats");
   /* Tell the engine when this worker will not serve another call, so it
    * does not send one to a process that is exiting. */
@@ -632,12 +639,22 @@ static rd_lstate *zygote_state;
 
 static void template_main(int fd) __attribute__((noreturn));
 
+/* A template's workers read their call into this buffer, allocated by the
+ * template before it forks them: a worker that mallocs it itself pays
+ * for the allocator's first larger request in a forked heap (it sorts the
+ * free chunks the template left, writing headers on page after page: a
+ * copy-on-write fault each, 1-3 ms of CPU per worker on the reference
+ * VM). The template's own request sorts them once, for all its workers. */
+#define FRAME_RESERVE (16 * 1024)
+static rd_buf frame_in = RD_BUF_INIT;
+
 /* The life of a worker after fork. Never returns. */
 static void worker_main(int fd) {
   worker *w = &W;
   w->fd = fd;
   if (!w->C) _exit(4);
-  rd_buf in = RD_BUF_INIT;
+  rd_buf in = frame_in;
+  frame_in = (rd_buf)RD_BUF_INIT;
   /* The first call's state: the copy of the zygote's (no work at all), or
    * made here if the zygote could not make one. */
   rd_lstate *warm = NULL;
@@ -650,6 +667,7 @@ static void worker_main(int fd) {
     await_frame(w, spin);
     int rc = rd__frame_recv(fd, &in);
     if (rc != 0) _exit(rc == 1 ? 0 : 5);
+    w->t_recv = rd__mono_ns();
     rd_error err;
     lua_settop(w->C, 0);
     if (rd__json_decode(w->C, in.data, in.len, NULL, &err) != RD_OK || !lua_istable(w->C, 1)) {
@@ -709,6 +727,13 @@ static void worker_main(int fd) {
          * of page-table work on some virtual machines) must not compete
          * with the engine reading it, nor with the next call. */
         (void)setpriority(PRIO_PROCESS, 0, 19);
+        /* A strict process waits for the engine to close its socket
+         * (it does once it has read the answer) before it exits: its
+         * teardown then runs after the engine's wake-up, not beside it. */
+        if (w->once) {
+          char c;
+          while (read(fd, &c, 1) > 0) {}
+        }
         _exit(0);
       }
       /* The next call's state, while the engine has no call for us. */
@@ -909,6 +934,7 @@ static void template_child(int fd) {
    * takes only the faults it needs. */
   char c;
   if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) != 1) {
+    if (frame_in.data) memset(frame_in.data, 0, 4096);
     prefault();
     /* the dummy's objects are garbage: the call's come after them */
     rd__lstate_forked(control, PREFAULT_ARENA);
@@ -932,6 +958,13 @@ static void template_child(int fd) {
  * that inherit the defined state, until the engine closes the socket;
  * then it exits and its workers die with it (PR_SET_PDEATHSIG). */
 static void template_main(int fd) {
+  /* No fastbins in a template (and so in its workers): a worker's first
+   * larger malloc would otherwise consolidate every fastbin chunk the
+   * template left, writing headers across its heap: a copy-on-write fault
+   * per page, 1-3 ms of CPU per worker on the reference VM. mallopt
+   * consolidates them here, once; freed chunks then merge at once. */
+  (void)mallopt(M_MXFAST, 0);
+  (void)rd__buf_reserve(&frame_in, FRAME_RESERVE);
   ctrl = fd;
   n_children = 0;
   int sigfd = sigchld_fd();

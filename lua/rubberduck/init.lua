@@ -326,8 +326,8 @@ function Handle:wait(timeout_ms)
   local timer
   if timeout_ms then timer = loop:timer(timeout_ms, function() timed_out = true end) end
   -- A caller that waits expects a quick tool's answer within microseconds:
-  -- spin briefly before sleeping in the loop (workers.SPIN_US).
-  local spin_until = core.mono_ms() + workers.SPIN_US / 1000
+  -- spin briefly before sleeping in the loop (workers.spin_us).
+  local spin_until = core.mono_ms() + workers.spin_us(self.tool) / 1000
   while not self.done and not timed_out do
     local left = (spin_until - core.mono_ms()) * 1000
     loop:run("once", left > 0 and left or nil)

@@ -22,6 +22,7 @@ local M = {}
 M.READY = 2            -- workers the zygote keeps ready
 M.MAX_CALLS = 100      -- calls a balanced worker serves before it is replaced
 M.STOCK = 2            -- processes a strict tool keeps ready, its tool defined
+M.STOCK_MAX = 6        -- ... up to this many while its calls keep finding none ready
 M.STOCK_TOOLS = 8      -- strict tools that keep a stock (most recently used)
 M.GRACE_MS = 250       -- after the deadline, before the worker is killed
 M.EXIT_WAIT_MS = 200   -- after a worker's socket closes, wait for its exit status
@@ -32,12 +33,24 @@ M.RESPAWN_MS = 5       -- a refused request to the zygote is sent again after th
 -- threads (l_lstate.c) and the balanced workers (worker.c) spin likewise
 -- for their next call.
 M.SPIN_US = 300
+-- ... except for a strict call (M.spin_us): its answer comes from a process
+-- woken for it, which needs a CPU; a caller that sleeps at once leaves it
+-- its own, and a spin would only delay both.
+M.SPIN_US_STRICT = 0
 -- A strict tool's processes are forked from its template (a process that
 -- defined the tool once, inside the sandbox); false: each one gets the
 -- tool message and defines it itself.
 M.TEMPLATES = true
 
 local SIGKILL, SIGXCPU, SIGSYS, SIGXFSZ = 9, 24, 31, 25
+
+-- How long (µs) a synchronous caller spins for the answer of a call to the
+-- tool `t` (nil: not known yet) before it sleeps in the loop.
+function M.spin_us(t)
+  local sec = t and t.def and t.def.security
+  if sec and sec.level == "strict" then return M.SPIN_US_STRICT end
+  return M.SPIN_US
+end
 
 -- ---- the pool of ready workers -------------------------------------------------------
 
@@ -213,18 +226,39 @@ local function tool_message(self, mode)
                  max_file_size = sec.max_file_size, allowed_paths = sec.allowed_paths } })
 end
 
+local Stock = {}
+Stock.__index = Stock
+
 function Pool:remote(t)
-  return setmetatable({ pool = self, tool = t, once = t.def.security.level == "strict",
-                        closed = false, stock = {}, stock_pending = 0, stock_gen = 0,
-                        waiting = {}, no_template = not M.TEMPLATES }, Remote)
+  local r = setmetatable({ pool = self, tool = t, once = t.def.security.level == "strict",
+                           closed = false }, Remote)
+  if r.once then
+    -- one stock (and template) per tool, shared by all its states: calls
+    -- in flight at once each hold a state of their own
+    self.shared = self.shared or {}
+    local s = self.shared[t]
+    if not s then
+      s = setmetatable({ pool = self, tool = t, once = true, closed = false, refs = 0,
+                         running = 0, stock = {}, stock_pending = 0, stock_gen = 0,
+                         depth = M.STOCK, waiting = {}, no_template = not M.TEMPLATES }, Stock)
+      self.shared[t] = s
+    end
+    s.refs = s.refs + 1
+    r.s = s
+  end
+  return r
 end
 
 -- ---- a strict tool's stock -------------------------------------------------------
 -- A strict call takes a process that has its tool already: limits in force
 -- and the tool defined in a fresh state, waiting for the call. Each one
--- still serves one call only. The stock is filled after a call (never
--- before the tool's first call) and given up when the tool is closed or is
--- no longer among the M.STOCK_TOOLS most recently used.
+-- still serves one call only. The stock (one per tool, whatever the number
+-- of its states) is filled from the tool's first call on: a call that
+-- takes a process asks for its replacement at once, so the fork overlaps
+-- the call. It holds `depth` processes: M.STOCK, one more each time a call
+-- finds none ready (calls coming faster than they are replaced), up to
+-- M.STOCK_MAX, one fewer each time a call finds it full. It is given up when the tool is closed (its last state) or
+-- is no longer among the M.STOCK_TOOLS most recently used.
 --
 -- The stock comes from the tool's template: a worker that sandboxed itself
 -- once (with a filter that still lets it fork), defined the tool once, and
@@ -235,7 +269,7 @@ end
 -- definition that fails in the sandbox), each stocked process gets its tool
 -- message and defines the tool itself, as a first call does.
 
-function Remote:_stock_frame(e, text)
+function Stock:_stock_frame(e, text)
   if text ~= nil then
     local m = json.decode(text)
     if type(m) == "table" and m.op == "ready" then
@@ -253,14 +287,14 @@ function Remote:_stock_frame(e, text)
 end
 
 -- A worker for the stock: watched until a call takes it.
-function Remote:_stock_add(w, base_cpu)
+function Stock:_stock_add(w, base_cpu)
   local e = { worker = w, pid = w:pid(), base_cpu = base_cpu }
   self.stock[#self.stock + 1] = e
   w:on_frame(function(text) self:_stock_frame(e, text) end)
   return e
 end
 
-function Remote:_template_failed(t)
+function Stock:_template_failed(t)
   if self.template ~= t then return end
   self.template = nil
   self.stock_pending = 0
@@ -287,7 +321,7 @@ end
 -- cb(worker, nil, entry) with a worker for this strict tool's call: its
 -- template's next one (asked for now), or where there is no template, a
 -- ready one from the pool that gets the tool message first.
-function Remote:_want(cb)
+function Stock:_want(cb)
   if self.no_template or self.closed then return self.pool:take(cb) end
   self.waiting[#self.waiting + 1] = cb
   if not self.template then return self:_make_template() end
@@ -297,15 +331,15 @@ end
 -- Ask the template for the workers the waiting calls need (and, with
 -- `stock`, those that fill the stock) beyond those asked for already.
 -- The template's workers go to waiting calls first.
-function Remote:_ask(stock)
+function Stock:_ask(stock)
   local t = self.template
   if not (t and t.z) then return end
   local n = #self.waiting - self.stock_pending
-  if stock then n = n + M.STOCK - #self.stock end
+  if stock then n = n + self.depth - #self.stock end
   if n > 0 and t.z:spawn(n) then self.stock_pending = self.stock_pending + n end
 end
 
-function Remote:_template_event(t, ev, a, b, c)
+function Stock:_template_event(t, ev, a, b, c)
   if ev == "worker" then
     if self.template ~= t or self.closed then
       a:kill(SIGKILL)
@@ -317,7 +351,7 @@ function Remote:_template_event(t, ev, a, b, c)
     -- its CPU counts from its fork
     local cb = table.remove(self.waiting, 1)
     if cb then return cb(a, nil, { base_cpu = 0 }) end
-    if #self.stock >= M.STOCK then
+    if #self.stock >= self.depth then
       a:kill(SIGKILL)
       a:close()
       return
@@ -332,7 +366,7 @@ end
 
 -- Start the tool's template: a ready worker gets the tool in mode
 -- "template"; on its "ready" its socket becomes a control socket.
-function Remote:_make_template()
+function Stock:_make_template()
   local t = {}
   self.template = t
   self.pool:take_for_stock(function(w)
@@ -363,7 +397,7 @@ function Remote:_make_template()
   end)
 end
 
-function Remote:_fill_stock()
+function Stock:_fill_stock()
   if not self.once or self.closed then return end
   -- a tool replaced (reloaded) or recycled during its call keeps none
   local reg = self.pool.engine.registry
@@ -374,12 +408,12 @@ function Remote:_fill_stock()
     return self:_ask(true)
   end
   local gen = self.stock_gen
-  for _ = 1, M.STOCK - #self.stock - self.stock_pending do
+  for _ = 1, self.depth - #self.stock - self.stock_pending do
     self.stock_pending = self.stock_pending + 1
     self.pool:take_for_stock(function(w)
       if self.stock_gen == gen then self.stock_pending = self.stock_pending - 1 end
       if not w then return end
-      if self.closed or self.stock_gen ~= gen or #self.stock >= M.STOCK then
+      if self.closed or self.stock_gen ~= gen or #self.stock >= self.depth then
         w:kill(SIGKILL)
         w:close()
         return
@@ -390,7 +424,7 @@ function Remote:_fill_stock()
   end
 end
 
-function Remote:_drop_stock()
+function Stock:_drop_stock()
   local stock = self.stock
   self.stock = {}
   -- processes still on their way are not stocked when they come
@@ -404,7 +438,7 @@ function Remote:_drop_stock()
   -- the template goes too, but not under a running call (its worker would
   -- die with it): then when that call ends
   local t = self.template
-  if t and not self.call then
+  if t and self.running == 0 then
     self.template = nil
     if t.worker then t.worker:kill(SIGKILL); t.worker:close() end
     if t.z then t.z:close() end
@@ -433,12 +467,16 @@ function Remote:_finish(ok, a, b, stats)
     if not call.eof and not (ok and call.last) then w:kill(SIGKILL) end
     w:close()
   end
-  if self.drop_template then
-    self.drop_template = nil
-    if self.closed or not self.pool:stocks(self) then self:_drop_stock() end
+  local st = self.s
+  if st then
+    st.running = st.running - 1
+    if st.drop_template and st.running == 0 then
+      st.drop_template = nil
+      if st.closed or not self.pool:stocks(st) then st:_drop_stock() end
+    end
   end
   call.cb(ok, a, b, stats or {})
-  self:_fill_stock()
+  if st then st:_fill_stock() end
   self.pool:refill()
 end
 
@@ -550,8 +588,8 @@ function Remote:start(fname, arg, limits, cb)
     if tries > 3 then
       return self:_finish(false, "crashed", "worker processes died before the call could start")
     end
-    if stocked and #self.stock > 0 then
-      local e = table.remove(self.stock, 1)
+    if stocked and #self.s.stock > 0 then
+      local e = table.remove(self.s.stock, 1)
       return go(e.worker, nil, e)
     end
     self.pool:take(go)
@@ -581,11 +619,23 @@ function Remote:start(fname, arg, limits, cb)
       self:_kill("timeout")
     end)
   end
-  local e = self.once and table.remove(self.stock, 1)
-  if e then
-    go(e.worker, nil, e)
-  elseif self.once then
-    self:_want(go)
+  if self.once then
+    local st = self.s
+    st.running = st.running + 1
+    local e = table.remove(st.stock, 1)
+    -- a call that finds no process ready while the tool holds a stock:
+    -- its calls come faster than the stock refills, keep more ready; one
+    -- that finds it full: they come slower, keep one fewer (down to
+    -- M.STOCK)
+    if not e and st.depth < M.STOCK_MAX and self.pool:stocks(st) then
+      st.depth = st.depth + 1
+    elseif e and #st.stock + 1 >= st.depth and st.depth > M.STOCK then
+      st.depth = st.depth - 1
+    end
+    if e then go(e.worker, nil, e) else st:_want(go) end
+    -- the replacement is asked for now, not when this call ends: its fork
+    -- and preparation overlap the call (on the other CPU)
+    st:_fill_stock()
   elseif self.worker then
     go(self.worker)
   else
@@ -622,9 +672,18 @@ end
 function Remote:close()
   if self.closed then return end
   self.closed = true
-  self:_drop_stock()
-  self.pool:forget(self)
   if self.call then self:_kill("cancelled") end
+  -- the tool's stock goes with its last state
+  local st = self.s
+  if st then
+    st.refs = st.refs - 1
+    if st.refs == 0 then
+      st.closed = true
+      if self.pool.shared and self.pool.shared[st.tool] == st then self.pool.shared[st.tool] = nil end
+      st:_drop_stock()
+      self.pool:forget(st)
+    end
+  end
   if self.worker then
     self.worker:kill(SIGKILL)
     self.worker:close()

@@ -97,7 +97,7 @@ local function measure_layer(name, n, gap_ms)
   local sec = t.def.security
   local lim = { cpu_ms = sec.max_cpu, timeout_ms = t.def.execution.timeout, max_output = sec.max_output }
   local caller = engine.auth:caller(OP)
-  local spin_us = require("rubberduck.workers").SPIN_US
+  local spin_us = require("rubberduck.workers").spin_us(t)
   local function one()
     local st = assert(engine.registry:checkout(t, nil))
     local done, ok, status
