@@ -22,7 +22,7 @@ local M = {}
 M.READY = 2            -- workers the zygote keeps ready
 M.MAX_CALLS = 100      -- calls a balanced worker serves before it is replaced
 M.BALANCED_WORKERS = 4 -- worker processes a balanced tool keeps at most (its calls share them)
-M.SPARE_AHEAD = 8      -- calls before a balanced worker's last: its replacement is readied
+M.SPARE_AHEAD = 50     -- calls before a balanced worker's last: its replacement is readied
 M.STOCK = 2            -- processes a strict tool keeps ready, its tool defined
 M.STOCK_TOOLS = 8      -- strict tools that keep a stock (most recently used)
 M.GRACE_MS = 250       -- after the deadline, before the worker is killed
@@ -40,6 +40,7 @@ M.SPIN_US = 300
 M.TEMPLATES = true
 
 local SIGKILL, SIGXCPU, SIGSYS, SIGXFSZ = 9, 24, 31, 25
+local floor = math.floor
 
 -- ---- the pool of ready workers -------------------------------------------------------
 
@@ -650,6 +651,11 @@ function Remote:start(fname, arg, limits, cb)
   if self.closed then return nil, "tool state is closed" end
   if self.call then return nil, "tool state is busy" end
   local call = { cb = cb, max_cpu = limits.cpu_ms or math.huge, t0 = core.mono_ms() }
+  -- the deadline (ms since the epoch) to 10 µs: a short decimal, which the
+  -- JSON codec writes and reads without snprintf and strtod
+  local ctx = arg.ctx
+  local d = ctx and ctx.deadline
+  if type(d) == "number" and d > 0 and d < 1e13 then ctx.deadline = floor(d * 100 + 0.5) / 100 end
   self.call = call
   -- the loop spins for quick answers (l_loop.c, auto_spin)
   self.pool.engine.loop:expect()
