@@ -164,12 +164,10 @@ static int l_wk_send(lua_State *L) {
   if (uv_stream_get_write_queue_size((uv_stream_t *)&w->pipe) == 0) {
     uv_buf_t tb[2] = {uv_buf_init((char *)hd, 4), uv_buf_init((char *)p, (unsigned)n)};
     int k = uv_try_write((uv_stream_t *)&w->pipe, tb, 2);
+    /* A failure (EPIPE: the worker died) is left to the queued write below,
+     * as before: its end shows on the read side, after this call returns
+     * (a caller is never answered from inside its own send). */
     if (k > 0) done = (size_t)k;
-    else if (k != UV_EAGAIN) {
-      lua_pushnil(L);
-      lua_pushstring(L, uv_strerror(k));
-      return 2;
-    }
   }
   if (done == 4 + n) {
     lua_pushboolean(L, 1);

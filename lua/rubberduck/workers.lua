@@ -542,7 +542,7 @@ function Remote:_finish(ok, a, b, stats)
   local call = self.call
   if not call then return end
   self.call = nil
-  self.pool.engine.loop:answered(ok and (core.mono_ms() - call.t0) * 1000 or nil)
+  self.pool.engine.loop:answered(ok and (core.mono_ms() - call.t0) * 1000 or nil, true)
   if call.timer then call.timer:stop() end
   if call.exit_timer then call.exit_timer:stop() end
   if call.kill_timer then call.kill_timer:stop() end
@@ -658,7 +658,7 @@ function Remote:start(fname, arg, limits, cb)
   if type(d) == "number" and d > 0 and d < 1e13 then ctx.deadline = floor(d * 100 + 0.5) / 100 end
   self.call = call
   -- the loop spins for quick answers (l_loop.c, auto_spin)
-  self.pool.engine.loop:expect()
+  self.pool.engine.loop:expect(true)
   local tries = 0
   local go
   -- A worker that died while it waited (killed from outside) is dropped
@@ -695,7 +695,12 @@ function Remote:start(fname, arg, limits, cb)
     -- its definition (nil until its "ready" comes)
     call.base_cpu = stocked and stocked.base_cpu or (be and be.last_cpu)
     self.pool.by_pid[w:pid()] = self
-    w:on_frame(function(text, why) self:_frame(w, text, why) end)
+    -- (a balanced worker's frames already come here when this state had
+    -- it last: no new closure and registry reference per call)
+    if not be or be.owner ~= self then
+      w:on_frame(function(text, why) self:_frame(w, text, why) end)
+      if be then be.owner = self end
+    end
     if be then
       self.worker = w
       if be.fresh then
