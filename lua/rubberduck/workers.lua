@@ -549,7 +549,9 @@ function Remote:_finish(ok, a, b, stats)
   local w = call.worker
   local be = call.be
   if self.worker == w then self.worker = nil end
-  if w and (self.once or not ok or call.eof or call.last) then
+  -- (a balanced worker retires after M.MAX_CALLS calls also if it did not
+  -- say "last": the engine counts them too)
+  if w and (self.once or not ok or call.eof or call.last or (be and be.calls >= M.MAX_CALLS)) then
     -- a strict worker is single-use; a balanced one retires after a breach
     -- a worker that answered with "last" exits by itself
     if not call.eof and not (ok and call.last) then w:kill(SIGKILL) end
