@@ -682,6 +682,28 @@ static void next_state(worker *w) {
 static rd_lstate *zygote_state;
 
 static void template_main(int fd) __attribute__((noreturn));
+static void prefault(void);
+
+/* A pool worker readied ahead of need ("ahead" in its tool message:
+ * workers.lua readies the replacement of a balanced worker that nears its
+ * last call). Its first call would otherwise run on the state inherited
+ * from the zygote, paying a copy-on-write fault for each page it writes
+ * (1-2 ms on the reference VM), and the snapshotted state would be built
+ * after it. Build that state now, take a call's way through it once
+ * (prefault: decode, copies in and out, encode) and restore it from its
+ * snapshot: the first call then costs what a later one does. */
+static void ready_ahead(worker *w) {
+  w->used = w->next;
+  w->next = NULL;
+  next_state(w); /* the inherited state has no snapshot: a fresh one */
+  w->def_ms = 0;  /* not on any call's path */
+  if (!w->next || !w->next_ok) return;
+  prefault();
+  rd_error err;
+  /* no snapshot (memory outside the arena): the dummy's copies are mere
+   * garbage in it, and the state is rebuilt after its call as usual */
+  (void)rd__lstate_restore(w->next, &err);
+}
 
 /* The life of a worker after fork. Never returns. */
 static void worker_main(int fd) {
@@ -719,6 +741,9 @@ static void worker_main(int fd) {
       w->once = w->template || (mode && strcmp(mode, "once") == 0);
       lua_pop(w->C, 1);
       w->max_calls = (int)num_field(w->C, 1, "max_calls", 100);
+      lua_getfield(w->C, 1, "ahead");
+      int ahead = lua_toboolean(w->C, -1);
+      lua_pop(w->C, 1);
       if (w->max_calls < 1) w->max_calls = 1;
       if (enter_sandbox(w, 1) != 0) _exit(7);
       lua_pushvalue(w->C, 1);
@@ -754,6 +779,7 @@ static void worker_main(int fd) {
       lua_setfield(w->C, -2, "proc_cpu_ms");
       send_json(w, -1);
       if (w->template) template_main(fd); /* never returns */
+      if (ahead && !w->once && w->arena && w->next_ok) ready_ahead(w);
     } else if (op && strcmp(op, "call") == 0 && w->tool_ref != LUA_NOREF) {
       int retire = serve_call(w, 1); /* frees the state */
       w->calls++;

@@ -218,7 +218,9 @@ end
 -- message sent yet, last_cpu = its process CPU (ms) after its last call }.
 
 local tool_message
-local function bal_message(t) return tool_message({ tool = t, once = false }) end
+-- (ahead: the worker builds its snapshotted state and faults in what a
+-- call writes before it waits, worker.c's ready_ahead)
+local function bal_message(t) return tool_message({ tool = t, once = false }, nil, true) end
 
 function Pool:_bal(t)
   local b = self.bal[t]
@@ -326,9 +328,9 @@ end
 local Remote = {}
 Remote.__index = Remote
 
-function tool_message(self, mode)
+function tool_message(self, mode, ahead)
   local t, sec = self.tool, self.tool.def.security
-  return json.encode({ op = "tool", mode = mode or (self.once and "once" or "pool"),
+  return json.encode({ op = "tool", mode = mode or (self.once and "once" or "pool"), ahead = ahead,
     file = t.file, source = t.source, max_calls = M.MAX_CALLS,
     security = { max_memory = sec.max_memory, max_cpu = sec.max_cpu,
                  max_file_size = sec.max_file_size, allowed_paths = sec.allowed_paths } })
