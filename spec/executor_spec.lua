@@ -545,6 +545,10 @@ describe("the executor", function()
             if st.worker then pids[#pids + 1] = st.worker:pid() end
             for _, x in ipairs(st.s and st.s.stock or {}) do pids[#pids + 1] = x.pid end
           end
+          -- a balanced tool's idle workers (workers.lua, shared by its states)
+          local b = e.workers.bal[t]
+          for _, x in ipairs(b and b.idle or {}) do pids[#pids + 1] = x.w:pid() end
+          if level == "balanced" then assert.is_true(b and #b.idle > 0, "no idle balanced worker") end
           assert.is_true(#pids > 0)
           for _, pid in ipairs(pids) do os.execute("kill -9 " .. pid) end
           os.execute("sleep 0.2")

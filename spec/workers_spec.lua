@@ -27,6 +27,15 @@ local function alive(pid)
   return os.execute("kill -0 " .. pid .. " 2>/dev/null") == 0
 end
 
+-- Has process `pid` gone within 5 s?
+local function gone(pid)
+  for _ = 1, 100 do
+    if not alive(pid) then return true end
+    os.execute("sleep 0.05")
+  end
+  return false
+end
+
 -- Run the engine's loop until ok() or `ms` pass.
 local function run_until(engine, ms, ok)
   local done = false
@@ -67,12 +76,129 @@ describe("workers", function()
       assert.is_true(env.output.upper, "call " .. i)
       assert.is_true(env.output.meta, "call " .. i)
       assert.is_true(env.output.lib, "call " .. i)
-      local st = last_state(engine, "poison")
-      pids[i] = st.worker and st.worker:pid()
+      local idle = engine.workers.bal[engine.registry:get("poison")].idle
+      pids[i] = idle[#idle] and idle[#idle].w:pid()
     end
     -- one pooled worker served them all (the later ones from a snapshot)
     for i = 2, 6 do assert.equal(pids[1], pids[i]) end
     engine:close()
+  end)
+
+  it("balanced: a tool's calls share at most BALANCED_WORKERS workers, the others wait", function()
+    if skip_unless_runnable("balanced") then return end
+    local saved = workers.BALANCED_WORKERS
+    workers.BALANCED_WORKERS = 2
+    local ok, err = pcall(function()
+      local dir = H.tmpdir()
+      H.write_tool(dir, "share", H.tool_source({ name = "share", level = "balanced",
+        execution = "concurrency = 8, timeout = 20000",
+        handler = "function(p, ctx) ctx.sleep(20) return { ok = true } end" }))
+      local engine = H.open_engine(dir, { max_running = 8, store = false })
+      local t = engine.registry:get("share")
+      local kinds, inflight, max_n, max_waiting = {}, 0, 0, 0
+      for _ = 1, 8 do
+        inflight = inflight + 1
+        engine:submit("share", {}, OP, { on_done = function(env)
+          inflight = inflight - 1
+          local k = env.status == "ok" and "ok" or env.error.kind
+          kinds[k] = (kinds[k] or 0) + 1
+        end })
+      end
+      while inflight > 0 do
+        local b = engine.workers.bal[t]
+        if b then
+          max_n = math.max(max_n, b.n)
+          max_waiting = math.max(max_waiting, #b.waiting)
+        end
+        engine.loop:run("once")
+      end
+      assert.same({ ok = 8 }, kinds)
+      assert.is_true(max_n <= 2, max_n .. " workers for a cap of 2")
+      assert.is_true(max_waiting >= 1, "no call waited for a worker")
+      -- the calls ran in two processes, both still serving
+      local pids = {}
+      for _, e in ipairs(engine.workers.bal[t].idle) do pids[#pids + 1] = e.w:pid() end
+      assert.equal(2, #pids)
+      for _, pid in ipairs(pids) do assert.is_true(alive(pid)) end
+      engine:close()
+      for _, pid in ipairs(pids) do assert.is_true(gone(pid), "worker " .. pid .. " outlived its engine") end
+    end)
+    workers.BALANCED_WORKERS = saved
+    assert(ok, err)
+  end)
+
+  it("balanced: a call whose deadline passes while it waits for a worker leaves it to the next", function()
+    if skip_unless_runnable("balanced") then return end
+    local saved = workers.BALANCED_WORKERS
+    workers.BALANCED_WORKERS = 1
+    local ok, err = pcall(function()
+      local dir = H.tmpdir()
+      H.write_tool(dir, "slow", H.tool_source({ name = "slow", level = "balanced",
+        execution = "concurrency = 4, timeout = 20000",
+        handler = "function(p, ctx) ctx.sleep(p.ms or 0) return { ms = p.ms } end",
+        parameters = "{ ms = { type = 'integer' } }" }))
+      local engine = H.open_engine(dir, { store = false })
+      local t = engine.registry:get("slow")
+      assert.equal("ok", engine:execute("slow", {}, OP).status) -- its worker exists
+      local b = engine.workers.bal[t]
+      local pid = b.idle[1].w:pid()
+      local got = {}
+      engine:submit("slow", { ms = 300 }, OP, { on_done = function(env) got.a = env end })
+      engine:submit("slow", {}, OP, { deadline_ms = 50, on_done = function(env) got.b = env end })
+      while not (got.a and got.b) do engine.loop:run("once") end
+      assert.equal("ok", got.a.status)
+      assert.equal("timeout", got.b.error.kind)
+      -- the worker went back to the tool, and serves the next call
+      assert.equal(1, b.n)
+      assert.equal(0, #b.waiting)
+      local env = engine:execute("slow", { ms = 1 }, OP)
+      assert.equal("ok", env.status)
+      assert.equal(pid, b.idle[1].w:pid())
+      engine:close()
+    end)
+    workers.BALANCED_WORKERS = saved
+    assert(ok, err)
+  end)
+
+  it("balanced: a worker's replacement is readied before its last call, pristine", function()
+    if skip_unless_runnable("balanced") then return end
+    local saved_max, saved_ahead = workers.MAX_CALLS, workers.SPARE_AHEAD
+    workers.MAX_CALLS, workers.SPARE_AHEAD = 6, 3
+    local ok, err = pcall(function()
+      local dir = H.tmpdir()
+      H.write_tool(dir, "poison", H.tool_source({ name = "poison", level = "balanced", handler = POISON }))
+      local engine = H.open_engine(dir, { store = false })
+      local t = engine.registry:get("poison")
+      local function call(i)
+        local env = engine:execute("poison", {}, OP)
+        assert.equal("ok", env.status, i .. ": " .. H.encode(env.error))
+        assert.is_nil(env.output.count, "call " .. i)
+        assert.is_true(env.output.upper, "call " .. i)
+        return engine.workers.bal[t].idle[1]
+      end
+      local first = call(1).w:pid()
+      call(2)
+      local b = engine.workers.bal[t]
+      assert.is_nil(b.spare)
+      assert.equal(first, call(3).w:pid()) -- 3 calls sent: 3 before the 6th
+      assert.is_true(run_until(engine, 5000, function() return b.spare ~= nil end),
+        "no replacement readied")
+      local spare = b.spare.w:pid()
+      assert.are_not.equal(first, spare)
+      for i = 4, 5 do assert.equal(first, call(i).w:pid()) end
+      -- the 6th call is the worker's last: it retires after answering
+      assert.is_nil(call(6))
+      assert.is_true(run_until(engine, 5000, function() return not alive(first) end),
+        "the retired worker still runs")
+      -- the next call runs in the replacement, which defined the tool ahead
+      assert.equal(spare, call(7).w:pid())
+      assert.is_nil(b.spare)
+      assert.equal(1, b.n)
+      engine:close()
+      assert.is_true(gone(spare), "the replacement outlived its engine")
+    end)
+    workers.MAX_CALLS, workers.SPARE_AHEAD = saved_max, saved_ahead
+    assert(ok, err)
   end)
 
   it("balanced with allowed_paths: pristine states too (rebuilt, no snapshot)", function()

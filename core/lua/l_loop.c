@@ -18,7 +18,11 @@
  *   loop:now() -> ms               the loop's cached monotonic time
  *   loop:expect(), loop:answered(us)  an answer from elsewhere is awaited /
  *                                  came after us µs (nil: given up); see
- *                                  rd__loop_expect in loop.h
+ *                                  rd__loop_expect in loop.h; expect(true)
+ *                                  and answered(us, true): an answer that
+ *                                  comes on a socket (a worker process's),
+ *                                  which a spin then asks epoll for at
+ *                                  every other look
  *   loop:close()                   closes every handle, frees the loop
  */
 #include "rd.h"
@@ -179,7 +183,9 @@ static int spin_once(rd_loop *l, double us) {
      * a system call (3 us on the 2-core VM): while yielding, only every
      * 8th look asks, so that a look first gives the CPU to the thread we
      * wait for (it saved ~1.7 us of a relaxed call's hand-off there). */
-    if ((i & (pausing ? 63u : 7u)) == 0) {
+    /* (every other look while a worker process's answer is awaited: it
+     * comes on a socket only epoll sees, and a yield is as dear) */
+    if ((i & (pausing ? 63u : l->expected_io > 0 ? 1u : 7u)) == 0) {
       uv_run(&l->uv, UV_RUN_NOWAIT);
       if (l->ncalls != before) { got = 1; break; }
     }
@@ -237,12 +243,16 @@ static int l_run(lua_State *L) {
 }
 
 static int l_expect(lua_State *L) {
-  rd__loop_expect(rd__loop_check(L, 1));
+  rd_loop *l = rd__loop_check(L, 1);
+  rd__loop_expect(l);
+  if (lua_toboolean(L, 2)) l->expected_io++;
   return 0;
 }
 
 static int l_answered(lua_State *L) {
-  rd__loop_answered(rd__loop_check(L, 1), luaL_optnumber(L, 2, -1));
+  rd_loop *l = rd__loop_check(L, 1);
+  rd__loop_answered(l, luaL_optnumber(L, 2, -1));
+  if (lua_toboolean(L, 3) && l->expected_io > 0) l->expected_io--;
   return 0;
 }
 

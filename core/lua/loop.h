@@ -29,6 +29,7 @@ typedef struct rd_loop {
   unsigned skip_pause;                /* spins left that skip pausing */
   atomic_int spinning;                /* >0: the loop thread watches done_head */
   int expected;                       /* answers awaited (rd__loop_expect) */
+  int expected_io;                    /* of those, on a socket (loop:expect(true)) */
   double answer_us;                   /* moving average of their wait */
 } rd_loop;
 

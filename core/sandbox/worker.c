@@ -140,7 +140,8 @@ typedef struct worker {
   int next_ok;           /* the definition loaded in `next` */
   double def_cpu, def_ms;
   size_t def_peak;
-  double cpu_idle;       /* thread CPU (ms) when it began to wait for a frame */
+  double cpu_idle;       /* thread CPU (ms) when it began to wait for a frame,
+                          * or CPU_UNREAD (see next_frame) */
   uint64_t t_recv;       /* CLOCK_MONOTONIC (ns) when the call's frame was read */
   /* Pool mode, a tool without allowed_paths: its states live in an arena
    * (rd__lstate_snapshot), and after a call the state used is restored to
@@ -340,6 +341,13 @@ static rd_lstate *fresh_state(worker *w) {
   return s;
 }
 
+/* A run's CPU start, for run_in: a thread CPU reading (ms), or one of
+ * these: CPU_READ reads the clock when the run is armed; CPU_UNREAD arms
+ * without a reading (rd__lstate_arm_at with -1: the hook charges the run
+ * its wall time until its first CPU check, an upper bound of its CPU). */
+#define CPU_READ (-1.0)
+#define CPU_UNREAD (-2.0)
+
 /* Call toolstate.<fname>(arg at C index aidx) in T under limits; leaves
  * the two results on T's stack. Returns the breach; *status the pcall's. */
 static rd_breach run_in(rd_lstate *s, const char *fname, lua_State *C, int aidx,
@@ -359,8 +367,8 @@ static rd_breach run_in(rd_lstate *s, const char *fname, lua_State *C, int aidx,
   }
   uint64_t deadline = timeout_ms > 0 ? rd__mono_ns() + (uint64_t)(timeout_ms * 1e6) : 0;
   rd__lstate_clear_stop(s);
-  if (cpu_start < 0) rd__lstate_arm(s, cpu_ms, deadline);
-  else rd__lstate_arm_at(s, cpu_ms, deadline, cpu_start);
+  if (cpu_start == CPU_READ) rd__lstate_arm(s, cpu_ms, deadline);
+  else rd__lstate_arm_at(s, cpu_ms, deadline, cpu_start < 0 ? -1 : cpu_start);
   *status = lua_pcall(T, 1, 2, 0);
   return rd__lstate_disarm(s, used_cpu, peak);
 }
@@ -371,11 +379,16 @@ static double proc_cpu_ms(void) {
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* Milliseconds to the microsecond: such a number encodes and decodes as a
+ * short decimal (json.c's fast paths), where a raw clock difference takes
+ * up to three snprintf and strtod calls on each side of the socket. */
+static double ms_us(double ms) { return floor(ms * 1000.0 + 0.5) / 1000.0; }
+
 static void push_stats(lua_State *C, double cpu, size_t peak) {
   lua_createtable(C, 0, 3);
-  lua_pushnumber(C, proc_cpu_ms());
+  lua_pushnumber(C, ms_us(proc_cpu_ms()));
   lua_setfield(C, -2, "proc_cpu_ms");
-  lua_pushnumber(C, cpu);
+  lua_pushnumber(C, ms_us(cpu));
   lua_setfield(C, -2, "cpu_ms");
   lua_pushnumber(C, (double)peak);
   lua_setfield(C, -2, "peak_memory_bytes");
@@ -431,7 +444,7 @@ static void make_next(worker *w, rd_lstate *s) {
   lua_setfield(C, -2, "scanned");
   int status;
   rd_error err;
-  rd_breach br = run_in(s, "define", C, lua_gettop(C), DEFINE_CPU_MS, 2000, -1,
+  rd_breach br = run_in(s, "define", C, lua_gettop(C), DEFINE_CPU_MS, 2000, CPU_READ,
                         &status, &w->def_cpu, &w->def_peak, &err);
   lua_settop(C, top);
   if (br == RD_BREACH_NONE && status == 0 && lua_istable(T, -2)) {
@@ -541,9 +554,9 @@ static int serve_call(worker *w, int cidx) {
   rd__lstate_set_max_memory(s, cap);
   push_stats(C, used2, peak2);
   /* where the worker's time went (for the sandbox benchmark) */
-  lua_pushnumber(C, w->def_ms);
+  lua_pushnumber(C, ms_us(w->def_ms));
   lua_setfield(C, -2, "define_ms");
-  lua_pushnumber(C, (double)(rd__mono_ns() - t_run) / 1e6);
+  lua_pushnumber(C, ms_us((double)(rd__mono_ns() - t_run) / 1e6));
   lua_setfield(C, -2, "execute_ms");
   /* CLOCK_MONOTONIC (ms, as core.mono_ms) when the call was read and when
    * the answer went out: with the engine's clock, the two hand-offs */
@@ -587,27 +600,65 @@ static int serve_call(worker *w, int cidx) {
  * it awake (waking a blocked process costs tens to hundreds of µs on a
  * busy VM). */
 #define WORKER_SPIN_NS 300000u
-/* A call may be charged the CPU the worker spun before it, up to this. */
-#define CPU_STALE_NS 20000u
-
-/* Wait until fd has a byte to read, spinning first for up to spin_ns.
- * Sets w->cpu_idle to the thread CPU time at a point after which the
- * worker only waited. */
-static void await_frame(worker *w, uint64_t spin_ns) {
-  w->cpu_idle = rd__thread_cpu_ms();
-  if (spin_ns == 0) return; /* the blocking read waits */
-  uint64_t read_at = rd__mono_ns(), now = read_at;
-  char c;
-  for (;;) {
-    ssize_t r = recv(w->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (r != -1 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
-    now = rd__mono_ns();
-    if (now - read_at >= spin_ns) return;
-    /* the first 20 µs only look (the engine on another core answers
-     * within that); then each look yields to any runnable process */
-    if (now - read_at >= 20000u) sched_yield();
+/* The engine's next frame, taken from the socket with as few system calls
+ * as can be: each look is one recv() that takes whatever has come (a call,
+ * or several frames at once), kept in `in` between calls; no peek, no
+ * separate reads of the length and the text. With spin_ns, the worker
+ * looks without blocking for up to that long (the first 20 µs only look:
+ * the engine on another core answers within that; then each look yields
+ * to any runnable process), then blocks. *p, *n: the frame's text, valid
+ * until the next call; *used: the bytes to drop before the next one.
+ * Sets w->cpu_idle: without a spin, a thread CPU reading taken before the
+ * wait (a strict call's budget counts from there); after a spin,
+ * CPU_UNREAD, so that no CPU clock is read (a system call) on the way to
+ * the call: its run is armed without a reading, like an in-process
+ * call's, and never charged the spin. 0, 1 on a clean EOF, -1 on error
+ * or a frame larger than RD_FRAME_MAX. */
+static int next_frame(worker *w, rd_buf *in, size_t *used, uint64_t spin_ns,
+                      const char **p, size_t *n) {
+  if (*used) {
+    memmove(in->data, in->data + *used, in->len - *used);
+    in->len -= *used;
+    *used = 0;
   }
-  if (now - read_at > CPU_STALE_NS) w->cpu_idle = rd__thread_cpu_ms();
+  w->cpu_idle = spin_ns ? CPU_UNREAD : rd__thread_cpu_ms();
+  uint64_t start = spin_ns ? rd__mono_ns() : 0;
+  int flags = spin_ns ? MSG_DONTWAIT : 0;
+  for (;;) {
+    size_t need = 4;
+    if (in->len >= 4) {
+      const unsigned char *h = (const unsigned char *)in->data;
+      uint32_t len = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 |
+                     (uint32_t)h[3] << 24;
+      if (len > RD_FRAME_MAX) {
+        errno = EMSGSIZE;
+        return -1;
+      }
+      if (in->len - 4 >= len) {
+        *p = in->data + 4;
+        *n = len;
+        *used = 4 + (size_t)len;
+        return 0;
+      }
+      need = 4 + (size_t)len;
+    }
+    size_t want = need - in->len < 4096 ? 4096 : need - in->len;
+    if (rd__buf_reserve(in, want) != RD_OK) {
+      errno = ENOMEM;
+      return -1;
+    }
+    ssize_t r = recv(w->fd, in->data + in->len, in->cap - 1 - in->len, flags);
+    if (r > 0) {
+      in->len += (size_t)r;
+      continue;
+    }
+    if (r == 0) return in->len == 0 ? 1 : -1;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+    uint64_t now = rd__mono_ns();
+    if (now - start >= spin_ns) flags = 0; /* spun long enough: block */
+    else if (now - start >= 20000u) sched_yield();
+  }
 }
 
 /* After a pool call: the next call's state, restored from the snapshot
@@ -638,6 +689,28 @@ static void next_state(worker *w) {
 static rd_lstate *zygote_state;
 
 static void template_main(int fd) __attribute__((noreturn));
+static void prefault(void);
+
+/* A pool worker readied ahead of need ("ahead" in its tool message:
+ * workers.lua readies the replacement of a balanced worker that nears its
+ * last call). Its first call would otherwise run on the state inherited
+ * from the zygote, paying a copy-on-write fault for each page it writes
+ * (1-2 ms on the reference VM), and the snapshotted state would be built
+ * after it. Build that state now, take a call's way through it once
+ * (prefault: decode, copies in and out, encode) and restore it from its
+ * snapshot: the first call then costs what a later one does. */
+static void ready_ahead(worker *w) {
+  w->used = w->next;
+  w->next = NULL;
+  next_state(w); /* the inherited state has no snapshot: a fresh one */
+  w->def_ms = 0;  /* not on any call's path */
+  if (!w->next || !w->next_ok) return;
+  prefault();
+  rd_error err;
+  /* no snapshot (memory outside the arena): the dummy's copies are mere
+   * garbage in it, and the state is rebuilt after its call as usual */
+  (void)rd__lstate_restore(w->next, &err);
+}
 
 /* A template's workers read their call into this buffer, allocated by the
  * template before it forks them: a worker that mallocs it itself pays
@@ -655,6 +728,7 @@ static void worker_main(int fd) {
   if (!w->C) _exit(4);
   rd_buf in = frame_in;
   frame_in = (rd_buf)RD_BUF_INIT;
+  size_t used = 0;
   /* The first call's state: the copy of the zygote's (no work at all), or
    * made here if the zygote could not make one. */
   rd_lstate *warm = NULL;
@@ -664,13 +738,14 @@ static void worker_main(int fd) {
   zygote_state = NULL;
   uint64_t spin = 0; /* none before the tool message and a strict call */
   for (;;) {
-    await_frame(w, spin);
-    int rc = rd__frame_recv(fd, &in);
+    const char *text;
+    size_t tlen;
+    int rc = next_frame(w, &in, &used, spin, &text, &tlen);
     if (rc != 0) _exit(rc == 1 ? 0 : 5);
     w->t_recv = rd__mono_ns();
     rd_error err;
     lua_settop(w->C, 0);
-    if (rd__json_decode(w->C, in.data, in.len, NULL, &err) != RD_OK || !lua_istable(w->C, 1)) {
+    if (rd__json_decode(w->C, text, tlen, NULL, &err) != RD_OK || !lua_istable(w->C, 1)) {
       send_error(w, "worker got a malformed message");
       _exit(6);
     }
@@ -684,6 +759,9 @@ static void worker_main(int fd) {
       w->once = w->template || (mode && strcmp(mode, "once") == 0);
       lua_pop(w->C, 1);
       w->max_calls = (int)num_field(w->C, 1, "max_calls", 100);
+      lua_getfield(w->C, 1, "ahead");
+      int ahead = lua_toboolean(w->C, -1);
+      lua_pop(w->C, 1);
       if (w->max_calls < 1) w->max_calls = 1;
       if (enter_sandbox(w, 1) != 0) _exit(7);
       lua_pushvalue(w->C, 1);
@@ -719,6 +797,7 @@ static void worker_main(int fd) {
       lua_setfield(w->C, -2, "proc_cpu_ms");
       send_json(w, -1);
       if (w->template) template_main(fd); /* never returns */
+      if (ahead && !w->once && w->arena && w->next_ok) ready_ahead(w);
     } else if (op && strcmp(op, "call") == 0 && w->tool_ref != LUA_NOREF) {
       int retire = serve_call(w, 1); /* frees the state */
       w->calls++;

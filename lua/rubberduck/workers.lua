@@ -21,6 +21,8 @@ local M = {}
 
 M.READY = 2            -- workers the zygote keeps ready
 M.MAX_CALLS = 100      -- calls a balanced worker serves before it is replaced
+M.BALANCED_WORKERS = 4 -- worker processes a balanced tool keeps at most (its calls share them)
+M.SPARE_AHEAD = 50     -- calls before a balanced worker's last: its replacement is readied
 M.STOCK = 2            -- processes a strict tool keeps ready, its tool defined
 M.STOCK_MAX = 6        -- ... up to this many while its calls keep finding none ready
 M.STOCK_TOOLS = 8      -- strict tools that keep a stock (most recently used)
@@ -43,6 +45,7 @@ M.SPIN_US_STRICT = 0
 M.TEMPLATES = true
 
 local SIGKILL, SIGXCPU, SIGSYS, SIGXFSZ = 9, 24, 31, 25
+local floor = math.floor
 
 -- How long (µs) a synchronous caller spins for the answer of a call to the
 -- tool `t` (nil: not known yet) before it sleeps in the loop.
@@ -59,7 +62,8 @@ Pool.__index = Pool
 
 function M.new(engine)
   return setmetatable({ engine = engine, ready = {}, waiting = {}, by_pid = {},
-                        warned = {}, stocking = {}, stocked = {} }, Pool)
+                        warned = {}, stocking = {}, stocked = {},
+                        bal = setmetatable({}, { __mode = "k" }) }, Pool)
 end
 
 function M.available()
@@ -206,6 +210,7 @@ end
 
 function Pool:close()
   if self.respawn_timer then self.respawn_timer:stop(); self.respawn_timer = nil end
+  for t in pairs(self.bal) do self:_bal_drop(t) end
   self.unsent = nil
   for _, w in ipairs(self.ready) do w:close() end
   self.ready = {}
@@ -213,14 +218,132 @@ function Pool:close()
   self.zygote = nil
 end
 
+-- ---- a balanced tool's workers -------------------------------------------------------
+-- A balanced tool's calls share at most M.BALANCED_WORKERS worker processes
+-- (or its execution.concurrency, if lower): a call takes an idle one (the
+-- one given back last first), else starts one while there are fewer, else
+-- waits in a FIFO for one to be given back (its deadline runs meanwhile).
+-- Each worker serves M.MAX_CALLS calls; M.SPARE_AHEAD calls before a
+-- worker's last one, a replacement is taken from the zygote and given the
+-- tool, so it has defined the tool by the time the old one retires (the
+-- definition, milliseconds in the sandbox, is then off the call's path).
+-- An entry: { w = worker, calls = calls sent to it, fresh = no tool
+-- message sent yet, last_cpu = its process CPU (ms) after its last call }.
+
+local tool_message
+-- (ahead: the worker builds its snapshotted state and faults in what a
+-- call writes before it waits, worker.c's ready_ahead)
+local function bal_message(t) return tool_message({ tool = t, once = false }, nil, true) end
+
+function Pool:_bal(t)
+  local b = self.bal[t]
+  if not b then
+    local cap = M.BALANCED_WORKERS
+    local conc = t.def.execution and t.def.execution.concurrency
+    if type(conc) == "number" and conc >= 1 and conc < cap then cap = conc end
+    b = { idle = {}, n = 0, cap = cap, waiting = {} }
+    self.bal[t] = b
+  end
+  return b
+end
+
+local function bal_kill(e)
+  e.w:kill(SIGKILL)
+  e.w:close()
+end
+
+-- cb(worker, nil, nil, entry) with a worker for a call of balanced tool
+-- t, now or when one is free; cb(nil, why) if none can be had.
+function Pool:_bal_take(t, cb)
+  local b = self:_bal(t)
+  local idle = b.idle
+  while #idle > 0 do
+    local e = table.remove(idle)
+    if not e.w:eof() then return cb(e.w, nil, nil, e) end
+    b.n = b.n - 1 -- died while idle
+    e.w:close()
+  end
+  if b.n >= b.cap then
+    b.waiting[#b.waiting + 1] = cb
+    return
+  end
+  b.n = b.n + 1
+  local e = b.spare
+  b.spare = nil
+  if e and not e.w:eof() then return cb(e.w, nil, nil, e) end
+  if e then e.w:close() end
+  self:take(function(w, err)
+    if not w then
+      b.n = b.n - 1
+      return cb(nil, err)
+    end
+    return cb(w, nil, nil, { w = w, calls = 0, fresh = true })
+  end)
+end
+
+-- Give a worker back after a call it survived: to the first waiting call,
+-- else to the idle ones (killed if its tool is gone).
+function Pool:_bal_put(t, e)
+  local b = self:_bal(t)
+  if t.retired or not self.zygote then
+    b.n = b.n - 1
+    return bal_kill(e)
+  end
+  local cb = table.remove(b.waiting, 1)
+  if cb then return cb(e.w, nil, nil, e) end
+  b.idle[#b.idle + 1] = e
+end
+
+-- A worker retired (its last call, a breach, a crash): a waiting call gets
+-- a worker in its place.
+function Pool:_bal_retired(t)
+  local b = self:_bal(t)
+  b.n = b.n - 1
+  local cb = table.remove(b.waiting, 1)
+  if cb then self:_bal_take(t, cb) end
+end
+
+-- Ready the replacement of a worker that nears its last call (once).
+function Pool:_bal_spare(t, e)
+  local b = self:_bal(t)
+  if b.spare or b.sparing or e.calls < M.MAX_CALLS - M.SPARE_AHEAD or t.retired then return end
+  b.sparing = true
+  self:take(function(w)
+    b.sparing = nil
+    if not w then return end
+    if t.retired or b.spare or not self.zygote then
+      w:kill(SIGKILL)
+      w:close()
+      return
+    end
+    if not w:send(bal_message(t)) then w:kill(SIGKILL); w:close(); return end
+    b.spare = { w = w, calls = 0 }
+  end)
+end
+
+-- The tool is gone: its idle workers and spare die; calls that wait get
+-- nothing (they end by their deadline or cancel; the registry closes
+-- their states).
+function Pool:_bal_drop(t)
+  local b = self.bal[t]
+  if not b then return end
+  for _, e in ipairs(b.idle) do bal_kill(e) end
+  b.n = b.n - #b.idle
+  b.idle = {}
+  if b.spare then bal_kill(b.spare); b.spare = nil end
+  local waiting = b.waiting
+  b.waiting = {}
+  for _, cb in ipairs(waiting) do cb(nil, "the tool was closed") end
+end
+
 -- ---- a tool's remote state ----------------------------------------------------------------
 
 local Remote = {}
 Remote.__index = Remote
 
-local function tool_message(self, mode)
+function tool_message(self, mode, ahead)
   local t, sec = self.tool, self.tool.def.security
-  return json.encode({ op = "tool", mode = mode or (self.once and "once" or "pool"),
+  return json.encode({ op = "tool", mode = mode or (self.once and "once" or "pool"), ahead = ahead,
     file = t.file, source = t.source, max_calls = M.MAX_CALLS,
     security = { max_memory = sec.max_memory, max_cpu = sec.max_cpu,
                  max_file_size = sec.max_file_size, allowed_paths = sec.allowed_paths } })
@@ -455,17 +578,22 @@ function Remote:_finish(ok, a, b, stats)
   local call = self.call
   if not call then return end
   self.call = nil
-  self.pool.engine.loop:answered(ok and (core.mono_ms() - call.t0) * 1000 or nil)
+  self.pool.engine.loop:answered(ok and (core.mono_ms() - call.t0) * 1000 or nil, true)
   if call.timer then call.timer:stop() end
   if call.exit_timer then call.exit_timer:stop() end
   if call.kill_timer then call.kill_timer:stop() end
   local w = call.worker
-  if w and (self.once or not ok or call.eof or call.last) then
+  local be = call.be
+  if self.worker == w then self.worker = nil end
+  -- (a balanced worker retires after M.MAX_CALLS calls also if it did not
+  -- say "last": the engine counts them too)
+  if w and (self.once or not ok or call.eof or call.last or (be and be.calls >= M.MAX_CALLS)) then
     -- a strict worker is single-use; a balanced one retires after a breach
-    if self.worker == w then self.worker = nil end
     -- a worker that answered with "last" exits by itself
     if not call.eof and not (ok and call.last) then w:kill(SIGKILL) end
     w:close()
+    if be then self.pool:_bal_retired(self.tool) end
+    be = nil
   end
   local st = self.s
   if st then
@@ -476,6 +604,8 @@ function Remote:_finish(ok, a, b, stats)
     end
   end
   call.cb(ok, a, b, stats or {})
+  -- a balanced worker goes back to its tool's (after the answer is out)
+  if be then self.pool:_bal_put(self.tool, be) end
   if st then st:_fill_stock() end
   self.pool:refill()
 end
@@ -541,7 +671,7 @@ function Remote:_frame(w, text, why)
   elseif m.op == "result" then
     call.last = m.last
     local stats = m.stats
-    if type(stats) == "table" then self.last_cpu = stats.proc_cpu_ms end
+    if type(stats) == "table" and call.be then call.be.last_cpu = stats.proc_cpu_ms end
     if m.ok then
       -- binary strings travel as base64 (rubberduck.results)
       local okb, out = pcall(results.unview, m.output, m.binary_paths)
@@ -572,18 +702,25 @@ function Remote:start(fname, arg, limits, cb)
   if self.closed then return nil, "tool state is closed" end
   if self.call then return nil, "tool state is busy" end
   local call = { cb = cb, max_cpu = limits.cpu_ms or math.huge, t0 = core.mono_ms() }
+  -- the deadline (ms since the epoch) to 10 µs: a short decimal, which the
+  -- JSON codec writes and reads without snprintf and strtod
+  local ctx = arg.ctx
+  local d = ctx and ctx.deadline
+  if type(d) == "number" and d > 0 and d < 1e13 then ctx.deadline = floor(d * 100 + 0.5) / 100 end
   self.call = call
   -- the loop spins for quick answers (l_loop.c, auto_spin)
-  self.pool.engine.loop:expect()
+  self.pool.engine.loop:expect(true)
   local tries = 0
   local go
   -- A worker that died while it waited (killed from outside) is dropped
   -- and another taken: the call has not started.
-  local function dead(w, stocked)
+  local function dead(w, stocked, be)
     if self.worker == w then self.worker = nil end
     self.pool.by_pid[w:pid()] = nil
     w:kill(SIGKILL)
     w:close()
+    call.be = nil
+    if be then self.pool:_bal_retired(self.tool) end
     tries = tries + 1
     if tries > 3 then
       return self:_finish(false, "crashed", "worker processes died before the call could start")
@@ -592,24 +729,42 @@ function Remote:start(fname, arg, limits, cb)
       local e = table.remove(self.s.stock, 1)
       return go(e.worker, nil, e)
     end
+    if be then return self.pool:_bal_take(self.tool, go) end
     self.pool:take(go)
   end
-  go = function(w, err, stocked)
-    if self.call ~= call then if w then w:close() end return end
+  go = function(w, err, stocked, be)
+    if self.call ~= call then
+      -- the call ended (deadline, cancel) while it waited for a worker
+      if be then self.pool:_bal_put(self.tool, be) elseif w then w:close() end
+      return
+    end
     if not w then return self:_finish(false, "internal", err) end
-    if w:eof() then return dead(w, stocked) end
+    if w:eof() then return dead(w, stocked, be) end
     call.worker = w
+    call.be = be
     -- a pooled worker's CPU after its last call, a stocked one's after
     -- its definition (nil until its "ready" comes)
-    call.base_cpu = stocked and stocked.base_cpu or self.last_cpu
+    call.base_cpu = stocked and stocked.base_cpu or (be and be.last_cpu)
     self.pool.by_pid[w:pid()] = self
-    w:on_frame(function(text, why) self:_frame(w, text, why) end)
-    if self.worker ~= w and not stocked then
+    -- (a balanced worker's frames already come here when this state had
+    -- it last: no new closure and registry reference per call)
+    if not be or be.owner ~= self then
+      w:on_frame(function(text, why) self:_frame(w, text, why) end)
+      if be then be.owner = self end
+    end
+    if be then
+      self.worker = w
+      if be.fresh then
+        be.fresh = nil
+        if not w:send(tool_message(self)) then return dead(w, stocked, be) end
+      end
+      be.calls = be.calls + 1
+      self.pool:_bal_spare(self.tool, be)
+    elseif not stocked then
       if not w:send(tool_message(self)) then return dead(w, stocked) end
-      if not self.once then self.worker = w end
     end
     if not w:send(json.encode({ op = "call", arg = arg, limits = limits })) then
-      return dead(w, stocked)
+      return dead(w, stocked, be)
     end
   end
   -- The deadline runs from now, also while the call waits for a worker.
@@ -636,10 +791,8 @@ function Remote:start(fname, arg, limits, cb)
     -- the replacement is asked for now, not when this call ends: its fork
     -- and preparation overlap the call (on the other CPU)
     st:_fill_stock()
-  elseif self.worker then
-    go(self.worker)
   else
-    self.pool:take(go)
+    self.pool:_bal_take(self.tool, go)
   end
   return true
 end
@@ -684,6 +837,7 @@ function Remote:close()
       self.pool:forget(st)
     end
   end
+  if not self.once and self.tool.retired then self.pool:_bal_drop(self.tool) end
   if self.worker then
     self.worker:kill(SIGKILL)
     self.worker:close()
