@@ -84,11 +84,18 @@ describe("workers", function()
     engine:close()
   end)
 
+  -- Run fn with workers.BALANCED_WORKERS set to n, put back whatever fn does.
+  local function with_balanced_workers(n, fn)
+    local saved = workers.BALANCED_WORKERS
+    workers.BALANCED_WORKERS = n
+    local ok, err = pcall(fn)
+    workers.BALANCED_WORKERS = saved
+    assert(ok, err)
+  end
+
   it("balanced: a tool's calls share at most BALANCED_WORKERS workers, the others wait", function()
     if skip_unless_runnable("balanced") then return end
-    local saved = workers.BALANCED_WORKERS
-    workers.BALANCED_WORKERS = 2
-    local ok, err = pcall(function()
+    with_balanced_workers(2, function()
       local dir = H.tmpdir()
       H.write_tool(dir, "share", H.tool_source({ name = "share", level = "balanced",
         execution = "concurrency = 8, timeout = 20000",
@@ -123,15 +130,11 @@ describe("workers", function()
       engine:close()
       for _, pid in ipairs(pids) do assert.is_true(gone(pid), "worker " .. pid .. " outlived its engine") end
     end)
-    workers.BALANCED_WORKERS = saved
-    assert(ok, err)
   end)
 
   it("balanced: a call whose deadline passes while it waits for a worker leaves it to the next", function()
     if skip_unless_runnable("balanced") then return end
-    local saved = workers.BALANCED_WORKERS
-    workers.BALANCED_WORKERS = 1
-    local ok, err = pcall(function()
+    with_balanced_workers(1, function()
       local dir = H.tmpdir()
       H.write_tool(dir, "slow", H.tool_source({ name = "slow", level = "balanced",
         execution = "concurrency = 4, timeout = 20000",
@@ -156,8 +159,6 @@ describe("workers", function()
       assert.equal(pid, b.idle[1].w:pid())
       engine:close()
     end)
-    workers.BALANCED_WORKERS = saved
-    assert(ok, err)
   end)
 
   it("balanced: a worker's replacement is readied before its last call, pristine", function()

@@ -641,6 +641,30 @@ static void read_limits(lua_State *L, int idx, limits *lim) {
   lua_pop(L, 4);
 }
 
+/* After the copy of a call into the tool state (started at heap0, with
+ * the cap lifted from `cap`): the collection owed, the cap back; on
+ * failure the stack emptied and the collector restarted. Returns rc. */
+static int copied(lcore *c, size_t heap0, size_t cap, int rc) {
+  lua_State *T = rd__lstate_L(c->s);
+  size_t heap1 = rd__lstate_heap(c->s);
+  c->gc_owed_kb = heap1 > heap0 ? (int)((heap1 - heap0 + 1023) >> 10) : 0;
+  rd__lstate_set_max_memory(c->s, cap);
+  if (rc != RD_OK) {
+    lua_settop(T, 0);
+    lua_gc(T, LUA_GCRESTART, 0);
+  }
+  return rc;
+}
+
+/* The limits of the call about to start. */
+static void arm(lcore *c, const limits *lim) {
+  rd__lstate_clear_stop(c->s);
+  c->cpu_ms = lim->cpu_ms;
+  c->deadline_ns = lim->timeout_ms > 0
+      ? rd__mono_ns() + (uint64_t)(lim->timeout_ms * 1e6) : 0;
+  c->max_output = lim->max_output;
+}
+
 /* Push the bootstrap function `fname` and a copy of the host value at
  * `argidx` onto the tool state's stack. Raises in the host on misuse. */
 static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
@@ -662,19 +686,8 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
   lua_gc(T, LUA_GCSTOP, 0);
   rd_error err;
   int rc = rd__xcopy_memo(L, argidx, T, NULL, &c->memo, NULL, &err);
-  size_t heap1 = rd__lstate_heap(c->s);
-  c->gc_owed_kb = heap1 > heap0 ? (int)((heap1 - heap0 + 1023) >> 10) : 0;
-  rd__lstate_set_max_memory(c->s, cap);
-  if (rc != RD_OK) {
-    lua_settop(T, 0);
-    lua_gc(T, LUA_GCRESTART, 0);
-    luaL_error(L, "argument %s", err.message);
-  }
-  rd__lstate_clear_stop(c->s);
-  c->cpu_ms = lim->cpu_ms;
-  c->deadline_ns = lim->timeout_ms > 0
-      ? rd__mono_ns() + (uint64_t)(lim->timeout_ms * 1e6) : 0;
-  c->max_output = lim->max_output;
+  if (copied(c, heap0, cap, rc) != RD_OK) luaL_error(L, "argument %s", err.message);
+  arm(c, lim);
 }
 
 /* The collector's work prepare() held back: as much as allocating
@@ -987,14 +1000,7 @@ static int l_execute(lua_State *L) {
     lua_pushnumber(T, attempt);
     lua_pushnumber(T, deadline);
   }
-  size_t heap1 = rd__lstate_heap(c->s);
-  c->gc_owed_kb = heap1 > heap0 ? (int)((heap1 - heap0 + 1023) >> 10) : 0;
-  rd__lstate_set_max_memory(c->s, cap);
-  if (rc != RD_OK) {
-    lua_settop(T, 0);
-    lua_gc(T, LUA_GCRESTART, 0);
-    return luaL_error(L, "%s: %s", what, err.message);
-  }
+  if (copied(c, heap0, cap, rc) != RD_OK) return luaL_error(L, "%s: %s", what, err.message);
   if (!same) {
     /* The state's kept copy is this caller's only once the call has
      * run (complete_caller): until then no caller is known to it. */
@@ -1003,11 +1009,7 @@ static int l_execute(lua_State *L) {
     lua_pushvalue(L, 3);
     c->caller_pending = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  rd__lstate_clear_stop(c->s);
-  c->cpu_ms = lim.cpu_ms;
-  c->deadline_ns = lim.timeout_ms > 0
-      ? rd__mono_ns() + (uint64_t)(lim.timeout_ms * 1e6) : 0;
-  c->max_output = lim.max_output;
+  arm(c, &lim);
   c->fast = 1;
   c->nargs = 5;
   return launch(L, c, &lim, 10);
