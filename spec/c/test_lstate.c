@@ -677,6 +677,16 @@ static void copy_fails(lua_State *F, lua_State *T, const char *code,
 
 static int starts_with(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 
+/* Copy the value on top of F to T with default options: 1 if that went
+ * well (checked, the error printed otherwise). */
+static int copied_to(lua_State *F, lua_State *T) {
+  rd_error err;
+  int rc = rd__xcopy(F, -1, T, NULL, NULL, &err);
+  CHECK(rc == RD_OK);
+  if (rc) fprintf(stderr, "  %s\n", err.message);
+  return rc == RD_OK;
+}
+
 TEST(xcopy_plain_data_survives) {
   lua_State *F = plain_state(), *T = plain_state();
   push_value(F,
@@ -767,11 +777,7 @@ TEST(xcopy_table_shapes_and_sizes) {
     "         deep = deep, n = { [0] = 'zero', [1.5] = 'half', [-1] = 'minus', [2^40] = 'far' },\n"
     "         exact = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,\n"
     "                   17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32 } }\n");
-  rd_error err;
-  int rc = rd__xcopy(F, -1, T, NULL, NULL, &err);
-  CHECK(rc == RD_OK);
-  if (rc) fprintf(stderr, "  %s\n", err.message);
-  if (rc == RD_OK)
+  if (copied_to(F, T))
     check_in(T,
       "local v = ...\n"
       "assert(#v.big == 1000 and getmetatable(v.big) == ARRAY_MT)\n"
@@ -1010,11 +1016,7 @@ TEST(xcopy_runs_no_metamethod) {
     "             __metatable = 'locked' }\n"
     "local inner = setmetatable({ 1, 2, k = 'v' }, mt)\n"
     "return setmetatable({ inner = inner, s = 'x' }, mt)\n");
-  rd_error err;
-  int rc = rd__xcopy(F, -1, T, NULL, NULL, &err);
-  CHECK(rc == RD_OK);
-  if (rc) fprintf(stderr, "  %s\n", err.message);
-  if (rc == RD_OK)
+  if (copied_to(F, T))
     check_in(T,
       "local v = ... assert(getmetatable(v) == nil and getmetatable(v.inner) == nil)\n"
       "assert(v.s == 'x' and v.inner[1] == 1 and v.inner[2] == 2 and v.inner.k == 'v')\n");
