@@ -73,7 +73,7 @@ struct lcore {
   rd_lstate *s;
   rd_loop *loop;
   int modref;                /* bootstrap module, in the tool state */
-  int gcref;                 /* gc_pay, in the tool state */
+  int gcref;                 /* gc_full, in the tool state */
   rd_xcopy_memo memo;        /* the caller of the last call (arg.ctx.caller), kept in the state */
   /* st:execute (the pipeline's calls): */
   int execref;               /* the bootstrap's `execute_with`, in the tool state */
@@ -100,7 +100,7 @@ struct lcore {
   uint64_t deadline_ns;
   size_t max_output;
   int status;                /* lua_pcall result */
-  int gc_owed_kb;            /* collection prepare() held back (run pays) */
+  size_t gc_next;            /* heap size (bytes) at which run() collects */
   rd_breach breach;
   double used_cpu;
   size_t peak;
@@ -209,7 +209,7 @@ static void q_atfork_child(void) { q_forked = 1; }
 static void q_register(void) { pthread_atfork(NULL, NULL, q_atfork_child); }
 
 static void run(lcore *c, double cpu_start_ms);
-static int gc_pay(lua_State *T);
+static int gc_full(lua_State *T);
 
 /* After a call, a thread watches the queue this long before it sleeps:
  * a caller issuing calls one after another then finds it awake, and the
@@ -610,10 +610,12 @@ static int l_new(lua_State *L) {
   c->execref = luaL_ref(T, LUA_REGISTRYINDEX); /* LUA_REFNIL if none */
   c->modref = luaL_ref(T, LUA_REGISTRYINDEX);
   /* made once: lua_cpcall would allocate a closure at every call */
-  lua_pushcfunction(T, gc_pay);
+  lua_pushcfunction(T, gc_full);
   c->gcref = luaL_ref(T, LUA_REGISTRYINDEX);
-  /* The cap counts from here: the bootstrap is part of every state. */
+  /* The cap counts from here: the bootstrap is part of every state. The
+   * collector runs only in calls from now on (see run). */
   rd__lstate_set_max_memory(c->s, max_memory);
+  lua_gc(T, LUA_GCSTOP, 0);
   return 1;
 }
 
@@ -641,18 +643,11 @@ static void read_limits(lua_State *L, int idx, limits *lim) {
   lua_pop(L, 4);
 }
 
-/* After the copy of a call into the tool state (started at heap0, with
- * the cap lifted from `cap`): the collection owed, the cap back; on
- * failure the stack emptied and the collector restarted. Returns rc. */
-static int copied(lcore *c, size_t heap0, size_t cap, int rc) {
-  lua_State *T = rd__lstate_L(c->s);
-  size_t heap1 = rd__lstate_heap(c->s);
-  c->gc_owed_kb = heap1 > heap0 ? (int)((heap1 - heap0 + 1023) >> 10) : 0;
+/* After the copy of a call into the tool state (with the cap lifted from
+ * `cap`): the cap back; on failure the stack emptied. Returns rc. */
+static int copied(lcore *c, size_t cap, int rc) {
   rd__lstate_set_max_memory(c->s, cap);
-  if (rc != RD_OK) {
-    lua_settop(T, 0);
-    lua_gc(T, LUA_GCRESTART, 0);
-  }
+  if (rc != RD_OK) lua_settop(rd__lstate_L(c->s), 0);
   return rc;
 }
 
@@ -680,21 +675,65 @@ static void prepare(lua_State *L, lcore *c, const char *fname, int argidx,
     rd__lstate_set_max_memory(c->s, cap);
     luaL_error(L, "tool state has no function '%s'", fname);
   }
-  /* The copy's garbage collection is left to the call's thread (run):
-   * a step here would run on the loop thread, walking the tool's heap. */
-  size_t heap0 = rd__lstate_heap(c->s);
-  lua_gc(T, LUA_GCSTOP, 0);
+  /* (the state's collector is stopped: see run) */
   rd_error err;
   int rc = rd__xcopy_memo(L, argidx, T, NULL, &c->memo, NULL, &err);
-  if (copied(c, heap0, cap, rc) != RD_OK) luaL_error(L, "argument %s", err.message);
+  if (copied(c, cap, rc) != RD_OK) luaL_error(L, "argument %s", err.message);
   arm(c, lim);
 }
 
-/* The collector's work prepare() held back: as much as allocating
- * gc_owed_kb would have done. Called protected, as an error in a __gc
- * finalizer (or a limit's) is raised from inside the step. */
-static int gc_pay(lua_State *T) {
-  lua_gc(T, LUA_GCSTEP, *(int *)lua_touserdata(T, 1));
+/* A tool state's collector runs only on the call's thread, while the
+ * call's limits are armed (a finalizer that loops is stopped like the
+ * tool's own code); everywhere else it is stopped, so that the loop
+ * thread's copies into and out of the state never step it (a step walks
+ * the tool's heap, and may run its finalizers).
+ *
+ * LuaJIT keeps its pause in the threshold that stopping it overwrites:
+ * restarted by LUA_GCRESTART, it steps at the next allocation, and a step
+ * from the pause starts a cycle. Restarted that way for every call, the
+ * collector never paused: half the call thread's instructions for a
+ * trivial tool went to marking and sweeping the state's heap. The pause
+ * is therefore kept here, as LuaJIT would: when the heap has grown to
+ * gc_next, a full collection (protected: a finalizer's error, or a
+ * limit's, is raised from inside it), and gc_next = twice what is left
+ * (at least GC_MIN_GROWTH more, and at most half the way to the memory
+ * cap, so that garbage never makes a call breach it). During the call the
+ * collector runs incrementally from gc_next on, as LuaJIT's own pacing
+ * would have it. */
+#define GC_MIN_GROWTH ((size_t)128 * 1024)
+
+static int gc_full(lua_State *T) {
+  lua_gc(T, LUA_GCCOLLECT, 0);
+  return 0;
+}
+
+static size_t gc_total(lua_State *T) {
+  return (size_t)lua_gc(T, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(T, LUA_GCCOUNTB, 0);
+}
+
+/* In run(), armed: collect if due, then let the collector run from
+ * gc_next on. Returns a lua_pcall result (the error on top on failure). */
+static int gc_resume(lcore *c, lua_State *T) {
+  size_t heap = gc_total(T);
+  if (heap >= c->gc_next) {
+    if (!lua_checkstack(T, 1)) return LUA_ERRMEM;
+    lua_rawgeti(T, LUA_REGISTRYINDEX, c->gcref);
+    int rc = lua_pcall(T, 0, 0, 0);
+    if (rc != 0) return rc;
+    heap = gc_total(T);
+    size_t grow = heap > GC_MIN_GROWTH ? heap : GC_MIN_GROWTH;
+    size_t cap = rd__lstate_set_max_memory(c->s, 0);
+    rd__lstate_set_max_memory(c->s, cap);
+    if (cap && cap > heap && grow > (cap - heap) / 2) grow = (cap - heap) / 2;
+    c->gc_next = heap + grow;
+  }
+  /* LUA_GCRESTART with -1 sets the threshold to total / 100 * pause: the
+   * pause is set for gc_next, then put back (a cycle that ends during the
+   * call sets the next threshold from it). */
+  size_t pct = c->gc_next / (heap / 100 + 1) + 1;
+  int pause = lua_gc(T, LUA_GCSETPAUSE, pct > 1000000 ? 1000000 : (int)pct);
+  lua_gc(T, LUA_GCRESTART, -1);
+  lua_gc(T, LUA_GCSETPAUSE, pause);
   return 0;
 }
 
@@ -703,17 +742,10 @@ static void run(lcore *c, double cpu_start_ms) {
   lua_State *T = rd__lstate_L(c->s);
   c->thread = pthread_self();
   rd__lstate_arm_at(c->s, c->cpu_ms, c->deadline_ns, cpu_start_ms);
-  /* the collection held back by prepare(), under the call's limits (a
-   * finalizer that loops is stopped like the tool's own code): on failure
-   * the error is on top, as after a failed lua_pcall */
-  lua_gc(T, LUA_GCRESTART, 0);
-  c->status = 0;
-  if (c->gc_owed_kb && lua_checkstack(T, 2)) {
-    lua_rawgeti(T, LUA_REGISTRYINDEX, c->gcref);
-    lua_pushlightuserdata(T, &c->gc_owed_kb);
-    c->status = lua_pcall(T, 1, 0, 0);
-  }
+  /* on failure the error is on top, as after a failed lua_pcall */
+  c->status = gc_resume(c, T);
   if (c->status == 0) c->status = lua_pcall(T, c->nargs, 2, 0);
+  lua_gc(T, LUA_GCSTOP, 0);
   c->breach = rd__lstate_disarm(c->s, &c->used_cpu, &c->peak);
 }
 
@@ -978,8 +1010,7 @@ static int l_execute(lua_State *L) {
   size_t cap = rd__lstate_set_max_memory(c->s, 0);
   lua_settop(T, 0);
   lua_rawgeti(T, LUA_REGISTRYINDEX, c->execref);
-  size_t heap0 = rd__lstate_heap(c->s);
-  lua_gc(T, LUA_GCSTOP, 0); /* as in prepare() */
+  /* (the state's collector is stopped: see run) */
   rd_error err;
   /* no kept copy: only the markers put back, as before every call */
   rd_xcopy_memo reset = { NULL, NULL, LUA_NOREF, 0, 1 };
@@ -1000,7 +1031,7 @@ static int l_execute(lua_State *L) {
     lua_pushnumber(T, attempt);
     lua_pushnumber(T, deadline);
   }
-  if (copied(c, heap0, cap, rc) != RD_OK) return luaL_error(L, "%s: %s", what, err.message);
+  if (copied(c, cap, rc) != RD_OK) return luaL_error(L, "%s: %s", what, err.message);
   if (!same) {
     /* The state's kept copy is this caller's only once the call has
      * run (complete_caller): until then no caller is known to it. */
@@ -1023,7 +1054,6 @@ static int launch(lua_State *L, lcore *c, const limits *lim, int fnidx) {
     luaL_unref(L, LUA_REGISTRYINDEX, c->cbref);
     c->cbref = LUA_NOREF;
     lua_settop(rd__lstate_L(c->s), 0);
-    lua_gc(rd__lstate_L(c->s), LUA_GCRESTART, 0);
     complete_caller(L, c, 0);
     lua_pushnil(L);
     lua_pushfstring(L, "cannot start a call thread: %s", strerror(rc));
