@@ -49,6 +49,9 @@ struct rd_lstate {
   void *a_free[ARENA_CLASSES];
   size_t a_floor;        /* rd__lstate_forked: blocks below are never reused */
   size_t a_outside;      /* live allocations from malloc */
+  /* without an arena: LuaJIT's own allocator, one heap per state */
+  lua_Alloc inner;
+  void *inner_ud;
   /* the snapshot: a copy of this struct and of a_base[0, a_top) */
   struct rd_lstate *snap;
   char *snap_mem;
@@ -137,8 +140,8 @@ static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (nsize == 0) {
     if (s->a_base) {
       if (ptr) a_free(s, ptr, osize);
-    } else {
-      rd__freemem(ptr);
+    } else if (ptr) {
+      s->inner(s->inner_ud, ptr, osize, 0);
     }
     s->heap -= osize;
     return NULL;
@@ -149,7 +152,7 @@ static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     if (s->breach == RD_BREACH_NONE) s->breach = RD_BREACH_MEMORY;
     return NULL; /* Lua raises "not enough memory" */
   }
-  void *p = s->a_base ? a_realloc(s, ptr, osize, nsize) : rd__realloc(ptr, nsize);
+  void *p = s->a_base ? a_realloc(s, ptr, osize, nsize) : s->inner(s->inner_ud, ptr, osize, nsize);
   if (!p) return NULL; /* a shrink never fails with glibc; a grow may */
   s->heap = s->heap - osize + nsize;
   if (s->heap > s->peak) s->peak = s->heap;
@@ -220,7 +223,19 @@ int rd__lstate_new(rd_lstate **out, const rd_lstate_opts *opts, rd_error *err) {
       s->a_cap = opts->arena;
     }
   }
-  s->L = lua_newstate(lalloc, s);
+  if (s->a_base) {
+    s->L = lua_newstate(lalloc, s);
+  } else if ((s->L = luaL_newstate()) != NULL) {
+    /* LuaJIT's allocator, with a heap of its own for this state (glibc's
+     * malloc is shared by the process's threads: a state copied into on
+     * the loop thread and run on a call thread paid its locking, and its
+     * blocks lay among every other state's). lalloc keeps the counting
+     * and the cap in front of it; what LuaJIT made so far is counted. */
+    s->inner = lua_getallocf(s->L, &s->inner_ud);
+    s->heap = (size_t)lua_gc(s->L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(s->L, LUA_GCCOUNTB, 0);
+    s->peak = s->heap;
+    lua_setallocf(s->L, lalloc, s);
+  }
   if (!s->L) {
     if (s->a_base) munmap(s->a_base, s->a_cap);
     rd__freemem(s);
@@ -241,6 +256,8 @@ void rd__lstate_free(rd_lstate *s) {
   if (!s) return;
   s->max_memory = 0;
   s->armed = 0;
+  /* LuaJIT frees its own heap whole when it closes a state it made */
+  if (s->inner) lua_setallocf(s->L, s->inner, s->inner_ud);
   lua_close(s->L);
   if (s->a_base) munmap(s->a_base, s->a_cap);
   rd__freemem(s->snap);
