@@ -69,10 +69,45 @@ static int t_violation(lua_State *L) {
   return rd__lstate_breach(L, RD_BREACH_VIOLATION, "%s", luaL_checkstring(L, 1));
 }
 
+/* A copy of the value at idx, pushed: tables copied deep (each with its
+ * metatable), keys and other values as they are. For plain data the
+ * engine made (no cycles), such as the caller the bootstrap keeps. */
+#define FRESH_DEPTH 64
+static void fresh(lua_State *L, int idx, int depth) {
+  if (lua_type(L, idx) != LUA_TTABLE) {
+    lua_pushvalue(L, idx);
+    return;
+  }
+  if (depth > FRESH_DEPTH) luaL_error(L, "fresh: nested deeper than %d", FRESH_DEPTH);
+  luaL_checkstack(L, 6, "fresh");
+  int narr = (int)lua_objlen(L, idx), nrec = 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    nrec++;
+    lua_pop(L, 1);
+  }
+  lua_createtable(L, narr, nrec > narr ? nrec - narr : 0);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {              /* copy, key, value */
+    fresh(L, lua_gettop(L), depth + 1);   /* copy, key, value, value' */
+    lua_pushvalue(L, -3);
+    lua_insert(L, -2);                    /* copy, key, value, key, value' */
+    lua_rawset(L, -5);
+    lua_pop(L, 1);
+  }
+  if (lua_getmetatable(L, idx)) lua_setmetatable(L, -2);
+}
+
+static int t_fresh(lua_State *L) {
+  luaL_checkany(L, 1);
+  fresh(L, 1, 0);
+  return 1;
+}
+
 static int open_toolcore(lua_State *L) {
   static const luaL_Reg fns[] = {
     {"fs", t_fs}, {"ulid", t_ulid}, {"now", t_now}, {"mono_ms", t_mono_ms},
-    {"sleep", t_sleep}, {"violation", t_violation}, {NULL, NULL},
+    {"sleep", t_sleep}, {"violation", t_violation}, {"fresh", t_fresh}, {NULL, NULL},
   };
   lua_newtable(L);
   luaL_register(L, NULL, fns);

@@ -2,7 +2,7 @@
  * toolcore.h — `rubberduck.toolcore`, the small C table a tool state's
  * bootstrap (lua/rubberduck/toolstate.lua) may use: json, fs (made per tool
  * from its allowed_paths), notify (ctx.log / ctx.progress), sleep, ulid,
- * clocks. The same table serves in-process tool states (core/lua/l_lstate.c)
+ * clocks, fresh (a deep copy of engine-made data, for ctx.caller). The same table serves in-process tool states (core/lua/l_lstate.c)
  * and worker processes (core/sandbox/worker.c); only `notify` differs.
  */
 #ifndef RD_TOOLCORE_H

@@ -365,12 +365,7 @@ local kept_caller
 
 -- A fresh copy of plain data made by the engine (no cycles, only the JSON
 -- markers as metatables): what a call does to its copy stays there.
-local function fresh(v)
-  if type(v) ~= "table" then return v end
-  local t = {}
-  for k, x in next, v do t[k] = fresh(x) end
-  return setmetatable(t, getmetatable(v))
-end
+local fresh = toolcore.fresh
 
 -- The pipeline's call (l_lstate.c's st:execute): ctx is made here, on the
 -- call's thread. `caller` is nil when the engine sends the same caller as
