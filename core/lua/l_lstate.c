@@ -237,31 +237,49 @@ static inline void cpu_relax(uint64_t spun_ns, unsigned skip_pause) {
   }
 }
 
-/* A call may be charged CPU time the thread spun before it, up to this
- * much (a whole spin): the thread's CPU clock is a system call (about 3 µs
- * on this VM), read when the spin starts, right after the previous call's
- * answer went out, not when the next call is picked up, where the read
- * would sit between the loop's hand-off and the call. Only a run long
- * enough for the hook's budget checks (or one given up at its deadline)
- * uses that start; a short run reports its wall time. */
+/* A call may be charged CPU time its thread used before it, up to this
+ * much wall time's worth (a whole spin, or earlier calls): the thread's
+ * CPU clock is a system call (about 3 µs on this VM), read when a spin
+ * starts, right after the previous call's answer went out, not when the
+ * next call is picked up, where the read would sit between the loop's
+ * hand-off and the call; and a reading younger than this serves again
+ * (calls taken one after another from a full queue read the clock once
+ * per CPU_STALE_NS, not once each). Only a run long enough for the hook's
+ * budget checks (or one given up at its deadline) uses that start; a short
+ * run reports its wall time. */
 #define CPU_STALE_NS SPIN_NS
+
+/* A call thread's last reading of its CPU clock (on its stack). */
+typedef struct cpu_reading {
+  double ms;
+  uint64_t at_ns; /* rd__mono_ns() when read; 0: never */
+} cpu_reading;
+
+static double cpu_reading_at(cpu_reading *r, uint64_t now_ns) {
+  if (!r->at_ns || now_ns - r->at_ns > CPU_STALE_NS) {
+    r->ms = rd__thread_cpu_ms();
+    r->at_ns = now_ns;
+  }
+  return r->ms;
+}
 
 /* With q_lock held: wait until the queue has a call. Spins (lock
  * released) for up to SPIN_NS after the thread's last call, then sleeps;
  * submit() signals only when no thread spins. Returns the thread's CPU
- * time (ms) at a moment after which it only waited. */
+ * time (ms) read at most CPU_STALE_NS ago (cpu_reading_at): the start of
+ * the call's CPU count. */
 /* Idle threads that spin at once, at most: more would only take CPU from
  * the calls and from the loop (the others sleep on q_cond). */
 #define MAX_SPINNERS 1
 
-static double wait_for_work(int spin, unsigned *skip_pause) {
-  if (q_head) return rd__thread_cpu_ms();
+static double wait_for_work(int spin, unsigned *skip_pause, cpu_reading *cr) {
+  if (q_head) return cpu_reading_at(cr, rd__mono_ns());
   q_idle++;
   if (spin && q_spinning < MAX_SPINNERS) {
     q_spinning++;
     pthread_mutex_unlock(&q_lock);
-    double cpu = rd__thread_cpu_ms();
     uint64_t read_at = rd__mono_ns(), now = read_at;
+    double cpu = cpu_reading_at(cr, read_at);
     uint64_t until = read_at + SPIN_NS;
     while (!__atomic_load_n(&q_head, __ATOMIC_ACQUIRE) && now < until) {
       cpu_relax(now - read_at, *skip_pause);
@@ -269,7 +287,7 @@ static double wait_for_work(int spin, unsigned *skip_pause) {
     }
     if (now - read_at >= PAUSE_NS) *skip_pause = 32;
     else if (*skip_pause) (*skip_pause)--;
-    if (now - read_at > CPU_STALE_NS) cpu = rd__thread_cpu_ms();
+    cpu = cpu_reading_at(cr, now);
     pthread_mutex_lock(&q_lock);
     q_spinning--;
     if (q_head) {
@@ -279,7 +297,7 @@ static double wait_for_work(int spin, unsigned *skip_pause) {
   }
   while (!q_head) pthread_cond_wait(&q_cond, &q_lock);
   q_idle--;
-  return rd__thread_cpu_ms();
+  return cpu_reading_at(cr, rd__mono_ns());
 }
 
 /* Each call thread's slot, on its own stack (the threads never end), in
@@ -308,12 +326,13 @@ static void *call_thread(void *arg) {
   batch_self();
   int spin = 0; /* a new thread has its call queued already */
   unsigned skip_pause = 0;
+  cpu_reading cr = { 0, 0 };
   q_slot slot = { NULL, 0 };
   pthread_mutex_lock(&q_lock);
   slot.next = q_slots;
   q_slots = &slot;
   for (;;) {
-    double cpu_start = wait_for_work(spin, &skip_pause);
+    double cpu_start = wait_for_work(spin, &skip_pause, &cr);
     spin = 1;
     lcore *c = q_head;
     __atomic_store_n(&q_head, c->qnext, __ATOMIC_RELEASE);
