@@ -397,6 +397,25 @@ describe("the executor", function()
       fails(h:wait(), "cancelled")
     end)
 
+    -- engine:close() from a progress callback used to free the loop while
+    -- libuv was running it: the process crashed when the callback returned.
+    for _, level in ipairs({ "strict", "relaxed" }) do
+      it("refuses engine:close() from one of its callbacks, and closes after (" .. level .. ")", function()
+        local e = H.open_engine(dir)
+        local ok, err
+        local h = e:submit("wait_" .. level, { ms = 200 }, nil, { on_progress = function()
+          if ok == nil then ok, err = pcall(e.close, e) end
+        end })
+        local env = h:wait()
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("callback", 1, true), tostring(err))
+        assert.equals("ok", env.status)
+        assert.equals("ok", e:execute("quick_relaxed", {}).status)
+        e:close()
+        assert.is_true(e.closed)
+      end)
+    end
+
     it("is done once the envelope is there, and cancel() then says false", function()
       local h = engine:submit("quick_relaxed", {})
       local env = h:wait()
