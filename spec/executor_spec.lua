@@ -49,6 +49,14 @@ local TOOLS = {
     handler = [[function(p, ctx) ctx.progress(0, 1, "started") ctx.sleep(p.ms) return { ok = true } end]],
   },
   quick = { handler = "function() return { ok = true } end" },
+  odd_progress = {
+    handler = [[function(p, ctx)
+      ctx.progress(0 / 0, math.huge, "nan")
+      ctx.progress(-math.huge, 2, "inf")
+      local _, err = pcall(ctx.sleep, 1e12)
+      return { ok = true, sleep_err = tostring(err) }
+    end]],
+  },
   square = {
     parameters = [[{ type = "object", properties = { n = { type = "integer" } } }]],
     handler = "function(p, ctx) ctx.sleep(5) return { n = p.n, sq = p.n * p.n, id = ctx.execution_id } end",
@@ -213,6 +221,20 @@ describe("the executor", function()
         assert.equals("ok", env.status)
         assert.same({ { 1, 3, "started" }, { 3, 3, "done" } }, got)
         assert.same({ "started", "done" }, events)
+      end)
+
+      -- NaN or an infinity made a worker's progress note unencodable: the
+      -- call ended as `internal` at strict and balanced (red-team finding)
+      it("passes on progress with counts that are not finite as 0; ctx.sleep's refusal", function()
+        local got = {}
+        local env = engine:execute("odd_progress_" .. level, {}, nil, {
+          on_progress = function(done, total, msg) got[#got + 1] = { done, total, msg } end,
+        })
+        assert.equals("ok", env.status, env.error ~= H.json().null and env.error.message or "")
+        assert.same({ { 0, 0, "nan" }, { 0, 2, "inf" } }, got)
+        -- and ctx.sleep's refusal names the tool's line, not the engine's files
+        assert.truthy(env.output.sleep_err:find("at most one hour", 1, true), env.output.sleep_err)
+        assert.falsy(env.output.sleep_err:find("toolstate", 1, true), env.output.sleep_err)
       end)
 
       it("hands every field of the caller to ctx.caller", function()
