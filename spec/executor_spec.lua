@@ -49,6 +49,14 @@ local TOOLS = {
     handler = [[function(p, ctx) ctx.progress(0, 1, "started") ctx.sleep(p.ms) return { ok = true } end]],
   },
   quick = { handler = "function() return { ok = true } end" },
+  odd_progress = {
+    handler = [[function(p, ctx)
+      ctx.progress(0 / 0, math.huge, "nan")
+      ctx.progress(-math.huge, 2, "inf")
+      local _, err = pcall(ctx.sleep, 1e12)
+      return { ok = true, sleep_err = tostring(err) }
+    end]],
+  },
   square = {
     parameters = [[{ type = "object", properties = { n = { type = "integer" } } }]],
     handler = "function(p, ctx) ctx.sleep(5) return { n = p.n, sq = p.n * p.n, id = ctx.execution_id } end",
@@ -213,6 +221,20 @@ describe("the executor", function()
         assert.equals("ok", env.status)
         assert.same({ { 1, 3, "started" }, { 3, 3, "done" } }, got)
         assert.same({ "started", "done" }, events)
+      end)
+
+      -- NaN or an infinity made a worker's progress note unencodable: the
+      -- call ended as `internal` at strict and balanced (red-team finding)
+      it("passes on progress with counts that are not finite as 0; ctx.sleep's refusal", function()
+        local got = {}
+        local env = engine:execute("odd_progress_" .. level, {}, nil, {
+          on_progress = function(done, total, msg) got[#got + 1] = { done, total, msg } end,
+        })
+        assert.equals("ok", env.status, env.error ~= H.json().null and env.error.message or "")
+        assert.same({ { 0, 0, "nan" }, { 0, 2, "inf" } }, got)
+        -- and ctx.sleep's refusal names the tool's line, not the engine's files
+        assert.truthy(env.output.sleep_err:find("at most one hour", 1, true), env.output.sleep_err)
+        assert.falsy(env.output.sleep_err:find("toolstate", 1, true), env.output.sleep_err)
       end)
 
       it("hands every field of the caller to ctx.caller", function()
@@ -396,6 +418,25 @@ describe("the executor", function()
       fails(h:wait(100), "cancelled")
       fails(h:wait(), "cancelled")
     end)
+
+    -- engine:close() from a progress callback used to free the loop while
+    -- libuv was running it: the process crashed when the callback returned.
+    for _, level in ipairs({ "strict", "relaxed" }) do
+      it("refuses engine:close() from one of its callbacks, and closes after (" .. level .. ")", function()
+        local e = H.open_engine(dir)
+        local ok, err
+        local h = e:submit("wait_" .. level, { ms = 200 }, nil, { on_progress = function()
+          if ok == nil then ok, err = pcall(e.close, e) end
+        end })
+        local env = h:wait()
+        assert.is_false(ok)
+        assert.truthy(tostring(err):find("callback", 1, true), tostring(err))
+        assert.equals("ok", env.status)
+        assert.equals("ok", e:execute("quick_relaxed", {}).status)
+        e:close()
+        assert.is_true(e.closed)
+      end)
+    end
 
     it("is done once the envelope is there, and cancel() then says false", function()
       local h = engine:submit("quick_relaxed", {})

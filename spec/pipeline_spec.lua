@@ -12,6 +12,8 @@ local null = json.null
 -- The tools of this spec, by name: fields of H.tool_source.
 local TOOLS = {
   echo = { handler = "function(p) return p end" },
+  echo_strict = { level = "strict", handler = "function(p) return p end" },
+  echo_balanced = { level = "balanced", handler = "function(p) return p end" },
   defaults = {
     parameters = [[{ type = "object", properties = {
       n = { type = "integer", default = 7 }, s = { type = "string", default = "dflt" } } }]],
@@ -276,6 +278,31 @@ io.write("closed\n")
       assert.equals("", err.details.errors[1].pointer)
       fails(run("echo", "text"), "invalid_params")
     end)
+
+    -- Params from the Lua API that JSON cannot hold used to reach the
+    -- executor: `internal` at relaxed and balanced, and a call that hung
+    -- until its timeout at strict (the worker message failed to encode).
+    for _, name in ipairs({ "echo", "echo_balanced", "echo_strict" }) do
+      it("refuses params holding what JSON cannot, naming where (" .. name .. ")", function()
+        local cases = {
+          { { a = { b = print } }, "/a/b", "function" },
+          { { c = coroutine.create(print) }, "/c", "thread" },
+          { { n = 0 / 0 }, "/n", "JSON number" },
+          { { n = -math.huge }, "/n", "JSON number" },
+          { { t = { [{}] = 1 } }, "/t", "key" },
+          { { t = { [true] = 1 } }, "/t", "key" },
+        }
+        -- an engine of its own: the worker processes go with it
+        local e = H.open_engine(dir)
+        finally(function() e:close() end)
+        for _, c in ipairs(cases) do
+          local err = fails(e:execute(name, c[1], nil, { deadline_ms = 5000 }), "invalid_params")
+          assert.equals(c[2], err.details.errors[1].pointer, err.message)
+          assert.truthy(err.message:find(c[3], 1, true), err.message)
+        end
+        assert.same({ x = 1, n = json.null }, e:execute(name, { x = 1, n = json.null }).output)
+      end)
+    end
 
     it("applies schema defaults before the handler", function()
       local env = run("defaults", {})

@@ -1294,6 +1294,36 @@ describe("security: the engine outlives its tools", function()
     end
   end
 
+  -- Found by the independent red-team: a strict worker that spends its CPU
+  -- budget in C (no hook fires) is killed; the exit report of its tool's
+  -- template ends the call, the tool state and its template are closed
+  -- from that report, and the engine then aborted on the template's
+  -- closed socket (uv_poll_stop on a closing handle, l_worker.c). In a
+  -- child: the bug kills the process.
+  if registry.RUNNABLE.strict then
+    it("[strict] survives a worker killed for CPU spent in C code", function()
+      local ctx = make_ctx()
+      H.write_tool(ctx.dir, "stuck", tool_source("stuck", [[function()
+        local s = string.rep("a", 40)
+        return { s:find(("a?"):rep(40) .. ("a"):rep(40) .. "b") }
+      end]], { id = "stuck", security = { max_cpu = 200 }, timeout = 3000 }, "strict", ctx))
+      H.write_tool(ctx.dir, "echo", tool_source("echo", "function(p) return p end", { id = "echo" }, "strict", ctx))
+      local out, err, code = H.run_lua(([==[
+io.stdout:setvbuf("no")
+local H = require "helpers"
+local engine = H.open_engine(%q, { data_dir = %q })
+local env = engine:execute("stuck", {})
+io.write("stuck ", env.status == "ok" and "ok" or env.error.kind, "\n")
+env = engine:execute("echo", { x = 1 })
+io.write("echo ", env.status, "\n")
+engine:close()
+io.write("closed\n")
+]==]):format(ctx.dir, ctx.data), { timeout = 20 })
+      assert.equal("stuck cpu_limit\necho ok\nclosed\n", out,
+        ("exit %s, stderr: %s"):format(tostring(code), err:sub(1, 300)))
+    end)
+  end
+
   -- A call stuck in C (a backtracking pattern, a looping __gc at none) is
   -- answered `timeout` while its thread runs on. That thread must not
   -- starve later calls of a thread, nor make engine:close() or the process

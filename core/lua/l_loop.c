@@ -23,7 +23,12 @@
  *                                  comes on a socket (a worker process's),
  *                                  which a spin then asks epoll for at
  *                                  every other look
- *   loop:close()                   closes every handle, frees the loop
+ *   loop:running() -> boolean      a loop:run is in progress: the caller is
+ *                                  one of the loop's callbacks
+ *   loop:close()                   closes every handle, frees the loop; an
+ *                                  error while the loop runs (from one of its
+ *                                  callbacks: the run would go on with a
+ *                                  freed loop)
  */
 #include "rd.h"
 #include "lua/bind.h"
@@ -233,12 +238,20 @@ static int l_run(lua_State *L) {
   static const uv_run_mode m[] = {UV_RUN_DEFAULT, UV_RUN_ONCE, UV_RUN_NOWAIT};
   int i = luaL_checkoption(L, 2, "once", modes);
   double spin = lua_isnoneornil(L, 3) ? auto_spin(l) : luaL_checknumber(L, 3);
-  if (i == 1 && spin > 0 && spin_once(l, spin)) {
-    lua_pushboolean(L, uv_loop_alive(&l->uv));
-    return 1;
-  }
-  int alive = uv_run(&l->uv, m[i]);
+  l->depth++;
+  int alive;
+  if (i == 1 && spin > 0 && spin_once(l, spin))
+    alive = uv_loop_alive(&l->uv);
+  else
+    alive = uv_run(&l->uv, m[i]);
+  l->depth--;
   lua_pushboolean(L, alive != 0);
+  return 1;
+}
+
+static int l_running(lua_State *L) {
+  rd_loop *l = rd__loop_check(L, 1);
+  lua_pushboolean(L, l->depth > 0);
   return 1;
 }
 
@@ -443,6 +456,8 @@ static void loop_free(lua_State *L, rd_loop *l) {
 
 static int l_close(lua_State *L) {
   rd_loop **pl = luaL_checkudata(L, 1, LOOP_MT);
+  if (*pl && (*pl)->depth > 0)
+    return luaL_error(L, "loop:close() from one of the loop's callbacks (while loop:run runs)");
   if (*pl) {
     rd_loop *l = *pl;
     *pl = NULL;
@@ -461,7 +476,7 @@ int rd__luaopen_loop(lua_State *L) {
   static const luaL_Reg loop_m[] = {
     {"run", l_run}, {"now", l_now}, {"timer", l_timer}, {"signal", l_signal},
     {"expect", l_expect}, {"answered", l_answered}, {"close", l_close},
-    {"__gc", l_close}, {"__tostring", l_tostring}, {NULL, NULL},
+    {"running", l_running}, {"__gc", l_close}, {"__tostring", l_tostring}, {NULL, NULL},
   };
   static const luaL_Reg timer_m[] = {
     {"stop", l_timer_stop}, {"active", l_timer_active}, {"unref", l_timer_unref},

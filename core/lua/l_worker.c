@@ -377,7 +377,10 @@ static void zg_readable(uv_poll_t *h, int status, int events) {
       else r = -1;
     }
     if (r <= 0) {
-      uv_poll_stop(h); /* the zygote died: zg_exit reports it */
+      /* the zygote died: zg_exit reports it. A callback above may have
+       * closed z already (zg_close shuts the socket down: this EOF). */
+      if (z->closing) return;
+      uv_poll_stop(h);
       if (z->adopted && !z->closing) {
         zg_event_begin(z, "zygote_exit");
         rd__loop_pcall(z->loop, 1);

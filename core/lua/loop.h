@@ -31,6 +31,7 @@ typedef struct rd_loop {
   int expected;                       /* answers awaited (rd__loop_expect) */
   int expected_io;                    /* of those, on a socket (loop:expect(true)) */
   double answer_us;                   /* moving average of their wait */
+  int depth;                          /* loop:run calls in progress (callbacks run inside) */
 } rd_loop;
 
 /* From any thread: queue `d` so that d->fn(d) runs on the loop thread

@@ -518,6 +518,11 @@ end
 -- worker process is gone when this returns.
 function Engine:close(opts)
   if self.closed then return end
+  -- from a callback of this engine (on_progress, on_done) the loop is inside
+  -- its run: freeing it there would crash the run when the callback returns
+  if self.loop:running() then
+    error("engine:close() from one of the engine's callbacks (on_progress, on_done): close after wait/drain returns", 2)
+  end
   opts = opts or {}
   self.closing = true
   if opts.drain then self:drain(opts.timeout_ms or 30000) end

@@ -18,7 +18,7 @@ local M = {}
 local RECYCLE = { memory_limit = true, cpu_limit = true, timeout = true,
                   cancelled = true, sandbox_violation = true, internal = true }
 
-local floor, format = math.floor, string.format
+local floor, format, huge = math.floor, string.format, math.huge
 local yield, running = coroutine.yield, coroutine.running
 
 -- The date and time part is formatted once a second; the milliseconds
@@ -35,17 +35,48 @@ end
 
 -- A copy of the caller's params (the validator fills defaults in place; the
 -- caller's table stays as it was). Keeps the JSON markers.
+-- Values and keys JSON cannot hold (a function, a coroutine, a userdata
+-- other than json.null, a table or boolean key) raise NOT_DATA; the slow
+-- not_data below then says where.
+local NOT_DATA = {}
+local NOT_VALUE = { ["function"] = true, thread = true, userdata = true }
+local KEY_OK = { string = true, number = true }
 local function copy(v, depth)
-  if type(v) ~= "table" then return v end
+  if type(v) ~= "table" then
+    if NOT_VALUE[type(v)] and v ~= json.null then error(NOT_DATA, 0) end
+    if v ~= v or v == huge or v == -huge then error(NOT_DATA, 0) end
+    return v
+  end
   if depth > json.max_depth then error("parameters nested deeper than " .. json.max_depth, 0) end
   local out = {}
   -- (an empty table, the common case, enters no loop: compiled whole)
   if next(v) ~= nil then
-    for k, x in pairs(v) do out[k] = copy(x, depth + 1) end
+    for k, x in pairs(v) do
+      if not KEY_OK[type(k)] then error(NOT_DATA, 0) end
+      out[k] = copy(x, depth + 1)
+    end
   end
   local mt = getmetatable(v)
   if mt == json.array_mt or mt == json.object_mt then setmetatable(out, mt) end
   return out
+end
+
+-- Where params that copy() refused hold what JSON cannot: pointer, why.
+-- (Only on that error path; copy() checked the depth and the cycles.)
+function M.not_data(v, ptr)
+  for k, x in pairs(v) do
+    if not KEY_OK[type(k)] then return ptr, "a " .. type(k) .. " key is not JSON" end
+    local p = ptr .. "/" .. tostring(k):gsub("~", "~0"):gsub("/", "~1")
+    if type(x) == "table" then
+      local q, why = M.not_data(x, p)
+      if q then return q, why end
+    elseif NOT_VALUE[type(x)] and x ~= json.null then
+      return p, "a " .. type(x) .. " is not a JSON value"
+    elseif x ~= x or x == huge or x == -huge then
+      return p, tostring(x) .. " is not a JSON number"
+    end
+  end
+  return nil
 end
 
 local function is_object(v)
@@ -160,8 +191,11 @@ local function body(engine, h, meta)
   if type(params) == "table" then
     local ok, c = pcall(copy, params, 0)
     if not ok then
-      return nil, errors.new("invalid_params", tostring(c), { errors = json.array({
-        { pointer = "", keyword = "maxDepth", schema_path = "", message = "/: " .. tostring(c) } }) })
+      local ptr, kw = "", "maxDepth"
+      if c == NOT_DATA then ptr, c = M.not_data(params, ""); kw = "type" end
+      return nil, errors.new("invalid_params", (ptr ~= "" and ptr .. ": " or "") .. tostring(c),
+        { errors = json.array({ { pointer = ptr, keyword = kw, schema_path = "",
+          message = (ptr ~= "" and ptr or "/") .. ": " .. tostring(c) } }) })
     end
     params = c
   end

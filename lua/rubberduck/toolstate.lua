@@ -308,10 +308,19 @@ end
 local function ctx_log(level, ...) log(level, ...) end
 local function ctx_sleep(ms)
   if type(ms) ~= "number" or ms ~= ms then error("ctx.sleep: expected milliseconds", 2) end
+  -- (toolcore's own check would name this file, with the engine's path)
+  if ms > 3600e3 then error("ctx.sleep: at most one hour (3600000 ms)", 2) end
   sleep(ms)
 end
+-- done and total: numbers JSON can carry (NaN or an infinity made the
+-- worker's note unencodable: the call ended as `internal`)
+local function count(x)
+  x = tonumber(x) or 0
+  if x ~= x or x == math.huge or x == -math.huge then return 0 end
+  return x
+end
 local function ctx_progress(done, total, message)
-  notify("progress", tonumber(done) or 0, tonumber(total) or 0,
+  notify("progress", count(done), count(total),
     message ~= nil and tostring(message) or "")
 end
 

@@ -707,6 +707,9 @@ function Remote:start(fname, arg, limits, cb)
   local ctx = arg.ctx
   local d = ctx and ctx.deadline
   if type(d) == "number" and d > 0 and d < 1e13 then ctx.deadline = floor(d * 100 + 0.5) / 100 end
+  -- encoded before a worker is taken: what cannot be sent ends the call now
+  local msg, eerr = json.encode({ op = "call", arg = arg, limits = limits })
+  if not msg then return nil, "cannot send the call to a worker: " .. tostring(eerr) end
   self.call = call
   -- the loop spins for quick answers (l_loop.c, auto_spin)
   self.pool.engine.loop:expect(true)
@@ -763,7 +766,7 @@ function Remote:start(fname, arg, limits, cb)
     elseif not stocked then
       if not w:send(tool_message(self)) then return dead(w, stocked) end
     end
-    if not w:send(json.encode({ op = "call", arg = arg, limits = limits })) then
+    if not w:send(msg) then
       return dead(w, stocked, be)
     end
   end
