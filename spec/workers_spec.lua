@@ -578,6 +578,29 @@ describe("workers", function()
     engine:close()
   end)
 
+  it("100 strict calls at once, then none: every one gets its process (the template forks all it is asked for)", function()
+    -- The template used to fork at most 64 per request while the engine
+    -- counted on all of them: with no later call to ask again, the rest
+    -- waited for their deadline.
+    if skip_unless_runnable("strict") then return end
+    local dir = H.tmpdir()
+    H.write_tool(dir, "s", H.tool_source({ name = "s", level = "strict",
+      execution = "concurrency = 100, timeout = 15000" }))
+    local engine = H.open_engine(dir, { max_running = 100, store = false })
+    local inflight, kinds = 0, {}
+    for _ = 1, 100 do
+      inflight = inflight + 1
+      engine:submit("s", {}, OP, { on_done = function(env)
+        inflight = inflight - 1
+        local k = env.status == "ok" and "ok" or env.error.kind
+        kinds[k] = (kinds[k] or 0) + 1
+      end })
+    end
+    while inflight > 0 do engine.loop:run("once") end
+    assert.same({ ok = 100 }, kinds)
+    engine:close()
+  end)
+
   it("256 balanced calls in flight at once: every one gets a worker", function()
     if skip_unless_runnable("balanced") then return end
     local dir = H.tmpdir()

@@ -904,11 +904,23 @@ static ssize_t recv_zmsg(rd_zmsg *m) {
 }
 
 /* Serve the engine's spawn requests on ctrl and report the children's
- * exits, until the engine closes ctrl. */
+ * exits, until the engine closes ctrl. Every worker asked for is forked
+ * (the engine counts on each one: a call waits for it), SPAWN_BATCH at a
+ * time, with the exits and requests that came meanwhile served between
+ * batches. */
+#define SPAWN_BATCH 16
 static void serve_spawns(int sigfd, void (*child)(int)) {
+  long owed = 0; /* workers asked for and not forked yet */
   for (;;) {
+    if (owed > 0) {
+      for (int i = 0; i < SPAWN_BATCH && owed > 0; i++, owed--)
+        if (spawn_one(sigfd, child) != 0) {
+          warn("cannot start a worker: %s", strerror(errno));
+          owed = 0;
+        }
+    }
     struct pollfd pf[2] = {{ctrl, POLLIN, 0}, {sigfd, POLLIN, 0}};
-    if (poll(pf, 2, -1) < 0) {
+    if (poll(pf, 2, owed > 0 ? 0 : -1) < 0) {
       if (errno == EINTR) continue;
       break;
     }
@@ -930,13 +942,8 @@ static void serve_spawns(int sigfd, void (*child)(int)) {
     if (pf[0].revents & (POLLIN | POLLHUP | POLLERR)) {
       rd_zmsg m;
       if (recv_zmsg(&m) <= 0) break; /* the engine is gone */
-      if (m.type == 'S') {
-        for (int i = 0; i < m.pid && i < 64; i++)
-          if (spawn_one(sigfd, child) != 0) {
-            warn("cannot start a worker: %s", strerror(errno));
-            break;
-          }
-      }
+      if (m.type == 'S' && m.pid > 0 && owed < MAX_CHILDREN)
+        owed += m.pid < MAX_CHILDREN ? m.pid : MAX_CHILDREN;
     }
   }
 }
