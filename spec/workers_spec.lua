@@ -59,6 +59,25 @@ local function skip_unless_runnable(level)
   end
 end
 
+-- `total` calls of `name`, `at_once` in flight (each one done submits the
+-- next); returns how they ended: { ok = n, <error kind> = n, ... }.
+local function kinds_of_calls(engine, name, at_once, total)
+  local left, inflight, kinds = total, 0, {}
+  local function submit()
+    left = left - 1
+    inflight = inflight + 1
+    engine:submit(name, {}, OP, { on_done = function(env)
+      inflight = inflight - 1
+      local k = env.status == "ok" and "ok" or env.error.kind
+      kinds[k] = (kinds[k] or 0) + 1
+      if left > 0 then submit() end
+    end })
+  end
+  for _ = 1, at_once do submit() end
+  while inflight > 0 do engine.loop:run("once") end
+  return kinds
+end
+
 describe("workers", function()
   teardown(function() H.cleanup() end)
 
@@ -587,17 +606,7 @@ describe("workers", function()
     H.write_tool(dir, "s", H.tool_source({ name = "s", level = "strict",
       execution = "concurrency = 100, timeout = 15000" }))
     local engine = H.open_engine(dir, { max_running = 100, store = false })
-    local inflight, kinds = 0, {}
-    for _ = 1, 100 do
-      inflight = inflight + 1
-      engine:submit("s", {}, OP, { on_done = function(env)
-        inflight = inflight - 1
-        local k = env.status == "ok" and "ok" or env.error.kind
-        kinds[k] = (kinds[k] or 0) + 1
-      end })
-    end
-    while inflight > 0 do engine.loop:run("once") end
-    assert.same({ ok = 100 }, kinds)
+    assert.same({ ok = 100 }, kinds_of_calls(engine, "s", 100, 100))
     engine:close()
   end)
 
@@ -607,20 +616,7 @@ describe("workers", function()
     H.write_tool(dir, "b", H.tool_source({ name = "b", level = "balanced",
       execution = "concurrency = 256, timeout = 20000" }))
     local engine = H.open_engine(dir, { max_running = 256, store = false })
-    local left, inflight, kinds = 512, 0, {}
-    local function submit()
-      left = left - 1
-      inflight = inflight + 1
-      engine:submit("b", {}, OP, { on_done = function(env)
-        inflight = inflight - 1
-        local k = env.status == "ok" and "ok" or env.error.kind
-        kinds[k] = (kinds[k] or 0) + 1
-        if left > 0 then submit() end
-      end })
-    end
-    for _ = 1, 256 do submit() end
-    while inflight > 0 do engine.loop:run("once") end
-    assert.same({ ok = 512 }, kinds)
+    assert.same({ ok = 512 }, kinds_of_calls(engine, "b", 256, 512))
     engine:close()
   end)
 end)
