@@ -153,7 +153,7 @@ static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     return NULL; /* Lua raises "not enough memory" */
   }
   void *p = s->a_base ? a_realloc(s, ptr, osize, nsize) : s->inner(s->inner_ud, ptr, osize, nsize);
-  if (!p) return NULL; /* a shrink never fails with glibc; a grow may */
+  if (!p) return NULL; /* a shrink never fails (glibc, LuaJIT); a grow may */
   s->heap = s->heap - osize + nsize;
   if (s->heap > s->peak) s->peak = s->heap;
   return p;
