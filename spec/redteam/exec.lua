@@ -1,8 +1,5 @@
 -- Executor red-team: cancellation, retries, deadlines, reentrancy, shutdown.
-local WT = os.getenv("RD_SOURCE_DIR") or os.getenv("PWD")
-if WT:sub(1, 1) ~= "/" then WT = os.getenv("PWD") .. "/" .. WT end
-package.path = WT .. "/lua/?.lua;" .. WT .. "/lua/?/init.lua;" .. package.path
-package.cpath = WT .. "/build/?.so;" .. package.cpath
+local common = dofile((arg[0]:match("^(.*)/") or ".") .. "/common.lua")
 local rd = require "rubberduck"
 local json = require "rubberduck.json"
 local core = require "rubberduck.core"
@@ -12,13 +9,7 @@ os.execute("rm -rf " .. BASE .. " && mkdir -p " .. BASE)
 local LEVELS = { "strict", "balanced", "relaxed", "none" }
 if arg[2] then LEVELS = {} for l in arg[2]:gmatch("[^,]+") do LEVELS[#LEVELS + 1] = l end end
 
-local function my_workers()
-  local p = io.popen("for p in /proc/[0-9]*; do l=$(readlink $p/exe 2>/dev/null); case \"$l\" in " .. WT .. "/build/rduck-worker*) echo ${p#/proc/};; esac; done")
-  local pids = {}
-  for l in p:lines() do pids[#pids + 1] = l end
-  p:close()
-  return #pids, table.concat(pids, ",")
-end
+local my_workers = common.my_workers
 
 local function write(path, s) local f = assert(io.open(path, "w")) f:write(s) f:close() end
 local function tools_for(level)

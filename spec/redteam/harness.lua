@@ -11,10 +11,8 @@
 --   spec/redteam/sig.sh                                        (after exec.lua: kill rduck mid-call)
 --
 -- RD_REDTEAM_DIR (default /tmp/rdh) holds the generated tools and data.
-local WT = os.getenv("RD_SOURCE_DIR") or os.getenv("PWD")
-if WT:sub(1, 1) ~= "/" then WT = os.getenv("PWD") .. "/" .. WT end
-package.path = WT .. "/lua/?.lua;" .. WT .. "/lua/?/init.lua;" .. package.path
-package.cpath = WT .. "/build/?.so;" .. package.cpath
+local common = dofile((arg[0]:match("^(.*)/") or ".") .. "/common.lua")
+local WT = common.WT
 local rd = require "rubberduck"
 local json = require "rubberduck.json"
 
@@ -45,13 +43,7 @@ return tool {
     c.timeout or 4000, c.retries or 0, c.execution or "", c.handler, c.extra or "")
 end
 
-local function my_workers()
-  local p = io.popen("for p in /proc/[0-9]*; do l=$(readlink $p/exe 2>/dev/null); case \"$l\" in " .. WT .. "/build/rduck-worker*) echo ${p#/proc/};; esac; done")
-  local pids = {}
-  for l in p:lines() do pids[#pids + 1] = l end
-  p:close()
-  return #pids, table.concat(pids, ",")
-end
+local my_workers = common.my_workers
 
 local TOOLS = BASE .. "/tools"
 os.execute("mkdir -p " .. TOOLS)
