@@ -477,14 +477,29 @@ describe("workers", function()
       assert.equal("ok", engine:execute("once", {}, OP).status)
     end
     assert.equal(workers.STOCK, st.depth)
-    -- a call takes one and asks for its replacement at once
-    assert.is_true(run_until(engine, 10000, function()
-      return #st.stock == st.depth and st.stock_pending == 0
-    end))
+    -- a call that leaves others ready asks for its replacement when it
+    -- ends (the fork would compete with it); one that takes the last
+    -- ready process asks at once (the fork overlaps it)
+    local function full()
+      return run_until(engine, 10000, function()
+        return #st.stock == st.depth and st.stock_pending == 0
+      end)
+    end
+    assert.is_true(full())
     local h = engine:submit("once", {}, OP)
     assert.equal(st.depth - 1, #st.stock)
-    assert.equal(1, st.stock_pending, "no replacement asked for when the call took its process")
+    assert.equal(0, st.stock_pending, "a replacement asked for while others were ready")
     assert.equal("ok", h:wait().status)
+    assert.equal(1, st.stock_pending + #st.stock - (st.depth - 1),
+      "no replacement asked for when the call ended")
+    assert.is_true(full())
+    local hs = {}
+    for i = 1, st.depth do
+      hs[i] = engine:submit("once", {}, OP)
+      -- (the last asks for a whole stock)
+      assert.equal(i == st.depth and st.depth or 0, st.stock_pending, "call " .. i)
+    end
+    for _, x in ipairs(hs) do assert.equal("ok", x:wait().status) end
     engine:close()
   end)
 

@@ -377,8 +377,9 @@ end
 -- and the tool defined in a fresh state, waiting for the call. Each one
 -- still serves one call only. The stock (one per tool, whatever the number
 -- of its states) is filled from the tool's first call on: a call that
--- takes a process asks for its replacement at once, so the fork overlaps
--- the call. It holds `depth` processes: M.STOCK, one more each time a call
+-- takes the last ready process asks for its replacement at once, so the
+-- fork overlaps the call; one that leaves others ready asks when it ends,
+-- so the fork does not compete with it. It holds `depth` processes: M.STOCK, one more each time a call
 -- finds none ready (calls coming faster than they are replaced), up to
 -- M.STOCK_MAX, one fewer each time a call finds it full. It is given up when the tool is closed (its last state) or
 -- is no longer among the M.STOCK_TOOLS most recently used.
@@ -791,9 +792,11 @@ function Remote:start(fname, arg, limits, cb)
       st.depth = st.depth - 1
     end
     if e then go(e.worker, nil, e) else st:_want(go) end
-    -- the replacement is asked for now, not when this call ends: its fork
-    -- and preparation overlap the call (on the other CPU)
-    st:_fill_stock()
+    -- The replacement: while another process is ready, when this call
+    -- ends (_finish), so that its fork and preparation (milliseconds of
+    -- page-table work on some VMs) do not compete with the call for the
+    -- CPUs; with the stock empty, now, so that they overlap the call.
+    if #st.stock == 0 then st:_fill_stock() end
   else
     self.pool:_bal_take(self.tool, go)
   end
