@@ -162,12 +162,30 @@ static int l_new(lua_State *L) {
   return 1;
 }
 
+/* (on a cache line of its own: call threads read it while they spin) */
+_Alignas(64) atomic_int rd__loop_cpu = -1;
+
+int rd__cpu_slot(void) {
+  int c = sched_getcpu();
+  return c < 0 ? -1 : c % RD_CPU_SLOTS;
+}
+
 /* Spin for up to `us` microseconds before a blocking "once": watch the
  * done channel (no system call) and poll the loop without blocking now
  * and then, until a callback has run. Returns 1 if one ran. The first
  * PAUSE_NS only pause the CPU (an answer from another core comes within
  * that); after that each look yields the CPU, since the thread or process
- * we wait for may be waiting for this very core on a busy machine. */
+ * we wait for may be waiting for this very core on a busy machine. While
+ * only calls on call threads are awaited, the loop knows where those
+ * threads run (rd__call_thread_on: running a call, or spinning to take
+ * the next): it pauses while none is on its CPU, and yields at once
+ * while one is. While a worker process's answer is awaited it
+ * cannot know: after a spin that needed the yielding phase, it yields at
+ * once for the next 32. (Until session 7 that guess was made for call
+ * threads too: any hiccup of 20 µs made the next 32 hand-offs yield, a
+ * system call at each look, on a machine whose threads ran on two CPUs;
+ * the sequential relaxed layer went from 3.65-4.82 to 3.37-3.53 µs p50
+ * without it, interleaved runs.) */
 #define PAUSE_NS 20000u
 
 static int spin_once(rd_loop *l, double us) {
@@ -176,21 +194,38 @@ static int spin_once(rd_loop *l, double us) {
   uint64_t start = rd__mono_ns(), now = start;
   uint64_t until = start + (uint64_t)(us * 1e3);
   int got = 0;
+  int guess = l->expected_io > 0; /* a worker process: where it runs is unknown */
+  int apart = 1;                  /* what we wait for runs on another CPU */
   for (unsigned i = 1;; i++) {
     if (atomic_load(&l->done_head)) {
       on_done(&l->done_async);
       if (l->ncalls != before) { got = 1; break; }
     }
-    /* Pausing only pays when what we wait for runs on another core: after
-     * a spin that needed the yielding phase, the next 32 skip the pause. */
-    int pausing = now - start < PAUSE_NS && !l->skip_pause;
+    /* Pausing only pays when what we wait for runs on another core. Where
+     * this thread and the call threads run is looked at every 64th look. */
+    if ((i & 63) == 1) {
+      int me = guess ? -1 : rd__cpu_slot();
+      if (me < 0) {
+        apart = !l->skip_pause;
+      } else {
+        if (atomic_load_explicit(&rd__loop_cpu, memory_order_relaxed) != me)
+          atomic_store_explicit(&rd__loop_cpu, me, memory_order_relaxed);
+        apart = !rd__call_thread_on(me);
+      }
+    }
+    int pausing = apart && now - start < PAUSE_NS;
     /* a worker's socket or a timer: ask epoll now and then. epoll_wait is
      * a system call (3 us on the 2-core VM): while yielding, only every
      * 8th look asks, so that a look first gives the CPU to the thread we
-     * wait for (it saved ~1.7 us of a relaxed call's hand-off there). */
+     * wait for (it saved ~1.7 us of a relaxed call's hand-off there).
+     * While pausing for a call thread, never: the pause lasts PAUSE_NS at
+     * most, and a timer or a socket can wait that long (asking every 64th
+     * look was one epoll_wait per relaxed call when hand-offs were slow,
+     * a system call in the middle of the hand-off). */
     /* (every other look while a worker process's answer is awaited: it
      * comes on a socket only epoll sees, and a yield is as dear) */
-    if ((i & (pausing ? 63u : l->expected_io > 0 ? 1u : 7u)) == 0) {
+    unsigned every = pausing ? (guess ? 64u : 0u) : (guess ? 2u : 8u);
+    if (every && (i & (every - 1)) == 0) {
       uv_run(&l->uv, UV_RUN_NOWAIT);
       if (l->ncalls != before) { got = 1; break; }
     }

@@ -222,13 +222,21 @@ static int gc_full(lua_State *T);
  * thread may be waiting for this very core on a busy machine). */
 #define PAUSE_NS 20000u
 
-/* Pausing only pays when the loop thread runs on another core: when the
- * last wait needed the yielding phase, the next 32 waits skip the pause
- * (both threads are likely on one core, where a pause only delays).
- * skip_pause is per call thread (on its stack: no thread-local storage in
- * this dlopen'ed module, which LeakSanitizer's tracer trips over). */
-static inline void cpu_relax(uint64_t spun_ns, unsigned skip_pause) {
-  if (spun_ns < PAUSE_NS && !skip_pause) {
+/* Pausing only pays when the loop thread runs on another core: the loop
+ * thread says where it runs (rd__loop_cpu, loop.h) when it queues a call
+ * and while it spins; on this thread's CPU, each look yields. Where the
+ * CPU is unknown, a guess: when the last wait needed the yielding phase,
+ * the next 32 waits skip the pause (both threads are likely on one core,
+ * where a pause only delays). skip_pause is per call thread (on its
+ * stack: no thread-local storage in this dlopen'ed module, which
+ * LeakSanitizer's tracer trips over). */
+static inline void cpu_relax(uint64_t spun_ns, unsigned skip_pause, int me) {
+  int pause = spun_ns < PAUSE_NS;
+  if (pause) {
+    int loop = atomic_load_explicit(&rd__loop_cpu, memory_order_relaxed);
+    pause = me >= 0 && loop >= 0 ? me != loop : !skip_pause;
+  }
+  if (pause) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
@@ -263,6 +271,36 @@ static double cpu_reading_at(cpu_reading *r, uint64_t now_ns) {
   return r->ms;
 }
 
+/* Each call thread's slot, on its own stack (the threads never end), in
+ * a list under q_lock (added at its head, never removed): since when it
+ * runs its call (0: idle), for the watchdog, which counts the calls that
+ * have run for STUCK_NS; and the CPU it runs on while it runs or spins
+ * (rd__cpu_slot; -1 asleep or unknown), which the loop thread reads,
+ * without the lock, while it spins (rd__call_thread_on). The thread
+ * writes it only when it changes: a write at every call would pull the
+ * line from the spinning loop's cache each time. */
+typedef struct q_slot {
+  /* a cache line of its own: the loop reads it, the thread's stack
+   * around it is the thread's alone */
+  _Alignas(64) struct q_slot *next;
+  uint64_t busy_ns;
+  atomic_int cpu;
+  char pad[64 - sizeof(void *) - sizeof(uint64_t) - sizeof(atomic_int)];
+} q_slot;
+static q_slot *q_slots;
+
+static inline void note_cpu(q_slot *slot, int cpu) {
+  if (atomic_load_explicit(&slot->cpu, memory_order_relaxed) != cpu)
+    atomic_store_explicit(&slot->cpu, cpu, memory_order_relaxed);
+}
+
+int rd__call_thread_on(int cpu) {
+  for (q_slot *s = __atomic_load_n(&q_slots, __ATOMIC_ACQUIRE); s;
+       s = __atomic_load_n(&s->next, __ATOMIC_RELAXED))
+    if (atomic_load_explicit(&s->cpu, memory_order_relaxed) == cpu) return 1;
+  return 0;
+}
+
 /* With q_lock held: wait until the queue has a call. Spins (lock
  * released) for up to SPIN_NS after the thread's last call, then sleeps;
  * submit() signals only when no thread spins. Returns the thread's CPU
@@ -272,7 +310,7 @@ static double cpu_reading_at(cpu_reading *r, uint64_t now_ns) {
  * the calls and from the loop (the others sleep on q_cond). */
 #define MAX_SPINNERS 1
 
-static double wait_for_work(int spin, unsigned *skip_pause, cpu_reading *cr) {
+static double wait_for_work(int spin, unsigned *skip_pause, cpu_reading *cr, q_slot *slot) {
   if (q_head) return cpu_reading_at(cr, rd__mono_ns());
   q_idle++;
   if (spin && q_spinning < MAX_SPINNERS) {
@@ -282,7 +320,9 @@ static double wait_for_work(int spin, unsigned *skip_pause, cpu_reading *cr) {
     double cpu = cpu_reading_at(cr, read_at);
     uint64_t until = read_at + SPIN_NS;
     while (!__atomic_load_n(&q_head, __ATOMIC_ACQUIRE) && now < until) {
-      cpu_relax(now - read_at, *skip_pause);
+      int me = rd__cpu_slot();
+      note_cpu(slot, me);
+      cpu_relax(now - read_at, *skip_pause, me);
       now = rd__mono_ns();
     }
     if (now - read_at >= PAUSE_NS) *skip_pause = 32;
@@ -295,19 +335,14 @@ static double wait_for_work(int spin, unsigned *skip_pause, cpu_reading *cr) {
       return cpu;
     }
   }
-  while (!q_head) pthread_cond_wait(&q_cond, &q_lock);
+  if (!q_head) {
+    note_cpu(slot, -1); /* asleep: no loop need yield to this thread */
+    while (!q_head) pthread_cond_wait(&q_cond, &q_lock);
+  }
   q_idle--;
   return cpu_reading_at(cr, rd__mono_ns());
 }
 
-/* Each call thread's slot, on its own stack (the threads never end), in
- * a list under q_lock: since when it runs its call (0: idle). The
- * watchdog counts the calls that have run for STUCK_NS. */
-typedef struct q_slot {
-  struct q_slot *next;
-  uint64_t busy_ns;
-} q_slot;
-static q_slot *q_slots;
 
 /* Call threads (and the watchdog) run under SCHED_BATCH: a woken one
  * waits for the CPU it lands on to reschedule instead of preempting the
@@ -327,12 +362,12 @@ static void *call_thread(void *arg) {
   int spin = 0; /* a new thread has its call queued already */
   unsigned skip_pause = 0;
   cpu_reading cr = { 0, 0 };
-  q_slot slot = { NULL, 0 };
+  q_slot slot = { NULL, 0, -1, {0} };
   pthread_mutex_lock(&q_lock);
   slot.next = q_slots;
-  q_slots = &slot;
+  __atomic_store_n(&q_slots, &slot, __ATOMIC_RELEASE);
   for (;;) {
-    double cpu_start = wait_for_work(spin, &skip_pause, &cr);
+    double cpu_start = wait_for_work(spin, &skip_pause, &cr, &slot);
     spin = 1;
     lcore *c = q_head;
     __atomic_store_n(&q_head, c->qnext, __ATOMIC_RELEASE);
@@ -340,6 +375,7 @@ static void *call_thread(void *arg) {
     q_queued--;
     q_busy++;
     slot.busy_ns = rd__mono_ns();
+    note_cpu(&slot, rd__cpu_slot()); /* a loop spinning on this CPU yields to the call */
     pthread_mutex_unlock(&q_lock);
     run(c, cpu_start);
     c->finished_ns = rd__mono_ns();
@@ -475,6 +511,9 @@ static int submit(lcore *c) {
     }
   }
   c->queued_ns = rd__mono_ns();
+  int me = rd__cpu_slot();
+  if (me >= 0 && atomic_load_explicit(&rd__loop_cpu, memory_order_relaxed) != me)
+    atomic_store_explicit(&rd__loop_cpu, me, memory_order_relaxed);
   pthread_mutex_lock(&q_lock);
   if (!wd_running) {
     pthread_t th;

@@ -51,6 +51,21 @@ void rd__loop_post(rd_loop *l, rd_done *d);
 void rd__loop_expect(rd_loop *l);
 void rd__loop_answered(rd_loop *l, double us);
 
+/* Where the threads that hand calls to each other run, so that a thread
+ * spinning for the other's answer pauses the CPU (no system call) only
+ * while the one it waits for runs on another CPU, and yields at each look
+ * when they share one (l_loop.c, l_lstate.c). Indexed by sched_getcpu()
+ * modulo RD_CPU_SLOTS (a clash only makes a spin yield). */
+#define RD_CPU_SLOTS 64
+/* 1 if a call thread runs a call or spins for the next on `cpu` (an
+ * rd__cpu_slot value), else 0 (l_lstate.c). Lock-free, any thread. */
+int rd__call_thread_on(int cpu);
+/* The CPU a loop thread last queued a call or spun from; -1: unknown. */
+extern atomic_int rd__loop_cpu;
+/* sched_getcpu() modulo RD_CPU_SLOTS, or -1 where it fails. Cheap (glibc
+ * reads it from the thread's rseq area, or the vDSO). */
+int rd__cpu_slot(void);
+
 /* Every handle a binding starts on the loop has `data` pointing to a struct
  * whose first member is an rd_uvowner, so closing the loop can ask the
  * owner to close all its handles its own way (and free itself). */
