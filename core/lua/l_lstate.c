@@ -81,6 +81,22 @@ struct lcore {
   int caller_pending;        /* the host caller sent with the call in flight, or LUA_NOREF */
   int okref;                 /* the host's { status = "ok" }, or LUA_NOREF */
   int fast;                  /* the call in flight came from st:execute */
+  /* st:execute's fast way (the caller the state keeps): the loop thread
+   * packs the params and id into `pin` (rd__xpack) and never touches the
+   * tool state; run() makes them there, and packs the output of a call
+   * that went well into `pout`, which the loop makes in the host. Each
+   * state's memory then stays in the cache of the CPU that runs its
+   * calls: where the loop and the call threads run on CPUs that share
+   * no cache, every line of the state the loop read or wrote in
+   * st:execute was a miss on one side or the other. */
+  rd_buf pin, pout;
+  size_t pin_id;             /* where the id starts in pin */
+  double attempt, deadline;  /* the rest of the packed call's arguments */
+  int packed;                /* the call in flight: its arguments are in pin */
+  int out_packed;            /* run() packed its output: pout_rc says how */
+  int pout_rc;               /* RD_OK, or why the output could not be packed */
+  int unpack_failed;         /* run() could not make the arguments */
+  rd_error pout_err;
   int nargs;                 /* its arguments on the tool state's stack */
   uv_async_t async;
   uv_timer_t timer;
@@ -555,6 +571,8 @@ static void core_free(lcore *c) {
   drain(c);
   if (c->ud) c->ud->c = NULL;
   if (c->s) rd__lstate_free(c->s);
+  rd__buf_free(&c->pin);
+  rd__buf_free(&c->pout);
   pthread_mutex_destroy(&c->qlock);
   rd__freemem(c);
 }
@@ -796,15 +814,58 @@ static int gc_resume(lcore *c, lua_State *T) {
 }
 
 /* On the thread that runs the call (loop thread for call(), pool for start()). */
+/* The packed call's arguments, made on T's stack as l_execute's slow way
+ * puts them there: execute_with, params, caller (nil: the kept one), id,
+ * attempt, deadline. Outside the memory cap, as the slow way's copies. */
+static int unpack_args(lcore *c, lua_State *T) {
+  rd_error err;
+  size_t cap = rd__lstate_set_max_memory(c->s, 0);
+  lua_settop(T, 0);
+  lua_rawgeti(T, LUA_REGISTRYINDEX, c->execref);
+  int rc = rd__xunpack(T, c->pin.data, 1, &err);
+  if (rc == RD_OK) {
+    lua_pushnil(T);
+    rc = rd__xunpack(T, c->pin.data + c->pin_id, 0, &err);
+  }
+  if (rc == RD_OK) {
+    lua_pushnumber(T, c->attempt);
+    lua_pushnumber(T, c->deadline);
+  } else {
+    lua_settop(T, 0);
+  }
+  rd__lstate_set_max_memory(c->s, cap);
+  return rc;
+}
+
+/* After a packed call: the output of one that went well (execute_with
+ * answered true), packed with the output limit, for push_results. */
+static void pack_output(lcore *c, lua_State *T) {
+  c->out_packed = 0;
+  if (c->breach != RD_BREACH_NONE || c->status != 0 || lua_type(T, -2) != LUA_TBOOLEAN ||
+      !lua_toboolean(T, -2))
+    return;
+  c->pout.len = 0;
+  rd_xcopy_opts oo = {0, c->max_output, 0};
+  c->pout_rc = rd__xpack(T, -1, &c->pout, &oo, NULL, &c->pout_err);
+  c->out_packed = 1;
+  lua_settop(T, 0);
+}
+
 static void run(lcore *c, double cpu_start_ms) {
   lua_State *T = rd__lstate_L(c->s);
   c->thread = pthread_self();
+  c->out_packed = c->unpack_failed = 0;
+  if (c->packed && unpack_args(c, T) != RD_OK) {
+    c->unpack_failed = 1;
+    return;
+  }
   rd__lstate_arm_at(c->s, c->cpu_ms, c->deadline_ns, cpu_start_ms);
   /* on failure the error is on top, as after a failed lua_pcall */
   c->status = gc_resume(c, T);
   if (c->status == 0) c->status = lua_pcall(T, c->nargs, 2, 0);
   lua_gc(T, LUA_GCSTOP, 0);
   c->breach = rd__lstate_disarm(c->s, &c->used_cpu, &c->peak);
+  if (c->packed) pack_output(c, T);
 }
 
 static void push_stats(lua_State *L, lcore *c) {
@@ -858,7 +919,40 @@ static void complete_caller(lua_State *L, lcore *c, int ran) {
 }
 
 /* Push the results of the finished call onto L: 4 values, as documented. */
+/* A packed call's buffers after use: kept for the next call, unless one
+ * grew large (a big output). */
+#define PACK_KEEP (64 * 1024)
+static void trim_packed(lcore *c) {
+  if (c->pin.cap > PACK_KEEP) rd__buf_free(&c->pin);
+  if (c->pout.cap > PACK_KEEP) rd__buf_free(&c->pout);
+}
+
 static void push_results(lua_State *L, lcore *c) {
+  if (c->unpack_failed) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "internal");
+    lua_pushliteral(L, "no memory to make the call's arguments in the tool state");
+    push_stats(L, c);
+    trim_packed(c);
+    return;
+  }
+  if (c->out_packed) {
+    /* execute_with's "went well": the host's shared status table */
+    if (c->pout_rc == RD_OK) {
+      rd_error err;
+      lua_pushboolean(L, 1);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, c->okref);
+      if (rd__xunpack(L, c->pout.data, 0, &err) != RD_OK) {
+        lua_pop(L, 2);
+        push_copy_failure(L, RD_ENOMEM, &err);
+      }
+    } else {
+      push_copy_failure(L, c->pout_rc, &c->pout_err);
+    }
+    push_stats(L, c);
+    trim_packed(c);
+    return;
+  }
   lua_State *T = rd__lstate_L(c->s);
   size_t cap = rd__lstate_set_max_memory(c->s, 0);
   if (c->fast && c->breach == RD_BREACH_NONE && c->status == 0 &&
@@ -917,6 +1011,7 @@ static int l_call(lua_State *L) {
   if (c->running) return luaL_error(L, "tool state is busy");
   prepare(L, c, fname, 3, &lim);
   c->fast = 0;
+  c->packed = 0;
   c->nargs = 1;
   c->running = 1;
   /* No reading of the thread's CPU clock (a system call, microseconds on
@@ -1019,6 +1114,7 @@ static int l_start(lua_State *L) {
   if (c->running) return luaL_error(L, "tool state is busy");
   prepare(L, c, fname, 3, &lim);
   c->fast = 0;
+  c->packed = 0;
   c->nargs = 1;
   return launch(L, c, &lim, 5);
 }
@@ -1064,20 +1160,36 @@ static int l_execute(lua_State *L) {
     lua_setfield(L, -2, "status");
     c->okref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
+  rd_error err;
+  const char *what = "params";
+  int same = c->caller_href != LUA_NOREF && host_is(L, 3, c->caller_href);
+  c->packed = same;
+  if (same) {
+    /* the fast way: packed here, made in the state by run() */
+    c->pin.len = 0;
+    int rc = rd__xpack(L, 2, &c->pin, NULL, NULL, &err);
+    c->pin_id = c->pin.len;
+    if (rc == RD_OK) {
+      what = "id";
+      rc = rd__xpack(L, 4, &c->pin, NULL, NULL, &err);
+    }
+    if (rc != RD_OK) return luaL_error(L, "%s: %s", what, err.message);
+    c->attempt = attempt;
+    c->deadline = deadline;
+    arm(c, &lim);
+    c->fast = 1;
+    c->nargs = 5;
+    return launch(L, c, &lim, 10);
+  }
   lua_State *T = rd__lstate_L(c->s);
   size_t cap = rd__lstate_set_max_memory(c->s, 0);
   lua_settop(T, 0);
   lua_rawgeti(T, LUA_REGISTRYINDEX, c->execref);
   /* (the state's collector is stopped: see run) */
-  rd_error err;
   /* no kept copy: only the markers put back, as before every call */
   rd_xcopy_memo reset = { NULL, NULL, LUA_NOREF, 0, 1 };
-  const char *what = "params";
   int rc = rd__xcopy_memo(L, 2, T, NULL, &reset, NULL, &err);
-  int same = c->caller_href != LUA_NOREF && host_is(L, 3, c->caller_href);
-  if (rc == RD_OK && same) {
-    lua_pushnil(T);
-  } else if (rc == RD_OK) {
+  if (rc == RD_OK) {
     what = "caller";
     rc = rd__xcopy(L, 3, T, NULL, NULL, &err);
   }
@@ -1090,14 +1202,12 @@ static int l_execute(lua_State *L) {
     lua_pushnumber(T, deadline);
   }
   if (copied(c, cap, rc) != RD_OK) return luaL_error(L, "%s: %s", what, err.message);
-  if (!same) {
-    /* The state's kept copy is this caller's only once the call has
-     * run (complete_caller): until then no caller is known to it. */
-    luaL_unref(L, LUA_REGISTRYINDEX, c->caller_href);
-    c->caller_href = LUA_NOREF;
-    lua_pushvalue(L, 3);
-    c->caller_pending = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
+  /* The state's kept copy is this caller's only once the call has run
+   * (complete_caller): until then no caller is known to it. */
+  luaL_unref(L, LUA_REGISTRYINDEX, c->caller_href);
+  c->caller_href = LUA_NOREF;
+  lua_pushvalue(L, 3);
+  c->caller_pending = luaL_ref(L, LUA_REGISTRYINDEX);
   arm(c, &lim);
   c->fast = 1;
   c->nargs = 5;

@@ -35,6 +35,7 @@ typedef struct ctx {
   const void *stack[RD_JSON_MAX_DEPTH * 4 + 1];
   int keys[RD_JSON_MAX_DEPTH * 4 + 1];
   rd_error *err;
+  rd_buf *out;                       /* rd__xpack: where the value goes */
 } ctx;
 
 /* Append one reference token (the key at kidx in L) to a pointer, escaping
@@ -425,7 +426,11 @@ static int copy(ctx *c, int idx, int depth) {
 typedef struct job {
   ctx *c;
   int idx, rc;
+  const char *packed; /* rd__xunpack: the value to make (c is NULL) */
+  int reset;          /* rd__xunpack: the markers first */
 } job;
+
+static const char *unpack(lua_State *T, const char *p);
 
 /* The copy, run on `to` under lua_pcall: an allocation failure in `to`
  * becomes a status, not an unprotected error. Upvalues: the target's
@@ -435,6 +440,14 @@ static void reset_marker(lua_State *T, int m);
 static int protected_copy(lua_State *T) {
   job *j = lua_touserdata(T, 1);
   lua_settop(T, 0);
+  if (j->packed) { /* rd__xunpack */
+    if (j->reset) {
+      reset_marker(T, 1);
+      reset_marker(T, 2);
+    }
+    unpack(T, j->packed);
+    return 1;
+  }
   if (!j->c || (j->c->memo && j->c->memo->reset_markers)) {
     reset_marker(T, 1);
     reset_marker(T, 2);
@@ -514,7 +527,7 @@ static int push_copy_fn(lua_State *to) {
 
 int rd__xcopy_reset_markers(lua_State *L, rd_error *err) {
   int top = lua_gettop(L);
-  job j = {NULL, 0, RD_OK};
+  job j = {NULL, 0, RD_OK, NULL, 0};
   if (!push_copy_fn(L)) return rd_error_set(err, RD_ENOMEM, "out of memory in the state");
   lua_pushlightuserdata(L, &j);
   int rc = lua_pcall(L, 1, 0, 0);
@@ -544,12 +557,13 @@ int rd__xcopy_memo(lua_State *from, int idx, lua_State *to,
   c.max_bytes = opts->max_bytes;
   c.allow_nonfinite = opts->allow_nonfinite;
   c.err = err;
+  c.out = NULL;
   c.memo = memo;
   c.memo_level = c.memo && c.memo->k1 ? 0 : 2;
   if (c.memo) c.memo->reused = 0;
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(from) + idx + 1;
   int top_to = lua_gettop(to), top_from = lua_gettop(from);
-  job j = {&c, idx, RD_OK};
+  job j = {&c, idx, RD_OK, NULL, 0};
   int rc = RD_OK;
   if (!push_copy_fn(to)) return rd_error_set(err, RD_ENOMEM, "out of memory in the target state");
   lua_pushlightuserdata(to, &j);
@@ -563,4 +577,198 @@ int rd__xcopy_memo(lua_State *from, int idx, lua_State *to,
   }
   if (bytes) *bytes = c.bytes;
   return rc;
+}
+
+/* ---- packed copies (rd__xpack, rd__xunpack) ---------------------------------------
+ * The value as bytes: a tag, then what it needs. Numbers and lengths in
+ * the machine's own byte order (both ends are this process). */
+enum { P_NIL = 'n', P_FALSE = 'f', P_TRUE = 't', P_NULL = 'z', P_NUM = 'd',
+       P_STR = 's', P_TABLE = 'T' };
+
+static void put_num(rd_buf *b, double d) {
+  char t[9] = {P_NUM};
+  memcpy(t + 1, &d, 8);
+  rd__buf_append(b, t, 9);
+}
+
+static void put_str(rd_buf *b, const char *p, size_t n) {
+  char t[5] = {P_STR};
+  uint32_t n32 = (uint32_t)n; /* LuaJIT strings are shorter than 2 GiB */
+  memcpy(t + 1, &n32, 4);
+  rd__buf_append(b, t, 5);
+  rd__buf_append(b, p, n);
+}
+
+static int pack(ctx *c, int idx, int depth);
+
+/* A table: P_TABLE, its marker, the number of its integer keys from 1 (a
+ * size hint for the array part) and of its pairs, then the pairs. The
+ * same checks, in the same order, as copy_table. */
+static int pack_table(ctx *c, int idx, int depth) {
+  lua_State *F = c->from;
+  if (depth >= c->max_depth) return fail(c, RD_ELIMIT, "nested deeper than the limit");
+  const void *p = lua_topointer(F, idx);
+  for (int i = 0; i < depth; i++)
+    if (c->stack[i] == p) return fail(c, RD_EINVAL, "cycle");
+  c->stack[depth] = p;
+  if (!lua_checkstack(F, 4)) return fail(c, RD_ENOMEM, "Lua stack exhausted");
+  int rc = account(c, 16);
+  if (rc) return rc;
+  char hdr[10] = {P_TABLE, (char)marker(c, idx)};
+  size_t at = c->out->len;
+  rd__buf_append(c->out, hdr, sizeof hdr);
+  uint32_t narr = 0, n = 0;
+  lua_pushnil(F);
+  while (lua_next(F, idx) != 0) {
+    int kt = lua_type(F, -2);
+    c->keys[c->nkeys++] = lua_gettop(F) - 1;
+    if (kt == LUA_TSTRING) {
+      size_t kl;
+      const char *k = lua_tolstring(F, -2, &kl);
+      rc = account(c, kl);
+      if (!rc) put_str(c->out, k, kl);
+    } else if (kt == LUA_TNUMBER) {
+      double d = lua_tonumber(F, -2);
+      if (!isfinite(d)) {
+        rc = fail(c, RD_EINVAL, "non-finite table key");
+      } else {
+        put_num(c->out, d);
+        if (d >= 1 && d <= 4294967295.0 && d == floor(d)) narr++;
+      }
+    } else {
+      rc = fail(c, RD_EINVAL, "table key that is not a string or number");
+    }
+    if (!rc) rc = pack(c, lua_gettop(F), depth + 1);
+    c->nkeys--;
+    lua_pop(F, 1); /* value; key stays for lua_next */
+    if (rc) {
+      lua_pop(F, 1);
+      return rc;
+    }
+    n++;
+  }
+  if (!c->out->oom) {
+    memcpy(c->out->data + at + 2, &narr, 4);
+    memcpy(c->out->data + at + 6, &n, 4);
+  }
+  return RD_OK;
+}
+
+/* The value at idx of `from`, as copy() would copy it. */
+static int pack(ctx *c, int idx, int depth) {
+  lua_State *F = c->from;
+  rd_buf *b = c->out;
+  switch (lua_type(F, idx)) {
+    case LUA_TNIL: rd__buf_putc(b, P_NIL); return account(c, 1);
+    case LUA_TBOOLEAN:
+      rd__buf_putc(b, lua_toboolean(F, idx) ? P_TRUE : P_FALSE);
+      return account(c, 1);
+    case LUA_TNUMBER: {
+      double d = lua_tonumber(F, idx);
+      if (!isfinite(d) && !c->allow_nonfinite)
+        return fail(c, RD_EINVAL, isnan(d) ? "NaN" : "infinite number");
+      put_num(b, d);
+      return account(c, 8);
+    }
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(F, idx, &n);
+      int rc = account(c, n);
+      if (rc) return rc;
+      put_str(b, s, n);
+      return RD_OK;
+    }
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(F, idx) == RD_JSON_NULL) {
+        rd__buf_putc(b, P_NULL);
+        return account(c, 1);
+      }
+      return fail(c, RD_EINVAL, "userdata");
+    case LUA_TTABLE: return pack_table(c, idx, depth);
+    default: return fail(c, RD_EINVAL, lua_typename(F, lua_type(F, idx)));
+  }
+}
+
+int rd__xpack(lua_State *L, int idx, rd_buf *out, const rd_xcopy_opts *opts,
+              size_t *bytes, rd_error *err) {
+  static const rd_xcopy_opts dflt = {0, 0, 0};
+  if (!opts) opts = &dflt;
+  ctx c; /* the stacks are written before read */
+  c.from = L;
+  c.to = NULL;
+  c.bytes = 0;
+  c.nkeys = 0;
+  c.markers_known = 0;
+  c.array_mt = c.object_mt = NULL;
+  c.max_depth = opts->max_depth > 0 ? opts->max_depth : RD_JSON_MAX_DEPTH;
+  if (c.max_depth > RD_JSON_MAX_DEPTH * 4) c.max_depth = RD_JSON_MAX_DEPTH * 4;
+  c.max_bytes = opts->max_bytes;
+  c.allow_nonfinite = opts->allow_nonfinite;
+  c.err = err;
+  c.memo = NULL;
+  c.memo_level = 2;
+  c.out = out;
+  if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+  size_t len = out->len;
+  int top = lua_gettop(L);
+  int rc = pack(&c, idx, 0);
+  if (rc == RD_OK && out->oom) rc = rd_error_set(err, RD_ENOMEM, "out of memory");
+  if (rc != RD_OK) {
+    lua_settop(L, top);
+    out->len = out->oom ? out->len : len;
+  }
+  if (bytes) *bytes = c.bytes;
+  return rc;
+}
+
+/* Push the value packed at p; returns what follows it. Raises (in the
+ * protected call) only when memory runs out. The nesting is the packed
+ * value's, which rd__xpack bounded. */
+static const char *unpack(lua_State *T, const char *p) {
+  switch (*p++) {
+    case P_NIL: lua_pushnil(T); return p;
+    case P_FALSE: lua_pushboolean(T, 0); return p;
+    case P_TRUE: lua_pushboolean(T, 1); return p;
+    case P_NULL: lua_pushlightuserdata(T, RD_JSON_NULL); return p;
+    case P_NUM: {
+      double d;
+      memcpy(&d, p, 8);
+      lua_pushnumber(T, d);
+      return p + 8;
+    }
+    case P_STR: {
+      uint32_t n;
+      memcpy(&n, p, 4);
+      lua_pushlstring(T, p + 4, n);
+      return p + 4 + n;
+    }
+    default: { /* P_TABLE */
+      int m = (unsigned char)*p;
+      uint32_t narr, n;
+      memcpy(&narr, p + 1, 4);
+      memcpy(&n, p + 5, 4);
+      p += 9;
+      luaL_checkstack(T, 3, "nested too deep");
+      lua_createtable(T, (int)narr, (int)(n - narr));
+      for (uint32_t i = 0; i < n; i++) {
+        p = unpack(T, p);
+        p = unpack(T, p);
+        lua_rawset(T, -3);
+      }
+      if (m) set_marker(T, m);
+      return p;
+    }
+  }
+}
+
+int rd__xunpack(lua_State *L, const char *p, int reset_markers, rd_error *err) {
+  int top = lua_gettop(L);
+  job j = {NULL, 0, RD_OK, p, reset_markers};
+  if (!push_copy_fn(L)) return rd_error_set(err, RD_ENOMEM, "out of memory in the target state");
+  lua_pushlightuserdata(L, &j);
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    lua_settop(L, top);
+    return rd_error_set(err, RD_ENOMEM, "out of memory in the target state");
+  }
+  return RD_OK;
 }

@@ -60,6 +60,22 @@ int rd__xcopy_memo(lua_State *from, int idx, lua_State *to,
                    const rd_xcopy_opts *opts, rd_xcopy_memo *memo,
                    size_t *bytes, rd_error *err);
 
+/* The value at `idx` of L as bytes, appended to `out`, for rd__xunpack
+ * to make in another state later, on another thread: what rd__xcopy
+ * would copy, with the same checks, limits (opts) and errors, none of
+ * the target state touched. L is only read (raw access, no metamethod
+ * runs); no Lua error is raised. RD_OK, RD_EINVAL, RD_ELIMIT as
+ * rd__xcopy, RD_ENOMEM (out could not grow); on failure `out` is left
+ * as it was. *bytes (may be NULL): the size counted against max_bytes.
+ * The bytes are valid in this process only. */
+int rd__xpack(lua_State *L, int idx, rd_buf *out, const rd_xcopy_opts *opts,
+              size_t *bytes, rd_error *err);
+/* Push onto L the value rd__xpack packed at p (trusted: only bytes made
+ * by rd__xpack), made in L under lua_pcall, with L's JSON markers; with
+ * reset_markers, those are first put back as rd__xcopy_reset_markers
+ * does. RD_OK (one value pushed) or RD_ENOMEM (nothing pushed). */
+int rd__xunpack(lua_State *L, const char *p, int reset_markers, rd_error *err);
+
 /* Put the JSON marker metatables of L (rd__json_init) back as they were
  * made, { __jsontype = "array" } and { __jsontype = "object" } without a
  * metatable, if code running in L changed them (getmetatable() on a

@@ -616,6 +616,27 @@ TEST(sleep_cancelled) {
 
 /* ---- xcopy -------------------------------------------------------------------------------- */
 
+/* Every copy below is made one of two ways: rd__xcopy, or (xc_packed)
+ * rd__xpack then rd__xunpack, which must give the same values, the same
+ * errors and the same balanced stacks (xpack_same_as_xcopy runs the
+ * tests again that way). */
+static int xc_packed;
+static int xc(lua_State *F, int idx, lua_State *T, const rd_xcopy_opts *o, size_t *bytes,
+              rd_error *err) {
+  if (!xc_packed) return rd__xcopy(F, idx, T, o, bytes, err);
+  rd_buf b = RD_BUF_INIT;
+  rd__buf_putc(&b, 'x'); /* a packed value need not start the buffer */
+  int rc = rd__xpack(F, idx, &b, o, bytes, err);
+  if (rc == RD_OK) {
+    CHECK(b.len > 1);
+    rc = rd__xunpack(T, b.data + 1, 0, err);
+  } else {
+    CHECK(b.len == 1); /* left as it was */
+  }
+  rd__buf_free(&b);
+  return rc;
+}
+
 static lua_State *plain_state(void) {
   lua_State *L = luaL_newstate();
   luaL_openlibs(L);
@@ -665,7 +686,7 @@ static void copy_fails(lua_State *F, lua_State *T, const char *code,
   push_value(F, code);
   rd_error err;
   rd_error_clear(&err);
-  int rc = rd__xcopy(F, -1, T, o, NULL, &err);
+  int rc = xc(F, -1, T, o, NULL, &err);
   CHECK(rc == want_rc);
   CHECK(err.code == want_rc);
   if (rc != want_rc) fprintf(stderr, "  rc %d (%s), want %d: %s\n", rc, rd_err_name(rc), want_rc, err.message);
@@ -681,7 +702,7 @@ static int starts_with(const char *s, const char *p) { return strncmp(s, p, strl
  * well (checked, the error printed otherwise). */
 static int copied_to(lua_State *F, lua_State *T) {
   rd_error err;
-  int rc = rd__xcopy(F, -1, T, NULL, NULL, &err);
+  int rc = xc(F, -1, T, NULL, NULL, &err);
   CHECK(rc == RD_OK);
   if (rc) fprintf(stderr, "  %s\n", err.message);
   return rc == RD_OK;
@@ -704,7 +725,7 @@ TEST(xcopy_plain_data_survives) {
   int ft = lua_gettop(F), tt = lua_gettop(T);
   rd_error err;
   size_t bytes = 0;
-  int rc = rd__xcopy(F, -1, T, NULL, &bytes, &err);
+  int rc = xc(F, -1, T, NULL, &bytes, &err);
   CHECK(rc == RD_OK);
   if (rc) fprintf(stderr, "  %s\n", err.message);
   CHECK(lua_gettop(F) == ft);
@@ -735,12 +756,12 @@ TEST(xcopy_plain_data_survives) {
   lua_settop(F, 0);
   lua_pushstring(F, "top");
   lua_pushnumber(F, 7);
-  CHECK(rd__xcopy(F, 1, T, NULL, NULL, &err) == RD_OK);
-  CHECK(rd__xcopy(F, -1, T, NULL, NULL, &err) == RD_OK);
+  CHECK(xc(F, 1, T, NULL, NULL, &err) == RD_OK);
+  CHECK(xc(F, -1, T, NULL, NULL, &err) == RD_OK);
   CHECK(lua_tonumber(T, -1) == 7);
   CHECK_STR(lua_tostring(T, -2), "top");
   lua_pushnil(F);
-  CHECK(rd__xcopy(F, -1, T, NULL, NULL, &err) == RD_OK);
+  CHECK(xc(F, -1, T, NULL, NULL, &err) == RD_OK);
   CHECK(lua_isnil(T, -1));
   lua_settop(T, 0);
   lua_settop(F, 0);
@@ -752,7 +773,7 @@ TEST(xcopy_shared_subtable_is_not_a_cycle) {
   lua_State *F = plain_state(), *T = plain_state();
   push_value(F, "local s = { 1, 2 } return { a = s, b = s, c = { s, s } }");
   rd_error err;
-  CHECK(rd__xcopy(F, -1, T, NULL, NULL, &err) == RD_OK);
+  CHECK(xc(F, -1, T, NULL, NULL, &err) == RD_OK);
   check_in(T, "local v = ... assert(v.a[2] == 2 and v.b[1] == 1 and v.c[2][2] == 2)");
   lua_close(F);
   lua_close(T);
@@ -806,7 +827,7 @@ TEST(xcopy_repeated_copies_are_independent) {
   rd_error err;
   for (int i = 0; i < 3; i++) {
     push_value(F, "return { a = { 1, 2 }, s = 'x' }");
-    CHECK(rd__xcopy(F, -1, T, NULL, NULL, &err) == RD_OK);
+    CHECK(xc(F, -1, T, NULL, NULL, &err) == RD_OK);
     lua_settop(F, 0);
   }
   CHECK(lua_gettop(T) == 3);
@@ -866,7 +887,7 @@ TEST(xcopy_marker_dropped_when_target_has_none) {
   luaL_openlibs(T);
   push_value(F, "return setmetatable({ 1, 2 }, ARRAY_MT)");
   rd_error err;
-  CHECK(rd__xcopy(F, -1, T, NULL, NULL, &err) == RD_OK);
+  CHECK(xc(F, -1, T, NULL, NULL, &err) == RD_OK);
   CHECK(lua_istable(T, -1));
   CHECK(lua_getmetatable(T, -1) == 0);
   CHECK(lua_objlen(T, -1) == 2);
@@ -932,7 +953,7 @@ TEST(xcopy_nonfinite_allowed_when_asked) {
   rd_xcopy_opts o = {0, 0, 1};
   push_value(F, "return { n = 0/0, p = math.huge, m = -math.huge }");
   rd_error err;
-  CHECK(rd__xcopy(F, -1, T, &o, NULL, &err) == RD_OK);
+  CHECK(xc(F, -1, T, &o, NULL, &err) == RD_OK);
   check_in(T, "local v = ... assert(v.n ~= v.n and v.p == math.huge and v.m == -math.huge)");
   lua_close(F);
   lua_close(T);
@@ -964,13 +985,13 @@ TEST(xcopy_depth) {
   /* below the default: fine */
   push_value(F, "local t = {} local cur = t for i = 1, 100 do cur.x = {} cur = cur.x end cur.x = 'end' return t");
   rd_error err;
-  CHECK(rd__xcopy(F, -1, T, NULL, NULL, &err) == RD_OK);
+  CHECK(xc(F, -1, T, NULL, NULL, &err) == RD_OK);
   check_in(T, "local v = ... for i = 1, 100 do v = v.x end assert(v.x == 'end')");
   lua_settop(F, 0);
   /* an explicit limit: 3 nested tables pass, 4 do not */
   rd_xcopy_opts o = {3, 0, 0};
   push_value(F, "return { { { 1 } } }");
-  CHECK(rd__xcopy(F, -1, T, &o, NULL, &err) == RD_OK);
+  CHECK(xc(F, -1, T, &o, NULL, &err) == RD_OK);
   lua_settop(T, 0);
   lua_settop(F, 0);
   copy_fails(F, T, "return { { { { 1 } } } }", &o, RD_ELIMIT, msg, sizeof msg);
@@ -1000,7 +1021,7 @@ TEST(xcopy_max_bytes) {
   push_value(F, "return 'abc'");
   size_t bytes = 0;
   rd_error err;
-  CHECK(rd__xcopy(F, -1, T, &o, &bytes, &err) == RD_OK);
+  CHECK(xc(F, -1, T, &o, &bytes, &err) == RD_OK);
   CHECK(bytes == 3);
   CHECK(lua_gettop(T) == 1);
   lua_close(F);
@@ -1034,7 +1055,7 @@ TEST(xcopy_into_a_capped_tool_state_small) {
   int tt = lua_gettop(T);
   push_value(F, "return { a = 'small', b = setmetatable({ 1, 2, 3 }, ARRAY_MT) }");
   rd_error err;
-  CHECK(rd__xcopy(F, -1, T, NULL, NULL, &err) == RD_OK);
+  CHECK(xc(F, -1, T, NULL, NULL, &err) == RD_OK);
   CHECK(lua_gettop(T) == tt + 1);
   lua_settop(T, tt);
   rd__lstate_set_max_memory(s, 0);
@@ -1065,7 +1086,7 @@ TEST(xcopy_into_a_capped_tool_state_too_big) {
     rd__lstate_set_max_memory(s, rd__lstate_heap(s) + 64 * 1024);
     int tt = lua_gettop(T);
     rd_error err;
-    int rc = rd__xcopy(F, -1, T, NULL, NULL, &err);
+    int rc = xc(F, -1, T, NULL, NULL, &err);
     if (rc != RD_ENOMEM && rc != RD_ELIMIT) _exit(3);
     if (lua_gettop(T) != tt) _exit(4);
     _exit(0);
@@ -1078,6 +1099,24 @@ TEST(xcopy_into_a_capped_tool_state_too_big) {
     fprintf(stderr, "  child: %s %d (1 = LuaJIT exited on an unprotected memory error)\n",
             WIFEXITED(status) ? "exit" : "signal",
             WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+}
+
+TEST(xpack_same_as_xcopy) {
+  xc_packed = 1;
+  test_xcopy_plain_data_survives();
+  test_xcopy_shared_subtable_is_not_a_cycle();
+  test_xcopy_table_shapes_and_sizes();
+  test_xcopy_repeated_copies_are_independent();
+  test_xcopy_marker_dropped_when_target_has_none();
+  test_xcopy_refuses_with_pointer();
+  test_xcopy_nonfinite_allowed_when_asked();
+  test_xcopy_cycle();
+  test_xcopy_depth();
+  test_xcopy_max_bytes();
+  test_xcopy_runs_no_metamethod();
+  test_xcopy_into_a_capped_tool_state_small();
+  test_xcopy_into_a_capped_tool_state_too_big();
+  xc_packed = 0;
 }
 
 int main(void) { RUN_TESTS(); }
