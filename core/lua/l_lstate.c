@@ -90,7 +90,6 @@ struct lcore {
    * no cache, every line of the state the loop read or wrote in
    * st:execute was a miss on one side or the other. */
   rd_buf pin, pout;
-  size_t pin_id;             /* where the id starts in pin */
   double attempt, deadline;  /* the rest of the packed call's arguments */
   int packed;                /* the call in flight: its arguments are in pin */
   int out_packed;            /* run() packed its output: pout_rc says how */
@@ -822,12 +821,10 @@ static int unpack_args(lcore *c, lua_State *T) {
   size_t cap = rd__lstate_set_max_memory(c->s, 0);
   lua_settop(T, 0);
   lua_rawgeti(T, LUA_REGISTRYINDEX, c->execref);
-  int rc = rd__xunpack(T, c->pin.data, 1, &err);
+  int rc = rd__xunpack(T, c->pin.data, 2, 1, &err); /* params, id */
   if (rc == RD_OK) {
     lua_pushnil(T);
-    rc = rd__xunpack(T, c->pin.data + c->pin_id, 0, &err);
-  }
-  if (rc == RD_OK) {
+    lua_insert(T, -2);
     lua_pushnumber(T, c->attempt);
     lua_pushnumber(T, c->deadline);
   } else {
@@ -942,7 +939,7 @@ static void push_results(lua_State *L, lcore *c) {
       rd_error err;
       lua_pushboolean(L, 1);
       lua_rawgeti(L, LUA_REGISTRYINDEX, c->okref);
-      if (rd__xunpack(L, c->pout.data, 0, &err) != RD_OK) {
+      if (rd__xunpack(L, c->pout.data, 1, 0, &err) != RD_OK) {
         lua_pop(L, 2);
         push_copy_failure(L, RD_ENOMEM, &err);
       }
@@ -1168,7 +1165,6 @@ static int l_execute(lua_State *L) {
     /* the fast way: packed here, made in the state by run() */
     c->pin.len = 0;
     int rc = rd__xpack(L, 2, &c->pin, NULL, NULL, &err);
-    c->pin_id = c->pin.len;
     if (rc == RD_OK) {
       what = "id";
       rc = rd__xpack(L, 4, &c->pin, NULL, NULL, &err);

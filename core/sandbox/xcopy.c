@@ -426,7 +426,8 @@ static int copy(ctx *c, int idx, int depth) {
 typedef struct job {
   ctx *c;
   int idx, rc;
-  const char *packed; /* rd__xunpack: the value to make (c is NULL) */
+  const char *packed; /* rd__xunpack: the values to make (c is NULL) */
+  int n;              /* rd__xunpack: how many */
   int reset;          /* rd__xunpack: the markers first */
 } job;
 
@@ -445,8 +446,9 @@ static int protected_copy(lua_State *T) {
       reset_marker(T, 1);
       reset_marker(T, 2);
     }
-    unpack(T, j->packed);
-    return 1;
+    const char *p = j->packed;
+    for (int i = 0; i < j->n; i++) p = unpack(T, p);
+    return j->n;
   }
   if (!j->c || (j->c->memo && j->c->memo->reset_markers)) {
     reset_marker(T, 1);
@@ -527,7 +529,7 @@ static int push_copy_fn(lua_State *to) {
 
 int rd__xcopy_reset_markers(lua_State *L, rd_error *err) {
   int top = lua_gettop(L);
-  job j = {NULL, 0, RD_OK, NULL, 0};
+  job j = {NULL, 0, RD_OK, NULL, 0, 0};
   if (!push_copy_fn(L)) return rd_error_set(err, RD_ENOMEM, "out of memory in the state");
   lua_pushlightuserdata(L, &j);
   int rc = lua_pcall(L, 1, 0, 0);
@@ -563,7 +565,7 @@ int rd__xcopy_memo(lua_State *from, int idx, lua_State *to,
   if (c.memo) c.memo->reused = 0;
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(from) + idx + 1;
   int top_to = lua_gettop(to), top_from = lua_gettop(from);
-  job j = {&c, idx, RD_OK, NULL, 0};
+  job j = {&c, idx, RD_OK, NULL, 0, 0};
   int rc = RD_OK;
   if (!push_copy_fn(to)) return rd_error_set(err, RD_ENOMEM, "out of memory in the target state");
   lua_pushlightuserdata(to, &j);
@@ -761,12 +763,13 @@ static const char *unpack(lua_State *T, const char *p) {
   }
 }
 
-int rd__xunpack(lua_State *L, const char *p, int reset_markers, rd_error *err) {
+int rd__xunpack(lua_State *L, const char *p, int n, int reset_markers, rd_error *err) {
   int top = lua_gettop(L);
-  job j = {NULL, 0, RD_OK, p, reset_markers};
-  if (!push_copy_fn(L)) return rd_error_set(err, RD_ENOMEM, "out of memory in the target state");
+  job j = {NULL, 0, RD_OK, p, n, reset_markers};
+  if (!lua_checkstack(L, n + 2) || !push_copy_fn(L))
+    return rd_error_set(err, RD_ENOMEM, "out of memory in the target state");
   lua_pushlightuserdata(L, &j);
-  if (lua_pcall(L, 1, 1, 0) != 0) {
+  if (lua_pcall(L, 1, n, 0) != 0) {
     lua_settop(L, top);
     return rd_error_set(err, RD_ENOMEM, "out of memory in the target state");
   }

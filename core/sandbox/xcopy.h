@@ -70,11 +70,12 @@ int rd__xcopy_memo(lua_State *from, int idx, lua_State *to,
  * The bytes are valid in this process only. */
 int rd__xpack(lua_State *L, int idx, rd_buf *out, const rd_xcopy_opts *opts,
               size_t *bytes, rd_error *err);
-/* Push onto L the value rd__xpack packed at p (trusted: only bytes made
- * by rd__xpack), made in L under lua_pcall, with L's JSON markers; with
- * reset_markers, those are first put back as rd__xcopy_reset_markers
- * does. RD_OK (one value pushed) or RD_ENOMEM (nothing pushed). */
-int rd__xunpack(lua_State *L, const char *p, int reset_markers, rd_error *err);
+/* Push onto L the n values rd__xpack packed one after the other at p
+ * (trusted: only bytes made by rd__xpack), made in L under one lua_pcall,
+ * with L's JSON markers; with reset_markers, those are first put back as
+ * rd__xcopy_reset_markers does. RD_OK (n values pushed) or RD_ENOMEM
+ * (nothing pushed). */
+int rd__xunpack(lua_State *L, const char *p, int n, int reset_markers, rd_error *err);
 
 /* Put the JSON marker metatables of L (rd__json_init) back as they were
  * made, { __jsontype = "array" } and { __jsontype = "object" } without a

@@ -629,7 +629,7 @@ static int xc(lua_State *F, int idx, lua_State *T, const rd_xcopy_opts *o, size_
   int rc = rd__xpack(F, idx, &b, o, bytes, err);
   if (rc == RD_OK) {
     CHECK(b.len > 1);
-    rc = rd__xunpack(T, b.data + 1, 0, err);
+    rc = rd__xunpack(T, b.data + 1, 1, 0, err);
   } else {
     CHECK(b.len == 1); /* left as it was */
   }
