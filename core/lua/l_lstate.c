@@ -90,6 +90,8 @@ struct lcore {
    * no cache, every line of the state the loop read or wrote in
    * st:execute was a miss on one side or the other. */
   rd_buf pin, pout;
+  rd_buf caller_pk;          /* the caller the state keeps, packed: each
+                              * fast call gets a fresh copy made from it */
   double attempt, deadline;  /* the rest of the packed call's arguments */
   int packed;                /* the call in flight: its arguments are in pin */
   int out_packed;            /* run() packed its output: pout_rc says how */
@@ -572,6 +574,7 @@ static void core_free(lcore *c) {
   if (c->s) rd__lstate_free(c->s);
   rd__buf_free(&c->pin);
   rd__buf_free(&c->pout);
+  rd__buf_free(&c->caller_pk);
   pthread_mutex_destroy(&c->qlock);
   rd__freemem(c);
 }
@@ -813,20 +816,22 @@ static int gc_resume(lcore *c, lua_State *T) {
 }
 
 /* On the thread that runs the call (loop thread for call(), pool for start()). */
-/* The packed call's arguments, made on T's stack as l_execute's slow way
- * puts them there: execute_with, params, caller (nil: the kept one), id,
- * attempt, deadline. Outside the memory cap, as the slow way's copies. */
+/* The packed call's arguments, made on T's stack: execute_with, params,
+ * a fresh copy of the kept caller (made from caller_pk: the bootstrap
+ * uses it as it is, `given`), id, attempt, deadline, given = true.
+ * Outside the memory cap, as the slow way's copies. */
 static int unpack_args(lcore *c, lua_State *T) {
   rd_error err;
   size_t cap = rd__lstate_set_max_memory(c->s, 0);
   lua_settop(T, 0);
   lua_rawgeti(T, LUA_REGISTRYINDEX, c->execref);
   int rc = rd__xunpack(T, c->pin.data, 2, 1, &err); /* params, id */
+  if (rc == RD_OK) rc = rd__xunpack(T, c->caller_pk.data, 1, 0, &err);
   if (rc == RD_OK) {
-    lua_pushnil(T);
     lua_insert(T, -2);
     lua_pushnumber(T, c->attempt);
     lua_pushnumber(T, c->deadline);
+    lua_pushboolean(T, 1);
   } else {
     lua_settop(T, 0);
   }
@@ -1174,7 +1179,7 @@ static int l_execute(lua_State *L) {
     c->deadline = deadline;
     arm(c, &lim);
     c->fast = 1;
-    c->nargs = 5;
+    c->nargs = 6;
     return launch(L, c, &lim, 10);
   }
   lua_State *T = rd__lstate_L(c->s);
@@ -1188,6 +1193,9 @@ static int l_execute(lua_State *L) {
   if (rc == RD_OK) {
     what = "caller";
     rc = rd__xcopy(L, 3, T, NULL, NULL, &err);
+    /* and packed, for the fast calls once the state keeps it */
+    c->caller_pk.len = 0;
+    if (rc == RD_OK) rc = rd__xpack(L, 3, &c->caller_pk, NULL, NULL, &err);
   }
   if (rc == RD_OK) {
     what = "id";

@@ -378,12 +378,17 @@ local fresh = toolcore.fresh
 
 -- The pipeline's call (l_lstate.c's st:execute): ctx is made here, on the
 -- call's thread. `caller` is nil when the engine sends the same caller as
--- last time: kept_caller is then its copy. Returns true, output when the
--- call went well, else what execute returns.
-function M.execute_with(params, caller, id, attempt, deadline)
-  if caller ~= nil then kept_caller = caller end
+-- last time: kept_caller is then its copy. With `given`, the engine made
+-- `caller` for this call alone (its fast way, from the caller it keeps
+-- packed): it is used as it is. Returns true, output when the call went
+-- well, else what execute returns.
+function M.execute_with(params, caller, id, attempt, deadline, given)
+  if not given then
+    if caller ~= nil then kept_caller = caller end
+    caller = fresh(kept_caller)
+  end
   local status, res = run_call(params, { execution_id = id, tool = tool_def and tool_def.metadata.name,
-    attempt = attempt, caller = fresh(kept_caller), deadline = deadline })
+    attempt = attempt, caller = caller, deadline = deadline })
   if status == OK then return true, res end
   return status, res
 end
