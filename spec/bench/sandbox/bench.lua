@@ -18,13 +18,19 @@
 -- floor with a seccomp filter of 16 instructions loaded in each child (a
 -- strict worker loads one of about that size, seccomp_linux.c's drop
 -- program): the least a process with a filter of its own costs.
---   luajit bench.lua N_STRICT N_OTHER [FORKFLOOR]
+-- Before the relaxed rows, "hand-off" (handoff.c): the round trip of a
+-- flag between two threads on the two CPUs, measured right before the
+-- relaxed level: what the two hand-offs of an in-process call cost at
+-- that moment, which on a shared VM moves by several times from one
+-- minute to the next.
+--   luajit bench.lua N_STRICT N_OTHER [FORKFLOOR [HANDOFF]]
 local rd = require "rubberduck"
 local core = require "rubberduck.core"
 
 local n_strict = tonumber(arg[1]) or 500
 local n_other = tonumber(arg[2]) or 5000
 local forkfloor = arg[3]
+local handoff = arg[4]
 local OP = { principal = "bench", capabilities = { "*" } }
 
 local dir = os.tmpname()
@@ -144,10 +150,16 @@ local ORDER = { "relaxed", "none", "balanced", "strict/5ms", "strict" }
 local ROWS = { "strict", "strict/5ms", "balanced", "relaxed", "none" }
 local got = { [false] = {}, [true] = {} }
 local tmpl_rss, tmpl_pte
+local handoff_row
 for _, level in ipairs(ORDER) do
   local name, gap = level:match("^(%a+)/(%d+)ms$")
   name = name or level
   local n = name == "strict" and n_strict or n_other
+  if level == "relaxed" and handoff then
+    local p = assert(io.popen(("'%s' %d"):format(handoff, 200000)))
+    handoff_row = p:read("*a")
+    p:close()
+  end
   for _, layer in ipairs({ false, true }) do
     got[layer][level] = { (layer and measure_layer or measure)("t_" .. name, n, tonumber(gap)) }
   end
@@ -158,6 +170,7 @@ for _, layer in ipairs({ false, true }) do
   floor_row(0, "fork floor")
   floor_row(0, "fork+filter", 16)
   for _, level in ipairs(ROWS) do
+    if level == "relaxed" and handoff_row then io.write(handoff_row) end
     local p50, p99, tput = unpack(got[layer][level])
     print(string.format("%-10s %10.1f %10.1f %12.0f", level, p50, p99, tput))
     if level == "strict/5ms" and not layer and tmpl_rss then
