@@ -328,18 +328,71 @@ static int copy_memo(ctx *c, int fidx, int depth) {
   return RD_OK;
 }
 
-static int copy_table(ctx *c, int idx, int depth) {
-  lua_State *F = c->from, *T = c->to;
+/* ---- the copy ---------------------------------------------------------------------
+ * Into the target state (copy_table), or packed (rd__xpack: pack_table,
+ * below): the value as bytes, a tag, then what it needs; numbers and
+ * lengths in the machine's own byte order (both ends are this process). */
+enum { P_NIL = 'n', P_FALSE = 'f', P_TRUE = 't', P_NULL = 'z', P_NUM = 'd',
+       P_STR = 's', P_TABLE = 'T' };
+
+static void put_num(rd_buf *b, double d) {
+  char t[9] = {P_NUM};
+  memcpy(t + 1, &d, 8);
+  rd__buf_append(b, t, 9);
+}
+
+static void put_str(rd_buf *b, const char *p, size_t n) {
+  char t[5] = {P_STR};
+  uint32_t n32 = (uint32_t)n; /* LuaJIT strings are shorter than 2 GiB */
+  memcpy(t + 1, &n32, 4);
+  rd__buf_append(b, t, 5);
+  rd__buf_append(b, p, n);
+}
+
+static int pack_table(ctx *c, int idx, int depth);
+
+/* The key at -2 of `from` (of type kt), pushed onto `to` or packed. */
+static int copy_key(ctx *c, int kt) {
+  lua_State *F = c->from;
+  if (kt == LUA_TSTRING) {
+    size_t kl;
+    const char *k = lua_tolstring(F, -2, &kl);
+    int rc = account(c, kl);
+    if (rc) return rc;
+    if (c->out) put_str(c->out, k, kl);
+    else lua_pushlstring(c->to, k, kl);
+    return RD_OK;
+  }
+  if (kt == LUA_TNUMBER) {
+    double d = lua_tonumber(F, -2);
+    if (!isfinite(d)) return fail(c, RD_EINVAL, "non-finite table key");
+    if (c->out) put_num(c->out, d);
+    else lua_pushnumber(c->to, d);
+    return RD_OK;
+  }
+  return fail(c, RD_EINVAL, "table key that is not a string or number");
+}
+
+/* Entering the table at idx of `from` at this depth: the depth limit and
+ * cycles checked, the table noted on the path. */
+static int enter_table(ctx *c, int idx, int depth) {
   if (depth >= c->max_depth) return fail(c, RD_ELIMIT, "nested deeper than the limit");
-  const void *p = lua_topointer(F, idx);
+  const void *p = lua_topointer(c->from, idx);
   for (int i = 0; i < depth; i++)
     if (c->stack[i] == p) return fail(c, RD_EINVAL, "cycle");
   c->stack[depth] = p;
+  return RD_OK;
+}
+
+static int copy_table(ctx *c, int idx, int depth) {
+  lua_State *F = c->from, *T = c->to;
+  int rc = enter_table(c, idx, depth);
+  if (rc) return rc;
   int base = lua_gettop(T) + 1;
   int gather = base < GATHER_TOP_MAX;
   if (!lua_checkstack(F, 4) || !lua_checkstack(T, gather ? 2 * GATHER + 8 : 4))
     return fail(c, RD_ENOMEM, "Lua stack exhausted");
-  int rc = account(c, 16);
+  rc = account(c, 16);
   if (rc) return rc;
   int m = marker(c, idx);
   int n = 0; /* pairs gathered, while gather */
@@ -348,18 +401,7 @@ static int copy_table(ctx *c, int idx, int depth) {
   while (lua_next(F, idx) != 0) {
     int kt = lua_type(F, -2);
     c->keys[c->nkeys++] = lua_gettop(F) - 1;
-    if (kt == LUA_TSTRING) {
-      size_t kl;
-      const char *k = lua_tolstring(F, -2, &kl);
-      rc = account(c, kl);
-      if (!rc) lua_pushlstring(T, k, kl);
-    } else if (kt == LUA_TNUMBER) {
-      double d = lua_tonumber(F, -2);
-      if (!isfinite(d)) rc = fail(c, RD_EINVAL, "non-finite table key");
-      else lua_pushnumber(T, d);
-    } else {
-      rc = fail(c, RD_EINVAL, "table key that is not a string or number");
-    }
+    rc = copy_key(c, kt);
     if (!rc) {
       if (c->memo_level == depth && kt == LUA_TSTRING && depth < 2 && memo_key(c, depth)) {
         rc = copy_memo(c, lua_gettop(F), depth + 1);
@@ -392,16 +434,28 @@ static int copy_table(ctx *c, int idx, int depth) {
   return RD_OK;
 }
 
+/* The value at idx of `from`: pushed onto `to`, or (rd__xpack, c->out)
+ * packed. */
 static int copy(ctx *c, int idx, int depth) {
   lua_State *F = c->from, *T = c->to;
+  rd_buf *b = c->out;
   switch (lua_type(F, idx)) {
-    case LUA_TNIL: lua_pushnil(T); return account(c, 1);
-    case LUA_TBOOLEAN: lua_pushboolean(T, lua_toboolean(F, idx)); return account(c, 1);
+    case LUA_TNIL:
+      if (b) rd__buf_putc(b, P_NIL);
+      else lua_pushnil(T);
+      return account(c, 1);
+    case LUA_TBOOLEAN: {
+      int v = lua_toboolean(F, idx);
+      if (b) rd__buf_putc(b, v ? P_TRUE : P_FALSE);
+      else lua_pushboolean(T, v);
+      return account(c, 1);
+    }
     case LUA_TNUMBER: {
       double d = lua_tonumber(F, idx);
       if (!isfinite(d) && !c->allow_nonfinite)
         return fail(c, RD_EINVAL, isnan(d) ? "NaN" : "infinite number");
-      lua_pushnumber(T, d);
+      if (b) put_num(b, d);
+      else lua_pushnumber(T, d);
       return account(c, 8);
     }
     case LUA_TSTRING: {
@@ -409,16 +463,18 @@ static int copy(ctx *c, int idx, int depth) {
       const char *s = lua_tolstring(F, idx, &n);
       int rc = account(c, n);
       if (rc) return rc;
-      lua_pushlstring(T, s, n);
+      if (b) put_str(b, s, n);
+      else lua_pushlstring(T, s, n);
       return RD_OK;
     }
     case LUA_TLIGHTUSERDATA:
       if (lua_touserdata(F, idx) == RD_JSON_NULL) {
-        lua_pushlightuserdata(T, RD_JSON_NULL);
+        if (b) rd__buf_putc(b, P_NULL);
+        else lua_pushlightuserdata(T, RD_JSON_NULL);
         return account(c, 1);
       }
       return fail(c, RD_EINVAL, "userdata");
-    case LUA_TTABLE: return copy_table(c, idx, depth);
+    case LUA_TTABLE: return b ? pack_table(c, idx, depth) : copy_table(c, idx, depth);
     default: return fail(c, RD_EINVAL, lua_typename(F, lua_type(F, idx)));
   }
 }
@@ -542,27 +598,33 @@ int rd__xcopy(lua_State *from, int idx, lua_State *to,
   return rd__xcopy_memo(from, idx, to, opts, NULL, bytes, err);
 }
 
+/* A copy's context, its stacks left unwritten (written before read). */
+static void ctx_init(ctx *c, lua_State *from, lua_State *to, const rd_xcopy_opts *opts,
+                     rd_xcopy_memo *memo, rd_error *err) {
+  static const rd_xcopy_opts dflt = {0, 0, 0};
+  if (!opts) opts = &dflt;
+  c->from = from;
+  c->to = to;
+  c->bytes = 0;
+  c->nkeys = 0;
+  c->markers_known = 0;
+  c->array_mt = c->object_mt = NULL;
+  c->max_depth = opts->max_depth > 0 ? opts->max_depth : RD_JSON_MAX_DEPTH;
+  if (c->max_depth > RD_JSON_MAX_DEPTH * 4) c->max_depth = RD_JSON_MAX_DEPTH * 4;
+  c->max_bytes = opts->max_bytes;
+  c->allow_nonfinite = opts->allow_nonfinite;
+  c->err = err;
+  c->out = NULL;
+  c->memo = memo;
+  c->memo_level = memo && memo->k1 ? 0 : 2;
+  if (memo) memo->reused = 0;
+}
+
 int rd__xcopy_memo(lua_State *from, int idx, lua_State *to,
                    const rd_xcopy_opts *opts, rd_xcopy_memo *memo,
                    size_t *bytes, rd_error *err) {
-  static const rd_xcopy_opts dflt = {0, 0, 0};
-  if (!opts) opts = &dflt;
   ctx c; /* the stacks are written before read */
-  c.from = from;
-  c.bytes = 0;
-  c.nkeys = 0;
-  c.markers_known = 0;
-  c.array_mt = c.object_mt = NULL;
-  c.to = to;
-  c.max_depth = opts->max_depth > 0 ? opts->max_depth : RD_JSON_MAX_DEPTH;
-  if (c.max_depth > RD_JSON_MAX_DEPTH * 4) c.max_depth = RD_JSON_MAX_DEPTH * 4;
-  c.max_bytes = opts->max_bytes;
-  c.allow_nonfinite = opts->allow_nonfinite;
-  c.err = err;
-  c.out = NULL;
-  c.memo = memo;
-  c.memo_level = c.memo && c.memo->k1 ? 0 : 2;
-  if (c.memo) c.memo->reused = 0;
+  ctx_init(&c, from, to, opts, memo, err);
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(from) + idx + 1;
   int top_to = lua_gettop(to), top_from = lua_gettop(from);
   job j = {&c, idx, RD_OK, NULL, 0, 0};
@@ -581,40 +643,17 @@ int rd__xcopy_memo(lua_State *from, int idx, lua_State *to,
   return rc;
 }
 
-/* ---- packed copies (rd__xpack, rd__xunpack) ---------------------------------------
- * The value as bytes: a tag, then what it needs. Numbers and lengths in
- * the machine's own byte order (both ends are this process). */
-enum { P_NIL = 'n', P_FALSE = 'f', P_TRUE = 't', P_NULL = 'z', P_NUM = 'd',
-       P_STR = 's', P_TABLE = 'T' };
-
-static void put_num(rd_buf *b, double d) {
-  char t[9] = {P_NUM};
-  memcpy(t + 1, &d, 8);
-  rd__buf_append(b, t, 9);
-}
-
-static void put_str(rd_buf *b, const char *p, size_t n) {
-  char t[5] = {P_STR};
-  uint32_t n32 = (uint32_t)n; /* LuaJIT strings are shorter than 2 GiB */
-  memcpy(t + 1, &n32, 4);
-  rd__buf_append(b, t, 5);
-  rd__buf_append(b, p, n);
-}
-
-static int pack(ctx *c, int idx, int depth);
+/* ---- packed copies (rd__xpack, rd__xunpack) --------------------------------------- */
 
 /* A table: P_TABLE, its marker, the number of its integer keys from 1 (a
  * size hint for the array part) and of its pairs, then the pairs. The
  * same checks, in the same order, as copy_table. */
 static int pack_table(ctx *c, int idx, int depth) {
   lua_State *F = c->from;
-  if (depth >= c->max_depth) return fail(c, RD_ELIMIT, "nested deeper than the limit");
-  const void *p = lua_topointer(F, idx);
-  for (int i = 0; i < depth; i++)
-    if (c->stack[i] == p) return fail(c, RD_EINVAL, "cycle");
-  c->stack[depth] = p;
+  int rc = enter_table(c, idx, depth);
+  if (rc) return rc;
   if (!lua_checkstack(F, 4)) return fail(c, RD_ENOMEM, "Lua stack exhausted");
-  int rc = account(c, 16);
+  rc = account(c, 16);
   if (rc) return rc;
   char hdr[10] = {P_TABLE, (char)marker(c, idx)};
   size_t at = c->out->len;
@@ -624,23 +663,12 @@ static int pack_table(ctx *c, int idx, int depth) {
   while (lua_next(F, idx) != 0) {
     int kt = lua_type(F, -2);
     c->keys[c->nkeys++] = lua_gettop(F) - 1;
-    if (kt == LUA_TSTRING) {
-      size_t kl;
-      const char *k = lua_tolstring(F, -2, &kl);
-      rc = account(c, kl);
-      if (!rc) put_str(c->out, k, kl);
-    } else if (kt == LUA_TNUMBER) {
+    rc = copy_key(c, kt);
+    if (!rc && kt == LUA_TNUMBER) {
       double d = lua_tonumber(F, -2);
-      if (!isfinite(d)) {
-        rc = fail(c, RD_EINVAL, "non-finite table key");
-      } else {
-        put_num(c->out, d);
-        if (d >= 1 && d <= 4294967295.0 && d == floor(d)) narr++;
-      }
-    } else {
-      rc = fail(c, RD_EINVAL, "table key that is not a string or number");
+      if (d >= 1 && d <= 4294967295.0 && d == floor(d)) narr++;
     }
-    if (!rc) rc = pack(c, lua_gettop(F), depth + 1);
+    if (!rc) rc = copy(c, lua_gettop(F), depth + 1);
     c->nkeys--;
     lua_pop(F, 1); /* value; key stays for lua_next */
     if (rc) {
@@ -656,64 +684,15 @@ static int pack_table(ctx *c, int idx, int depth) {
   return RD_OK;
 }
 
-/* The value at idx of `from`, as copy() would copy it. */
-static int pack(ctx *c, int idx, int depth) {
-  lua_State *F = c->from;
-  rd_buf *b = c->out;
-  switch (lua_type(F, idx)) {
-    case LUA_TNIL: rd__buf_putc(b, P_NIL); return account(c, 1);
-    case LUA_TBOOLEAN:
-      rd__buf_putc(b, lua_toboolean(F, idx) ? P_TRUE : P_FALSE);
-      return account(c, 1);
-    case LUA_TNUMBER: {
-      double d = lua_tonumber(F, idx);
-      if (!isfinite(d) && !c->allow_nonfinite)
-        return fail(c, RD_EINVAL, isnan(d) ? "NaN" : "infinite number");
-      put_num(b, d);
-      return account(c, 8);
-    }
-    case LUA_TSTRING: {
-      size_t n;
-      const char *s = lua_tolstring(F, idx, &n);
-      int rc = account(c, n);
-      if (rc) return rc;
-      put_str(b, s, n);
-      return RD_OK;
-    }
-    case LUA_TLIGHTUSERDATA:
-      if (lua_touserdata(F, idx) == RD_JSON_NULL) {
-        rd__buf_putc(b, P_NULL);
-        return account(c, 1);
-      }
-      return fail(c, RD_EINVAL, "userdata");
-    case LUA_TTABLE: return pack_table(c, idx, depth);
-    default: return fail(c, RD_EINVAL, lua_typename(F, lua_type(F, idx)));
-  }
-}
-
 int rd__xpack(lua_State *L, int idx, rd_buf *out, const rd_xcopy_opts *opts,
               size_t *bytes, rd_error *err) {
-  static const rd_xcopy_opts dflt = {0, 0, 0};
-  if (!opts) opts = &dflt;
   ctx c; /* the stacks are written before read */
-  c.from = L;
-  c.to = NULL;
-  c.bytes = 0;
-  c.nkeys = 0;
-  c.markers_known = 0;
-  c.array_mt = c.object_mt = NULL;
-  c.max_depth = opts->max_depth > 0 ? opts->max_depth : RD_JSON_MAX_DEPTH;
-  if (c.max_depth > RD_JSON_MAX_DEPTH * 4) c.max_depth = RD_JSON_MAX_DEPTH * 4;
-  c.max_bytes = opts->max_bytes;
-  c.allow_nonfinite = opts->allow_nonfinite;
-  c.err = err;
-  c.memo = NULL;
-  c.memo_level = 2;
+  ctx_init(&c, L, NULL, opts, NULL, err);
   c.out = out;
   if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
   size_t len = out->len;
   int top = lua_gettop(L);
-  int rc = pack(&c, idx, 0);
+  int rc = copy(&c, idx, 0);
   if (rc == RD_OK && out->oom) rc = rd_error_set(err, RD_ENOMEM, "out of memory");
   if (rc != RD_OK) {
     lua_settop(L, top);
