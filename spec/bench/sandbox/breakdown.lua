@@ -1,6 +1,7 @@
 -- spec/bench/sandbox/breakdown.lua — where a strict call's time goes.
---   luajit breakdown.lua [N] [GAP_MS]   (run through ./breakdown)
--- N calls (after 20 untimed) of a trivial strict tool through the sandbox
+--   luajit breakdown.lua [N] [GAP_MS] [LEVEL]   (run through ./breakdown)
+-- N calls (after 20 untimed) of a trivial strict tool (or balanced: LEVEL)
+-- through the sandbox
 -- layer (as bench.lua's "layer only" rows), each after GAP_MS of the loop
 -- running (0: back to back; 5: a paced caller, the stock refills). Per
 -- call, from CLOCK_MONOTONIC stamps taken by the engine and by the worker
@@ -16,6 +17,8 @@ local ffi = require "ffi"
 
 local n = tonumber(arg[1]) or 200
 local gap = tonumber(arg[2]) or 5
+local level = arg[3] or "strict"
+assert(level == "strict" or level == "balanced", "LEVEL: strict or balanced")
 local OP = { principal = "bench", capabilities = { "*" } }
 
 local dir = os.tmpname()
@@ -23,7 +26,7 @@ os.remove(dir)
 assert(os.execute("mkdir -p '" .. dir .. "'") == 0)
 local f = assert(io.open(dir .. "/t.lua", "w"))
 f:write([[return tool { metadata = { name = "t", description = "a trivial tool" },
-  security = { level = "strict" }, execution = { handler = function(p) return { ok = true } end } }]])
+  security = { level = "]] .. level .. [[" }, execution = { handler = function(p) return { ok = true } end } }]])
 f:close()
 local engine = assert(rd.open({ tools = dir, store = false }))
 
@@ -83,7 +86,7 @@ local function cpu_us(who) -- RUSAGE_SELF 0, RUSAGE_CHILDREN -1 (reaped at close
   return (tonumber(r.ut_s) + tonumber(r.st_s)) * 1e6 + tonumber(r.ut_us) + tonumber(r.st_us)
 end
 
-print(("strict call breakdown: %d calls, %s; load %s"):format(n,
+print(("%s call breakdown: %d calls, %s; load %s"):format(level, n,
   gap > 0 and (gap .. " ms between calls") or "back to back",
   io.open("/proc/loadavg"):read("*l"):match("^(%S+ %S+ %S+)")))
 local names = { "total", "engine, to the frame written", "hand-off (to the frame read)",
