@@ -360,7 +360,6 @@ static double wait_for_work(int spin, unsigned *skip_pause, cpu_reading *cr, q_s
   return cpu_reading_at(cr, rd__mono_ns());
 }
 
-
 /* Call threads (and the watchdog) run under SCHED_BATCH: a woken one
  * waits for the CPU it lands on to reschedule instead of preempting the
  * thread running there, most often the loop thread, which each preemption
@@ -815,7 +814,6 @@ static int gc_resume(lcore *c, lua_State *T) {
   return 0;
 }
 
-/* On the thread that runs the call (loop thread for call(), pool for start()). */
 /* The packed call's arguments, made on T's stack: execute_with, params,
  * a fresh copy of the kept caller (made from caller_pk: the bootstrap
  * uses it as it is, `given`), id, attempt, deadline, given = true.
@@ -853,6 +851,7 @@ static void pack_output(lcore *c, lua_State *T) {
   lua_settop(T, 0);
 }
 
+/* On the thread that runs the call (loop thread for call(), pool for start()). */
 static void run(lcore *c, double cpu_start_ms) {
   lua_State *T = rd__lstate_L(c->s);
   c->thread = pthread_self();
@@ -920,7 +919,6 @@ static void complete_caller(lua_State *L, lcore *c, int ran) {
   c->caller_pending = LUA_NOREF;
 }
 
-/* Push the results of the finished call onto L: 4 values, as documented. */
 /* A packed call's buffers after use: kept for the next call, unless one
  * grew large (a big output). */
 #define PACK_KEEP (64 * 1024)
@@ -929,6 +927,7 @@ static void trim_packed(lcore *c) {
   if (c->pout.cap > PACK_KEEP) rd__buf_free(&c->pout);
 }
 
+/* Push the results of the finished call onto L: 4 values, as documented. */
 static void push_results(lua_State *L, lcore *c) {
   if (c->unpack_failed) {
     lua_pushboolean(L, 0);
