@@ -160,15 +160,19 @@ end
 -- (it runs inside the loop), and engine:close() from on_done
 do
   local sub_err, close_err
+  local load_err
   local id = engine:subscribe("execution.stop", function()
     if sub_err == nil then
       local okw, err = pcall(engine.execute, engine, "quick", { n = 11 }, OP)
       sub_err = okw and "no error" or tostring(err)
+      local okl, lerr = pcall(engine.load_tools, engine, %q)
+      load_err = okl and "no error" or tostring(lerr)
     end
   end)
   ok(engine:execute("quick", { n = 12 }, OP), "with subscriber")
   engine:unsubscribe(id)
   assert(sub_err and sub_err:find("callbacks", 1, true), "subscriber: " .. tostring(sub_err))
+  assert(load_err and load_err:find("load_tools", 1, true), "load_tools: " .. tostring(load_err))
   local h = engine:submit("quick", { n = 13 }, OP, { on_done = function()
     local okc, err = pcall(engine.close, engine)
     close_err = okc and "no error" or tostring(err)
@@ -177,6 +181,18 @@ do
   assert(close_err and close_err:find("callback", 1, true), "close: " .. tostring(close_err))
   ok(engine:execute("quick", { n = 14 }, OP), "after refusals")
   say("refusals")
+end
+
+-- 9. tools (re)loaded from on_done: the definitions run, the new tool serves
+do
+  local loaded, probs
+  local h = engine:submit("quick", { n = 15 }, OP, { on_done = function()
+    loaded, probs = engine:load_tools(%q)
+  end })
+  ok(h:wait(10000), "before the reload")
+  assert(loaded == true, "reload in on_done: " .. tostring(probs and probs[1]))
+  assert(ok(engine:execute("quick", { n = 16 }, OP), "after the reload").output.n == 16)
+  say("load_in_on_done")
 end
 
 engine:close()
@@ -191,10 +207,10 @@ describe("callbacks that wait", function()
       local dir = H.tmpdir()
       write_tools(dir, level)
       local out, err, code = H.run_lua(SCRIPT:format(package.path, package.cpath, dir,
-        dir .. "/data"), { timeout = 90 })
+        dir .. "/data", dir, dir), { timeout = 90 })
       assert.equal(0, code, "exit " .. tostring(code) .. " (124: it hung)\n" .. out .. err)
       for _, name in ipairs({ "on_done", "on_progress", "batch", "two_deep", "progress_order",
-          "timeout_in_callback", "chain", "refusals" }) do
+          "timeout_in_callback", "chain", "refusals", "load_in_on_done" }) do
         assert.truthy(out:find("ok " .. name .. "\n", 1, true), name .. " missing:\n" .. out .. err)
       end
       assert.truthy(out:find("closed", 1, true), out)

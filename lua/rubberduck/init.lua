@@ -100,6 +100,13 @@ local function new_callbacks()
   return q
 end
 
+-- Inside one of the loop's own callbacks (an event subscriber, a timer):
+-- running the loop there (wait, drain, loading tools or a policy) is
+-- refused, since uv_run is not reentrant.
+local function in_loop_callback(e)
+  return e.loop:running()
+end
+
 function M.open(opts)
   opts = opts or {}
   if opts.tools then
@@ -215,6 +222,11 @@ end
 -- Load (or reload) the tools of `dir` and/or `files`. Returns
 -- ok, problems (a list of "file: field.path: reason").
 function Engine:load_tools(dir, files)
+  -- (the definitions run on the loop, which cannot run inside itself)
+  if in_loop_callback(self) then
+    error("engine:load_tools() from inside one of the engine loop's callbacks (an event " ..
+      "subscriber): load from on_done/on_progress or after the callback returns", 2)
+  end
   local loaded, problems = registry.load_all(self, dir, files)
   local good = {}
   for _, t in ipairs(loaded) do
@@ -239,6 +251,10 @@ end
 -- Load the policy file again (or `file` instead). Atomic: on failure the
 -- policy in force stays. Returns true | nil, problems.
 function Engine:reload_policy(file)
+  if in_loop_callback(self) then
+    error("engine:reload_policy() from inside one of the engine loop's callbacks (an event " ..
+      "subscriber): reload from on_done/on_progress or after the callback returns", 2)
+  end
   return self.auth:load(self, file)
 end
 
@@ -298,12 +314,6 @@ local function defer(e, what, fn, a, b, c)
   q[i + 1], q[i + 2], q[i + 3], q[i + 4], q[i + 5] = what, fn, a, b, c
   q.tail = i + 5
   e.loop:defer()
-end
-
--- Inside a callback of the caller's (flush) or of the loop: running the
--- loop (wait, drain) or closing the engine there is refused.
-local function in_loop_callback(e)
-  return e.loop:running()
 end
 
 function Handle:_finish(env)
