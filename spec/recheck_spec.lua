@@ -62,9 +62,9 @@ describe("a strict tool's stock", function()
     local template = st.template
     local cases = {
       { how = "error", want = { tool_error = true } },
-      { how = "spin", want = { cpu_limit = true } },
-      { how = "mem", want = { memory_limit = true, cpu_limit = true } },
-      { how = "deep", want = { tool_error = true, crashed = true, cpu_limit = true } },
+      { how = "spin", want = { cpu_limit = true, timeout = true } },
+      { how = "mem", want = { memory_limit = true, cpu_limit = true, timeout = true } },
+      { how = "deep", want = { tool_error = true, crashed = true, cpu_limit = true, timeout = true } },
       { how = "sleep", deadline = 200, want = { timeout = true } },
       { how = "sleep", cancel = true, want = { cancelled = true } },
     }
@@ -118,7 +118,8 @@ describe("a strict tool's stock", function()
         elseif i % 4 == 0 then
           assert.equal("tool_error", k)
         elseif i % 6 == 0 then
-          assert.equal("cpu_limit", k)
+          -- (its 300 ms of CPU, or its 2 s deadline on a busy machine)
+          assert.is_truthy(k == "cpu_limit" or k == "timeout", k)
         else
           assert.equal("ok", k, "call " .. i .. " of round " .. round)
         end
