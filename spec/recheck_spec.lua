@@ -216,10 +216,17 @@ describe("calls on one CPU (taskset)", function()
         for i = 1, c[2] do check(hs[i]:wait(120000), name, i) end
         print("ok " .. level)
       end
-      -- relaxed and balanced (if any) at once, sequential rounds in between
+      -- relaxed, none and balanced (if any) at once after idle periods,
+      -- sequential rounds in between
       local mix = { "q_relaxed", "q_none" }
       if engine:tool("q_balanced") then mix[#mix + 1] = "q_balanced" end
+      local function idle(ms)
+        local over = false
+        engine.loop:timer(ms, function() over = true end)
+        while not over do engine.loop:run("once") end
+      end
       for round = 1, 5 do
+        idle(100 * round) -- a burst after an idle period: threads and workers asleep
         local hs = {}
         for i = 1, 60 do hs[i] = engine:submit(mix[i %% #mix + 1], { n = i }, OP) end
         for i = 1, 60 do check(hs[i]:wait(120000), mix[i %% #mix + 1], i) end
