@@ -25,6 +25,14 @@
  *                                  every other look
  *   loop:running() -> boolean      a loop:run is in progress: the caller is
  *                                  one of the loop's callbacks
+ *   loop:after_run(fn), loop:defer()  fn() runs when the outermost
+ *                                  loop:run returns (no run in progress,
+ *                                  outside libuv), once per loop:defer()
+ *                                  since its last run: work a callback
+ *                                  must not do inside the loop (the
+ *                                  engine's on_done/on_progress, which may
+ *                                  run the loop again; uv_run is not
+ *                                  reentrant)
  *   loop:close()                   closes every handle, frees the loop; an
  *                                  error while the loop runs (from one of its
  *                                  callbacks: the run would go on with a
@@ -158,6 +166,7 @@ static int l_new(lua_State *L) {
   uv_async_init(&l->uv, &l->done_async, on_done);
   l->done_async.data = l;
   uv_unref((uv_handle_t *)&l->done_async); /* does not keep the loop alive */
+  l->afterref = LUA_NOREF;
   *pl = l;
   return 1;
 }
@@ -281,8 +290,27 @@ static int l_run(lua_State *L) {
   else
     alive = uv_run(&l->uv, m[i]);
   l->depth--;
+  if (l->depth == 0 && l->deferred && l->afterref != LUA_NOREF) {
+    l->deferred = 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, l->afterref);
+    lua_call(L, 0, 0); /* may close the loop: l is not used after it */
+  }
   lua_pushboolean(L, alive != 0);
   return 1;
+}
+
+static int l_after_run(lua_State *L) {
+  rd_loop *l = rd__loop_check(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_unref(L, LUA_REGISTRYINDEX, l->afterref);
+  lua_pushvalue(L, 2);
+  l->afterref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+static int l_defer(lua_State *L) {
+  rd__loop_check(L, 1)->deferred = 1;
+  return 0;
 }
 
 static int l_running(lua_State *L) {
@@ -480,6 +508,7 @@ static void loop_free(lua_State *L, rd_loop *l) {
       fprintf(stderr, "rubberduck: closing with a tool call still blocked in C "
                       "on a worker thread; its memory is left to the process exit\n");
       luaL_unref(L, LUA_REGISTRYINDEX, l->cbref);
+      luaL_unref(L, LUA_REGISTRYINDEX, l->afterref);
       return;
     }
     uv_run(&l->uv, UV_RUN_NOWAIT);
@@ -487,6 +516,7 @@ static void loop_free(lua_State *L, rd_loop *l) {
     nanosleep(&ts, NULL);
   }
   luaL_unref(L, LUA_REGISTRYINDEX, l->cbref);
+  luaL_unref(L, LUA_REGISTRYINDEX, l->afterref);
   rd__freemem(l);
 }
 
@@ -512,7 +542,8 @@ int rd__luaopen_loop(lua_State *L) {
   static const luaL_Reg loop_m[] = {
     {"run", l_run}, {"now", l_now}, {"timer", l_timer}, {"signal", l_signal},
     {"expect", l_expect}, {"answered", l_answered}, {"close", l_close},
-    {"running", l_running}, {"__gc", l_close}, {"__tostring", l_tostring}, {NULL, NULL},
+    {"running", l_running}, {"after_run", l_after_run}, {"defer", l_defer},
+    {"__gc", l_close}, {"__tostring", l_tostring}, {NULL, NULL},
   };
   static const luaL_Reg timer_m[] = {
     {"stop", l_timer_stop}, {"active", l_timer_active}, {"unref", l_timer_unref},

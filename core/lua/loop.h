@@ -32,6 +32,8 @@ typedef struct rd_loop {
   int expected_io;                    /* of those, on a socket (loop:expect(true)) */
   double answer_us;                   /* moving average of their wait */
   int depth;                          /* loop:run calls in progress (callbacks run inside) */
+  int afterref;                       /* loop:after_run's function, or LUA_NOREF */
+  int deferred;                       /* loop:defer() since it last ran */
 } rd_loop;
 
 /* From any thread: queue `d` so that d->fn(d) runs on the loop thread

@@ -72,6 +72,41 @@ local function load_schemas()
   if not ok then io.stderr:write("rubberduck: schemas not loaded: ", tostring(err), "\n") end
 end
 
+-- The caller's callbacks (on_done, on_progress) never run inside the loop:
+-- they are queued (defer) and run in order once the outermost loop:run has
+-- returned (loop:after_run), by whatever ran the loop (h:wait, execute,
+-- drain, engine:close, or the caller's own engine.loop:run). So a callback
+-- may wait (h:wait, execute) and submit: the loop it runs is not nested in
+-- the one that found the result (libuv's uv_run is not reentrant: a nested
+-- run misses work the outer one holds, and the engine's channels held a
+-- spinning flag and batches of results there, so such waits never ended).
+-- A completion callback never runs inside submit() either, so a caller can
+-- rely on having its handle before the callback sees the result.
+local function new_callbacks()
+  local q = { head = 1, tail = 0, running = 0 }
+  function q.flush()
+    while q.head <= q.tail do
+      local i = q.head
+      local what, fn, a, b, c = q[i], q[i + 1], q[i + 2], q[i + 3], q[i + 4]
+      for k = i, i + 4 do q[k] = nil end
+      q.head = i + 5
+      q.running = q.running + 1
+      local ok, err = pcall(fn, a, b, c)
+      q.running = q.running - 1
+      if not ok then io.stderr:write("rubberduck: ", what, " raised: ", tostring(err), "\n") end
+    end
+    q.head, q.tail = 1, 0
+  end
+  return q
+end
+
+-- Inside one of the loop's own callbacks (an event subscriber, a timer):
+-- running the loop there (wait, drain, loading tools or a policy) is
+-- refused, since uv_run is not reentrant.
+local function in_loop_callback(e)
+  return e.loop:running()
+end
+
 function M.open(opts)
   opts = opts or {}
   if opts.tools then
@@ -100,7 +135,9 @@ function M.open(opts)
     problems = {},
     warnings = {},    -- "file: field: /path: why" for tools that load anyway
     closed = false,
+    callbacks = new_callbacks(),   -- on_done/on_progress waiting to run (see defer)
   }, Engine)
+  self.loop:after_run(self.callbacks.flush)
   local ok, ex = pcall(executor.new, self, opts)
   if not ok then
     self.loop:close()
@@ -185,6 +222,11 @@ end
 -- Load (or reload) the tools of `dir` and/or `files`. Returns
 -- ok, problems (a list of "file: field.path: reason").
 function Engine:load_tools(dir, files)
+  -- (the definitions run on the loop, which cannot run inside itself)
+  if in_loop_callback(self) then
+    error("engine:load_tools() from inside one of the engine loop's callbacks (an event " ..
+      "subscriber): load from on_done/on_progress or after the callback returns", 2)
+  end
   local loaded, problems = registry.load_all(self, dir, files)
   local good = {}
   for _, t in ipairs(loaded) do
@@ -209,6 +251,10 @@ end
 -- Load the policy file again (or `file` instead). Atomic: on failure the
 -- policy in force stays. Returns true | nil, problems.
 function Engine:reload_policy(file)
+  if in_loop_callback(self) then
+    error("engine:reload_policy() from inside one of the engine loop's callbacks (an event " ..
+      "subscriber): reload from on_done/on_progress or after the callback returns", 2)
+  end
   return self.auth:load(self, file)
 end
 
@@ -262,16 +308,12 @@ function Handle:waker()
   return w
 end
 
--- on_done, from a zero-delay timer: a completion callback never runs inside
--- submit(), so a caller can rely on having its handle before the callback
--- sees the result.
-local function call_on_done(fn, env)
-  local ok, err = pcall(fn, env)
-  if not ok then io.stderr:write("rubberduck: on_done raised: ", tostring(err), "\n") end
-end
-
-local function on_done_later(h, fn, env)
-  h.engine.loop:timer(0, function() call_on_done(fn, env) end)
+local function defer(e, what, fn, a, b, c)
+  local q = e.callbacks
+  local i = q.tail
+  q[i + 1], q[i + 2], q[i + 3], q[i + 4], q[i + 5] = what, fn, a, b, c
+  q.tail = i + 5
+  e.loop:defer()
 end
 
 function Handle:_finish(env)
@@ -283,9 +325,7 @@ function Handle:_finish(env)
   e.n_inflight = e.n_inflight - 1
   if e.n_inflight == 0 then e.handles = setmetatable({}, WEAK_VALUES) end
   local fn = self.on_done
-  if fn then
-    if self.in_submit then on_done_later(self, fn, env) else call_on_done(fn, env) end
-  end
+  if fn and not e.closed then defer(e, "on_done", fn, env) end
 end
 
 -- The stage the call is in: queued (waiting for an executor slot),
@@ -319,9 +359,21 @@ end
 -- Returns the envelope, or nil, "timeout" if it is not done in time (the
 -- call goes on).
 function Handle:wait(timeout_ms)
-  if self.done then return self.envelope end -- also after engine:close()
-  if self.engine.closed then return nil, "the engine is closed" end
-  local loop = self.engine.loop
+  local e = self.engine
+  if self.done then
+    -- its on_done (queued) has run when wait returns, as when wait ran the loop
+    if e.callbacks.head <= e.callbacks.tail and not e.closed and not e.loop:running() then
+      e.callbacks.flush()
+    end
+    return self.envelope -- also after engine:close()
+  end
+  if e.closed then return nil, "the engine is closed" end
+  local loop = e.loop
+  if in_loop_callback(e) then
+    error("h:wait()/engine:execute() from inside one of the engine loop's callbacks (an event " ..
+      "subscriber, a timer): the loop cannot run inside itself; wait from on_done/on_progress " ..
+      "or after the callback returns", 2)
+  end
   local timed_out = false
   local timer
   if timeout_ms then timer = loop:timer(timeout_ms, function() timed_out = true end) end
@@ -381,7 +433,11 @@ function Engine:submit(name, params, caller, opts)
   -- sized for the fields a call sets on its way (no rehash as it goes)
   local h = setmetatable(tnew(0, 32), Handle)
   h.id, h.engine, h.name, h.params, h.opts = core.ulid(), self, name, params, opts
-  h.on_progress, h.on_done = opts.on_progress, opts.on_done
+  h.on_done = opts.on_done
+  local on_progress = opts.on_progress
+  if on_progress then
+    h.on_progress = function(a, b, c) defer(self, "on_progress", on_progress, a, b, c) end
+  end
   if opts.deadline_ms then h.deadline = core.mono_ms() + opts.deadline_ms end
   local c, why = self.auth:caller(caller)
   local body
@@ -503,6 +559,9 @@ end
 -- Returns the number still in flight.
 function Engine:drain(timeout_ms)
   if self.n_inflight > 0 then
+    if in_loop_callback(self) then
+      error("engine:drain() from inside one of the engine loop's callbacks: the loop cannot run inside itself", 2)
+    end
     local expired = false
     local timer = timeout_ms and timeout_ms >= 0
       and self.loop:timer(timeout_ms, function() expired = true end)
@@ -520,19 +579,21 @@ function Engine:close(opts)
   if self.closed then return end
   -- from a callback of this engine (on_progress, on_done) the loop is inside
   -- its run: freeing it there would crash the run when the callback returns
-  if self.loop:running() then
-    error("engine:close() from one of the engine's callbacks (on_progress, on_done): close after wait/drain returns", 2)
+  if self.loop:running() or self.callbacks.running > 0 then
+    error("engine:close() from one of the engine's callbacks (on_progress, on_done, an event subscriber): close after wait/drain returns", 2)
   end
   opts = opts or {}
   self.closing = true
   if opts.drain then self:drain(opts.timeout_ms or 30000) end
   for _, h in pairs(self.handles) do h:cancel() end
+  self.callbacks.flush() -- on_done of the calls cancelled at once
   -- let cancelled calls finish
   local guard = 0
   while self.n_inflight > 0 and guard < 1000 do
     self.loop:run("once")
     guard = guard + 1
   end
+  self.callbacks.flush()
   self.executor:close()
   self.registry:close()
   self.workers:close()

@@ -210,6 +210,7 @@ end
 
 function Pool:close()
   if self.respawn_timer then self.respawn_timer:stop(); self.respawn_timer = nil end
+  for _, s in pairs(self.shared or {}) do s:_close() end
   for t in pairs(self.bal) do self:_bal_drop(t) end
   self.unsent = nil
   for _, w in ipairs(self.ready) do w:close() end
@@ -359,6 +360,10 @@ function Pool:remote(t)
     -- one stock (and template) per tool, shared by all its states: calls
     -- in flight at once each hold a state of their own
     self.shared = self.shared or {}
+    -- stocks kept for tools no longer served (reloaded) with no state left
+    for t2, s2 in pairs(self.shared) do
+      if s2.refs == 0 and t2.retired then s2:_close() end
+    end
     local s = self.shared[t]
     if not s then
       s = setmetatable({ pool = self, tool = t, once = true, closed = false, refs = 0,
@@ -546,6 +551,14 @@ function Stock:_fill_stock()
       assert(w:send(tool_message(self)))
     end)
   end
+end
+
+-- The tool is no longer served: its stock and template go for good.
+function Stock:_close()
+  self.closed = true
+  if self.pool.shared and self.pool.shared[self.tool] == self then self.pool.shared[self.tool] = nil end
+  self:_drop_stock()
+  self.pool:forget(self)
 end
 
 function Stock:_drop_stock()
@@ -832,15 +845,17 @@ function Remote:close()
   if self.closed then return end
   self.closed = true
   if self.call then self:_kill("cancelled") end
-  -- the tool's stock goes with its last state
+  -- the tool's stock goes with its last state once the tool is no longer
+  -- served (closed, replaced). A state closed after a breach (the registry
+  -- recycles it) leaves the stock to the tool's next state: its processes
+  -- and template never ran a call (until session 7 the stock and template
+  -- went, and the next call started cold, with no stock to refill).
   local st = self.s
   if st then
     st.refs = st.refs - 1
-    if st.refs == 0 then
-      st.closed = true
-      if self.pool.shared and self.pool.shared[st.tool] == st then self.pool.shared[st.tool] = nil end
-      st:_drop_stock()
-      self.pool:forget(st)
+    local reg = self.pool.engine.registry
+    if st.refs == 0 and (self.tool.retired or not reg or reg:get(self.tool.name) ~= self.tool) then
+      st:_close()
     end
   end
   if not self.once and self.tool.retired then self.pool:_bal_drop(self.tool) end

@@ -680,6 +680,48 @@ TEST(submit_deadline_drain_and_close) {
   CHECK(has(c.env, "\"kind\":\"cancelled\""));
 }
 
+/* An embedder's on_done that runs the engine again (a synchronous call):
+ * callbacks run outside the loop, so the inner call completes (it used to
+ * wait for ever at relaxed and none). */
+typedef struct nested_seen {
+  rd_engine *e;
+  int done, inner_rc, inner_ok;
+  char inner_env[1024];
+} nested_seen;
+
+static void on_nested_done(const char *id, const char *env, int ok, void *ud) {
+  nested_seen *s = ud;
+  (void)id;
+  (void)env;
+  (void)ok;
+  char *out = NULL;
+  rd_error err;
+  rd_error_clear(&err);
+  s->inner_rc = rd_engine_execute(s->e, "echo", "{\"text\":\"inner\"}", NULL, &out,
+                                  &s->inner_ok, &err);
+  if (out) snprintf(s->inner_env, sizeof s->inner_env, "%s", out);
+  rd_free(out);
+  s->done++;
+}
+
+TEST(execute_from_on_done) {
+  rd_engine *e = open_engine(async_dir);
+  if (!e) return;
+  nested_seen s;
+  memset(&s, 0, sizeof s);
+  s.e = e;
+  rd_submit_opts o = {on_nested_done, NULL, &s, 0, -1};
+  rd_error err;
+  char id[RD_ID_SIZE];
+  CHECK(rd_engine_submit(e, "echo", "{\"text\":\"outer\"}", NULL, &o, id, &err) == RD_OK);
+  PUMP_UNTIL(e, s.done == 1);
+  CHECK(s.inner_rc == RD_OK);
+  CHECK(s.inner_ok == 1);
+  CHECK(has(s.inner_env, "\"text\":\"inner\""));
+  CHECK(rd_engine_drain(e, -1) == 0);
+  rd_engine_close(e);
+}
+
 TEST(config_limits_and_policy) {
   rd_engine *e = NULL;
   rd_error err;

@@ -136,6 +136,15 @@ for _, c in ipairs(cases) do
           local leaked = not c.allow_leak and (cmsg .. out):find("secretdata") or cmsg:find("/etc/", 1, true) or cmsg:find("outside.txt", 1, true)
           local nw = my_workers()
           local expcode = (ckind == "ok") and 0 or 1
+          if code ~= expcode then
+            -- keep what rduck said (exit 3: "rduck: internal error: ..." on stderr)
+            local ef = io.open(BASE .. "/cli.err")
+            local etext = ef and ef:read("*a") or ""
+            if ef then ef:close() end
+            local kf = io.open(BASE .. "/cli-" .. c.name .. "-" .. level .. ".err", "w")
+            if kf then kf:write(etext); kf:close() end
+            cmsg = "stderr: " .. etext .. " | " .. cmsg
+          end
           local good = (want == nil or want == ckind or (type(want) == "table" and want[ckind])) and not leaked
             and nw == 0 and code == expcode
           record { name = c.name, level = level, via = "cli", kind = ckind, good = good,
