@@ -26,46 +26,45 @@
 /* ---- character classes (ASCII, whatever the locale) ------------------------ */
 
 enum { C_ALPHA = 1, C_DIGIT = 2, C_LOWER = 4, C_UPPER = 8, C_SPACE = 16,
-       C_CNTRL = 32, C_PUNCT = 64, C_XDIGIT = 128 };
+       C_CNTRL = 32, C_PUNCT = 64, C_XDIGIT = 128, C_ZERO = 256 };
 
-static unsigned char ctab[256];
+static unsigned short ctab[256];   /* the classes of each byte */
+static unsigned short cmask[256];  /* class letter -> its bits (0: not a class) */
 
 static void ctab_init(void) {
   static int done; /* idempotent: racing threads write the same bytes */
   if (done) return;
   for (int c = 0; c < 256; c++) {
-    unsigned char f = 0;
+    unsigned short f = 0;
     if (c >= 'a' && c <= 'z') f |= C_ALPHA | C_LOWER;
     if (c >= 'A' && c <= 'Z') f |= C_ALPHA | C_UPPER;
     if (c >= '0' && c <= '9') f |= C_DIGIT;
     if (c == ' ' || (c >= 9 && c <= 13)) f |= C_SPACE;
     if (c < 32 || c == 127) f |= C_CNTRL;
+    if (c == 0) f |= C_ZERO;
     if (c > 32 && c < 127 && !(f & (C_ALPHA | C_DIGIT))) f |= C_PUNCT;
     if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) f |= C_XDIGIT;
     ctab[c] = f;
   }
+  static const struct { char letter; unsigned short bits; } classes[] = {
+    {'a', C_ALPHA}, {'c', C_CNTRL}, {'d', C_DIGIT}, {'g', C_ALPHA | C_DIGIT | C_PUNCT},
+    {'l', C_LOWER}, {'p', C_PUNCT}, {'s', C_SPACE}, {'u', C_UPPER},
+    {'w', C_ALPHA | C_DIGIT}, {'x', C_XDIGIT}, {'z', C_ZERO},
+  };
+  for (size_t i = 0; i < RD_COUNTOF(classes); i++) {
+    cmask[(unsigned char)classes[i].letter] = classes[i].bits;
+    cmask[(unsigned char)classes[i].letter - 32] = classes[i].bits; /* %A ...: complement */
+  }
   done = 1;
 }
 
-/* Does byte c belong to class letter cl (the letter after '%')? */
-static int in_class(unsigned char c, unsigned char cl) {
-  int r;
-  switch (cl | 0x20) {
-    case 'a': r = ctab[c] & C_ALPHA; break;
-    case 'c': r = ctab[c] & C_CNTRL; break;
-    case 'd': r = ctab[c] & C_DIGIT; break;
-    case 'g': r = ctab[c] & (C_ALPHA | C_DIGIT | C_PUNCT); break;
-    case 'l': r = ctab[c] & C_LOWER; break;
-    case 'p': r = ctab[c] & C_PUNCT; break;
-    case 's': r = ctab[c] & C_SPACE; break;
-    case 'u': r = ctab[c] & C_UPPER; break;
-    case 'w': r = ctab[c] & (C_ALPHA | C_DIGIT); break;
-    case 'x': r = ctab[c] & C_XDIGIT; break;
-    case 'z': r = c == 0; break;
-    default: return cl == c; /* %. %% %( ...: the character itself */
-  }
-  if (cl >= 'A' && cl <= 'Z') return !r; /* %A %D ...: the complement */
-  return r != 0;
+/* Does byte c belong to class letter cl (the letter after '%')? An
+ * upper-case letter is the complement; any other character is itself. */
+static inline int in_class(unsigned char c, unsigned char cl) {
+  unsigned m = cmask[cl];
+  if (!m) return cl == c;
+  int r = (ctab[c] & m) != 0;
+  return cl < 'a' ? !r : r;
 }
 
 /* ---- the matcher -------------------------------------------------------------- */
@@ -386,15 +385,7 @@ static int has_specials(const char *p, size_t lp) {
 
 static const char *find_plain(const char *s, size_t ls, const char *p, size_t lp) {
   if (lp == 0) return s;
-  if (lp > ls) return NULL;
-  const char *last = s + (ls - lp);
-  while (s <= last) {
-    const char *q = memchr(s, p[0], (size_t)(last - s) + 1);
-    if (!q) return NULL;
-    if (memcmp(q + 1, p + 1, lp - 1) == 0) return q;
-    s = q + 1;
-  }
-  return NULL;
+  return memmem(s, ls, p, lp);
 }
 
 /* ---- string.find / string.match --------------------------------------------------- */
@@ -439,31 +430,39 @@ static int p_match(lua_State *L) { return find_or_match(L, 0); }
 
 /* ---- string.gmatch ------------------------------------------------------------------ */
 
+/* What a gmatch iterator keeps (upvalue 1); upvalues 2 and 3 hold the
+ * subject and the pattern, so their bytes stay where they are. */
+typedef struct gm_state {
+  const char *s, *p;
+  size_t ls, pos;
+} gm_state;
+
 static int gmatch_next(lua_State *L) {
-  size_t ls;
-  const char *s = lua_tolstring(L, lua_upvalueindex(1), &ls);
-  const char *p = lua_tostring(L, lua_upvalueindex(2));
-  size_t pos = (size_t)lua_tointeger(L, lua_upvalueindex(3));
+  gm_state *g = lua_touserdata(L, lua_upvalueindex(1));
   mstate m;
-  init_state(&m, L, s, ls, p);
-  for (const char *at = s + pos; at <= m.s_end; at++) {
-    const char *e = match_at(&m, at, p);
+  init_state(&m, L, g->s, g->ls, g->p);
+  for (const char *at = g->s + g->pos; at <= m.s_end; at++) {
+    const char *e = match_at(&m, at, g->p);
     if (e) {
-      size_t next = (size_t)(e - s);
-      if (e == at) next++; /* an empty match: go on past it */
-      lua_pushinteger(L, (lua_Integer)next);
-      lua_replace(L, lua_upvalueindex(3));
+      g->pos = (size_t)(e - g->s) + (e == at); /* past an empty match */
       return push_captures(&m, at, e);
     }
   }
+  g->pos = g->ls + 1;
   return 0;
 }
 
 static int p_gmatch(lua_State *L) {
-  luaL_checkstring(L, 1);
-  luaL_checkstring(L, 2);
+  size_t ls;
+  const char *s = luaL_checklstring(L, 1, &ls);
+  const char *p = luaL_checkstring(L, 2);
   lua_settop(L, 2);
-  lua_pushinteger(L, 0);
+  gm_state *g = lua_newuserdata(L, sizeof *g);
+  g->s = s;
+  g->p = p;
+  g->ls = ls;
+  g->pos = 0;
+  lua_insert(L, 1);
   lua_pushcclosure(L, gmatch_next, 3);
   return 1;
 }
