@@ -19,6 +19,7 @@
 #define MAX_CAPTURES 32
 #define MAX_DEPTH 200          /* nested matcher calls, as LuaJIT's limit */
 #define POLL_STEPS 2048        /* matcher steps between two budget checks */
+#define LONG_SET 256           /* bytes of a set scanned per step counted */
 #define CAP_OPEN (-1)          /* capture started, not closed yet */
 #define CAP_POS (-2)           /* position capture () */
 #define MAX_STR 0x7fffff00u    /* LuaJIT's largest string */
@@ -106,10 +107,12 @@ static const char *class_end(mstate *m, const char *p) {
   if (c == '[') {
     if (*p == '^') p++;
     /* the first character of a set is itself even when it is ']' */
+    const char *from = p;
     do {
       if (p >= m->p_end) luaL_error(m->L, "malformed pattern (missing ']')");
       if (*p++ == '%' && p < m->p_end) p++;
     } while (*p != ']');
+    if (p - from > LONG_SET) charge(m, (size_t)(p - from) / LONG_SET);
     return p + 1;
   }
   return p;
@@ -144,7 +147,10 @@ static int single(mstate *m, const char *s, const char *p, const char *ep) {
   switch (*p) {
     case '.': return 1;
     case '%': return in_class(c, (unsigned char)p[1]);
-    case '[': return in_set(c, p, ep - 1);
+    case '[':
+      /* a set can be as long as the pattern: each test of a long one counts */
+      if (ep - p > LONG_SET) charge(m, (size_t)(ep - p) / LONG_SET);
+      return in_set(c, p, ep - 1);
     default: return (unsigned char)*p == c;
   }
 }
@@ -471,6 +477,9 @@ static int p_gmatch(lua_State *L) {
 
 static void add_string(mstate *m, luaL_Buffer *b, const char *s, const char *e,
                        const char *r, size_t lr) {
+  /* a long replacement of empty captures ("%1%1...") adds nothing to the
+   * result (no allocation), yet takes time at every match: count it */
+  charge(m, lr >> 4);
   for (size_t i = 0; i < lr; i++) {
     if (r[i] != '%') {
       luaL_addchar(b, r[i]);
