@@ -86,6 +86,10 @@ local HAND = {
   { ("a"):rep(300), ("a*"):rep(199) }, { ("a"):rep(300), ("a*"):rep(200) },
   { ("a"):rep(300), ("a-"):rep(200) .. "$" }, { ("a"):rep(300), ("(a)"):rep(32) },
   { ("a"):rep(10), ("(a)"):rep(10) .. "%9%9" },
+  -- plain searches: short and long needles (over 16 bytes), near misses
+  { ("ab"):rep(30) .. "c", ("ab"):rep(10) .. "c" }, { ("ab"):rep(30), ("ab"):rep(10) .. "c" },
+  { ("x"):rep(40) .. "needle in a haystack!", "needle in a haystack" },
+  { ("aab"):rep(20), "aabaab" }, { "abc", "abcd" }, { "abc", "abc" }, { "a", "b" },
 }
 
 local INITS = { nil, 1, 2, 0, -1, -2, -100, 3, 4, 5, 100, 1.5, -1.5, "2",

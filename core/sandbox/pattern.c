@@ -391,7 +391,18 @@ static int has_specials(const char *p, size_t lp) {
 
 static const char *find_plain(const char *s, size_t ls, const char *p, size_t lp) {
   if (lp == 0) return s;
-  return memmem(s, ls, p, lp);
+  if (lp > ls) return NULL;
+  if (lp > 16) return memmem(s, ls, p, lp); /* linear in ls, whatever p is */
+  /* short needles: memchr for the first byte, then compare (at most 16
+   * bytes per candidate); memmem's setup costs more on short searches */
+  const char *last = s + (ls - lp);
+  while (s <= last) {
+    const char *q = memchr(s, p[0], (size_t)(last - s) + 1);
+    if (!q) return NULL;
+    if (memcmp(q + 1, p + 1, lp - 1) == 0) return q;
+    s = q + 1;
+  }
+  return NULL;
 }
 
 /* ---- string.find / string.match --------------------------------------------------- */
