@@ -497,8 +497,8 @@ group("pathological patterns", {
     expect = all("timeout"), check = ended_on_its_thread("deadline of 300 ms passed") },
 
   { id = "pattern_again_after_breach",
-    -- the same tool twice: the first call's thread stopped, so the second
-    -- one runs (on the tool's state, not a replacement) and ends the same way
+    -- the same tool twice: after the first call's breach the second one
+    -- runs and ends the same way
     handler = [[function()
       ]] .. PATHOLOGICAL .. [[
       return { s:find(p) }
