@@ -5,6 +5,7 @@
  */
 #include "rd.h"
 #include "lua/bind.h"
+#include "sandbox/pattern.h"
 #include "engine.h"
 #include "store/store.h"
 
@@ -137,5 +138,7 @@ int luaopen_rubberduck_core(lua_State *L) {
   lua_setfield(L, -2, "store");
   rd__luaopen_results(L);
   lua_setfield(L, -2, "results");
+  rd__pattern_open(L); /* the tool states' string.find ... (tests, benchmarks) */
+  lua_setfield(L, -2, "pattern");
   return 1;
 }

@@ -3,6 +3,7 @@
  * breach recording. See lstate.h.
  */
 #include "sandbox/lstate.h"
+#include "sandbox/pattern.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -165,50 +166,68 @@ rd_lstate *rd__lstate_from(lua_State *L) {
   return f == lalloc ? (rd_lstate *)ud : NULL;
 }
 
+/* The checks of a hook run (and of rd__lstate_poll) on an armed state:
+ * records a breach for a stop request, the deadline or the CPU budget. */
+static void check_limits(rd_lstate *s) {
+  s->hooked = 1;
+  if (s->breach != RD_BREACH_NONE) return;
+  int req = atomic_load(&s->stop_req);
+  uint64_t now = s->deadline_ns || s->cpu_limit_ms > 0 ? rd__mono_ns() : 0;
+  if (req != RD_BREACH_NONE) {
+    s->breach = (rd_breach)req;
+  } else if (s->deadline_ns && now >= s->deadline_ns) {
+    s->breach = RD_BREACH_TIMEOUT;
+  } else if (s->cpu_limit_ms > 0 && now >= s->cpu_check_ns) {
+    /* The thread's CPU clock is a system call (microseconds on a VM,
+     * as much as a thousand instructions of Lua): read it only when
+     * the budget could be spent. A thread's CPU time grows no faster
+     * than wall time, so with `left` ms of budget no breach can come
+     * before `left` ms of wall time have passed. */
+    double cpu = rd__thread_cpu_ms();
+    if (!s->cpu_start_known) {
+      /* Armed without a reading: charge the run its wall time up to
+       * now (an upper bound of its CPU time) and count from here. */
+      s->cpu_start_ms = cpu - (double)(now - s->arm_ns) / 1e6;
+      s->cpu_start_known = 1;
+    }
+    double used = cpu - s->cpu_start_ms;
+    if (used > s->cpu_limit_ms) s->breach = RD_BREACH_CPU;
+    else s->cpu_check_ns = now + (uint64_t)((s->cpu_limit_ms - used) * 1e6);
+  }
+}
+
+static void hook(lua_State *L, lua_Debug *ar);
+
+/* Raise the recorded breach (never returns). */
+static void raise_breach(lua_State *L, rd_lstate *s) {
+  if (!s->breach_msg[0])
+    snprintf(s->breach_msg, sizeof s->breach_msg, "%s", breach_text(s->breach));
+  /* Fire at every instruction from now on: a pcall that swallows this
+   * error gets the next one immediately. */
+  lua_sethook(L, hook, LUA_MASKCOUNT, 1);
+  luaL_error(L, "%s: %s", rd__breach_kind(s->breach), breach_text(s->breach));
+}
+
 static void hook(lua_State *L, lua_Debug *ar) {
   RD_UNUSED(ar);
   rd_lstate *s = rd__lstate_from(L);
   if (!s || !s->armed) return;
-  s->hooked = 1;
-  if (s->breach == RD_BREACH_NONE) {
-    int req = atomic_load(&s->stop_req);
-    uint64_t now = s->deadline_ns || s->cpu_limit_ms > 0 ? rd__mono_ns() : 0;
-    if (req != RD_BREACH_NONE) {
-      s->breach = (rd_breach)req;
-    } else if (s->deadline_ns && now >= s->deadline_ns) {
-      s->breach = RD_BREACH_TIMEOUT;
-    } else if (s->cpu_limit_ms > 0 && now >= s->cpu_check_ns) {
-      /* The thread's CPU clock is a system call (microseconds on a VM,
-       * as much as a thousand instructions of Lua): read it only when
-       * the budget could be spent. A thread's CPU time grows no faster
-       * than wall time, so with `left` ms of budget no breach can come
-       * before `left` ms of wall time have passed. */
-      double cpu = rd__thread_cpu_ms();
-      if (!s->cpu_start_known) {
-        /* Armed without a reading: charge the run its wall time up to
-         * now (an upper bound of its CPU time) and count from here. */
-        s->cpu_start_ms = cpu - (double)(now - s->arm_ns) / 1e6;
-        s->cpu_start_known = 1;
-      }
-      double used = cpu - s->cpu_start_ms;
-      if (used > s->cpu_limit_ms) s->breach = RD_BREACH_CPU;
-      else s->cpu_check_ns = now + (uint64_t)((s->cpu_limit_ms - used) * 1e6);
-    }
-  }
+  check_limits(s);
   if (s->breach == RD_BREACH_NONE && s->stack_base) {
     const char *here = __builtin_frame_address(0);
     if (here < s->stack_base && (size_t)(s->stack_base - here) > CSTACK_LIMIT)
       luaL_error(L, "C stack overflow (recursion through C functions deeper than %d KiB)",
                  (int)(CSTACK_LIMIT >> 10));
   }
-  if (s->breach != RD_BREACH_NONE) {
-    if (!s->breach_msg[0])
-      snprintf(s->breach_msg, sizeof s->breach_msg, "%s", breach_text(s->breach));
-    /* Fire at every instruction from now on: a pcall that swallows this
-     * error gets the next one immediately. */
-    lua_sethook(L, hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "%s: %s", rd__breach_kind(s->breach), breach_text(s->breach));
-  }
+  if (s->breach != RD_BREACH_NONE) raise_breach(L, s);
+}
+
+int rd__lstate_poll(lua_State *L) {
+  rd_lstate *s = rd__lstate_from(L);
+  if (!s || !s->armed) return 0;
+  check_limits(s);
+  if (s->breach != RD_BREACH_NONE) raise_breach(L, s);
+  return 0;
 }
 
 int rd__lstate_new(rd_lstate **out, const rd_lstate_opts *opts, rd_error *err) {
@@ -242,6 +261,7 @@ int rd__lstate_new(rd_lstate **out, const rd_lstate_opts *opts, rd_error *err) {
     return rd_error_set(err, RD_ENOMEM, "cannot create a Lua state");
   }
   luaL_openlibs(s->L);
+  rd__pattern_install(s->L); /* string.find ... with a step budget (pattern.h) */
   if (!opts || !opts->jit)
     luaJIT_setmode(s->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
   /* The cap applies from here on: the libraries are not counted against it

@@ -129,6 +129,14 @@ void rd__lstate_request_stop(rd_lstate *s, rd_breach why);
 int rd__lstate_breach(lua_State *L, rd_breach kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* For C code that tool code calls and that may run long without a Lua
+ * instruction (the pattern matcher, pattern.c): apply the hook's checks
+ * (stop request, deadline, CPU budget) now. On a breach, record it and
+ * raise like the hook does (never returns); else return 0. Cheap: the
+ * monotonic clock, and the CPU clock only when the budget could be
+ * spent. A no-op (returns 0) on a plain lua_State or an unarmed state. */
+int rd__lstate_poll(lua_State *L);
+
 /* Change the heap cap (0: unlimited) and return the previous one. A state
  * already above it fails its next growing allocation. The engine lifts the
  * cap while it moves data in and out of a state (trusted code, where an
