@@ -235,4 +235,20 @@ describe("callbacks that wait", function()
     assert.equal(5, #order)
     engine:close()
   end)
+
+  it("runs, for the C API's rd_engine_run(DEFAULT), until what the callbacks submitted is done", function()
+    local dir = H.tmpdir()
+    write_tools(dir, "relaxed")
+    local engine = H.open_engine(dir, { store = false }) -- no store: no timer keeps the loop alive
+    local done = 0
+    local function next_call(env)
+      assert.equal("ok", env.status)
+      done = done + 1
+      if done < 3 then engine:submit("quick", { n = done }, nil, { on_done = next_call }) end
+    end
+    engine:submit("quick", { n = 0 }, nil, { on_done = next_call })
+    assert.equal(0, engine:run_c(0)) -- RD_RUN_DEFAULT
+    assert.equal(3, done)
+    engine:close()
+  end)
 end)

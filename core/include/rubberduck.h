@@ -207,9 +207,11 @@ const char *rd_engine_stage(rd_engine *e, const char *execution_id);
 
 typedef enum { RD_RUN_DEFAULT = 0, RD_RUN_ONCE = 1, RD_RUN_NOWAIT = 2 } rd_run_mode;
 
-/* Run the engine's loop (libuv modes: DEFAULT until nothing is pending,
- * ONCE waits for one event, NOWAIT polls). Returns the number of calls
- * still in flight, or -1 on an engine error (reported on stderr). */
+/* Run the engine's loop: DEFAULT until no call is in flight (the calls
+ * the callbacks submit included), ONCE waits for one event, NOWAIT polls.
+ * The callbacks run each time one of its loop runs returns. Returns the
+ * number of calls still in flight, or -1 on an engine error (reported on
+ * stderr). */
 int rd_engine_run(rd_engine *e, rd_run_mode mode);
 
 /* Run the loop until every call in flight is done or timeout_ms passed

@@ -551,7 +551,17 @@ end
 local RUN_MODES = { [0] = "default", [1] = "once", [2] = "nowait" }
 
 function Engine:run_c(mode)
-  self.loop:run(RUN_MODES[mode] or "once")
+  local m = RUN_MODES[mode] or "once"
+  if m ~= "default" then
+    self.loop:run(m)
+    return self.n_inflight
+  end
+  -- "default": until no call is in flight, one "once" run at a time, so
+  -- that the callbacks run (when a run returns) and what they submit is
+  -- run too (libuv's own default mode would run for as long as any
+  -- handle lives, and never return to flush them)
+  if self.n_inflight == 0 then self.loop:run("nowait") end
+  while self.n_inflight > 0 do self.loop:run("once") end
   return self.n_inflight
 end
 
