@@ -11,6 +11,7 @@
 #include "sandbox/lstate.h"
 #include "sandbox/xcopy.h"
 #include "testlib.h"
+#include "stopper.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -54,11 +55,6 @@ static int run_code(rd_lstate *s, const char *code, char *msg, size_t msglen) {
   }
   lua_settop(L, top);
   return rc;
-}
-
-static void ms_sleep(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
 }
 
 /* ---- breach kinds, ownership ------------------------------------------------- */
@@ -427,34 +423,6 @@ TEST(deadline) {
   CHECK(strstr(msg, "timeout") != NULL);
   CHECK(rd__lstate_disarm(s, NULL, NULL) == RD_BREACH_TIMEOUT);
   rd__lstate_free(s);
-}
-
-typedef struct stopper {
-  rd_lstate *s;
-  atomic_int started;
-  int delay_ms;
-  rd_breach why;
-} stopper;
-
-static int l_started(lua_State *L) {
-  stopper *st = lua_touserdata(L, lua_upvalueindex(1));
-  atomic_store(&st->started, 1);
-  return 0;
-}
-
-static void *stop_thread(void *arg) {
-  stopper *st = arg;
-  while (!atomic_load(&st->started)) ms_sleep(1);
-  ms_sleep(st->delay_ms);
-  rd__lstate_request_stop(st->s, st->why);
-  return NULL;
-}
-
-static void register_started(rd_lstate *s, stopper *st) {
-  lua_State *L = rd__lstate_L(s);
-  lua_pushlightuserdata(L, st);
-  lua_pushcclosure(L, l_started, 1);
-  lua_setglobal(L, "started");
 }
 
 TEST(request_stop_from_another_thread) {
