@@ -11,7 +11,7 @@
 #include "sandbox/lstate.h"
 #include "sandbox/xcopy.h"
 #include "testlib.h"
-#include "stopper.h"
+#include "lstate_test.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -26,36 +26,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-/* A safety net so that a broken limit fails a test instead of hanging it:
- * runs that must end by another breach also get this deadline. */
-#define NET_NS (20ull * 1000000000ull)
-
-static rd_lstate *new_state(size_t max_memory) {
-  rd_lstate *s = NULL;
-  rd_error err;
-  rd_lstate_opts o = {max_memory, 0, 0};
-  int rc = rd__lstate_new(&s, &o, &err);
-  CHECK(rc == RD_OK);
-  if (rc != RD_OK) fprintf(stderr, "  rd__lstate_new: %s\n", err.message);
-  return s;
-}
-
-/* Load and run `code` in the armed state; returns the lua_pcall status and
- * copies the error message (if any) into msg. */
-static int run_code(rd_lstate *s, const char *code, char *msg, size_t msglen) {
-  lua_State *L = rd__lstate_L(s);
-  int top = lua_gettop(L);
-  if (msg && msglen) msg[0] = '\0';
-  int rc = luaL_loadstring(L, code);
-  if (rc == 0) rc = lua_pcall(L, 0, 0, 0);
-  if (rc != 0) {
-    const char *m = lua_tostring(L, -1);
-    if (msg) snprintf(msg, msglen, "%s", m ? m : "(non-string error)");
-  }
-  lua_settop(L, top);
-  return rc;
-}
 
 /* ---- breach kinds, ownership ------------------------------------------------- */
 

@@ -10,7 +10,7 @@
  */
 #include "sandbox/lstate.h"
 #include "testlib.h"
-#include "stopper.h"
+#include "lstate_test.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -21,34 +21,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
-
-/* A safety net so that a broken limit fails a test instead of hanging it. */
-#define NET_NS (20ull * 1000000000ull)
-
-static rd_lstate *new_state(size_t max_memory) {
-  rd_lstate *s = NULL;
-  rd_error err;
-  rd_lstate_opts o = {max_memory, 0, 0};
-  int rc = rd__lstate_new(&s, &o, &err);
-  CHECK(rc == RD_OK);
-  if (rc != RD_OK) fprintf(stderr, "  rd__lstate_new: %s\n", err.message);
-  return s;
-}
-
-/* Run `code` in the armed state: the lua_pcall status; the error in msg. */
-static int run_code(rd_lstate *s, const char *code, char *msg, size_t msglen) {
-  lua_State *L = rd__lstate_L(s);
-  int top = lua_gettop(L);
-  if (msg && msglen) msg[0] = '\0';
-  int rc = luaL_loadstring(L, code);
-  if (rc == 0) rc = lua_pcall(L, 0, 0, 0);
-  if (rc != 0 && msg) {
-    const char *m = lua_tostring(L, -1);
-    snprintf(msg, msglen, "%s", m ? m : "(non-string error)");
-  }
-  lua_settop(L, top);
-  return rc;
-}
 
 /* `code` in a state with a 50 ms CPU budget ends in cpu_limit, and the
  * state then runs a match to its end. */
