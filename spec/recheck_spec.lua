@@ -48,16 +48,22 @@ describe("a strict tool's stock", function()
       return { n = p.n }
     end]] }
 
-  it("survives calls that fail, time out, breach a limit or are cancelled, and refills", function()
-    if skip() then return end
+  -- An engine whose tool "mixed" has served a first call: the engine, the
+  -- tool, its stock, and whether that stock is full.
+  local function stocked(n)
     local dir = H.tmpdir()
     H.write_tool(dir, "mixed", SRC)
     local engine = H.open_engine(dir, { store = false })
     local t = engine.registry:get("mixed")
-    assert.equal("ok", kind(engine:execute("mixed", { n = 1 }, OP)))
+    assert.equal("ok", kind(engine:execute("mixed", { n = n }, OP)))
     local st = engine.workers.shared[t]
     assert.truthy(st, "no stock after the first call")
-    local function full() return #st.stock >= st.depth and st.stock_pending == 0 end
+    return engine, t, st, function() return #st.stock >= st.depth and st.stock_pending == 0 end
+  end
+
+  it("survives calls that fail, time out, breach a limit or are cancelled, and refills", function()
+    if skip() then return end
+    local engine, t, st, full = stocked(1)
     assert.is_true(run_until(engine, 20000, full), "the stock never filled")
     local template = st.template
     local cases = {
@@ -93,13 +99,7 @@ describe("a strict tool's stock", function()
 
   it("ends every call of a burst after an idle period, failures mixed in, and refills", function()
     if skip() then return end
-    local dir = H.tmpdir()
-    H.write_tool(dir, "mixed", SRC)
-    local engine = H.open_engine(dir, { store = false })
-    local t = engine.registry:get("mixed")
-    assert.equal("ok", kind(engine:execute("mixed", { n = 0 }, OP)))
-    local st = engine.workers.shared[t]
-    local function full() return #st.stock >= st.depth and st.stock_pending == 0 end
+    local engine, t, st, full = stocked(0)
     for round = 1, 3 do
       assert.is_true(run_until(engine, 20000, full), "round " .. round .. ": the stock never filled")
       -- idle: nothing runs for a while

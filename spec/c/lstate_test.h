@@ -64,6 +64,22 @@ static int l_started(lua_State *L) {
   return 0;
 }
 
+/* Run `code` in s under a 50 ms CPU budget: it must end in cpu_limit,
+ * with CPU time counted (checked; what it did printed otherwise). */
+static void ends_in_cpu_limit(rd_lstate *s, const char *name, const char *code) {
+  rd__lstate_arm(s, 50, rd__mono_ns() + NET_NS);
+  char msg[512];
+  int rc = run_code(s, code, msg, sizeof msg);
+  double cpu = 0;
+  rd_breach b = rd__lstate_disarm(s, &cpu, NULL);
+  CHECK(rc != 0);
+  CHECK(b == RD_BREACH_CPU);
+  CHECK(cpu > 0);
+  if (rc == 0 || b != RD_BREACH_CPU)
+    fprintf(stderr, "  case %s: rc %d breach %d (%s) msg %s\n", name, rc, b,
+            rd__breach_kind(b), msg);
+}
+
 /* pthread start routine: waits for started(), then delay_ms, then stops. */
 static void *stop_thread(void *arg) {
   stopper *st = arg;

@@ -139,18 +139,9 @@ TEST(memory_cap_lowered_below_heap) {
 static void cpu_case(const char *name, const char *code) {
   rd_lstate *s = new_state(0);
   if (!s) return;
-  rd__lstate_arm(s, 50, rd__mono_ns() + NET_NS);
-  char msg[512];
-  int rc = run_code(s, code, msg, sizeof msg);
-  double cpu = 0;
-  rd_breach b = rd__lstate_disarm(s, &cpu, NULL);
-  CHECK(rc != 0);
-  CHECK(b == RD_BREACH_CPU);
-  CHECK(cpu > 0);
-  if (rc == 0 || b != RD_BREACH_CPU)
-    fprintf(stderr, "  case %s: rc %d breach %d (%s) msg %s\n", name, rc, b,
-            rd__breach_kind(b), msg);
+  ends_in_cpu_limit(s, name, code);
   /* the state runs normal code afterwards, without a stale breach */
+  char msg[512];
   rd__lstate_arm(s, 0, rd__mono_ns() + NET_NS);
   CHECK(run_code(s, "local x = 0 for i = 1, 100000 do x = x + i end assert(x > 0)",
                  msg, sizeof msg) == 0);
